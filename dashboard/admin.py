@@ -1,0 +1,185 @@
+"""The staff's Django admin: sources, metrics, samples, tokens, dashboards and alert rules."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.utils import timezone
+from django.utils.html import format_html
+
+from dashboard.models import (
+    AgentToken,
+    AlertEvent,
+    AlertInstance,
+    AlertRule,
+    Dashboard,
+    HourRollup,
+    Metric,
+    MinuteRollup,
+    NotificationDelivery,
+    Panel,
+    Sample,
+    ShareLink,
+    Source,
+    UserPreference,
+)
+from dashboard.timeutil import to_datetime
+
+
+class CappedCountPaginator(Paginator):
+    """Count at most CAP rows so the change list of a table with millions of rows stays fast."""
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        return self.object_list[: self.CAP + 1].count()
+
+
+@admin.register(Source)
+class SourceAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "kind", "last_seen", "stale", "samples_accepted", "samples_rejected", "created"]
+    list_filter = ["kind"]
+    search_fields = ["slug", "name"]
+    readonly_fields = ["created", "last_seen", "samples_accepted", "samples_rejected"]
+    filter_horizontal = ["viewer_groups"]
+
+    @admin.display(boolean=True, description="stale")
+    def stale(self, obj: Source) -> bool:
+        return obj.is_stale()
+
+
+@admin.register(Metric)
+class MetricAdmin(admin.ModelAdmin):
+    list_display = ["key", "source", "kind", "unit", "last_value", "last_time"]
+    list_filter = ["kind", "source__kind"]
+    search_fields = ["key", "description"]
+    list_select_related = ["source"]
+    readonly_fields = ["created", "last_ts", "last_value"]
+    raw_id_fields = ["source"]
+
+    @admin.display(description="last sample")
+    def last_time(self, obj: Metric):
+        return obj.last_time
+
+
+@admin.register(Sample)
+class SampleAdmin(admin.ModelAdmin):
+    list_display = ["metric", "time", "value"]
+    list_select_related = ["metric"]
+    raw_id_fields = ["metric"]
+    search_fields = ["metric__key"]
+    list_filter = ["metric__source__kind"]
+    ordering = ["-id"]
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+
+    @admin.display(description="time (UTC)")
+    def time(self, obj: Sample):
+        return to_datetime(obj.ts)
+
+
+class RollupAdmin(admin.ModelAdmin):
+    list_display = ["metric", "bucket_time", "min", "max", "avg", "count", "first", "last"]
+    raw_id_fields = ["metric"]
+    list_select_related = ["metric"]
+    search_fields = ["metric__key"]
+    ordering = ["-id"]
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+
+    @admin.display(description="bucket (UTC)")
+    def bucket_time(self, obj):
+        return to_datetime(obj.bucket)
+
+
+admin.site.register(MinuteRollup, RollupAdmin)
+admin.site.register(HourRollup, RollupAdmin)
+
+
+@admin.register(AgentToken)
+class AgentTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "lookup", "source_patterns", "created", "last_used", "revoked", "samples_accepted", "samples_rejected"]
+    readonly_fields = ["lookup", "created", "created_by", "last_used", "revoked_at", "samples_accepted", "samples_rejected"]
+    fields = ["name", "source_patterns", "lookup", "created", "created_by", "last_used", "revoked_at", "samples_accepted", "samples_rejected"]
+    actions = ["revoke"]
+    search_fields = ["name", "lookup"]
+
+    @admin.display(boolean=True)
+    def revoked(self, obj: AgentToken) -> bool:
+        return obj.is_revoked
+
+    def save_model(self, request, obj: AgentToken, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token, secret = AgentToken.issue(obj.name, obj.source_patterns, created_by=request.user)
+        obj.pk = token.pk
+        obj.lookup = token.lookup
+        obj.secret_hash = token.secret_hash
+        messages.warning(
+            request,
+            format_html(
+                "Token created. Copy the secret now, it is never shown again: <code id='agent-token-secret'>{}</code>",
+                secret,
+            ),
+        )
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset) -> None:
+        count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} token(s).")
+
+
+class PanelInline(admin.TabularInline):
+    model = Panel
+    extra = 0
+
+
+@admin.register(Dashboard)
+class DashboardAdmin(admin.ModelAdmin):
+    list_display = ["title", "slug", "owner", "updated"]
+    prepopulated_fields = {"slug": ["title"]}
+    inlines = [PanelInline]
+    filter_horizontal = ["viewer_groups", "editor_groups"]
+
+
+@admin.register(ShareLink)
+class ShareLinkAdmin(admin.ModelAdmin):
+    list_display = ["dashboard", "label", "lookup", "created", "revoked_at"]
+    readonly_fields = ["lookup", "created"]
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    list_display = ["name", "metric_pattern", "condition", "threshold", "threshold_high", "for_s", "severity", "enabled"]
+    list_filter = ["severity", "condition", "enabled"]
+    search_fields = ["name", "metric_pattern"]
+
+
+@admin.register(AlertInstance)
+class AlertInstanceAdmin(admin.ModelAdmin):
+    list_display = ["rule", "metric", "state", "since", "last_value", "acknowledged_by", "silenced_until"]
+    list_filter = ["state", "rule"]
+    raw_id_fields = ["metric"]
+
+
+@admin.register(AlertEvent)
+class AlertEventAdmin(admin.ModelAdmin):
+    list_display = ["at", "rule", "metric", "from_state", "to_state", "value"]
+    list_filter = ["to_state", "rule"]
+    raw_id_fields = ["metric"]
+    date_hierarchy = "at"
+
+
+@admin.register(NotificationDelivery)
+class NotificationDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["event", "channel", "target", "status", "attempts", "delivered_at"]
+    list_filter = ["status", "channel"]
+
+
+admin.site.register(UserPreference)
+admin.site.site_header = "Pulseboard administration"
+admin.site.site_title = "Pulseboard"

@@ -1,0 +1,164 @@
+"""JSON endpoints: the ingest API for agents and read APIs for pages.
+
+Every error has one shape, built by error_response:
+{"error": {"code": "...", "message": "...", "field": "..."}}.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from dashboard import actions
+from dashboard.exceptions import (
+    BadRequest,
+    InvalidReading,
+    NotAuthenticated,
+    OutOfScope,
+    PayloadTooLarge,
+    PulseboardError,
+    RateLimited,
+)
+from dashboard.models import AgentToken, Metric
+from dashboard.timeutil import now_us
+from dashboard.validation import PRECISION_US, Reading, Rejection, reading_from_dict
+
+
+def error_response(exc: PulseboardError, **extra: Any) -> JsonResponse:
+    """Return the one JSON error shape for an exception, with its HTTP status."""
+    response = JsonResponse({"error": exc.as_dict(), **extra}, status=exc.status)
+    if isinstance(exc, RateLimited):
+        response["Retry-After"] = str(max(1, round(exc.retry_after_s + 0.499)))
+    elif exc.status == 503:
+        response["Retry-After"] = "5"
+    return response
+
+
+@sync_to_async
+def authenticate_agent(request: HttpRequest) -> AgentToken:
+    """Return the live agent token named by the Authorization header ("Token x" or "Bearer x")."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() not in ("token", "bearer") or not secret.strip():
+        raise NotAuthenticated("send an agent token in the Authorization header: 'Authorization: Token <secret>'")
+    token = AgentToken.find(secret.strip())
+    if token is None:
+        raise NotAuthenticated("the agent token is unknown; create one in the admin under Agent tokens")
+    if token.is_revoked:
+        raise NotAuthenticated("the agent token was revoked; create a new one in the admin")
+    AgentToken.objects.filter(pk=token.pk).update(last_used=timezone.now())
+    return token
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """Return the request body, gunzipped if needed, within the size limit."""
+    limit = settings.PULSEBOARD["MAX_BODY_BYTES"]
+    body = request.body
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is over {limit} bytes; send smaller batches")
+    if request.headers.get("Content-Encoding", "").lower() == "gzip":
+        try:
+            decompressor = zlib.decompressobj(wbits=31)
+            body = decompressor.decompress(body, limit + 1)
+        except (zlib.error, gzip.BadGzipFile):
+            raise BadRequest("Content-Encoding is gzip but the body is not valid gzip", field="body") from None
+        if len(body) > limit or decompressor.unconsumed_tail:
+            raise PayloadTooLarge(f"the unzipped body is over {limit} bytes; send smaller batches")
+    return body
+
+
+def parse_json_batch(body: bytes) -> list[Reading | Rejection]:
+    """Turn a JSON ingest body into readings and per-sample rejections (docs/ingest.md)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", field="body") from None
+    if isinstance(payload, list):
+        payload = {"samples": payload}
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object with a 'samples' list", field="body")
+    samples = payload.get("samples")
+    if not isinstance(samples, list):
+        raise BadRequest("'samples' must be a list", field="samples")
+    limit = settings.PULSEBOARD["MAX_SAMPLES_PER_REQUEST"]
+    if len(samples) > limit:
+        raise PayloadTooLarge(f"{len(samples)} samples is over the limit of {limit} per request", field="samples")
+    precision = payload.get("precision", "ms")
+    if precision not in PRECISION_US:
+        raise BadRequest(f"precision must be one of {sorted(PRECISION_US)}", field="precision")
+    defaults = {k: payload[k] for k in ("source", "source_kind", "unit", "labels") if k in payload}
+    now = now_us()
+    items: list[Reading | Rejection] = []
+    for index, item in enumerate(samples):
+        try:
+            items.append(reading_from_dict(item, defaults, precision, now))
+        except InvalidReading as exc:
+            items.append(Rejection(index, exc.field, exc.message, exc.code))
+    return items
+
+
+def check_scope(token: AgentToken, items: list[Reading | Rejection]) -> None:
+    """Refuse the whole request when it writes a source the token may not write."""
+    for item in items:
+        if isinstance(item, Reading) and not token.allows(item.source):
+            raise OutOfScope(
+                f"token {token.name!r} may not write source {item.source!r}; widen its source patterns in the admin",
+                field="source",
+            )
+
+
+def ingest_response(result: actions.IngestResult, position: str = "index") -> JsonResponse:
+    body = result.as_dict(position)
+    if result.rejected and not result.accepted and not result.duplicates:
+        error = InvalidReading("no sample was accepted; see 'rejected' for each reason", field="samples")
+        return JsonResponse({"error": error.as_dict(), **body}, status=400)
+    return JsonResponse(body, status=200)
+
+
+@csrf_exempt
+@require_POST
+async def ingest(request: HttpRequest) -> JsonResponse:
+    """POST /api/v1/ingest: store a JSON batch of samples from an agent or device."""
+    try:
+        token = await authenticate_agent(request)
+        items = parse_json_batch(read_body(request))
+        check_scope(token, items)
+        result = await actions.ingest(items, token=token)
+    except PulseboardError as exc:
+        return error_response(exc)
+    return ingest_response(result)
+
+
+@require_GET
+async def metrics(request: HttpRequest) -> JsonResponse:
+    """GET /api/v1/metrics: the metrics the signed-in user may read, with their latest values."""
+    user = await request.auser()
+    if not user.is_authenticated:
+        return error_response(NotAuthenticated("sign in at /accounts/login/ first"))
+
+    @sync_to_async
+    def rows() -> list[dict[str, Any]]:
+        return [
+            {
+                "key": m.key,
+                "source": m.source.slug,
+                "source_kind": m.source.kind,
+                "name": m.name,
+                "unit": m.unit,
+                "kind": m.kind,
+                "last_ts": m.last_ts,
+                "last_value": m.last_value,
+            }
+            for m in Metric.objects.visible_to(user).select_related("source")
+        ]
+
+    return JsonResponse({"metrics": await rows()})

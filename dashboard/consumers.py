@@ -1,0 +1,48 @@
+"""The WebSocket transport of protocol v1: one socket per browser tab carries every subscription."""
+
+from __future__ import annotations
+
+import logging
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from dashboard.live import CLOSE_NOT_AUTHENTICATED, CloseConnection, LiveClient, error_frame
+
+log = logging.getLogger(__name__)
+
+
+class LiveConsumer(AsyncWebsocketConsumer):
+    """Serve /ws/live/: authenticate by session, then hand every message to a LiveClient."""
+
+    # No per-socket channel: the process hub (dashboard/fanout.py) is the only
+    # reader of the channel layer. An alias that names no layer makes Channels
+    # skip new_channel() for each socket.
+    channel_layer_alias = "__hub_only__"
+
+    client: LiveClient | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        await self.accept()
+        if user is None or not user.is_authenticated:
+            await self.send(text_data=error_frame("not_authenticated", "sign in at /accounts/login/ first"))
+            await self.close(code=CLOSE_NOT_AUTHENTICATED)
+            return
+        self.client = LiveClient(user, self._send_text)
+        await self.client.start()
+
+    async def _send_text(self, frame: str) -> None:
+        await self.send(text_data=frame)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.client is None:
+            return
+        try:
+            await self.client.handle(text_data if text_data is not None else bytes_data or b"")
+        except CloseConnection as exc:
+            await self.close(code=exc.code)
+
+    async def disconnect(self, code: int) -> None:
+        if self.client is not None:
+            await self.client.stop()
+            self.client = None

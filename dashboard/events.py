@@ -1,0 +1,107 @@
+"""Typed events pushed from the ingest path to every server process, and the one way to publish them.
+
+Each event has a dotted type (`sample.batch`) that Channels maps to a handler
+name (`sample_batch`). Events travel on the channel layer to per-process hubs
+(dashboard/fanout.py), never to individual sockets. Nothing but `publish`
+calls group_send.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+
+# Identifies this process as a publisher so hubs can follow each publisher's
+# sequence numbers and detect messages lost in the channel layer.
+PUBLISHER_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+_seq: dict[str, int] = {}  # group -> last sequence number sent by this process
+
+
+def source_group(source_id: int) -> str:
+    """Return the channel-layer group that carries one source's samples."""
+    return f"source.{source_id}"
+
+
+ALERTS_GROUP = "alerts"
+
+
+@dataclass(slots=True)
+class Event:
+    type: ClassVar[str] = "event"
+
+    def as_message(self) -> dict[str, Any]:
+        return {"type": self.type, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Event:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(message) - fields - {"type"}
+        if unknown:
+            raise ValueError(f"{cls.type} has unknown fields {sorted(unknown)}")
+        return cls(**{k: v for k, v in message.items() if k != "type"})
+
+
+@dataclass(slots=True)
+class SampleBatch(Event):
+    """Samples of one source that were just committed: {metric key: [[ts µs...], [values...]]}."""
+
+    type: ClassVar[str] = "sample.batch"
+    source: int
+    series: dict[str, list[list]]
+    publisher: str = ""
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class AlertState(Event):
+    """An alert instance changed state."""
+
+    type: ClassVar[str] = "alert.state"
+    rule: int
+    rule_name: str
+    metric: str
+    state: str
+    previous: str
+    severity: str
+    value: float | None
+    at: int  # µs
+    message: str = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (SampleBatch, AlertState)}
+
+
+def parse(message: dict[str, Any]) -> Event:
+    """Return the typed event for a channel-layer message; raise ValueError for unknown types or fields."""
+    cls = EVENT_TYPES.get(message.get("type", ""))
+    if cls is None:
+        raise ValueError(f"unknown event type {message.get('type')!r}")
+    return cls.from_message(message)
+
+
+async def publish(group: str, event: Event) -> bool:
+    """Send an event to a group after its data is committed; return False (and count) if the layer failed.
+
+    A failed publish loses nothing durable: hubs see the sequence gap and
+    back-fill from the database.
+    """
+    if isinstance(event, SampleBatch):
+        event.publisher = PUBLISHER_ID
+        event.seq = _seq[group] = _seq.get(group, 0) + 1
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    try:
+        await layer.group_send(group, event.as_message())
+    except Exception:
+        log.exception("publish to %s failed; viewers will back-fill from the database", group)
+        return False
+    return True

@@ -1,0 +1,314 @@
+"""Protocol v1 (docs/protocol.md), independent of the transport.
+
+A LiveClient speaks the protocol for one connection: the WebSocket consumer
+and the Server-Sent Events fallback both wrap one, so both carry the same
+frames with the same resume semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from dashboard import stats
+from dashboard.fanout import Hub, Session, data_frame, encode_fragment
+from dashboard.models import Metric, Sample
+from dashboard.timeutil import US, now_us
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+SERVER_VERSION = "pulseboard/0.1.0"
+HEARTBEAT_S = 25  # proxies drop idle sockets at 30-60 s
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_SUBSCRIPTIONS = 500  # metric keys per connection
+MAX_MESSAGES_PER_S = 20  # client messages, sustained
+MESSAGE_BURST = 40
+MAX_REPLAY_POINTS = 10_000  # per metric per back-fill
+MAX_HISTORY_S = 24 * 3600  # live windows reach back at most a day; longer ranges use /api/v1/series
+MIN_RATE, MAX_RATE = 0.2, 100.0
+
+# Close codes (docs/protocol.md).
+CLOSE_NOT_AUTHENTICATED = 4001
+CLOSE_FORBIDDEN = 4003
+CLOSE_TOO_SLOW = 4008
+CLOSE_MESSAGE_TOO_BIG = 4009
+CLOSE_TOO_MANY_MESSAGES = 4029
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def error_frame(code: str, message: str, **extra: Any) -> str:
+    return encode({"type": "error", "code": code, "message": message, **extra})
+
+
+class CloseConnection(Exception):
+    """Raised by the protocol when the transport must close with a code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@sync_to_async
+def resolve_metrics(user, patterns: list[str]) -> tuple[list[Metric], list[dict[str, str]]]:
+    """Return the metrics the user may read for keys/globs, and an error entry for each that gives nothing."""
+    found: dict[str, Metric] = {}
+    errors: list[dict[str, str]] = []
+    visible = Metric.objects.visible_to(user).select_related("source")
+    for pattern in patterns:
+        matches = list(visible.matching(pattern))
+        if not matches:
+            exists = Metric.objects.matching(pattern).exists()
+            errors.append(
+                {
+                    "metric": pattern,
+                    "code": "forbidden" if exists else "unknown_metric",
+                    "message": f"you may not read {pattern!r}"
+                    if exists
+                    else f"no metric matches {pattern!r}; list them at /api/v1/metrics",
+                }
+            )
+        for metric in matches:
+            found[metric.key] = metric
+    return list(found.values()), errors
+
+
+@sync_to_async
+def load_samples(cursors: dict[int, int]) -> dict[int, tuple[list[int], list[float], bool]]:
+    """Return, per metric id, samples newer than its cursor (at most MAX_REPLAY_POINTS, the newest ones)."""
+    out: dict[int, tuple[list[int], list[float], bool]] = {}
+    for metric_id, cursor in cursors.items():
+        rows = list(
+            Sample.objects.filter(metric_id=metric_id, ts__gt=cursor)
+            .order_by("-ts")
+            .values_list("ts", "value")[: MAX_REPLAY_POINTS + 1]
+        )
+        truncated = len(rows) > MAX_REPLAY_POINTS
+        rows = rows[:MAX_REPLAY_POINTS]
+        rows.reverse()
+        out[metric_id] = ([r[0] for r in rows], [r[1] for r in rows], truncated)
+    return out
+
+
+class LiveClient:
+    """One connection's side of protocol v1: subscriptions, history, resume and live frames."""
+
+    def __init__(self, user, send: Callable[[str], Awaitable[None]]) -> None:
+        self.user = user
+        self._send = send
+        self.session = Session(send)
+        self.session.on_gap = self._on_gap
+        self.hub = Hub.get()
+        self.metrics: dict[str, Metric] = {}
+        self._tokens = float(MESSAGE_BURST)
+        self._tokens_at = time.monotonic()
+        self._tasks: set[asyncio.Task] = set()
+        self._gap_keys: set[str] = set()
+
+    async def start(self) -> None:
+        """Register with the hub and greet the client."""
+        await self.hub.register(self.session)
+        stats.CONNECTIONS.inc()
+        await self._send(
+            encode(
+                {
+                    "type": "hello",
+                    "protocol": PROTOCOL_VERSION,
+                    "server": SERVER_VERSION,
+                    "heartbeat_s": HEARTBEAT_S,
+                    "time": now_us(),
+                    "limits": {
+                        "max_message_bytes": MAX_MESSAGE_BYTES,
+                        "max_subscriptions": MAX_SUBSCRIPTIONS,
+                        "max_messages_per_s": MAX_MESSAGES_PER_S,
+                        "max_replay_points": MAX_REPLAY_POINTS,
+                        "max_history_s": MAX_HISTORY_S,
+                        "max_rate": MAX_RATE,
+                    },
+                }
+            )
+        )
+        self._spawn(self._heartbeat())
+
+    async def stop(self) -> None:
+        """Release everything this connection held."""
+        for task in list(self._tasks):
+            task.cancel()
+        stats.SUBSCRIPTIONS.dec(len(self.metrics))
+        stats.CONNECTIONS.dec()
+        self.metrics.clear()
+        await self.hub.unregister(self.session)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            self.session.send_now(encode({"type": "heartbeat", "time": now_us()}))
+
+    # --- Client messages -------------------------------------------------
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(MESSAGE_BURST, self._tokens + (now - self._tokens_at) * MAX_MESSAGES_PER_S)
+        self._tokens_at = now
+        self._tokens -= 1
+        return self._tokens >= 0
+
+    async def handle(self, text: str | bytes) -> None:
+        """Act on one client message; raise CloseConnection when the connection must end."""
+        if len(text) > MAX_MESSAGE_BYTES:
+            await self._send(error_frame("message_too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes"))
+            raise CloseConnection(CLOSE_MESSAGE_TOO_BIG, "message too big")
+        if not self._take_token():
+            if self._tokens < -MESSAGE_BURST:
+                raise CloseConnection(CLOSE_TOO_MANY_MESSAGES, "too many messages")
+            await self._send(
+                error_frame("rate_limited", f"send at most {MAX_MESSAGES_PER_S} messages a second; this one was ignored")
+            )
+            return
+        try:
+            message = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            await self._send(error_frame("bad_message", "messages must be JSON objects"))
+            return
+        if not isinstance(message, dict):
+            await self._send(error_frame("bad_message", "messages must be JSON objects"))
+            return
+        kind = message.get("type")
+        request_id = message.get("id")
+        handler = {"subscribe": self.subscribe, "unsubscribe": self.unsubscribe, "ping": self.ping}.get(kind)
+        if handler is None:
+            await self._send(
+                error_frame("unknown_type", f"unknown message type {kind!r}; use subscribe, unsubscribe or ping", id=request_id)
+            )
+            return
+        try:
+            await handler(message)
+        except ValueError as exc:
+            await self._send(error_frame("bad_message", str(exc), id=request_id))
+
+    async def ping(self, message: dict[str, Any]) -> None:
+        await self._send(encode({"type": "pong", "id": message.get("id"), "time": now_us()}))
+
+    async def subscribe(self, message: dict[str, Any]) -> None:
+        """Subscribe to keys or globs; send history (or what was missed since the given cursors), then live."""
+        patterns = message.get("metrics")
+        if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError("subscribe needs 'metrics': a non-empty list of metric keys or globs")
+        since = message.get("since") or {}
+        if not isinstance(since, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in since.values()):
+            raise ValueError("'since' must map metric keys to integer cursors (µs)")
+        history_s = message.get("history_s", settings.PULSEBOARD["HISTORY_ON_SUBSCRIBE_S"])
+        if isinstance(history_s, bool) or not isinstance(history_s, (int, float)) or not 0 <= history_s <= MAX_HISTORY_S:
+            raise ValueError(f"'history_s' must be a number of seconds from 0 to {MAX_HISTORY_S}")
+        max_rate = message.get("max_rate")
+        if max_rate is not None:
+            if isinstance(max_rate, bool) or not isinstance(max_rate, (int, float)) or not MIN_RATE <= max_rate <= MAX_RATE:
+                raise ValueError(f"'max_rate' must be between {MIN_RATE} and {MAX_RATE} frames a second")
+            self.session.max_rate = float(max_rate)
+
+        metrics, errors = await resolve_metrics(self.user, patterns)
+        new = [m for m in metrics if m.key not in self.metrics]
+        if len(self.metrics) + len(new) > MAX_SUBSCRIPTIONS:
+            await self._send(
+                error_frame(
+                    "too_many_subscriptions",
+                    f"a connection may hold {MAX_SUBSCRIPTIONS} metrics; open another or narrow the pattern",
+                    id=message.get("id"),
+                )
+            )
+            return
+        for error in errors:
+            await self._send(encode({"type": "error", "id": message.get("id"), **error}))
+
+        start = now_us() - int(history_s * US)
+        keys = {m.key for m in new}
+        self.session.hold(keys)
+        for metric in new:
+            self.metrics[metric.key] = metric
+            cursor = since.get(metric.key, start)
+            self.session.add(metric.source_id, metric.key, cursor)
+            await self.hub.join(self.session, metric.source_id)
+        stats.SUBSCRIPTIONS.inc(len(new))
+        await self._send(
+            encode(
+                {
+                    "type": "subscribed",
+                    "id": message.get("id"),
+                    "metrics": [
+                        {"key": m.key, "source": m.source.slug, "unit": m.unit, "kind": m.kind, "name": m.name}
+                        for m in metrics
+                    ],
+                }
+            )
+        )
+        await self._replay(keys)
+
+    async def unsubscribe(self, message: dict[str, Any]) -> None:
+        patterns = message.get("metrics")
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise ValueError("unsubscribe needs 'metrics': a list of metric keys or globs")
+        from dashboard.models import glob_matches
+
+        gone = [k for k in self.metrics if any(glob_matches(p, k) for p in patterns)]
+        for key in gone:
+            self.metrics.pop(key)
+            source_id = self.session.remove(key)
+            if source_id is not None:
+                await self.hub.leave(self.session, source_id)
+        stats.SUBSCRIPTIONS.dec(len(gone))
+        await self._send(encode({"type": "unsubscribed", "id": message.get("id"), "metrics": gone}))
+
+    # --- Back-fill ---------------------------------------------------------
+    async def _replay(self, keys: set[str]) -> None:
+        """Send what the database holds past each key's cursor, then let live data for those keys flow."""
+        try:
+            cursors = {self.metrics[k].id: self.session.cursors[k] for k in keys if k in self.metrics}
+            rows = await load_samples(cursors)
+            fragments, filled, truncated = [], 0, []
+            for metric_id, (ts, values, cut) in rows.items():
+                key = next(k for k in keys if k in self.metrics and self.metrics[k].id == metric_id)
+                if cut:
+                    truncated.append(key)
+                if ts:
+                    fragments.append(encode_fragment(key, ts, values).json)
+                    self.session.cursors[key] = max(self.session.cursors[key], ts[-1])
+                    filled += len(ts)
+            for start in range(0, len(fragments), 50):
+                await self._send(data_frame(fragments[start : start + 50], replay=True))
+            if truncated:
+                await self._send(encode({"type": "lag", "truncated": truncated, "message": "older samples were skipped; use /api/v1/series for them"}))
+        finally:
+            self.session.release(keys)
+
+    def _on_gap(self, keys: set[str]) -> None:
+        """Back-fill keys whose live samples were lost (layer gap or a shed buffer)."""
+        keys = keys & set(self.metrics) - self._gap_keys
+        if not keys:
+            return
+        self._gap_keys |= keys
+        self.session.hold(keys)
+        self.session.send_now(encode({"type": "lag", "metrics": sorted(keys), "dropped": self.session.dropped}))
+
+        async def refill() -> None:
+            await asyncio.sleep(0.2)  # let the in-flight batches land first
+            try:
+                await self._replay(keys)
+            finally:
+                self._gap_keys -= keys
+
+        self._spawn(refill())

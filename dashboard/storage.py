@@ -1,0 +1,163 @@
+"""How a batch of validated readings lands in the tables.
+
+Sources and metrics are resolved through a per-process cache; samples go in
+with INSERT ... ON CONFLICT DO NOTHING RETURNING, so a retried batch stores
+nothing twice and the caller learns exactly which rows are new (only those
+are published live).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from dashboard.exceptions import UnknownMetric
+from dashboard.models import Metric, Source
+from dashboard.validation import Reading
+
+log = logging.getLogger(__name__)
+
+INSERT_CHUNK = 3000  # rows per statement: 9,000 parameters, under SQLite's 32,766
+
+
+@dataclass(slots=True, frozen=True)
+class MetricRef:
+    id: int
+    source_id: int
+    key: str
+
+
+@dataclass
+class StoredBatch:
+    """What one store() call did: the new rows (for publishing) and per-reading outcomes."""
+
+    # (metric ref, ts, value) of rows that were not there before, in input order.
+    inserted: list[tuple[MetricRef, int, float]] = field(default_factory=list)
+    # For each input reading: "new", "duplicate" or an UnknownMetric error.
+    outcomes: list[str | UnknownMetric] = field(default_factory=list)
+
+
+_metric_cache: dict[str, MetricRef] = {}
+
+
+def clear_cache() -> None:
+    """Forget cached metric ids (after deletes in the admin, and between tests)."""
+    _metric_cache.clear()
+
+
+def resolve_metric(reading: Reading, create: bool) -> MetricRef:
+    """Return the metric for a reading, creating its source and metric when the policy allows."""
+    ref = _metric_cache.get(reading.key)
+    if ref is not None:
+        return ref
+    metric = Metric.objects.filter(key=reading.key).only("id", "source_id", "key").first()
+    if metric is None:
+        if not create:
+            raise UnknownMetric(
+                f"metric {reading.key!r} does not exist and PULSEBOARD_UNKNOWN_METRICS=refuse; "
+                "create it in the admin first",
+                field="metric",
+            )
+        metric = _create_metric(reading)
+    ref = MetricRef(metric.id, metric.source_id, metric.key)
+    _metric_cache[reading.key] = ref
+    return ref
+
+
+def _create_metric(reading: Reading) -> Metric:
+    try:
+        with transaction.atomic():
+            source, _ = Source.objects.get_or_create(
+                slug=reading.source,
+                defaults={
+                    "name": reading.labels.get("name", reading.source),
+                    "kind": reading.source_kind or Source.Kind.OTHER,
+                    "labels": reading.labels,
+                },
+            )
+            metric, _ = Metric.objects.get_or_create(
+                key=reading.key,
+                defaults={
+                    "source": source,
+                    "name": reading.metric,
+                    "unit": reading.unit,
+                    "kind": reading.kind or Metric.Kind.GAUGE,
+                },
+            )
+            return metric
+    except IntegrityError:
+        # Another process created it between our read and write.
+        return Metric.objects.get(key=reading.key)
+
+
+def store(readings: list[Reading]) -> StoredBatch:
+    """Store readings in one transaction and report which were new, duplicate or refused."""
+    create = settings.PULSEBOARD["UNKNOWN_METRICS"] == "create"
+    batch = StoredBatch()
+    rows: dict[tuple[int, int], tuple[MetricRef, float]] = {}
+    keys: list[tuple[int, int] | None] = []
+    for reading in readings:
+        try:
+            ref = resolve_metric(reading, create)
+        except UnknownMetric as exc:
+            batch.outcomes.append(exc)
+            keys.append(None)
+            continue
+        key = (ref.id, reading.ts)
+        keys.append(key)
+        batch.outcomes.append("duplicate")
+        rows.setdefault(key, (ref, reading.value))
+
+    new: set[tuple[int, int]] = set()
+    items = list(rows.items())
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            for start in range(0, len(items), INSERT_CHUNK):
+                chunk = items[start : start + INSERT_CHUNK]
+                values_sql = ",".join(["(%s,%s,%s)"] * len(chunk))
+                params: list = []
+                for (metric_id, ts), (_, value) in chunk:
+                    params += [metric_id, ts, value]
+                cursor.execute(
+                    f"INSERT INTO dashboard_sample (metric_id, ts, value) VALUES {values_sql} "
+                    "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts",
+                    params,
+                )
+                new.update((int(m), int(t)) for m, t in cursor.fetchall())
+        for key, (ref, value) in items:
+            if key in new:
+                batch.inserted.append((ref, key[1], value))
+        _update_latest(batch.inserted)
+
+    seen: set[tuple[int, int]] = set()
+    for i, key in enumerate(keys):
+        if key is not None and key in new and key not in seen:
+            batch.outcomes[i] = "new"
+            seen.add(key)
+    return batch
+
+
+def _update_latest(inserted: list[tuple[MetricRef, int, float]]) -> None:
+    """Keep each metric's newest value and each source's last-seen time and counters."""
+    latest: dict[int, tuple[int, float]] = {}
+    per_source: dict[int, int] = {}
+    for ref, ts, value in inserted:
+        if ref.id not in latest or ts > latest[ref.id][0]:
+            latest[ref.id] = (ts, value)
+        per_source[ref.source_id] = per_source.get(ref.source_id, 0) + 1
+    if not latest:
+        return
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE dashboard_metric SET last_ts = %s, last_value = %s WHERE id = %s AND (last_ts IS NULL OR last_ts < %s)",
+            [(ts, value, metric_id, ts) for metric_id, (ts, value) in latest.items()],
+        )
+        cursor.executemany(
+            "UPDATE dashboard_source SET last_seen = %s, samples_accepted = samples_accepted + %s WHERE id = %s",
+            [(now, count, source_id) for source_id, count in per_source.items()],
+        )

@@ -1,0 +1,168 @@
+"""Turn untrusted readings into clean Reading objects, one at a time.
+
+Validation is per reading so that one bad value never costs its neighbours:
+callers collect the InvalidReading errors with their index and keep the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+
+from dashboard.exceptions import InvalidReading
+from dashboard.models import KEY_CHARSET_HELP, KEY_RE, Metric, Source
+from dashboard.timeutil import US, now_us
+
+MAX_UNIT_LEN = 32
+PRECISION_US = {"s": US, "ms": 1000, "us": 1, "ns": 0.001}
+SOURCE_KINDS = set(Source.Kind.values)
+METRIC_KINDS = set(Metric.Kind.values)
+
+
+@dataclass(slots=True)
+class Reading:
+    """One validated measurement on its way to storage."""
+
+    source: str
+    metric: str
+    ts: int  # µs since epoch
+    value: float
+    unit: str = ""
+    kind: str = ""
+    source_kind: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}.{self.metric}"
+
+
+@dataclass(slots=True)
+class Rejection:
+    """Why the reading at a position (index or line number) was refused."""
+
+    index: int
+    field: str | None
+    reason: str
+    code: str = "invalid_reading"
+
+    def as_dict(self, position: str = "index") -> dict:
+        out: dict[str, Any] = {position: self.index, "code": self.code, "reason": self.reason}
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+def check_key(value: Any, field_name: str) -> str:
+    """Return value if it is a valid source slug or metric name."""
+    if not isinstance(value, str):
+        raise InvalidReading(f"{field_name} must be a string", field=field_name)
+    if not KEY_RE.match(value):
+        raise InvalidReading(f"{field_name} {value[:60]!r} is not valid: {KEY_CHARSET_HELP}", field=field_name)
+    return value
+
+
+def check_value(value: Any) -> float:
+    """Return value as a finite float; booleans, strings, NaN and infinities are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidReading(f"value must be a number, got {type(value).__name__}", field="value")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidReading("value is too large for a 64-bit float", field="value") from None
+    if not math.isfinite(number):
+        raise InvalidReading(f"value must be finite, got {number}", field="value")
+    return number
+
+
+def parse_ts(value: Any, precision: str = "ms") -> int:
+    """Return a timestamp in µs from an epoch number in the given precision or an ISO 8601 string."""
+    if isinstance(value, bool):
+        raise InvalidReading("ts must be a number or an ISO 8601 string, got a boolean", field="ts")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise InvalidReading("ts must be finite", field="ts")
+        try:
+            return int(value * PRECISION_US[precision])
+        except OverflowError:
+            raise InvalidReading("ts is out of range", field="ts") from None
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidReading(f"ts {value[:40]!r} is not an ISO 8601 time", field="ts") from None
+        if dt.tzinfo is None:
+            raise InvalidReading("ts needs a time zone (e.g. a trailing Z for UTC)", field="ts")
+        return int(dt.timestamp() * US)
+    raise InvalidReading(f"ts must be a number or an ISO 8601 string, got {type(value).__name__}", field="ts")
+
+
+def check_ts(ts: int, now: int | None = None) -> int:
+    """Return ts if it lies inside the accepted window (not older than retention, not too far ahead)."""
+    now = now if now is not None else now_us()
+    conf = settings.PULSEBOARD
+    if ts < now - conf["MAX_AGE_S"] * US:
+        raise InvalidReading(
+            f"ts is older than the {conf['MAX_AGE_S']} s accepted window (raw retention)", field="ts"
+        )
+    if ts > now + conf["MAX_FUTURE_S"] * US:
+        raise InvalidReading(
+            f"ts is more than {conf['MAX_FUTURE_S']} s in the future; check the sender's clock", field="ts"
+        )
+    return ts
+
+
+def check_reading(reading: Reading, now: int | None = None) -> Reading:
+    """Validate a Reading built by trusted code (collectors) with the same rules as untrusted input."""
+    check_key(reading.source, "source")
+    check_key(reading.metric, "metric")
+    if len(reading.key) > 200:
+        raise InvalidReading("source and metric together are longer than 200 characters", field="metric")
+    reading.value = check_value(reading.value)
+    if isinstance(reading.ts, bool) or not isinstance(reading.ts, int):
+        raise InvalidReading("ts must be integer microseconds", field="ts")
+    check_ts(reading.ts, now)
+    if len(reading.unit) > MAX_UNIT_LEN:
+        raise InvalidReading(f"unit is longer than {MAX_UNIT_LEN} characters", field="unit")
+    if reading.kind and reading.kind not in METRIC_KINDS:
+        raise InvalidReading(f"kind must be one of {sorted(METRIC_KINDS)}", field="kind")
+    if reading.source_kind and reading.source_kind not in SOURCE_KINDS:
+        raise InvalidReading(f"source_kind must be one of {sorted(SOURCE_KINDS)}", field="source_kind")
+    return reading
+
+
+def reading_from_dict(item: Any, defaults: dict[str, Any], precision: str, now: int) -> Reading:
+    """Build a Reading from one JSON sample, falling back to batch-level defaults (source, unit...)."""
+    if not isinstance(item, dict):
+        raise InvalidReading("each sample must be a JSON object", field=None)
+    merged = {**defaults, **item}
+    for name in ("metric", "value", "ts"):
+        if name not in merged:
+            raise InvalidReading(f"{name} is required", field=name)
+    source = merged.get("source")
+    if source is None:
+        raise InvalidReading("source is required (on the sample or the batch)", field="source")
+    unit = merged.get("unit", "") or ""
+    kind = merged.get("kind", "") or ""
+    source_kind = merged.get("source_kind", "") or ""
+    labels = merged.get("labels") or {}
+    for name, text in (("unit", unit), ("kind", kind), ("source_kind", source_kind)):
+        if not isinstance(text, str):
+            raise InvalidReading(f"{name} must be a string", field=name)
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise InvalidReading("labels must be an object of strings", field="labels")
+    reading = Reading(
+        source=check_key(source, "source"),
+        metric=check_key(merged["metric"], "metric"),
+        ts=parse_ts(merged["ts"], precision),
+        value=check_value(merged["value"]),
+        unit=unit,
+        kind=kind,
+        source_kind=source_kind,
+        labels=labels,
+    )
+    return check_reading(reading, now)

@@ -1,0 +1,47 @@
+"""Operator pages and health checks."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+
+from dashboard.models import Metric, Source
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    """All sources the user may read, with each metric's latest value updating live."""
+    sources = Source.objects.visible_to(request.user).prefetch_related("metrics")
+    return render(request, "dashboard/overview.html", {"sources": sources})
+
+
+@login_required
+def source_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    """One source: a live chart per metric that starts from the last minutes of history."""
+    source = get_object_or_404(Source.objects.visible_to(request.user), slug=slug)
+    metrics = list(source.metrics.all())
+    config = [{"key": m.key, "name": m.name, "unit": m.unit, "kind": m.kind} for m in metrics]
+    return render(
+        request,
+        "dashboard/source.html",
+        {"source": source, "metrics": metrics, "config_json": json.dumps(config)},
+    )
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers."""
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: the database answers (the channel layer is checked by the async probe)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:
+        return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
+    return JsonResponse({"status": "ok", "database": "ok", "metrics": Metric.objects.count() >= 0})

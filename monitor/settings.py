@@ -1,0 +1,218 @@
+"""Django settings for Pulseboard, read from the environment.
+
+Nothing set means the embedded mode: SQLite and the in-memory channel layer.
+DATABASE_URL and REDIS_URL switch to PostgreSQL and channels-redis. Every
+variable is documented in .env.example and the README.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from monitor.env import (
+    database_from_url,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("PULSEBOARD_VAR_DIR") or BASE_DIR / "var")
+TESTING = "pytest" in sys.modules or "test" in sys.argv[1:2]
+
+DEBUG = env_bool("DEBUG", True)
+
+
+def _secret_key() -> str:
+    """Return SECRET_KEY; in DEBUG generate one once and keep it in var/ so sessions survive restarts."""
+    key = env_str("SECRET_KEY")
+    if key:
+        if not DEBUG and len(key) < 32:
+            raise ImproperlyConfigured("SECRET_KEY is shorter than 32 characters. Generate one with: openssl rand -hex 32")
+        return key
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off. Generate one with: openssl rand -hex 32"
+        )
+    path = VAR_DIR / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+SECRET_KEY = _secret_key()
+
+HOST = env_str("HOST", "127.0.0.1")
+PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if "://" not in _origin:
+        raise ImproperlyConfigured(
+            f"CSRF_TRUSTED_ORIGINS entry {_origin!r} needs a scheme, e.g. https://{_origin}"
+        )
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "monitor.urls"
+ASGI_APPLICATION = "monitor.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------
+DATABASE_URL = env_url("DATABASE_URL", ("postgres", "postgresql"))
+if DATABASE_URL:
+    DATABASES = {"default": database_from_url(DATABASE_URL)}
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("SQLITE_PATH") or VAR_DIR / "pulseboard.sqlite3",
+            # WAL lets readers (charts) run while the writer commits; the busy
+            # timeout makes a second writer wait instead of failing at once.
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
+            },
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer --------------------------------------------------------
+REDIS_URL = env_url("REDIS_URL", ("redis", "rediss", "unix"))
+CHANNEL_CAPACITY = env_int("CHANNEL_CAPACITY", 1000, minimum=10)
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            # Pub/sub layer: group_send is one PUBLISH whatever the group size,
+            # and no per-message keys linger in Redis. Each server process
+            # subscribes once (see dashboard/fanout.py), so group membership
+            # lives in the process, not in Redis with an expiry.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py 8 sets a 5 s socket timeout by default,
+                        # which kills a quiet subscriber's reader.
+                        "socket_timeout": None,
+                        "socket_connect_timeout": 5,
+                        "socket_keepalive": True,
+                        "health_check_interval": 15,
+                    }
+                ],
+                "capacity": CHANNEL_CAPACITY,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": CHANNEL_CAPACITY},
+        }
+    }
+
+# --- Auth, i18n, static ---------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+SERVE_STATIC = env_bool("SERVE_STATIC", True)
+
+# --- TLS and cookies ------------------------------------------------------
+TLS = env_bool("TLS", False)
+SESSION_COOKIE_SECURE = TLS
+CSRF_COOKIE_SECURE = TLS
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if TLS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = TLS
+SECURE_HSTS_PRELOAD = False
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Pulseboard -----------------------------------------------------------
+PULSEBOARD = {
+    # Create Source/Metric rows for keys not seen before ("create") or reject
+    # such readings ("refuse"): see docs/ingest.md.
+    "UNKNOWN_METRICS": env_str("PULSEBOARD_UNKNOWN_METRICS", "create"),
+    # Readings older than this are rejected as outside retention.
+    "MAX_AGE_S": env_int("PULSEBOARD_MAX_AGE_S", 7 * 86400, minimum=60),
+    # Readings further in the future than this are rejected (clock skew).
+    "MAX_FUTURE_S": env_int("PULSEBOARD_MAX_FUTURE_S", 300, minimum=0),
+    "MAX_BODY_BYTES": env_int("PULSEBOARD_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024),
+    "MAX_SAMPLES_PER_REQUEST": env_int("PULSEBOARD_MAX_SAMPLES_PER_REQUEST", 10_000, minimum=1),
+    # Largest batch the writer commits at once; bigger backlogs are split.
+    "WRITE_BATCH_MAX": env_int("PULSEBOARD_WRITE_BATCH_MAX", 20_000, minimum=1),
+    "RATE_LIMIT_PER_S": env_float("PULSEBOARD_RATE_LIMIT_PER_S", 200.0, minimum=0.0),
+    "RATE_LIMIT_BURST": env_int("PULSEBOARD_RATE_LIMIT_BURST", 400, minimum=1),
+    "HISTORY_ON_SUBSCRIBE_S": env_int("PULSEBOARD_HISTORY_ON_SUBSCRIBE_S", 300, minimum=0),
+}
+if PULSEBOARD["UNKNOWN_METRICS"] not in ("create", "refuse"):
+    raise ImproperlyConfigured("PULSEBOARD_UNKNOWN_METRICS must be 'create' or 'refuse'.")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

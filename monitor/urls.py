@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+from dashboard import api, views
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("sources/<str:slug>/", views.source_detail, name="source"),
+    path("api/v1/ingest", api.ingest, name="api-ingest"),
+    path("api/v1/metrics", api.metrics, name="api-metrics"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+]
