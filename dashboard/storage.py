@@ -1,9 +1,13 @@
 """How a batch of validated readings lands in the tables.
 
-Sources and metrics are resolved through a per-process cache; samples go in
-with INSERT ... ON CONFLICT DO NOTHING RETURNING, so a retried batch stores
+Sources and metrics are resolved through a per-process cache. On PostgreSQL
+the rows are streamed with COPY into a per-connection temporary staging table
+and moved with one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING
+(COPY itself cannot skip duplicates); on SQLite they go in as multi-row
+INSERT ... ON CONFLICT DO NOTHING RETURNING. Either way a retried batch stores
 nothing twice and the caller learns exactly which rows are new (only those
-are published live).
+are published live and folded into the minute/hour rollups, in the same
+transaction: see dashboard/rollups.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from dashboard import rollups
 from dashboard.exceptions import UnknownMetric
 from dashboard.models import Metric, Source
 from dashboard.validation import Reading
@@ -22,6 +27,9 @@ from dashboard.validation import Reading
 log = logging.getLogger(__name__)
 
 INSERT_CHUNK = 3000  # rows per statement: 9,000 parameters, under SQLite's 32,766
+# Temporary, so invisible to other sessions and never WAL-logged; its rows
+# are deleted at commit, and the table itself lives as long as the connection.
+STAGE_TABLE = "pulseboard_sample_stage"
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,21 +124,15 @@ def store(readings: list[Reading]) -> StoredBatch:
     items = list(rows.items())
     with transaction.atomic():
         with connection.cursor() as cursor:
-            for start in range(0, len(items), INSERT_CHUNK):
-                chunk = items[start : start + INSERT_CHUNK]
-                values_sql = ",".join(["(%s,%s,%s)"] * len(chunk))
-                params: list = []
-                for (metric_id, ts), (_, value) in chunk:
-                    params += [metric_id, ts, value]
-                cursor.execute(
-                    f"INSERT INTO dashboard_sample (metric_id, ts, value) VALUES {values_sql} "
-                    "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts",
-                    params,
-                )
-                new.update((int(m), int(t)) for m, t in cursor.fetchall())
-        for key, (ref, value) in items:
-            if key in new:
-                batch.inserted.append((ref, key[1], value))
+            if items:
+                if connection.vendor == "postgresql":
+                    new = _insert_by_copy(cursor, items)
+                else:
+                    new = _insert_by_values(cursor, items)
+            for key, (ref, value) in items:
+                if key in new:
+                    batch.inserted.append((ref, key[1], value))
+            rollups.apply(cursor, connection.vendor, [(ref.id, ts, value) for ref, ts, value in batch.inserted])
         _update_latest(batch.inserted)
 
     seen: set[tuple[int, int]] = set()
@@ -139,6 +141,44 @@ def store(readings: list[Reading]) -> StoredBatch:
             batch.outcomes[i] = "new"
             seen.add(key)
     return batch
+
+
+def _insert_by_values(cursor, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]) -> set[tuple[int, int]]:
+    """Insert rows with multi-row VALUES statements and return the (metric id, ts) keys that were new."""
+    new: set[tuple[int, int]] = set()
+    for start in range(0, len(items), INSERT_CHUNK):
+        chunk = items[start : start + INSERT_CHUNK]
+        values_sql = ",".join(["(%s,%s,%s)"] * len(chunk))
+        params: list = []
+        for (metric_id, ts), (_, value) in chunk:
+            params += [metric_id, ts, value]
+        cursor.execute(
+            f"INSERT INTO dashboard_sample (metric_id, ts, value) VALUES {values_sql} "
+            "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts",
+            params,
+        )
+        new.update((int(m), int(t)) for m, t in cursor.fetchall())
+    return new
+
+
+def _insert_by_copy(cursor, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]) -> set[tuple[int, int]]:
+    """COPY rows into the staging table, move the new ones into dashboard_sample and return their keys."""
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} "
+        "(metric_id bigint NOT NULL, ts bigint NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS"
+    )
+    with cursor.cursor.copy(f"COPY {STAGE_TABLE} (metric_id, ts, value) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["int8", "int8", "float8"])
+        for (metric_id, ts), (_, value) in items:
+            copy.write_row((metric_id, ts, value))
+    cursor.execute(
+        f"INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM {STAGE_TABLE} "
+        "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts"
+    )
+    new = {(int(m), int(t)) for m, t in cursor.fetchall()}
+    # ON COMMIT empties the table, but a caller's outer transaction may store twice before committing.
+    cursor.execute(f"DELETE FROM {STAGE_TABLE}")
+    return new
 
 
 def _update_latest(inserted: list[tuple[MetricRef, int, float]]) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -28,7 +26,7 @@ def source_detail(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "dashboard/source.html",
-        {"source": source, "metrics": metrics, "config_json": json.dumps(config)},
+        {"source": source, "metrics": metrics, "config": config},
     )
 
 

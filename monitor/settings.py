@@ -204,6 +204,11 @@ PULSEBOARD = {
     "RATE_LIMIT_PER_S": env_float("PULSEBOARD_RATE_LIMIT_PER_S", 200.0, minimum=0.0),
     "RATE_LIMIT_BURST": env_int("PULSEBOARD_RATE_LIMIT_BURST", 400, minimum=1),
     "HISTORY_ON_SUBSCRIBE_S": env_int("PULSEBOARD_HISTORY_ON_SUBSCRIBE_S", 300, minimum=0),
+    # How long each history tier is kept, in days; a metric's own
+    # raw/minute/hour_retention_days override these (docs/history.md).
+    "RETENTION_RAW_DAYS": env_int("PULSEBOARD_RETENTION_RAW_DAYS", 7, minimum=1),
+    "RETENTION_MINUTE_DAYS": env_int("PULSEBOARD_RETENTION_MINUTE_DAYS", 90, minimum=1),
+    "RETENTION_HOUR_DAYS": env_int("PULSEBOARD_RETENTION_HOUR_DAYS", 5 * 365, minimum=1),
 }
 if PULSEBOARD["UNKNOWN_METRICS"] not in ("create", "refuse"):
     raise ImproperlyConfigured("PULSEBOARD_UNKNOWN_METRICS must be 'create' or 'refuse'.")

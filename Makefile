@@ -1,0 +1,38 @@
+# Pulseboard: `make run` starts everything on a fresh machine; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-8)
+
+.PHONY: run test lint bench static setup clean
+
+run: setup static  ## Install, migrate, start Daphne and the collectors, print the URL
+	$(PY) manage.py serve
+
+test: setup static  ## Run the suite on SQLite and on PostgreSQL (with Redis, Mosquitto, Chromium)
+	bash scripts/test.sh
+
+lint: setup
+	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/ingest.py && $(PY) bench/history.py && $(PY) bench/fanout.py
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+static: node_modules/uplot/dist/uPlot.iife.min.js  ## Copy uPlot from npm into static/vendor (never committed)
+	mkdir -p dashboard/static/vendor/uplot
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css dashboard/static/vendor/uplot/
+
+node_modules/uplot/dist/uPlot.iife.min.js: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+clean:
+	rm -rf $(VENV) node_modules dashboard/static/vendor

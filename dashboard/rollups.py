@@ -1,0 +1,91 @@
+"""Minute and hour rollups, kept up to date from the rows each write inserts.
+
+Charts over days or years read these tables instead of raw samples. They are
+maintained incrementally in the writer's transaction: the new rows of a batch
+are pre-aggregated per (metric, bucket) in Python and merged into the stored
+buckets with one upsert per chunk. Only rows that were actually inserted are
+counted, so a retried batch (all duplicates) changes nothing, and a late
+sample merges into its old bucket: min/max widen, sum/count add, and
+first/last move only when the new sample is earlier/later than the stored
+ones. Raw rows are never re-scanned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from dashboard.models import HourRollup, MinuteRollup, Rollup
+from dashboard.timeutil import US
+
+MINUTE_US = MinuteRollup.BUCKET_S * US
+HOUR_US = HourRollup.BUCKET_S * US
+# (model, bucket width in µs, API name), finest first.
+TIERS: tuple[tuple[type[Rollup], int, str], ...] = ((MinuteRollup, MINUTE_US, "1m"), (HourRollup, HOUR_US, "1h"))
+UPSERT_CHUNK = 2000  # buckets per statement: 20,000 parameters, under SQLite's 32,766
+
+# One bucket while aggregating: [min, max, sum, count, first, first_ts, last, last_ts].
+Bucket = list[Any]
+COLUMNS = ("metric_id", "bucket", "min", "max", "sum", "count", "first", "first_ts", "last", "last_ts")
+
+
+def aggregate(rows: Iterable[tuple[int, int, float]], width_us: int) -> dict[tuple[int, int], Bucket]:
+    """Return the buckets of (metric id, ts µs, value) rows for one tier, keyed by (metric id, bucket start)."""
+    buckets: dict[tuple[int, int], Bucket] = {}
+    for metric_id, ts, value in rows:
+        key = (metric_id, ts - ts % width_us)
+        b = buckets.get(key)
+        if b is None:
+            buckets[key] = [value, value, value, 1, value, ts, value, ts]
+            continue
+        if value < b[0]:
+            b[0] = value
+        if value > b[1]:
+            b[1] = value
+        b[2] += value
+        b[3] += 1
+        if ts < b[5]:
+            b[4], b[5] = value, ts
+        if ts > b[7]:
+            b[6], b[7] = value, ts
+    return buckets
+
+
+def _upsert_sql(table: str, vendor: str, n_rows: int) -> str:
+    # Quoted names: min/max/sum/count/first/last are function names or keywords.
+    least, greatest = ("LEAST", "GREATEST") if vendor == "postgresql" else ("MIN", "MAX")
+    t = table
+    values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * n_rows)
+    cols = ", ".join(f'"{c}"' for c in COLUMNS)
+    return (
+        f"INSERT INTO {t} ({cols}) VALUES {values} "
+        'ON CONFLICT ("metric_id", "bucket") DO UPDATE SET '
+        f'"min" = {least}({t}."min", excluded."min"), '
+        f'"max" = {greatest}({t}."max", excluded."max"), '
+        f'"sum" = {t}."sum" + excluded."sum", '
+        f'"count" = {t}."count" + excluded."count", '
+        f'"first" = CASE WHEN excluded."first_ts" < {t}."first_ts" THEN excluded."first" ELSE {t}."first" END, '
+        f'"first_ts" = {least}({t}."first_ts", excluded."first_ts"), '
+        f'"last" = CASE WHEN excluded."last_ts" > {t}."last_ts" THEN excluded."last" ELSE {t}."last" END, '
+        f'"last_ts" = {greatest}({t}."last_ts", excluded."last_ts")'
+    )
+
+
+def merge(cursor, vendor: str, table: str, buckets: dict[tuple[int, int], Bucket]) -> None:
+    """Merge pre-aggregated buckets into a rollup table."""
+    # Sorted so that concurrent writers lock bucket rows in the same order (no deadlocks).
+    items = sorted(buckets.items())
+    for start in range(0, len(items), UPSERT_CHUNK):
+        chunk = items[start : start + UPSERT_CHUNK]
+        params: list[Any] = []
+        for (metric_id, bucket), b in chunk:
+            params += [metric_id, bucket, *b]
+        cursor.execute(_upsert_sql(table, vendor, len(chunk)), params)
+
+
+def apply(cursor, vendor: str, rows: list[tuple[int, int, float]]) -> None:
+    """Fold newly inserted (metric id, ts, value) rows into every rollup tier."""
+    if not rows:
+        return
+    for model, width_us, _ in TIERS:
+        merge(cursor, vendor, model._meta.db_table, aggregate(rows, width_us))

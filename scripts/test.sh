@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run the suite twice: on SQLite (the embedded default) and on PostgreSQL.
+# Redis, Mosquitto and Chromium tests run in both passes' marked subsets.
+# Under CI=true a skipped service test fails the run (tests/conftest.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+
+bash scripts/services.sh
+
+export REDIS_TEST_URL="${REDIS_TEST_URL:-redis://127.0.0.1:6379/0}"
+export MQTT_TEST_URL="${MQTT_TEST_URL:-mqtt://127.0.0.1:1883}"
+PG_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+
+echo "== Pass 1: SQLite =="
+env -u DATABASE_URL -u REDIS_URL "$PY" -m pytest "$@"
+
+echo "== Pass 2: PostgreSQL ($PG_URL) =="
+env -u REDIS_URL DATABASE_URL="$PG_URL" "$PY" -m pytest -m "not sqlite_only and not browser" "$@"
