@@ -1,0 +1,192 @@
+"""Retention: forget raw samples and rollups once they are older than their tier keeps them.
+
+Each tier has a site default (settings.PULSEBOARD RETENTION_RAW_DAYS,
+RETENTION_MINUTE_DAYS, RETENTION_HOUR_DAYS) that a metric may override
+(Metric.raw_retention_days etc.). Metrics are grouped by their effective
+days, and each group's old rows go in small batched DELETEs so the writer is
+never blocked for long.
+
+On PostgreSQL the raw table is partitioned by day (dashboard/partitions.py):
+a whole day is DROPped once every metric's raw retention has passed it, which
+costs nothing however many rows it held. Days still needed by a metric with a
+longer override are kept, and the other metrics' rows in them are deleted in
+batches. Raw cutoffs there are rounded down to midnight UTC, so raw rows live
+between N and N+1 days instead of being deleted an hour at a time.
+
+`manage.py prune` runs one pass; the server runs retention_loop(), hourly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+
+from dashboard import partitions
+from dashboard.models import Metric
+from dashboard.timeutil import US, now_us
+
+log = logging.getLogger(__name__)
+
+DAY_US = 86_400 * US
+PRUNE_INTERVAL_S = 3600  # cutoffs move by an hour; more often would mostly find nothing
+RETRY_AFTER_ERROR_S = 300  # a failed pass (database down) is retried sooner than the next hour
+DELETE_BATCH = 5000  # rows per DELETE: short transactions, so the writer never waits long
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One stored resolution and where its retention comes from."""
+
+    name: str
+    table: str
+    time_column: str
+    metric_field: str  # per-metric override on Metric
+    setting: str  # site default in settings.PULSEBOARD
+
+
+TIERS = (
+    Tier("raw", "dashboard_sample", "ts", "raw_retention_days", "RETENTION_RAW_DAYS"),
+    Tier("1m", "dashboard_minuterollup", "bucket", "minute_retention_days", "RETENTION_MINUTE_DAYS"),
+    Tier("1h", "dashboard_hourrollup", "bucket", "hour_retention_days", "RETENTION_HOUR_DAYS"),
+)
+
+
+@dataclass
+class PruneReport:
+    """What one pass removed (or, in a dry run, would remove)."""
+
+    dry_run: bool = False
+    created_partitions: list[str] = field(default_factory=list)
+    dropped_partitions: list[str] = field(default_factory=list)
+    # Rows deleted per tier; rows in dropped partitions are counted there too.
+    deleted: dict[str, int] = field(default_factory=lambda: {t.name: 0 for t in TIERS})
+
+
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    log.debug("%s", message)
+
+
+def retention_groups(tier: Tier) -> tuple[int, dict[int, list[int]]]:
+    """Return the tier's default days and, per overriding number of days, the metric ids with that override."""
+    default = settings.PULSEBOARD[tier.setting]
+    overrides: dict[int, list[int]] = {}
+    rows = Metric.objects.filter(**{f"{tier.metric_field}__isnull": False}).values_list("id", tier.metric_field)
+    for metric_id, days in rows:
+        overrides.setdefault(days, []).append(metric_id)
+    return default, overrides
+
+
+def prune(*, now: int | None = None, dry_run: bool = False, progress: Progress = _quiet) -> PruneReport:
+    """Remove every row past its retention in every tier, and create the partitions of the coming days."""
+    now = now_us() if now is None else now
+    report = PruneReport(dry_run=dry_run)
+    partitioned = partitions.is_partitioned()
+    if partitioned and not dry_run:
+        report.created_partitions = partitions.ensure_partitions(end_us=now + partitions.DAYS_AHEAD * DAY_US)
+        for name in report.created_partitions:
+            progress(f"created partition {name}")
+    for tier in TIERS:
+        default, overrides = retention_groups(tier)
+        round_to_day = partitioned and tier.name == "raw"
+
+        def cutoff(days: int) -> int:
+            edge = now - days * DAY_US
+            return partitions.day_start(edge) if round_to_day else edge
+
+        if round_to_day:
+            keep_from = cutoff(max([default, *overrides]))
+            for part in partitions.list_partitions():
+                if part.end <= keep_from:
+                    rows = _count(part.name, "TRUE", [])
+                    report.dropped_partitions.append(part.name)
+                    report.deleted[tier.name] += rows
+                    progress(f"{'would drop' if dry_run else 'dropping'} partition {part.name} ({rows} rows)")
+                    if not dry_run:
+                        partitions.drop_partition(part)
+        overridden = [metric_id for ids in overrides.values() for metric_id in ids]
+        groups: list[tuple[int, str, list]] = []
+        if overridden:
+            groups.append((default, f"metric_id NOT IN ({','.join(['%s'] * len(overridden))})", overridden))
+        else:
+            groups.append((default, "TRUE", []))
+        for days, ids in sorted(overrides.items()):
+            groups.append((days, f"metric_id IN ({','.join(['%s'] * len(ids))})", ids))
+        for days, which, params in groups:
+            condition = f"{tier.time_column} < %s AND {which}"
+            args = [cutoff(days), *params]
+            label = f"{tier.name} rows older than {days} d" + ("" if which == "TRUE" else f" ({len(params)} metrics)")
+            if dry_run:
+                if round_to_day:
+                    # Rows of the partitions counted above as dropped are not counted twice.
+                    condition += f" AND ({tier.time_column} >= %s OR tableoid = %s::regclass)"
+                    args += [keep_from, partitions.DEFAULT_PARTITION]
+                rows = _count(tier.table, condition, args)
+                progress(f"would delete {rows} {label}")
+            else:
+                rows = _delete_in_batches(tier, condition, args, lambda n, label=label: progress(f"deleted {n} {label}"))
+            report.deleted[tier.name] += rows
+    return report
+
+
+def _count(table: str, condition: str, args: list) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE {condition}", args)
+        return int(cursor.fetchone()[0])
+
+
+def _delete_in_batches(tier: Tier, condition: str, args: list, progress: Callable[[int], None]) -> int:
+    # (metric_id, time) is unique in every tier and indexed, so it addresses rows on
+    # both databases and on every partition, unlike SQLite's rowid or PostgreSQL's ctid.
+    key = f"metric_id, {tier.time_column}"
+    sql = (
+        f"DELETE FROM {tier.table} WHERE ({key}) IN "
+        f"(SELECT {key} FROM {tier.table} WHERE {condition} LIMIT {DELETE_BATCH:d})"
+    )
+    total = 0
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, args)
+            deleted = cursor.rowcount
+        total += deleted
+        if deleted:
+            progress(total)
+        if deleted < DELETE_BATCH:
+            return total
+
+
+def _prune_once() -> PruneReport:
+    close_old_connections()
+    try:
+        return prune()
+    finally:
+        # This runs on a pool thread that may not come back to us; don't leak its connection.
+        connection.close()
+
+
+async def retention_loop(interval_s: float = PRUNE_INTERVAL_S) -> None:
+    """Prune now and then every interval_s seconds until cancelled; a failed pass is logged and retried."""
+    while True:
+        delay = interval_s
+        try:
+            report = await sync_to_async(_prune_once, thread_sensitive=False)()
+            log.info(
+                "retention: dropped %d partitions, deleted %s, created %d partitions",
+                len(report.dropped_partitions),
+                report.deleted,
+                len(report.created_partitions),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("retention pass failed; retrying in %d s", RETRY_AFTER_ERROR_S)
+            delay = min(interval_s, RETRY_AFTER_ERROR_S)
+        await asyncio.sleep(delay)
