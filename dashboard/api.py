@@ -162,3 +162,31 @@ async def metrics(request: HttpRequest) -> JsonResponse:
         ]
 
     return JsonResponse({"metrics": await rows()})
+
+
+@require_GET
+async def series(request: HttpRequest) -> HttpResponse:
+    """GET /api/v1/series: chart history of readable metrics, at most `points` buckets each (docs/history.md)."""
+    # Imported here to keep this endpoint's additions in one place.
+    from django.http import StreamingHttpResponse
+
+    from dashboard import history
+
+    user = await request.auser()
+    if not user.is_authenticated:
+        return error_response(NotAuthenticated("sign in at /accounts/login/ first"))
+    output = request.GET.get("format", "json")
+    try:
+        if output not in ("json", "csv"):
+            raise BadRequest("format must be 'json' or 'csv'", field="format")
+        result = await sync_to_async(history.load_for_user)(user, request.GET)
+    except PulseboardError as exc:
+        return error_response(exc)
+    if output == "json":
+        return JsonResponse(result.as_dict())
+
+    async def lines():
+        for line in history.csv_lines(result):
+            yield line
+
+    return StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")

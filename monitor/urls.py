@@ -10,6 +10,7 @@ urlpatterns = [
     path("sources/<str:slug>/", views.source_detail, name="source"),
     path("api/v1/ingest", api.ingest, name="api-ingest"),
     path("api/v1/metrics", api.metrics, name="api-metrics"),
+    path("api/v1/series", api.series, name="api-series"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("accounts/", include("django.contrib.auth.urls")),
