@@ -1,0 +1,136 @@
+"""Storage: COPY/INSERT of samples, rollups kept in the same transaction, daily partitions on PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from dashboard import actions, partitions, storage
+from dashboard.models import HourRollup, MinuteRollup, Sample
+from dashboard.rollups import HOUR_US, MINUTE_US
+from dashboard.timeutil import US, now_us
+from dashboard.validation import Reading
+
+HOUR_START = 1_795_600_800_000_000  # 2026-11-25 08:00:00 UTC, a whole hour
+
+
+def reading(value: float, ts: int, metric: str = "cpu", source: str = "web-01") -> Reading:
+    return Reading(source, metric, ts, value)
+
+
+def minute(metric_key: str, bucket: int) -> MinuteRollup:
+    return MinuteRollup.objects.get(metric__key=metric_key, bucket=bucket)
+
+
+def rollup_tuple(row: MinuteRollup | HourRollup) -> tuple:
+    return (row.min, row.max, row.sum, row.count, row.first, row.first_ts, row.last, row.last_ts)
+
+
+@pytest.mark.django_db
+def test_it_folds_new_samples_into_minute_and_hour_rollups() -> None:
+    readings = [reading(float(v), HOUR_START + i * 20 * US) for i, v in enumerate([5, 1, 9, 3, 4, 6])]
+    storage.store(readings)
+    assert rollup_tuple(minute("web-01.cpu", HOUR_START)) == (1, 9, 15, 3, 5, HOUR_START, 9, HOUR_START + 40 * US)
+    assert rollup_tuple(minute("web-01.cpu", HOUR_START + MINUTE_US)) == (
+        3, 6, 13, 3, 3, HOUR_START + 60 * US, 6, HOUR_START + 100 * US,
+    )  # fmt: skip
+    hour = HourRollup.objects.get(bucket=HOUR_START)
+    assert rollup_tuple(hour) == (1, 9, 28, 6, 5, HOUR_START, 6, HOUR_START + 100 * US)
+
+
+@pytest.mark.django_db
+def test_it_does_not_count_a_retried_batch_twice_in_the_rollups() -> None:
+    readings = [reading(float(i), HOUR_START + i * US) for i in range(10)]
+    first = storage.store(readings)
+    again = storage.store(readings + [reading(100.0, HOUR_START + 30 * US)])
+    assert first.outcomes == ["new"] * 10
+    assert again.outcomes == ["duplicate"] * 10 + ["new"]
+    assert [(ref.key, ts, value) for ref, ts, value in again.inserted] == [("web-01.cpu", HOUR_START + 30 * US, 100.0)]
+    row = minute("web-01.cpu", HOUR_START)
+    assert (row.count, row.sum, row.max) == (11, 145.0, 100.0)
+    assert Sample.objects.count() == 11
+
+
+@pytest.mark.django_db
+def test_it_does_not_count_a_duplicate_within_one_batch() -> None:
+    batch = storage.store([reading(1.0, HOUR_START), reading(2.0, HOUR_START)])
+    assert batch.outcomes == ["new", "duplicate"]
+    assert (minute("web-01.cpu", HOUR_START).count, minute("web-01.cpu", HOUR_START).sum) == (1, 1.0)
+
+
+@pytest.mark.django_db
+def test_it_moves_first_and_min_when_a_late_sample_is_older_than_the_bucket_start_seen() -> None:
+    storage.store([reading(10.0, HOUR_START + 30 * US), reading(12.0, HOUR_START + 40 * US)])
+    storage.store([reading(2.0, HOUR_START + 5 * US)])  # late: arrives after newer samples of its minute
+    row = minute("web-01.cpu", HOUR_START)
+    assert rollup_tuple(row) == (2.0, 12.0, 24.0, 3, 2.0, HOUR_START + 5 * US, 12.0, HOUR_START + 40 * US)
+    assert HourRollup.objects.get(bucket=HOUR_START).first == 2.0
+
+
+@pytest.mark.django_db
+def test_it_moves_last_and_max_when_a_sample_is_newer() -> None:
+    storage.store([reading(10.0, HOUR_START + 30 * US)])
+    storage.store([reading(50.0, HOUR_START + 50 * US), reading(1.0, HOUR_START + 10 * US)])
+    row = minute("web-01.cpu", HOUR_START)
+    assert (row.first, row.last, row.min, row.max, row.count) == (1.0, 50.0, 1.0, 50.0, 3)
+
+
+@pytest.mark.django_db
+def test_it_keeps_rollups_of_each_metric_apart() -> None:
+    storage.store([reading(1.0, HOUR_START, "cpu"), reading(7.0, HOUR_START, "load")])
+    assert minute("web-01.cpu", HOUR_START).max == 1.0
+    assert minute("web-01.load", HOUR_START).max == 7.0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_it_keeps_rollups_for_samples_ingested_through_the_writer() -> None:
+    ts = now_us() - 2 * MINUTE_US
+    first = await actions.ingest([reading(3.0, ts), reading(4.0, ts + US)])
+    second = await actions.ingest([reading(3.0, ts), reading(4.0, ts + US)])
+    assert (first.accepted, second.duplicates) == (2, 2)
+    row = await MinuteRollup.objects.aget(bucket=ts - ts % MINUTE_US)
+    assert (row.count, row.sum) == (2, 7.0)
+    hour = await HourRollup.objects.aget(bucket=ts - ts % HOUR_US)
+    assert hour.count == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_it_stages_rows_with_copy_on_postgresql() -> None:
+    storage.store([reading(1.0, HOUR_START)])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s)", [f"pg_temp.{storage.STAGE_TABLE}"])
+        assert cursor.fetchone()[0] is not None
+        cursor.execute(f"SELECT COUNT(*) FROM {storage.STAGE_TABLE}")
+        assert cursor.fetchone()[0] == 0
+
+
+def partition_of(metric_key: str, ts: int) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT s.tableoid::regclass::text FROM dashboard_sample s JOIN dashboard_metric m ON m.id = s.metric_id "
+            "WHERE m.key = %s AND s.ts = %s",
+            [metric_key, ts],
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_it_puts_todays_samples_in_todays_partition() -> None:
+    ts = now_us()
+    storage.store([reading(1.0, ts)])
+    assert partition_of("web-01.cpu", ts) == partitions.partition_name(partitions.day_start(ts))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_it_never_refuses_a_sample_without_partition_and_moves_it_when_the_day_gets_one() -> None:
+    long_ago = now_us() - 400 * partitions.DAY_US
+    storage.store([reading(1.0, long_ago), reading(2.0, long_ago + US)])
+    assert partition_of("web-01.cpu", long_ago) == partitions.DEFAULT_PARTITION
+    created = partitions.ensure_partitions(long_ago, long_ago + 1)
+    assert created == [partitions.partition_name(partitions.day_start(long_ago))]
+    assert partition_of("web-01.cpu", long_ago) == created[0]
+    assert Sample.objects.count() == 2
+    assert storage.store([reading(1.0, long_ago)]).outcomes == ["duplicate"]
