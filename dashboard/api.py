@@ -13,12 +13,12 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from dashboard import actions
+from dashboard import actions, lineprotocol, ratelimit
 from dashboard.exceptions import (
     BadRequest,
     InvalidReading,
@@ -130,6 +130,7 @@ async def ingest(request: HttpRequest) -> JsonResponse:
     """POST /api/v1/ingest: store a JSON batch of samples from an agent or device."""
     try:
         token = await authenticate_agent(request)
+        ratelimit.check_rate(token.pk)
         items = parse_json_batch(read_body(request))
         check_scope(token, items)
         result = await actions.ingest(items, token=token)
@@ -162,6 +163,39 @@ async def metrics(request: HttpRequest) -> JsonResponse:
         ]
 
     return JsonResponse({"metrics": await rows()})
+
+
+@csrf_exempt
+@require_POST
+async def write_line_protocol(request: HttpRequest) -> HttpResponse:
+    """POST /api/v2/write: InfluxDB line protocol, as Telegraf and influxdb-client send it (docs/ingest.md).
+
+    204 when every line was stored (or was already stored), like InfluxDB.
+    Otherwise 400 with the good lines stored and each refused line's number
+    and reason; `code` and `message` are repeated at the top level because
+    that is where InfluxDB clients look for them. `org` and `bucket` are
+    accepted and ignored: the naming rule, not the bucket, places a sample.
+    """
+    try:
+        token = await authenticate_agent(request)
+        ratelimit.check_rate(token.pk)
+        parsed = lineprotocol.parse_body(read_body(request), request.GET.get("precision", "ns"), now_us())
+        limit = settings.PULSEBOARD["MAX_SAMPLES_PER_REQUEST"]
+        if len(parsed.items) > limit:
+            raise PayloadTooLarge(f"{len(parsed.items)} fields is over the limit of {limit} per request", field="body")
+        check_scope(token, parsed.items)
+        result = await actions.ingest(parsed.items, token=token)
+    except PulseboardError as exc:
+        return error_response(exc, code=exc.code, message=exc.message)
+    if not result.rejected:
+        return HttpResponse(status=204)
+    for rejection in result.rejected:
+        rejection.index = parsed.lines[rejection.index]
+    message = f"{len(result.rejected)} field(s) refused, {result.accepted + result.duplicates} stored"
+    error = InvalidReading(message + "; see 'rejected' for each line", field="body")
+    return JsonResponse(
+        {"error": error.as_dict(), "code": "invalid", "message": message, **result.as_dict("line")}, status=400
+    )
 
 
 @require_GET

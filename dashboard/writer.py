@@ -45,6 +45,13 @@ def _store_on_writer_thread(readings: list[Reading]) -> storage.StoredBatch:
         raise
 
 
+def _close_connection() -> None:
+    try:
+        connection.close()
+    except DatabaseError:
+        pass  # the test runner may share the main thread's in-memory SQLite connection
+
+
 class Writer:
     """Accept readings from any coroutine of this process and commit them in groups."""
 
@@ -58,6 +65,20 @@ class Writer:
         if writer is None:
             writer = cls._instances[loop] = cls(loop)
         return writer
+
+    @classmethod
+    def close_all(cls) -> None:
+        """Stop every writer and close its database connection (tests, shutdown)."""
+        for writer in list(cls._instances.values()):
+            writer.close()
+        cls._instances.clear()
+
+    def close(self) -> None:
+        """Stop the writer task and release its thread and connection."""
+        if not self._loop.is_closed():
+            self._task.cancel()
+        self._executor.submit(_close_connection).result()
+        self._executor.shutdown(wait=True)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dashboard import actions
+from dashboard.models import Metric, Sample, Source
+from dashboard.timeutil import US, now_us
+from dashboard.validation import Reading
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def reading(metric: str = "temperature", value: object = 21.5, ts: int | None = None, source: str = "iot.sensor-01") -> Reading:
+    return Reading(source, metric, now_us() if ts is None else ts, value, "°C", "gauge", "device")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "words"),
+    [
+        (reading(value=math.nan), "value", "finite"),
+        (reading(value=math.inf), "value", "finite"),
+        (reading(value=-math.inf), "value", "finite"),
+        (reading(value="21.5"), "value", "must be a number"),
+        (reading(value=True), "value", "must be a number"),
+        (reading(ts=now_us() - 30 * 86400 * US), "ts", "older than"),
+        (reading(ts=now_us() + 3600 * US), "ts", "in the future"),
+        (reading(metric="bad key!"), "metric", "not valid"),
+        (reading(metric="x" * 201), "metric", "not valid"),
+        (reading(source=".hidden"), "source", "not valid"),
+    ],
+)
+async def test_it_rejects_a_bad_reading_and_keeps_its_neighbours(bad: Reading, field: str, words: str) -> None:
+    good_before = reading("humidity", 40.0)
+    good_after = reading("battery", 99.0)
+    result = await actions.ingest([good_before, bad, good_after])
+    assert result.accepted == 2
+    assert [(r.index, r.field) for r in result.rejected] == [(1, field)]
+    assert words in result.rejected[0].reason
+    assert await Sample.objects.acount() == 2
+
+
+async def test_it_stores_a_repeated_batch_once_and_counts_duplicates() -> None:
+    ts = now_us()
+    batch = [reading("temperature", 20.0, ts), reading("humidity", 50.0, ts)]
+    first = await actions.ingest(batch)
+    second = await actions.ingest([reading("temperature", 20.0, ts), reading("humidity", 50.0, ts)])
+    assert (first.accepted, first.duplicates) == (2, 0)
+    assert (second.accepted, second.duplicates) == (0, 2)
+    assert await Sample.objects.acount() == 2
+
+
+async def test_it_creates_unknown_sources_and_metrics_with_their_units() -> None:
+    await actions.ingest([reading("temperature", 20.0)])
+    metric = await Metric.objects.select_related("source").aget(key="iot.sensor-01.temperature")
+    assert (metric.unit, metric.source.kind, metric.last_value) == ("°C", Source.Kind.DEVICE, 20.0)
+
+
+async def test_it_refuses_unknown_metrics_when_the_policy_says_so(settings) -> None:
+    settings.PULSEBOARD = {**settings.PULSEBOARD, "UNKNOWN_METRICS": "refuse"}
+    result = await actions.ingest([reading("temperature", 20.0)])
+    assert result.accepted == 0
+    assert result.rejected[0].code == "unknown_metric"
+    assert await Metric.objects.acount() == 0
+
+
+async def test_it_counts_rejections_on_the_source() -> None:
+    await actions.ingest([reading("temperature", 20.0)])
+    await actions.ingest([reading("temperature", math.nan), reading("temperature", "x")])
+    source = await Source.objects.aget(slug="iot.sensor-01")
+    assert (source.samples_accepted, source.samples_rejected) == (1, 2)
+
+
+async def test_it_keeps_the_newest_value_on_the_metric_when_a_late_sample_arrives() -> None:
+    ts = now_us()
+    await actions.ingest([reading("temperature", 22.0, ts)])
+    await actions.ingest([reading("temperature", 10.0, ts - 60 * US)])
+    metric = await Metric.objects.aget(key="iot.sensor-01.temperature")
+    assert (metric.last_ts, metric.last_value) == (ts, 22.0)
