@@ -9,6 +9,7 @@ urlpatterns = [
     path("", views.overview, name="overview"),
     path("sources/<str:slug>/", views.source_detail, name="source"),
     path("api/v1/ingest", api.ingest, name="api-ingest"),
+    path("api/v2/write", api.write_line_protocol, name="api-write-line-protocol"),
     path("api/v1/metrics", api.metrics, name="api-metrics"),
     path("api/v1/series", api.series, name="api-series"),
     path("healthz", views.healthz, name="healthz"),

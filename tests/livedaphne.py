@@ -1,0 +1,171 @@
+"""A real Pulseboard server in a subprocess (Daphne on a free loopback port, temp SQLite), for tests that need one.
+
+Clients that cannot be pointed at Django's test client (influxdb-client, the
+agent subprocess) talk to it over TCP. It uses its own SQLite file whatever
+the test run's database is, so it never touches the test database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import websockets
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+class LiveDaphne:
+    """Start, stop and restart Daphne on one port with one SQLite file; query that file directly."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.db_path = workdir / "server.sqlite3"
+        self.log_path = workdir / "daphne.log"
+        self.process: subprocess.Popen | None = None
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DATABASE_URL", "REDIS_URL")
+        }
+        self.env.update(
+            SQLITE_PATH=str(self.db_path),
+            PULSEBOARD_VAR_DIR=str(workdir),
+            DEBUG="1",
+            PYTHONUNBUFFERED="1",
+            DJANGO_SETTINGS_MODULE="monitor.settings",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def manage(self, *args: str) -> str:
+        """Run a manage.py command against this server's database and return its output."""
+        done = subprocess.run(  # noqa: PLW1510 - the return code is checked below
+            [sys.executable, "manage.py", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"manage.py {' '.join(args)} failed: {done.stderr[-2000:]}"
+            )
+        return done.stdout
+
+    def migrate(self) -> None:
+        self.manage("migrate", "--noinput", "-v", "0")
+
+    def issue_token(self, name: str = "test agent") -> str:
+        path = self.workdir / f"token-{name.replace(' ', '-')}"
+        self.manage("issuetoken", name, "--output", str(path))
+        return path.read_text().strip()
+
+    def session_key(self, username: str = "watcher") -> str:
+        """Create a staff user and a signed-in session for it; return the session cookie value."""
+        code = (
+            "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY\n"
+            "from django.contrib.sessions.backends.db import SessionStore\n"
+            f"u, _ = get_user_model().objects.get_or_create(username={username!r}, defaults={{'is_staff': True}})\n"
+            "u.set_password('watch-pass-123'); u.save()\n"
+            "s = SessionStore(); s[SESSION_KEY] = str(u.pk)\n"
+            "s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
+            "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create(); print(s.session_key)\n"
+        )
+        return self.manage("shell", "-c", code).strip().splitlines()[-1]
+
+    def start(self) -> None:
+        log = open(self.log_path, "a")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "monitor.asgi:application",
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"daphne exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}"
+                )
+            if port_open(self.port):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"daphne did not listen on {self.port} within {START_TIMEOUT_S} s"
+        )
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with sqlite3.connect(self.db_path, timeout=20) as db:
+            return db.execute(sql, params).fetchall()
+
+    def samples(self, key_like: str = "%") -> list[tuple[str, int, float]]:
+        """Return (metric key, ts µs, value) of every stored sample whose key matches a LIKE pattern."""
+        return self.query(
+            "SELECT m.key, s.ts, s.value FROM dashboard_sample s JOIN dashboard_metric m ON m.id = s.metric_id "
+            "WHERE m.key LIKE ? ORDER BY m.key, s.ts",
+            (key_like,),
+        )
+
+
+async def open_live_socket(server: LiveDaphne, session_key: str) -> Any:
+    """Connect to /ws/live/ as the session's user and read the hello frame."""
+    host = urlparse(server.url).netloc
+    socket_ = await websockets.connect(
+        f"ws://{host}/ws/live/",
+        origin=f"http://{host}",
+        additional_headers={"Cookie": f"sessionid={session_key}"},
+    )
+    hello = json.loads(await socket_.recv())
+    assert hello["type"] == "hello", hello
+    return socket_
