@@ -1,0 +1,213 @@
+"""POST /api/v1/ingest and /api/v2/write: rate limits per token, the timestamp window, idempotent retries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from django.test import AsyncClient
+
+from dashboard import ratelimit
+from dashboard.exceptions import RateLimited
+from dashboard.models import AgentToken, Sample
+from dashboard.timeutil import US, now_us
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_buckets() -> Iterator[None]:
+    ratelimit.reset()
+    yield
+    ratelimit.reset()
+
+
+@pytest.fixture
+def limited(settings) -> None:
+    settings.PULSEBOARD = {
+        **settings.PULSEBOARD,
+        "RATE_LIMIT_PER_S": 2.0,
+        "RATE_LIMIT_BURST": 3,
+    }
+
+
+def batch(ts_ms: int, value: float = 1.0, metric: str = "temperature") -> dict:
+    return {
+        "source": "iot.api-test",
+        "samples": [{"metric": metric, "ts": ts_ms, "value": value}],
+    }
+
+
+async def post_json(secret: str, body: dict) -> tuple[int, dict, dict[str, str]]:
+    response = await AsyncClient().post(
+        "/api/v1/ingest",
+        body,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    return response.status_code, response.json(), dict(response.headers)
+
+
+def test_a_token_bucket_allows_a_burst_then_the_rate() -> None:
+    bucket = ratelimit.TokenBucket(rate=2.0, burst=3.0, tokens=3.0, updated=0.0)
+    assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take(0.0) == pytest.approx(0.5)
+    assert bucket.take(0.5) == 0.0  # half a second refills one request at 2/s
+    assert bucket.take(0.5) == pytest.approx(0.5)
+
+
+def test_check_rate_raises_with_the_wait_and_is_per_token(limited: None) -> None:
+    for _ in range(3):
+        ratelimit.check_rate(1, now=100.0)
+    with pytest.raises(RateLimited) as refused:
+        ratelimit.check_rate(1, now=100.0)
+    assert refused.value.retry_after_s == pytest.approx(0.5)
+    assert "2 requests/s" in refused.value.message
+    ratelimit.check_rate(2, now=100.0)  # another token has its own bucket
+    ratelimit.check_rate(1, now=100.5)
+
+
+def test_a_rate_of_zero_turns_limiting_off(settings) -> None:
+    settings.PULSEBOARD = {
+        **settings.PULSEBOARD,
+        "RATE_LIMIT_PER_S": 0.0,
+        "RATE_LIMIT_BURST": 1,
+    }
+    for _ in range(100):
+        ratelimit.check_rate(1, now=0.0)
+
+
+async def test_the_json_api_answers_429_with_retry_after_past_the_limit(
+    limited: None,
+) -> None:
+    _, secret = await asyncio.to_thread(AgentToken.issue, "fast agent")
+    _, other = await asyncio.to_thread(AgentToken.issue, "other agent")
+    ts = now_us() // 1000
+    statuses = [(await post_json(secret, batch(ts + i)))[0] for i in range(3)]
+    assert statuses == [200, 200, 200]
+    status, body, headers = await post_json(secret, batch(ts + 10))
+    assert status == 429
+    assert body["error"]["code"] == "rate_limited"
+    assert int(headers["Retry-After"]) >= 1
+    assert (await post_json(other, batch(ts + 11)))[0] == 200
+
+
+async def test_the_line_protocol_endpoint_shares_the_token_limit(limited: None) -> None:
+    _, secret = await asyncio.to_thread(AgentToken.issue, "telegraf")
+    client = AsyncClient()
+    statuses = []
+    for i in range(4):
+        response = await client.post(
+            "/api/v2/write?precision=us",
+            f"m,host=rl v=1 {now_us() + i}",
+            content_type="text/plain",
+            headers={"Authorization": f"Token {secret}"},
+        )
+        statuses.append(response.status_code)
+    assert statuses == [204, 204, 204, 429]
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert "Retry-After" in response.headers
+
+
+@pytest.mark.parametrize(
+    ("offset_s", "words"),
+    [
+        (-8 * 86400, "older than the 604800 s accepted window"),
+        (301, "more than 300 s in the future"),
+    ],
+)
+async def test_it_rejects_samples_outside_the_time_window_with_the_reason(
+    agent_token: tuple[AgentToken, str], offset_s: int, words: str
+) -> None:
+    now_ms = now_us() // 1000
+    body = {
+        "source": "iot.api-test",
+        "samples": [
+            {"metric": "temperature", "ts": now_ms, "value": 1.0},
+            {"metric": "temperature", "ts": now_ms + offset_s * 1000, "value": 2.0},
+        ],
+    }
+    status, payload, _ = await post_json(agent_token[1], body)
+    assert status == 200
+    assert payload["accepted"] == 1
+    [rejected] = payload["rejected"]
+    assert (rejected["index"], rejected["field"], rejected["code"]) == (
+        1,
+        "ts",
+        "invalid_reading",
+    )
+    assert words in rejected["reason"]
+
+
+async def test_a_sample_four_minutes_ahead_is_still_accepted(
+    agent_token: tuple[AgentToken, str],
+) -> None:
+    status, payload, _ = await post_json(
+        agent_token[1], batch(now_us() // 1000 + 240_000)
+    )
+    assert (status, payload["accepted"]) == (200, 1)
+
+
+async def test_the_line_protocol_endpoint_rejects_old_and_future_lines_by_number(
+    agent_token: tuple[AgentToken, str],
+) -> None:
+    now = now_us()
+    body = f"m,host=win v=1 {now}\nm,host=win v=2 {now - 8 * 86400 * US}\nm,host=win v=3 {now + 600 * US}\n"
+    response = await AsyncClient().post(
+        "/api/v2/write?precision=us",
+        body,
+        content_type="text/plain",
+        headers={"Authorization": f"Token {agent_token[1]}"},
+    )
+    assert response.status_code == 400
+    payload = response.json()
+    assert payload["accepted"] == 1
+    assert [(r["line"], r["field"]) for r in payload["rejected"]] == [
+        (2, "ts"),
+        (3, "ts"),
+    ]
+    assert "older than" in payload["rejected"][0]["reason"]
+    assert "in the future" in payload["rejected"][1]["reason"]
+
+
+async def test_posting_the_same_batch_twice_stores_each_sample_once_and_says_duplicates(
+    agent_token: tuple[AgentToken, str],
+) -> None:
+    ts = now_us() // 1000
+    body = {
+        "source": "iot.api-test",
+        "samples": [
+            {"metric": "temperature", "ts": ts - i, "value": float(i)}
+            for i in range(50)
+        ],
+    }
+    first = await post_json(agent_token[1], body)
+    second = await post_json(agent_token[1], body)
+    assert (first[0], first[1]["accepted"], first[1]["duplicates"]) == (200, 50, 0)
+    assert (
+        second[0],
+        second[1]["accepted"],
+        second[1]["duplicates"],
+        second[1]["rejected"],
+    ) == (200, 0, 50, [])
+    assert (
+        await Sample.objects.filter(metric__key="iot.api-test.temperature").acount()
+        == 50
+    )
+
+
+async def test_a_retried_batch_with_new_samples_stores_only_the_new_ones(
+    agent_token: tuple[AgentToken, str],
+) -> None:
+    ts = now_us() // 1000
+    await post_json(agent_token[1], batch(ts, 1.0))
+    body = {
+        "source": "iot.api-test",
+        "samples": [
+            {"metric": "temperature", "ts": ts, "value": 1.0},
+            {"metric": "temperature", "ts": ts + 1, "value": 2.0},
+        ],
+    }
+    _, payload, _ = await post_json(agent_token[1], body)
+    assert (payload["accepted"], payload["duplicates"]) == (1, 1)
