@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from channels.layers import get_channel_layer
 
-from dashboard import events, stats
+from dashboard import background, events, stats
 from dashboard.timeutil import now_us
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,7 @@ class Hub:
         hub = cls._instances.get(loop)
         if hub is None:
             hub = cls._instances[loop] = cls()
+            background.ensure_started()
         return hub
 
     def __init__(self) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
-from dashboard import events, stats, storage
+from dashboard import background, events, stats, storage
 from dashboard.exceptions import StorageUnavailable
 from dashboard.validation import Reading
 
@@ -64,6 +64,7 @@ class Writer:
         writer = cls._instances.get(loop)
         if writer is None:
             writer = cls._instances[loop] = cls(loop)
+            background.ensure_started()
         return writer
 
     @classmethod

@@ -15,6 +15,10 @@ from urllib.parse import urlparse
 import pytest
 from django.db import connection
 
+# Background jobs (retention, no-data checks) would race the tests' own clocks;
+# tests that want them call the job functions directly.
+os.environ.setdefault("PULSEBOARD_BACKGROUND", "0")
+
 SERVICE_MARKERS = {"postgres", "redis", "mqtt", "browser"}
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -1,0 +1,49 @@
+"""Periodic jobs that run inside each server process (retention, no-data alert checks).
+
+Daphne has no start-up hook, so the jobs start with the first ingest or live
+connection of each event loop (Writer.get and Hub.get call ensure_started).
+Each job is an async function that loops forever; a crash is logged and the
+job restarted after a pause, never taking the server down. Jobs must be safe
+to run in several processes at once (several Daphne workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from importlib import import_module
+
+log = logging.getLogger(__name__)
+
+# Dotted paths of `async def job() -> None` loops.
+JOBS: list[str] = []
+
+RESTART_DELAY_S = 10.0
+_started: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def ensure_started() -> None:
+    """Start every job once on the running event loop (no-op when PULSEBOARD_BACKGROUND=0, as in tests)."""
+    if os.environ.get("PULSEBOARD_BACKGROUND", "1") == "0":
+        return
+    loop = asyncio.get_running_loop()
+    if loop in _started:
+        return
+    _started.add(loop)
+    for path in JOBS:
+        loop.create_task(_supervise(path), name=f"background:{path}")
+
+
+async def _supervise(path: str) -> None:
+    module, _, name = path.rpartition(".")
+    job = getattr(import_module(module), name)
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background job %s crashed; restarting in %.0f s", path, RESTART_DELAY_S)
+        await asyncio.sleep(RESTART_DELAY_S)
