@@ -21,6 +21,7 @@ bench: setup
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
+	bash scripts/bootstrap.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
