@@ -16,6 +16,7 @@ COLLECTORS: dict[str, str] = {
     "system": "collectors.system.SystemCollector",
     "iot_sim": "collectors.iot_sim.IotFleetSimulator",
     "market_sim": "collectors.market_sim.MarketSimulator",
+    "counter": "collectors.counter.CounterCollector",
 }
 
 

@@ -9,11 +9,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from collectors import registry
 from collectors.runner import Runner
-from collectors.sinks import HttpSink, LocalSink
+from collectors.sinks import HEALTH_INTERVAL_S, SHUTDOWN_GRACE_S, HttpSink, LocalSink
+from collectors.spool import DEFAULT_MAX_READINGS
 
 DEFAULT_COLLECTORS: list[dict[str, Any]] = [{"kind": "system"}, {"kind": "iot_sim"}, {"kind": "market_sim"}]
 
@@ -30,7 +32,9 @@ class Command(BaseCommand):
         parser.add_argument("--config", type=Path, help="TOML file with [agent] and [[collectors]] tables")
         parser.add_argument("--server", help="base URL of the server, e.g. http://127.0.0.1:8000")
         parser.add_argument("--token-file", type=Path, help="file holding the agent token secret")
-        parser.add_argument("--in-process", action="store_true", help="write through the local ingest action instead of HTTP")
+        parser.add_argument(
+            "--in-process", action="store_true", help="write through the local ingest action instead of HTTP"
+        )
 
     def handle(self, *args, **options) -> None:
         logging.getLogger("collectors").setLevel(logging.INFO)
@@ -54,7 +58,9 @@ class Command(BaseCommand):
         else:
             server = options["server"] or agent.get("server") or os.environ.get("PULSEBOARD_SERVER")
             if not server:
-                raise CommandError("say where to send readings: --server URL (or [agent] server in the config), or --in-process")
+                raise CommandError(
+                    "say where to send readings: --server URL (or [agent] server in the config), or --in-process"
+                )
             token = os.environ.get("PULSEBOARD_AGENT_TOKEN", "")
             token_file = options["token_file"] or agent.get("token_file")
             if token_file:
@@ -63,13 +69,23 @@ class Command(BaseCommand):
                 except FileNotFoundError:
                     raise CommandError(f"token file {token_file} does not exist; run `manage.py issuetoken`") from None
             if not token:
-                raise CommandError("no agent token: set PULSEBOARD_AGENT_TOKEN or --token-file (create one with `manage.py issuetoken`)")
-            sink = HttpSink(
-                server,
-                token,
-                batch_size=int(agent.get("batch_size", 1000)),
-                flush_interval_s=float(agent.get("flush_interval_s", 1.0)),
-            )
+                raise CommandError(
+                    "no agent token: set PULSEBOARD_AGENT_TOKEN or --token-file (create one with `manage.py issuetoken`)"
+                )
+            try:
+                sink = HttpSink(
+                    server,
+                    token,
+                    spool_path=agent.get("spool_path") or settings.VAR_DIR / "agent-spool.sqlite3",
+                    spool_max_readings=int(agent.get("spool_max_readings", DEFAULT_MAX_READINGS)),
+                    batch_size=int(agent.get("batch_size", 1000)),
+                    flush_interval_s=float(agent.get("flush_interval_s", 1.0)),
+                    health_interval_s=float(agent.get("health_interval_s", HEALTH_INTERVAL_S)),
+                    agent_name=agent.get("name"),
+                    shutdown_grace_s=float(agent.get("shutdown_grace_s", SHUTDOWN_GRACE_S)),
+                )
+            except (TypeError, ValueError, OSError) as exc:
+                raise CommandError(f"bad [agent] configuration: {exc}") from None
             where = server
         self.stdout.write(f"Running {len(collectors)} collectors ({', '.join(c.name for c in collectors)}) -> {where}")
 
