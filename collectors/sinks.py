@@ -59,7 +59,7 @@ class LocalSink(Sink):
 
 
 BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 30.0  # an agent polls a dead server at most every ~30 s
+BACKOFF_MAX_S = 30.0  # by default an agent polls a dead server about every 30 s
 REQUEST_TIMEOUT_S = 10.0
 SHUTDOWN_GRACE_S = 10.0  # on SIGTERM, keep trying to empty the spool this long; the rest waits on disk
 HEALTH_INTERVAL_S = 10.0  # a source is stale after 3 silent expected intervals (10 s by default)
@@ -87,6 +87,7 @@ class HttpSink(Sink):
         agent_name: str | None = None,
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_backoff_s: float = BACKOFF_MAX_S,
     ) -> None:
         if batch_size < 1 or flush_interval_s <= 0 or health_interval_s <= 0:
             raise ValueError("batch_size, flush_interval_s and health_interval_s must be positive")
@@ -99,6 +100,7 @@ class HttpSink(Sink):
         self.health_interval_s = health_interval_s
         self.health_source = "agent." + slugify_key(agent_name or socket.gethostname())
         self.shutdown_grace_s = shutdown_grace_s
+        self.max_backoff_s = max_backoff_s
         self.transport = transport  # tests hand in the ASGI app; agents use the network
         self.sent = 0
         self.rejected = 0
@@ -202,7 +204,7 @@ class HttpSink(Sink):
                 self._batch_limit = max(1, len(batch) // 2)
                 continue
             delay = retry_after if retry_after is not None else backoff * random.uniform(0.5, 1.5)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            backoff = min(backoff * 2, self.max_backoff_s)
             if give_up_at is not None:
                 delay = min(delay, max(0.0, give_up_at - time.monotonic()))
             log.info("retrying in %.1f s with %d readings spooled", delay, self.spool.depth)
@@ -231,7 +233,7 @@ class HttpSink(Sink):
             return "retry", _retry_after(response)
         if status in (401, 403):
             log.error("server refused the token (%d %s); fix it, readings stay spooled", status, response.text[:300])
-            return "retry", BACKOFF_MAX_S
+            return "retry", self.max_backoff_s
         if status == 413 and len(batch) > 1:
             log.warning("server found a batch of %d too large; halving it", len(batch))
             return "smaller", None

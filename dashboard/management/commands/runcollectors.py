@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from collectors import registry
 from collectors.runner import Runner
-from collectors.sinks import HEALTH_INTERVAL_S, SHUTDOWN_GRACE_S, HttpSink, LocalSink
+from collectors.sinks import BACKOFF_MAX_S, HEALTH_INTERVAL_S, SHUTDOWN_GRACE_S, HttpSink, LocalSink
 from collectors.spool import DEFAULT_MAX_READINGS
 
 DEFAULT_COLLECTORS: list[dict[str, Any]] = [{"kind": "system"}, {"kind": "iot_sim"}, {"kind": "market_sim"}]
@@ -83,6 +83,7 @@ class Command(BaseCommand):
                     health_interval_s=float(agent.get("health_interval_s", HEALTH_INTERVAL_S)),
                     agent_name=agent.get("name"),
                     shutdown_grace_s=float(agent.get("shutdown_grace_s", SHUTDOWN_GRACE_S)),
+                    max_backoff_s=float(agent.get("max_backoff_s", BACKOFF_MAX_S)),
                 )
             except (TypeError, ValueError, OSError) as exc:
                 raise CommandError(f"bad [agent] configuration: {exc}") from None
