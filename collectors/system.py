@@ -70,9 +70,9 @@ class SystemCollector(Collector):
         ]
 
     async def batches(self) -> AsyncIterator[list[Reading]]:
-        psutil.cpu_percent(interval=None, percpu=True)  # prime: the first call has no interval to measure
-        psutil.cpu_percent(interval=None)
-        self.sample()
+        # psutil keeps cpu_percent's reference point per thread, so sampling
+        # stays on the event loop thread (each round takes about a millisecond).
+        self.sample()  # prime: the first round has no interval to measure
         while True:
             await asyncio.sleep(self.interval_s)
-            yield await asyncio.to_thread(self.sample)
+            yield self.sample()

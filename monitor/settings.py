@@ -148,6 +148,8 @@ if REDIS_URL:
                     }
                 ],
                 "capacity": CHANNEL_CAPACITY,
+                # Separate deployments (or test runs) sharing one Redis must not hear each other's groups.
+                "prefix": env_str("CHANNEL_LAYER_PREFIX", "asgi"),
             },
         }
     }
@@ -204,14 +206,32 @@ PULSEBOARD = {
     "RATE_LIMIT_PER_S": env_float("PULSEBOARD_RATE_LIMIT_PER_S", 200.0, minimum=0.0),
     "RATE_LIMIT_BURST": env_int("PULSEBOARD_RATE_LIMIT_BURST", 400, minimum=1),
     "HISTORY_ON_SUBSCRIBE_S": env_int("PULSEBOARD_HISTORY_ON_SUBSCRIBE_S", 300, minimum=0),
+    # A live connection whose ack window stays full this long is closed with 4008 (docs/protocol.md).
+    "LIVE_STALL_S": env_float("PULSEBOARD_LIVE_STALL_S", 30.0, minimum=0.5),
+    # Bytes one Server-Sent Events response carries before it ends and the browser resumes.
+    "SSE_RESPONSE_BYTES": env_int("PULSEBOARD_SSE_RESPONSE_BYTES", 1024 * 1024, minimum=4096),
     # How long each history tier is kept, in days; a metric's own
     # raw/minute/hour_retention_days override these (docs/history.md).
     "RETENTION_RAW_DAYS": env_int("PULSEBOARD_RETENTION_RAW_DAYS", 7, minimum=1),
     "RETENTION_MINUTE_DAYS": env_int("PULSEBOARD_RETENTION_MINUTE_DAYS", 90, minimum=1),
     "RETENTION_HOUR_DAYS": env_int("PULSEBOARD_RETENTION_HOUR_DAYS", 5 * 365, minimum=1),
+    # Alert notifications: attempts per webhook or email, first retry delay
+    # (doubling after each failure). See docs/dashboards.md.
+    "NOTIFY_ATTEMPTS": env_int("PULSEBOARD_NOTIFY_ATTEMPTS", 5, minimum=1),
+    "NOTIFY_BACKOFF_S": env_float("PULSEBOARD_NOTIFY_BACKOFF_S", 1.0, minimum=0.0),
 }
 if PULSEBOARD["UNKNOWN_METRICS"] not in ("create", "refuse"):
     raise ImproperlyConfigured("PULSEBOARD_UNKNOWN_METRICS must be 'create' or 'refuse'.")
+
+# --- Email (alert notifications) ------------------------------------------
+# The console backend prints emails to the server log until SMTP is configured.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "pulseboard@localhost")
 
 LOGGING = {
     "version": 1,
@@ -219,5 +239,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        # One line per agent POST drowns what matters; failures are logged by the sink itself.
+        "httpx": {"level": "WARNING"},
+    },
 }

@@ -37,7 +37,12 @@ class Command(BaseCommand):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         children: list[subprocess.Popen] = [
             subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers", "monitor.asgi:application"],
+                [
+                    sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers",
+                    # The agent posts every second; per-request access lines would bury real messages.
+                    "--access-log", os.devnull,
+                    "monitor.asgi:application",
+                ],
                 env=env,
             )
         ]

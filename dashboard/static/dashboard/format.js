@@ -4,6 +4,7 @@ const SI = [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]];
 
 export function formatValue(value, unit = "") {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  if (value === 0) return unit ? `0 ${unit}` : "0";
   if (unit === "B" || unit === "B/s") {
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let v = Math.abs(value), i = 0;
