@@ -18,7 +18,7 @@ from importlib import import_module
 log = logging.getLogger(__name__)
 
 # Dotted paths of `async def job() -> None` loops.
-JOBS: list[str] = []
+JOBS: list[str] = ["dashboard.alerts.nodata_loop"]
 
 RESTART_DELAY_S = 10.0
 _started: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()

@@ -74,6 +74,9 @@ class AlertState(Event):
     value: float | None
     at: int  # µs
     message: str = ""
+    instance: int = 0  # AlertInstance id, for the acknowledge and silence endpoints
+    acknowledged_by: str = ""  # username, empty when not acknowledged
+    silenced_until: int = 0  # µs; 0 when notifications are not silenced
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (SampleBatch, AlertState)}

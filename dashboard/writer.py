@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
-from dashboard import background, events, stats, storage
+from dashboard import alerts, background, events, stats, storage
 from dashboard.exceptions import StorageUnavailable
 from dashboard.validation import Reading
 
@@ -139,6 +139,11 @@ class Writer:
         stats.WRITE_BATCH_SECONDS.observe(time.perf_counter() - started)
         stats.WRITE_BATCH_SIZE.observe(len(readings))
         await publish_inserted(batch)
+        # Alerting (#6): evaluate rules on the committed rows; a failure must never cost the writers.
+        try:
+            await alerts.evaluate(batch.inserted)
+        except Exception:
+            log.exception("alert evaluation of %d rows failed", len(batch.inserted))
         offset = 0
         for job in jobs:
             outcomes = batch.outcomes[offset : offset + len(job.readings)]

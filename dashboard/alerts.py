@@ -1,0 +1,507 @@
+"""Alerting on the stream: rules evaluated as samples are committed, a periodic no-data check, notifications.
+
+The writer calls `evaluate` with the rows of each committed batch. Rules live
+in an in-process cache (reloaded on change in this process, and every
+RULES_REFRESH_S for changes made in other processes), so a batch that matches
+no rule costs a dictionary lookup per metric. The state of each (rule,
+metric) pair is cached too; only a state change touches the database.
+
+Several server processes may evaluate the same metric: every change is a
+conditional UPDATE (`WHERE state = <the state we saw>`). The process that
+loses the race reloads the row and re-evaluates, so each change is stored,
+published and notified exactly once.
+
+States: ok -> pending (condition holds, waiting `for_s`) -> firing; firing ->
+resolved when the condition stops holding; pending -> ok; any -> nodata when
+the metric is silent for `nodata_s` (checked by `nodata_loop`).
+Notifications (webhook, email) go out on firing, nodata and resolved, off the
+hot path, with retries and exponential backoff; each attempt is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
+
+from dashboard import events
+from dashboard.models import AlertEvent, AlertInstance, AlertRule, Metric, NotificationDelivery, glob_matches
+from dashboard.timeutil import US, now_us
+
+log = logging.getLogger(__name__)
+
+RULES_REFRESH_S = 5.0  # changes made in another process's admin are picked up this late
+NODATA_CHECK_S = 5.0  # how often the periodic check looks for silent metrics
+WEBHOOK_TIMEOUT_S = 5.0
+BACKOFF_BASE_S = 1.0  # webhook retries wait 1, 2, 4, 8 ... seconds
+NOTIFY_STATES = {AlertInstance.State.FIRING, AlertInstance.State.NODATA, AlertInstance.State.RESOLVED}
+ACTIVE_STATES = (AlertInstance.State.PENDING, AlertInstance.State.FIRING, AlertInstance.State.NODATA)
+MAX_TRACKED = 100_000  # (rule, metric) states cached per process; beyond this the cache is rebuilt from the DB
+
+State = AlertInstance.State
+Condition = AlertRule.Condition
+
+
+@dataclass(slots=True)
+class CachedRule:
+    id: int
+    name: str
+    pattern: str
+    condition: str
+    threshold: float | None
+    threshold_high: float | None
+    for_us: int
+    nodata_s: int
+    severity: str
+
+    @classmethod
+    def from_model(cls, rule: AlertRule) -> CachedRule:
+        return cls(
+            rule.id,
+            rule.name,
+            rule.metric_pattern,
+            rule.condition,
+            rule.threshold,
+            rule.threshold_high,
+            rule.for_s * US,
+            rule.nodata_s,
+            rule.severity,
+        )
+
+
+@dataclass(slots=True)
+class CachedInstance:
+    id: int
+    state: str
+    pending_since_ts: int | None
+
+
+class _Cache:
+    """Enabled rules, which rules each key matches, the state of each instance and the previous sample per key."""
+
+    def __init__(self) -> None:
+        self.rules: list[CachedRule] | None = None
+        self.loaded_at = 0.0
+        self.by_key: dict[str, list[CachedRule]] = {}
+        self.instances: dict[tuple[int, int], CachedInstance] = {}
+        self.previous: dict[int, tuple[int, float]] = {}  # metric id -> (ts, value), for rate rules
+
+    def clear(self) -> None:
+        self.rules = None
+        self.by_key.clear()
+        self.instances.clear()
+        self.previous.clear()
+
+    def rules_for(self, key: str) -> list[CachedRule]:
+        found = self.by_key.get(key)
+        if found is None:
+            found = self.by_key[key] = [r for r in self.rules or () if glob_matches(r.pattern, key)]
+        return found
+
+
+_cache = _Cache()
+
+
+def clear_cache() -> None:
+    """Forget cached rules and states (after rule edits, and between tests)."""
+    _cache.clear()
+
+
+def _rule_changed(sender, **kwargs) -> None:
+    _cache.rules = None
+    _cache.by_key.clear()
+
+
+post_save.connect(_rule_changed, sender=AlertRule, dispatch_uid="alerts-rule-saved")
+post_delete.connect(_rule_changed, sender=AlertRule, dispatch_uid="alerts-rule-deleted")
+
+
+@sync_to_async
+def _load_rules() -> list[CachedRule]:
+    return [CachedRule.from_model(r) for r in AlertRule.objects.filter(enabled=True)]
+
+
+async def _ensure_rules() -> list[CachedRule]:
+    if _cache.rules is None or time.monotonic() - _cache.loaded_at > RULES_REFRESH_S:
+        rules = await _load_rules()
+        if _cache.rules is None or rules != _cache.rules:
+            _cache.by_key.clear()
+            _cache.instances.clear()  # a changed rule restarts from what the database says
+        _cache.rules = rules
+        _cache.loaded_at = time.monotonic()
+    return _cache.rules
+
+
+def breaches(rule: CachedRule, value: float, previous: tuple[int, float] | None, ts: int) -> bool | None:
+    """Return whether a sample breaches the rule, or None when it cannot tell (a rate rule's first sample)."""
+    if rule.condition == Condition.ABOVE:
+        return rule.threshold is not None and value > rule.threshold
+    if rule.condition == Condition.BELOW:
+        return rule.threshold is not None and value < rule.threshold
+    if rule.condition == Condition.OUTSIDE:
+        low, high = rule.threshold, rule.threshold_high
+        return (low is not None and value < low) or (high is not None and value > high)
+    if rule.condition == Condition.RATE:
+        if previous is None or ts <= previous[0] or rule.threshold is None:
+            return None
+        per_s = (value - previous[1]) / ((ts - previous[0]) / US)
+        return abs(per_s) > rule.threshold
+    if rule.condition == Condition.NODATA:
+        return False  # a sample is the opposite of no data
+    return None
+
+
+def next_state(rule: CachedRule, inst: CachedInstance, breach: bool, ts: int) -> tuple[str, int | None]:
+    """Return the (state, pending_since_ts) an instance moves to on one evaluated sample."""
+    if breach:
+        if inst.state == State.FIRING:
+            return State.FIRING, inst.pending_since_ts
+        if inst.state == State.PENDING:
+            since = inst.pending_since_ts if inst.pending_since_ts is not None else ts
+            return (State.FIRING if ts - since >= rule.for_us else State.PENDING), since
+        return (State.FIRING if rule.for_us == 0 else State.PENDING), ts
+    if inst.state in (State.FIRING, State.NODATA):
+        return State.RESOLVED, None
+    if inst.state == State.PENDING:
+        return State.OK, None
+    return inst.state, None  # ok and resolved stay as they are
+
+
+def describe(rule: CachedRule | AlertRule, key: str, unit: str, state: str, value: float | None) -> str:
+    """Return the one-line text an operator reads in the banner, the webhook and the email."""
+    shown = "no value" if value is None else f"{value:g}{' ' + unit if unit else ''}"
+    condition = rule.condition
+    threshold = rule.threshold
+    if state == State.NODATA:
+        return f"{key} has sent no data for {rule.nodata_s} s"
+    if state in (State.RESOLVED, State.OK):
+        return f"{key} is back to normal ({shown})"
+    what = {
+        Condition.ABOVE: f"above {threshold:g}" if threshold is not None else "above",
+        Condition.BELOW: f"below {threshold:g}" if threshold is not None else "below",
+        Condition.OUTSIDE: f"outside {rule.threshold}…{rule.threshold_high}",
+        Condition.RATE: f"changing faster than {threshold:g}/s" if threshold is not None else "changing fast",
+        Condition.NODATA: "silent",
+    }.get(condition, condition)
+    for_s = getattr(rule, "for_us", None)
+    for_s = for_s // US if for_s is not None else getattr(rule, "for_s", 0)
+    tail = f" for {for_s} s" if for_s and state == State.FIRING else ""
+    return f"{key} is {shown}, {what}{tail}"
+
+
+@dataclass(slots=True)
+class Change:
+    """One stored state change, ready to publish and notify."""
+
+    event: events.AlertState
+    deliveries: list[int]
+
+
+def _load_instance(rule_id: int, metric_id: int) -> CachedInstance:
+    inst, _ = AlertInstance.objects.get_or_create(rule_id=rule_id, metric_id=metric_id)
+    return CachedInstance(inst.id, inst.state, inst.pending_since_ts)
+
+
+def _apply(
+    rule_id: int,
+    metric_id: int,
+    seen: CachedInstance,
+    to_state: str,
+    pending_since_ts: int | None,
+    value: float | None,
+    ts: int,
+) -> Change | CachedInstance:
+    """Store one state change if the row is still in the state we saw; else return the row as it is now."""
+    now = timezone.now()
+    with transaction.atomic():
+        fields: dict = {"state": to_state, "pending_since_ts": pending_since_ts, "last_value": value, "last_ts": ts}
+        if to_state != State.PENDING:
+            fields["since"] = now
+        if to_state in (State.OK, State.RESOLVED):
+            fields.update(acknowledged_by=None, acknowledged_at=None)
+        if seen.state == State.PENDING and to_state == State.FIRING:
+            pass  # 'since' becomes the firing time; pending_since_ts keeps when it began
+        moved = AlertInstance.objects.filter(pk=seen.id, state=seen.state).update(**fields)
+        if not moved:
+            inst = AlertInstance.objects.get(pk=seen.id)
+            return CachedInstance(inst.id, inst.state, inst.pending_since_ts)
+        inst = AlertInstance.objects.select_related("rule", "metric", "acknowledged_by").get(pk=seen.id)
+        rule, metric = inst.rule, inst.metric
+        message = describe(rule, metric.key, metric.unit, to_state, value)
+        event = AlertEvent.objects.create(
+            rule=rule, metric=metric, from_state=seen.state, to_state=to_state, value=value, at=now, message=message
+        )
+        deliveries: list[int] = []
+        silenced = inst.silenced_until is not None and inst.silenced_until > now
+        if (
+            to_state in NOTIFY_STATES
+            and not silenced
+            and not (to_state == State.RESOLVED and seen.state == State.PENDING)
+        ):
+            targets = [("webhook", rule.webhook_url)] if rule.webhook_url else []
+            targets += [("email", a.strip()) for a in rule.email_to.splitlines() if a.strip()]
+            for channel, target in targets:
+                deliveries.append(NotificationDelivery.objects.create(event=event, channel=channel, target=target).id)
+    return Change(state_event(inst, event), deliveries)
+
+
+def state_event(inst: AlertInstance, event: AlertEvent | None = None) -> events.AlertState:
+    """Return the live event that tells browsers about an instance (after a change, an ack or a silence)."""
+    at = event.at if event is not None else timezone.now()
+    return events.AlertState(
+        rule=inst.rule_id,
+        rule_name=inst.rule.name,
+        metric=inst.metric.key,
+        state=inst.state,
+        previous=event.from_state if event is not None else inst.state,
+        severity=inst.rule.severity,
+        value=inst.last_value,
+        at=int(at.timestamp() * US),
+        message=event.message
+        if event is not None
+        else describe(inst.rule, inst.metric.key, inst.metric.unit, inst.state, inst.last_value),
+        instance=inst.id,
+        acknowledged_by=inst.acknowledged_by.get_username() if inst.acknowledged_by_id else "",
+        silenced_until=int(inst.silenced_until.timestamp() * US) if inst.silenced_until else 0,
+    )
+
+
+async def _move(
+    rule: CachedRule, metric_id: int, inst: CachedInstance, to: str, since: int | None, value: float | None, ts: int
+) -> Change | None:
+    """Try a change; on a lost race adopt the stored state and return None."""
+    result = await sync_to_async(_apply)(rule.id, metric_id, inst, to, since, value, ts)
+    if isinstance(result, CachedInstance):
+        _cache.instances[(rule.id, metric_id)] = result
+        return None
+    inst.state, inst.pending_since_ts = to, since
+    return result
+
+
+async def evaluate(inserted: list[tuple]) -> list[Change]:
+    """Evaluate enabled rules against freshly committed rows [(metric ref, ts, value)]; publish and notify changes."""
+    if not inserted:
+        return []
+    rules = await _ensure_rules()
+    if not rules:
+        return []
+    by_metric: dict[int, tuple[object, list[tuple[int, float]]]] = {}
+    for ref, ts, value in inserted:
+        if _cache.rules_for(ref.key):
+            by_metric.setdefault(ref.id, (ref, []))[1].append((ts, value))
+    changes: list[Change] = []
+    for metric_id, (ref, samples) in by_metric.items():
+        samples.sort()
+        for rule in _cache.rules_for(ref.key):
+            inst = _cache.instances.get((rule.id, metric_id))
+            if inst is None:
+                if len(_cache.instances) > MAX_TRACKED:
+                    _cache.instances.clear()
+                inst = _cache.instances[(rule.id, metric_id)] = await sync_to_async(_load_instance)(rule.id, metric_id)
+            previous = _cache.previous.get(metric_id)
+            for ts, value in samples:
+                breach = breaches(rule, value, previous, ts)
+                previous = (ts, value)
+                if breach is None:
+                    continue
+                for _ in range(3):  # a lost race re-evaluates against the stored state
+                    inst = _cache.instances[(rule.id, metric_id)]
+                    to, since = next_state(rule, inst, breach, ts)
+                    if to == inst.state and since == inst.pending_since_ts:
+                        break
+                    change = await _move(rule, metric_id, inst, to, since, value, ts)
+                    if change is not None:
+                        changes.append(change)
+                        break
+        if samples:
+            _cache.previous[metric_id] = samples[-1]
+    for change in changes:
+        await _announce(change)
+    return changes
+
+
+async def _announce(change: Change) -> None:
+    await events.publish(events.ALERTS_GROUP, change.event)
+    for delivery_id in change.deliveries:
+        _spawn(deliver(delivery_id))
+
+
+_tasks: set[asyncio.Task] = set()
+
+
+def _spawn(coro) -> None:
+    """Run a notification off the hot path; keep a reference so the task is not collected mid-flight."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def drain() -> None:
+    """Wait for notifications in flight (tests, shutdown)."""
+    while _tasks:
+        await asyncio.gather(*list(_tasks), return_exceptions=True)
+
+
+# --- No data -------------------------------------------------------------------
+
+
+def _silent_instances(now: int) -> list[tuple[CachedRule, int, CachedInstance, float | None]]:
+    """Return (rule, metric id, instance, last value) for every enabled rule's metric silent longer than nodata_s."""
+    found = []
+    for rule in AlertRule.objects.filter(enabled=True):
+        cached = CachedRule.from_model(rule)
+        cutoff = now - rule.nodata_s * US
+        for metric in Metric.objects.matching(rule.metric_pattern).only("id", "last_ts", "last_value"):
+            if metric.last_ts is not None and metric.last_ts >= cutoff:
+                continue
+            inst, _ = AlertInstance.objects.get_or_create(rule=rule, metric=metric)
+            if inst.state != State.NODATA:
+                found.append(
+                    (cached, metric.id, CachedInstance(inst.id, inst.state, inst.pending_since_ts), metric.last_value)
+                )
+    return found
+
+
+async def check_nodata(now: int | None = None) -> list[Change]:
+    """Move instances of silent metrics to nodata; return the changes (published and notified)."""
+    now = now_us() if now is None else now
+    changes = []
+    for rule, metric_id, inst, value in await sync_to_async(_silent_instances)(now):
+        change = await _move(rule, metric_id, inst, State.NODATA, None, value, now)
+        if change is not None:
+            cached = _cache.instances.get((rule.id, metric_id))
+            if cached is not None:
+                cached.state, cached.pending_since_ts = State.NODATA, None
+            changes.append(change)
+            await _announce(change)
+    return changes
+
+
+async def nodata_loop() -> None:
+    """Background job: look for silent metrics every NODATA_CHECK_S (safe in several processes at once)."""
+    while True:
+        await asyncio.sleep(NODATA_CHECK_S)
+        try:
+            await check_nodata()
+        except Exception:
+            log.exception("no-data check failed; trying again in %.0f s", NODATA_CHECK_S)
+
+
+# --- Operators -------------------------------------------------------------------
+
+
+def can_operate(user, inst: AlertInstance) -> bool:
+    """Return whether a user may acknowledge or silence an alert: staff or the change permission, and may read it."""
+    if not getattr(user, "is_authenticated", False) or getattr(user, "share_link", None) is not None:
+        return False
+    if not (user.is_staff or user.has_perm("dashboard.change_alertinstance")):
+        return False
+    return Metric.objects.visible_to(user).filter(pk=inst.metric_id).exists()
+
+
+def acknowledge(inst: AlertInstance, user) -> events.AlertState:
+    """Record who acknowledged an active alert; the acknowledgement ends when the alert resolves."""
+    AlertInstance.objects.filter(pk=inst.pk).update(acknowledged_by=user, acknowledged_at=timezone.now())
+    inst.refresh_from_db()
+    return state_event(inst)
+
+
+def silence(inst: AlertInstance, duration_s: int) -> events.AlertState:
+    """Mute notifications of an instance for a while (0 lifts the silence); state changes are still recorded."""
+    until = timezone.now() + timedelta(seconds=duration_s) if duration_s > 0 else None
+    AlertInstance.objects.filter(pk=inst.pk).update(silenced_until=until)
+    inst.refresh_from_db()
+    return state_event(inst)
+
+
+def active_for(user) -> list[events.AlertState]:
+    """Return the live events of every pending, firing or no-data alert the user may read."""
+    visible = Metric.objects.visible_to(user)
+    instances = (
+        AlertInstance.objects.filter(state__in=ACTIVE_STATES, rule__enabled=True, metric__in=visible)
+        .select_related("rule", "metric", "acknowledged_by")
+        .order_by("-since")[:200]
+    )
+    result = []
+    for inst in instances:
+        event = AlertEvent.objects.filter(rule_id=inst.rule_id, metric_id=inst.metric_id).first()
+        result.append(state_event(inst, event if event and event.to_state == inst.state else None))
+    return result
+
+
+# --- Notifications ---------------------------------------------------------------
+
+
+def _payload(delivery: NotificationDelivery) -> dict:
+    event = delivery.event
+    return {
+        "rule": event.rule.name,
+        "rule_id": event.rule_id,
+        "metric": event.metric.key,
+        "state": event.to_state,
+        "previous": event.from_state,
+        "severity": event.rule.severity,
+        "value": event.value,
+        "at": event.at.isoformat(),
+        "message": event.message,
+        "event_id": event.id,
+    }
+
+
+def _load_delivery(delivery_id: int) -> tuple[NotificationDelivery, dict]:
+    delivery = NotificationDelivery.objects.select_related("event__rule", "event__metric").get(pk=delivery_id)
+    return delivery, _payload(delivery)
+
+
+def _record(delivery_id: int, ok: bool, error: str, final: bool) -> None:
+    from django.db.models import F
+
+    fields: dict = {"attempts": F("attempts") + 1, "last_error": error[:2000]}
+    if ok:
+        fields.update(status="sent", delivered_at=timezone.now())
+    elif final:
+        fields["status"] = "failed"
+    NotificationDelivery.objects.filter(pk=delivery_id).update(**fields)
+
+
+def _send_email(delivery: NotificationDelivery, payload: dict) -> None:
+    subject = f"[Pulseboard {payload['severity']}] {payload['rule']}: {payload['state']}"
+    body = f"{payload['message']}\n\nRule: {payload['rule']}\nMetric: {payload['metric']}\nState: {payload['previous']} -> {payload['state']}\nAt: {payload['at']}\n"
+    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [delivery.target])
+
+
+async def deliver(delivery_id: int) -> None:
+    """Send one notification, retrying with exponential backoff; record every attempt and the outcome."""
+    attempts = settings.PULSEBOARD["NOTIFY_ATTEMPTS"]
+    delivery, payload = await sync_to_async(_load_delivery)(delivery_id)
+    for attempt in range(attempts):
+        final = attempt == attempts - 1
+        try:
+            if delivery.channel == "webhook":
+                async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S) as client:
+                    response = await client.post(delivery.target, json=payload, headers={"User-Agent": "Pulseboard"})
+                if response.status_code >= 300:
+                    raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+            else:
+                await sync_to_async(_send_email)(delivery, payload)
+        except Exception as exc:
+            await sync_to_async(_record)(delivery_id, False, f"attempt {attempt + 1}: {exc}", final)
+            if final:
+                log.warning(
+                    "notification %d to %s failed after %d attempts: %s", delivery_id, delivery.target, attempts, exc
+                )
+                return
+            await asyncio.sleep(settings.PULSEBOARD["NOTIFY_BACKOFF_S"] * 2**attempt)
+            continue
+        await sync_to_async(_record)(delivery_id, True, "", final)
+        return

@@ -1,0 +1,220 @@
+"""Alert rules on the stream: the state machine, no-data, races between processes, notifications, operator actions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.core import mail
+
+from dashboard import actions, alerts, events
+from dashboard.models import AlertEvent, AlertInstance, AlertRule, Metric, NotificationDelivery
+from dashboard.timeutil import US, now_us
+from dashboard.validation import Reading
+
+pytestmark = pytest.mark.django_db(transaction=True)
+KEY = "iot.sensor-01.temperature"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_alert_cache(settings) -> Iterator[None]:
+    settings.PULSEBOARD = {**settings.PULSEBOARD, "NOTIFY_BACKOFF_S": 0.05, "NOTIFY_ATTEMPTS": 3}
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    alerts.clear_cache()
+    yield
+    alerts.clear_cache()
+
+
+def temp(value: float, ts: int) -> Reading:
+    return Reading("iot.sensor-01", "temperature", ts, value, "°C", "gauge", "device")
+
+
+async def feed(*points: tuple[float, float]) -> None:
+    """Ingest (value, seconds after a base time) temperature readings, one batch each."""
+    base = now_us() - 120 * US
+    for value, offset_s in points:
+        await actions.ingest([temp(value, base + int(offset_s * US))])
+
+
+async def states() -> list[tuple[str, str]]:
+    return [(e.from_state, e.to_state) async for e in AlertEvent.objects.order_by("at", "id")]
+
+
+async def make_rule(**fields) -> AlertRule:
+    defaults = {"name": "Hot", "metric_pattern": "iot.*.temperature", "condition": "above", "threshold": 30.0}
+    return await AlertRule.objects.acreate(**{**defaults, **fields})
+
+
+async def test_a_breach_held_for_the_duration_goes_pending_then_firing_then_resolved() -> None:
+    await make_rule(for_s=10)
+    await feed((25, 0), (31, 1), (32, 6), (33, 11), (24, 12))
+    assert await states() == [("ok", "pending"), ("pending", "firing"), ("firing", "resolved")]
+    inst = await AlertInstance.objects.aget()
+    assert inst.state == "resolved" and inst.last_value == 24
+
+
+async def test_a_breach_shorter_than_the_duration_returns_to_ok_without_firing() -> None:
+    await make_rule(for_s=10)
+    await feed((31, 0), (32, 5), (20, 6))
+    assert await states() == [("ok", "pending"), ("pending", "ok")]
+
+
+async def test_a_rule_without_duration_fires_on_the_first_breaching_sample() -> None:
+    await make_rule(for_s=0)
+    await feed((31, 0), (35, 1))
+    assert await states() == [("ok", "firing")]
+
+
+@pytest.mark.parametrize(
+    ("rule", "values", "fires"),
+    [
+        ({"condition": "below", "threshold": 10.0}, [12, 9], True),
+        ({"condition": "below", "threshold": 10.0}, [12, 11], False),
+        ({"condition": "outside", "threshold": 10.0, "threshold_high": 30.0}, [20, 31], True),
+        ({"condition": "outside", "threshold": 10.0, "threshold_high": 30.0}, [20, 9], True),
+        ({"condition": "outside", "threshold": 10.0, "threshold_high": 30.0}, [20, 29], False),
+        ({"condition": "rate", "threshold": 2.0}, [20, 25], True),  # 5 per second
+        ({"condition": "rate", "threshold": 2.0}, [20, 21], False),
+    ],
+)
+async def test_each_condition_fires_only_when_it_holds(rule: dict, values: list[float], fires: bool) -> None:
+    await make_rule(**rule)
+    await feed(*[(v, i) for i, v in enumerate(values)])
+    assert (("ok", "firing") in await states()) is fires
+
+
+async def test_a_silent_metric_goes_to_nodata_and_recovers_when_data_returns() -> None:
+    await make_rule(nodata_s=30)
+    await feed((20, 0))
+    changes = await alerts.check_nodata(now_us() + 60 * US)
+    assert [c.event.state for c in changes] == ["nodata"]
+    assert await alerts.check_nodata(now_us() + 70 * US) == []  # already nodata: nothing stored twice
+    await actions.ingest([temp(21, now_us())])
+    assert await states() == [("ok", "nodata"), ("nodata", "resolved")]
+
+
+async def test_a_second_process_that_lost_the_race_stores_nothing_twice() -> None:
+    await make_rule()
+    await feed((20, 0))
+    # Another process fires the alert behind this process's back.
+    await AlertInstance.objects.filter(state="ok").aupdate(state="firing")
+    await feed((35, 1))
+    assert await AlertEvent.objects.acount() == 0
+    assert (await AlertInstance.objects.aget()).state == "firing"
+    await feed((20, 2))
+    assert await states() == [("firing", "resolved")]
+
+
+async def test_a_change_is_published_to_every_server_process() -> None:
+    await make_rule()
+    layer = get_channel_layer()
+    channel = await layer.new_channel("test.")
+    await layer.group_add(events.ALERTS_GROUP, channel)
+    await feed((35, 0))
+    message = await asyncio.wait_for(layer.receive(channel), 2)
+    event = events.parse(message)
+    assert isinstance(event, events.AlertState)
+    assert (event.metric, event.state, event.previous, event.value) == (KEY, "firing", "ok", 35)
+    assert event.instance and "above 30" in event.message
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook endpoint on loopback that fails the first `fail` requests."""
+
+    received: list[tuple[float, dict]] = []
+    fail = 0
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if Receiver.fail > 0:
+            Receiver.fail -= 1
+            self.send_response(503)
+        else:
+            Receiver.received.append((time.monotonic(), body))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    Receiver.received = []
+    Receiver.fail = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+async def test_a_firing_alert_is_posted_to_the_webhook_after_retries_and_each_attempt_is_recorded(
+    receiver: str,
+) -> None:
+    Receiver.fail = 2
+    await make_rule(webhook_url=receiver)
+    await feed((35, 0))
+    await alerts.drain()
+    delivery = await NotificationDelivery.objects.aget()
+    assert (delivery.status, delivery.attempts, delivery.channel) == ("sent", 3, "webhook")
+    assert [body["state"] for _, body in Receiver.received] == ["firing"]
+    assert Receiver.received[0][1]["metric"] == KEY
+
+
+async def test_an_unreachable_webhook_is_recorded_as_failed_after_every_attempt() -> None:
+    await make_rule(webhook_url="http://127.0.0.1:9/nothing-listens-here")
+    await feed((35, 0))
+    await alerts.drain()
+    delivery = await NotificationDelivery.objects.aget()
+    assert (delivery.status, delivery.attempts) == ("failed", 3)
+    assert "attempt 3" in delivery.last_error
+
+
+async def test_firing_and_resolving_send_an_email_each() -> None:
+    await make_rule(email_to="ops@example.com\noncall@example.com")
+    await feed((35, 0), (20, 1))
+    await alerts.drain()
+    assert sorted(m.to[0] for m in mail.outbox) == [
+        "oncall@example.com",
+        "oncall@example.com",
+        "ops@example.com",
+        "ops@example.com",
+    ]
+    assert any("firing" in m.subject for m in mail.outbox) and any("resolved" in m.subject for m in mail.outbox)
+
+
+async def test_a_silenced_alert_changes_state_but_notifies_nobody() -> None:
+    rule = await make_rule(email_to="ops@example.com")
+    await feed((20, 0))
+    inst = await AlertInstance.objects.aget(rule=rule)
+    event = await sync_to_async(alerts.silence)(inst, 3600)
+    assert event.silenced_until > now_us()
+    await feed((35, 1))
+    await alerts.drain()
+    assert await states() == [("ok", "firing")]
+    assert mail.outbox == [] and await NotificationDelivery.objects.acount() == 0
+
+
+async def test_a_disabled_rule_is_not_evaluated() -> None:
+    await make_rule(enabled=False)
+    await feed((35, 0))
+    assert await AlertEvent.objects.acount() == 0
+
+
+def test_only_staff_who_may_read_the_metric_operate_alerts(owner, viewer) -> None:
+    rule = AlertRule.objects.create(name="Hot", metric_pattern=KEY, threshold=30)
+    from dashboard.models import Source
+
+    source = Source.objects.create(slug="iot.sensor-01", name="sensor")
+    metric = Metric.objects.create(source=source, name="temperature", key=KEY)
+    inst = AlertInstance.objects.create(rule=rule, metric=metric, state="firing")
+    assert alerts.can_operate(owner, inst)
+    assert not alerts.can_operate(viewer, inst)
