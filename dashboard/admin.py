@@ -148,8 +148,37 @@ class DashboardAdmin(admin.ModelAdmin):
 
 @admin.register(ShareLink)
 class ShareLinkAdmin(admin.ModelAdmin):
-    list_display = ["dashboard", "label", "lookup", "created", "revoked_at"]
-    readonly_fields = ["lookup", "created"]
+    list_display = ["dashboard", "label", "lookup", "created", "revoked"]
+    readonly_fields = ["lookup", "created", "revoked_at"]
+    fields = ["dashboard", "label", "lookup", "created", "revoked_at"]
+    actions = ["revoke"]
+    search_fields = ["label", "lookup", "dashboard__title"]
+
+    @admin.display(boolean=True)
+    def revoked(self, obj: ShareLink) -> bool:
+        return obj.is_revoked
+
+    def save_model(self, request, obj: ShareLink, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        link, secret = ShareLink.issue(obj.dashboard, obj.label)
+        obj.pk = link.pk
+        obj.lookup = link.lookup
+        obj.secret_hash = link.secret_hash
+        url = request.build_absolute_uri(f"/share/{secret}/")
+        messages.warning(
+            request,
+            format_html(
+                "Share link created. Copy it now, it is never shown again: <code id='share-link-url'>{}</code>",
+                url,
+            ),
+        )
+
+    @admin.action(description="Revoke selected share links")
+    def revoke(self, request, queryset) -> None:
+        count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} share link(s).")
 
 
 @admin.register(AlertRule)

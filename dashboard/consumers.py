@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import logging
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth.models import AnonymousUser
 
 from dashboard.live import CLOSE_NOT_AUTHENTICATED, CloseConnection, LiveClient, error_frame
+from dashboard.models import ShareLink, SharePrincipal
 
 log = logging.getLogger(__name__)
+
+
+@database_sync_to_async
+def share_principal(secret: str) -> SharePrincipal | AnonymousUser:
+    """Return the reader a share-link secret stands for, or an anonymous user when it is unknown or revoked."""
+    link = ShareLink.find(secret)
+    return link.principal() if link is not None else AnonymousUser()
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -23,6 +33,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
+        secret = self.scope.get("url_route", {}).get("kwargs", {}).get("secret")
+        if secret is not None:
+            # A share link replaces whoever is signed in: it grants one dashboard's metrics only.
+            user = await share_principal(secret)
         await self.accept()
         if user is None or not user.is_authenticated:
             await self.send(text_data=error_frame("not_authenticated", "sign in at /accounts/login/ first"))

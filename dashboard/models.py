@@ -35,6 +35,9 @@ class VisibleQuerySet(models.QuerySet):
     def visible_to(self, user) -> VisibleQuerySet:
         if not user.is_authenticated:
             return self.none()
+        share = getattr(user, "share_link", None)
+        if share is not None:
+            return share.restrict(self)
         if user.is_staff or user.is_superuser:
             return self
         return self.filter(models.Q(viewer_groups=None) | models.Q(viewer_groups__user=user)).distinct()
@@ -82,6 +85,9 @@ class Source(models.Model):
 
 class MetricQuerySet(models.QuerySet):
     def visible_to(self, user) -> MetricQuerySet:
+        share = getattr(user, "share_link", None)
+        if share is not None:
+            return share.restrict(self)
         return self.filter(source__in=Source.objects.visible_to(user))
 
     def matching(self, pattern: str) -> MetricQuerySet:
@@ -317,8 +323,86 @@ class ShareLink(models.Model):
     created = models.DateTimeField(default=timezone.now)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    PREFIX = "pbs_"
+
     def __str__(self) -> str:
         return self.label or f"share {self.lookup}"
+
+    @classmethod
+    def issue(cls, dashboard: Dashboard, label: str = "") -> tuple[ShareLink, str]:
+        """Create a link and return it with its secret, which is never shown again."""
+        lookup = secrets.token_hex(6)
+        secret = f"{cls.PREFIX}{lookup}_{secrets.token_urlsafe(32)}"
+        link = cls.objects.create(dashboard=dashboard, label=label, lookup=lookup, secret_hash=_hash_secret(secret))
+        return link, secret
+
+    @classmethod
+    def find(cls, secret: str) -> ShareLink | None:
+        """Return the live (not revoked) link for a presented secret, or None."""
+        if not secret.startswith(cls.PREFIX):
+            return None
+        lookup = secret[len(cls.PREFIX) :].split("_", 1)[0]
+        link = cls.objects.filter(lookup=lookup, revoked_at=None).select_related("dashboard").first()
+        if link is None or not secrets.compare_digest(link.secret_hash, _hash_secret(secret)):
+            return None
+        return link
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def metric_ids(self) -> list[int]:
+        """Return the ids of the metrics the dashboard's panels name (keys or globs), resolved now."""
+        ids: set[int] = set()
+        for patterns in Panel.objects.filter(dashboard_id=self.dashboard_id).values_list("metrics", flat=True):
+            for pattern in patterns if isinstance(patterns, list) else []:
+                if isinstance(pattern, str) and pattern:
+                    ids.update(Metric.objects.matching(pattern).values_list("id", flat=True))
+        return sorted(ids)
+
+    def restrict(self, queryset: models.QuerySet) -> models.QuerySet:
+        """Narrow a Metric, Source or Dashboard queryset to what this link grants."""
+        # Ask the database, not this instance: a link revoked since it was loaded grants nothing.
+        if not ShareLink.objects.filter(pk=self.pk, revoked_at=None).exists():
+            return queryset.none()
+        model = queryset.model
+        if model is Metric:
+            return queryset.filter(id__in=self.metric_ids())
+        if model is Source:
+            return queryset.filter(metrics__id__in=self.metric_ids()).distinct()
+        if model is Dashboard:
+            return queryset.filter(id=self.dashboard_id)
+        return queryset.none()
+
+    def principal(self) -> SharePrincipal:
+        return SharePrincipal(self)
+
+
+class SharePrincipal:
+    """Who reads through a share link: signed in as nobody, granted one dashboard's panel metrics.
+
+    It stands in for request.user / scope["user"] so every `visible_to(user)`
+    (live subscribe, history, export) applies the link's narrower grant.
+    """
+
+    is_authenticated = True
+    is_anonymous = False
+    is_staff = False
+    is_superuser = False
+    is_active = True
+    pk = id = None
+
+    def __init__(self, link: ShareLink) -> None:
+        self.share_link = link
+
+    def __str__(self) -> str:
+        return f"share link {self.share_link.lookup}"
+
+    def get_username(self) -> str:
+        return str(self)
+
+    def has_perm(self, perm: str, obj=None) -> bool:
+        return False
 
 
 class UserPreference(models.Model):

@@ -6,4 +6,6 @@ from dashboard.consumers import LiveConsumer
 
 websocket_urlpatterns = [
     path("ws/live/", LiveConsumer.as_asgi()),
+    # A kiosk's socket: the share link's secret is the credential (docs/security.md).
+    path("ws/share/<str:secret>/", LiveConsumer.as_asgi()),
 ]

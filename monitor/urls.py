@@ -12,6 +12,8 @@ urlpatterns = [
     path("api/v2/write", api.write_line_protocol, name="api-write-line-protocol"),
     path("api/v1/metrics", api.metrics, name="api-metrics"),
     path("api/v1/series", api.series, name="api-series"),
+    path("share/<str:secret>/", views.share_page, name="share"),
+    path("share/<str:secret>/series", views.share_series, name="share-series"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("accounts/", include("django.contrib.auth.urls")),
