@@ -17,6 +17,7 @@ COLLECTORS: dict[str, str] = {
     "iot_sim": "collectors.iot_sim.IotFleetSimulator",
     "market_sim": "collectors.market_sim.MarketSimulator",
     "counter": "collectors.counter.CounterCollector",
+    "mqtt": "collectors.mqtt.MqttCollector",
 }
 
 
