@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
 
 from dashboard.models import Metric, ShareLink, Source
 
@@ -31,18 +38,100 @@ def source_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness: the process answers."""
+    """Liveness: the process answers (no dependency is checked, so a database outage never restarts it)."""
     return JsonResponse({"status": "ok"})
 
 
-def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database answers (the channel layer is checked by the async probe)."""
+READY_TIMEOUT_S = 2.0  # a load balancer probes every few seconds; an answer later than this is a failure
+_probe_channels: dict[asyncio.AbstractEventLoop, str] = {}
+_probe_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+
+def _database_ready() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def _channel_layer_ready() -> None:
+    """Send a message to this process's probe channel through the layer and receive it back."""
+    layer = get_channel_layer()
+    loop = asyncio.get_running_loop()
+    lock = _probe_locks.setdefault(loop, asyncio.Lock())
+    async with lock:
+        # One probe channel per process: the pub/sub layer keeps a channel subscribed after a receive.
+        channel = _probe_channels.get(loop)
+        if channel is None:
+            channel = _probe_channels[loop] = await layer.new_channel("readyz.")
+        nonce = secrets.token_hex(8)
+        try:
+            await layer.send(channel, {"type": "readyz.probe", "nonce": nonce})
+            while (await layer.receive(channel)).get("nonce") != nonce:
+                pass  # a late answer to an earlier probe that timed out
+        except BaseException:
+            _probe_channels.pop(loop, None)  # a cancelled receive unsubscribes it
+            raise
+
+
+async def _check(name: str, probe) -> tuple[str, str]:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        await asyncio.wait_for(probe(), READY_TIMEOUT_S)
+    except TimeoutError:
+        return name, f"no answer within {READY_TIMEOUT_S} s"
     except Exception as exc:
-        return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
-    return JsonResponse({"status": "ok", "database": "ok", "metrics": Metric.objects.count() >= 0})
+        return name, f"{type(exc).__name__}: {str(exc)[:200]}"
+    return name, "ok"
+
+
+async def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: the database and the channel layer both answer a round trip within READY_TIMEOUT_S."""
+    results = dict(
+        await asyncio.gather(
+            _check("database", sync_to_async(_database_ready)),
+            _check("channel_layer", _channel_layer_ready),
+        )
+    )
+    ok = all(v == "ok" for v in results.values())
+    response = JsonResponse({"status": "ok" if ok else "unavailable", **results}, status=200 if ok else 503)
+    if not ok:
+        response["Retry-After"] = "5"
+    return response
+
+
+def _agent_gauges() -> bytes:
+    """Return the agents' self-reported spool depth and last-success age as Prometheus text."""
+    registry = CollectorRegistry()
+    depth = Gauge("pulseboard_agent_spool_depth", "Readings waiting in an agent's spool", ["agent"], registry=registry)
+    age = Gauge(
+        "pulseboard_agent_last_success_age_seconds",
+        "Seconds since an agent's last accepted batch, as it last reported",
+        ["agent"],
+        registry=registry,
+    )
+    rows = Metric.objects.filter(source__kind=Source.Kind.AGENT, name__in=["spool.depth", "last_success_age"])
+    for source_slug, name, value in rows.values_list("source__slug", "name", "last_value"):
+        if value is not None:
+            (depth if name == "spool.depth" else age).labels(agent=source_slug.removeprefix("agent.")).set(value)
+    return generate_latest(registry)
+
+
+def metrics_allowed(request: HttpRequest) -> bool:
+    """Let staff sessions and scrapers presenting METRICS_TOKEN as a bearer token read /metrics."""
+    token = settings.METRICS_TOKEN
+    if token:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and secrets.compare_digest(presented.strip().encode(), token.encode()):
+            return True
+    return request.user.is_authenticated and request.user.is_staff
+
+
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """GET /metrics: the process's counters (prometheus-client default registry) and the agents' spool gauges."""
+    if not metrics_allowed(request):
+        response = HttpResponse("Forbidden: sign in as staff or send 'Authorization: Bearer <METRICS_TOKEN>'.\n", status=403)
+        response["Content-Type"] = "text/plain; charset=utf-8"
+        return response
+    body = generate_latest(REGISTRY) + _agent_gauges()
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 
 def _share_link_or_404(secret: str) -> ShareLink:

@@ -16,6 +16,7 @@ urlpatterns = [
     path("share/<str:secret>/series", views.share_series, name="share-series"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", views.prometheus_metrics, name="metrics"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

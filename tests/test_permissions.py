@@ -143,7 +143,10 @@ async def test_a_viewer_outside_the_group_gets_no_data_of_a_restricted_metric_ov
     await frames_until(ws, "hello")
     frames = await subscribe_and_collect(ws, ["vault.db-01.cpu", "vault.*", "*"])
     errors = [f for f in frames if f["type"] == "error"]
-    assert [(e["metric"], e["code"]) for e in errors[:2]] == [("vault.db-01.cpu", "forbidden"), ("vault.*", "forbidden")]
+    assert [(e["metric"], e["code"]) for e in errors[:2]] == [
+        ("vault.db-01.cpu", "forbidden"),
+        ("vault.*", "forbidden"),
+    ]
     subscribed = next(f for f in frames if f["type"] == "subscribed")
     assert "vault.db-01.cpu" not in {m["key"] for m in subscribed["metrics"]}
     assert not any(k.startswith("vault.") for k in data_keys(frames))
@@ -177,12 +180,16 @@ def test_a_viewer_outside_the_group_gets_nothing_from_history_or_export(
     assert body["error"]["field"] == "metric"
     assert "vault" not in json.dumps({k: v for k, v in body.items() if k != "error"})
     # Asking for it together with a readable metric must not leak it either.
-    response = client.get("/api/v1/series", {"metric": ["lab.sensor-01.temperature", "vault.db-01.cpu"], "format": output})
+    response = client.get(
+        "/api/v1/series", {"metric": ["lab.sensor-01.temperature", "vault.db-01.cpu"], "format": output}
+    )
     assert response.status_code == 400
 
 
 @pytest.mark.parametrize("output", ["json", "csv"])
-def test_a_member_of_the_granted_group_reads_history_and_export(client: Client, viewer, secret_metric, output: str) -> None:
+def test_a_member_of_the_granted_group_reads_history_and_export(
+    client: Client, viewer, secret_metric, output: str
+) -> None:
     client.force_login(viewer)
     response = client.get("/api/v1/series", {"metric": "vault.db-01.cpu", "from": "-1h", "format": output})
     assert response.status_code == 200
@@ -234,7 +241,9 @@ async def test_a_share_socket_streams_only_the_metrics_of_the_dashboards_panels(
     link, secret = shared
     ws = await socket(f"/ws/share/{secret}/")
     await frames_until(ws, "hello")
-    frames = await subscribe_and_collect(ws, ["lab.sensor-01.temperature", "lab.sensor-01.humidity", "vault.db-01.cpu", "*"])
+    frames = await subscribe_and_collect(
+        ws, ["lab.sensor-01.temperature", "lab.sensor-01.humidity", "vault.db-01.cpu", "*"]
+    )
     errors = {(f["metric"], f["code"]) for f in frames if f["type"] == "error"}
     assert errors == {("lab.sensor-01.humidity", "forbidden"), ("vault.db-01.cpu", "forbidden")}
     assert data_keys(frames) == {"lab.sensor-01.temperature"}

@@ -6,7 +6,15 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand, CommandError
 
-VIEW = ["view_source", "view_metric", "view_dashboard", "view_panel", "view_alertrule", "view_alertinstance", "view_alertevent"]
+VIEW = [
+    "view_source",
+    "view_metric",
+    "view_dashboard",
+    "view_panel",
+    "view_alertrule",
+    "view_alertinstance",
+    "view_alertevent",
+]
 EDIT = [
     *(f"{action}_{model}" for action in ("add", "change", "delete") for model in ("dashboard", "panel", "alertrule")),
     "change_alertinstance",  # acknowledge and silence
@@ -15,7 +23,10 @@ EDIT = [
 ROLES: dict[str, list[str]] = {
     "viewer": [f"dashboard.{c}" for c in VIEW],
     "editor": [f"dashboard.{c}" for c in VIEW + EDIT],
-    "admin": ["dashboard.*", *(f"auth.{a}_{m}" for a in ("view", "add", "change", "delete") for m in ("user", "group"))],
+    "admin": [
+        "dashboard.*",
+        *(f"auth.{a}_{m}" for a in ("view", "add", "change", "delete") for m in ("user", "group")),
+    ],
 }
 
 

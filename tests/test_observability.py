@@ -1,0 +1,116 @@
+"""Health checks, Prometheus /metrics (checked with promtool) and JSON logs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import httpx
+import pytest
+from django.test import AsyncClient, Client, override_settings
+
+from dashboard import storage
+from dashboard.timeutil import now_us
+from dashboard.validation import Reading
+from tests.faultkit import RedisServer
+from tests.servers import ROOT, project_env, running_server
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_healthz_answers_without_touching_anything(client: Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+async def test_readyz_checks_the_database_and_a_channel_layer_round_trip() -> None:
+    client = AsyncClient()
+    for _ in range(3):  # the probe channel is reused, not leaked, across probes
+        response = await client.get("/readyz")
+        assert response.status_code == 200, response.content
+        assert response.json() == {"status": "ok", "database": "ok", "channel_layer": "ok"}
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_readyz_fails_while_redis_is_down_and_recovers(tmp_path, redis_url) -> None:
+    redis = RedisServer(tmp_path).start()
+    env = project_env(tmp_path, REDIS_URL=redis.url)
+    try:
+        with running_server(env) as server:
+            assert httpx.get(server.url + "/readyz", timeout=10).json()["channel_layer"] == "ok"
+            redis.stop()
+            down = httpx.get(server.url + "/readyz", timeout=10)
+            assert down.status_code == 503 and down.headers["Retry-After"]
+            assert down.json()["database"] == "ok" and down.json()["channel_layer"] != "ok"
+            redis.start()
+            for _ in range(50):
+                up = httpx.get(server.url + "/readyz", timeout=10)
+                if up.status_code == 200:
+                    break
+            assert up.status_code == 200, up.text
+    finally:
+        redis.stop()
+
+
+def ingest_agent_health() -> None:
+    now = now_us()
+    storage.store(
+        [
+            Reading("agent.edge-01", "spool.depth", now, 1234.0, "", "gauge", "agent"),
+            Reading("agent.edge-01", "last_success_age", now, 2.5, "s", "gauge", "agent"),
+        ]
+    )
+
+
+def test_metrics_refuses_anonymous_and_non_staff_users(client: Client, viewer) -> None:
+    assert client.get("/metrics").status_code == 403
+    client.force_login(viewer)
+    assert client.get("/metrics").status_code == 403
+
+
+@override_settings(METRICS_TOKEN="scrape-secret-123")
+def test_metrics_accepts_a_scraper_bearer_token_only_when_it_matches(client: Client) -> None:
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-secret-123"}).status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (apt install prometheus)")
+def test_metrics_pass_promtool_and_include_the_agents_spool_depth(client: Client, owner, tmp_path) -> None:
+    ingest_agent_health()
+    client.force_login(owner)
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=")
+    text = response.content.decode()
+    assert 'pulseboard_agent_spool_depth{agent="edge-01"} 1234.0' in text
+    assert "pulseboard_ingest_accepted_total" in text and "pulseboard_connections" in text
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    # promtool exits 1 for lint warnings too; only "error" lines or an unparsable body matter here.
+    problems = [line for line in (checked.stdout + checked.stderr).splitlines() if "error" in line.lower()]
+    assert not problems, checked.stdout + checked.stderr
+    assert checked.returncode in (0, 1), checked.stderr
+
+
+def test_log_format_json_writes_one_object_per_line(tmp_path) -> None:
+    env = project_env(tmp_path, LOG_FORMAT="json", LOG_LEVEL="INFO")
+    code = (
+        "import django, logging; django.setup(); "
+        "log = logging.getLogger('dashboard.test'); "
+        "log.info('hello %s', 'world', extra={'samples': 3})\n"
+        "try:\n    1 / 0\nexcept ZeroDivisionError:\n    log.exception('boom')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert lines[0]["message"] == "hello world" and lines[0]["level"] == "INFO" and lines[0]["samples"] == 3
+    assert lines[0]["logger"] == "dashboard.test" and lines[0]["time"].endswith("Z")
+    assert "ZeroDivisionError" in lines[1]["exc"]
+
+
+def test_a_bad_log_format_is_refused_at_start(tmp_path) -> None:
+    env = project_env(tmp_path, LOG_FORMAT="xml")
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0 and "LOG_FORMAT" in done.stderr
