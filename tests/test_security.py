@@ -1,0 +1,224 @@
+"""Production settings pass `check --deploy`; the socket's origin check, auth and limits close with their documented codes."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import websockets
+from channels.testing import WebsocketCommunicator
+
+from dashboard import live
+from dashboard.consumers import LiveConsumer
+from monitor.asgi import application
+from tests.servers import ROOT, project_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+DOCS = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def production_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return project_env(
+        tmp_path,
+        DEBUG="0",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        TLS="1",
+        ALLOWED_HOSTS="example.com,www.example.com",
+        CSRF_TRUSTED_ORIGINS="https://example.com",
+        **extra,
+    )
+
+
+def run_python(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_check_deploy_is_clean_with_production_settings(tmp_path) -> None:
+    done = run_python(production_env(tmp_path), "manage.py", "check", "--deploy", "--fail-level", "WARNING")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues" in done.stdout
+
+
+def test_tls_makes_cookies_secure_and_sends_hsts(tmp_path) -> None:
+    code = (
+        "import django; django.setup()\n"
+        "from django.conf import settings as s\n"
+        "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS > 0, s.SECURE_SSL_REDIRECT)\n"
+        "from django.test import Client\n"
+        "r = Client(SERVER_NAME='example.com').get('/healthz', secure=True)\n"
+        "print(r.status_code, r.headers.get('Strict-Transport-Security'))\n"
+        "print(Client(SERVER_NAME='example.com').get('/accounts/login/').status_code)\n"
+    )
+    done = run_python(production_env(tmp_path), "-c", code)
+    assert done.returncode == 0, done.stderr
+    flags, hsts, plain = done.stdout.splitlines()
+    assert flags == "True True True True"
+    assert hsts.startswith("200 max-age=31536000; includeSubDomains")
+    assert plain == "301"  # plain HTTP is redirected, health checks are not
+
+
+def test_without_tls_cookies_are_not_marked_secure(tmp_path) -> None:
+    code = "import django; django.setup()\nfrom django.conf import settings as s\nprint(s.SESSION_COOKIE_SECURE, s.SECURE_HSTS_SECONDS)"
+    done = run_python(project_env(tmp_path), "-c", code)
+    assert done.stdout.split() == ["False", "0"]
+
+
+def test_production_settings_refuse_a_missing_secret_key(tmp_path) -> None:
+    env = production_env(tmp_path)
+    del env["SECRET_KEY"]
+    done = run_python(env, "manage.py", "check")
+    assert done.returncode != 0 and "SECRET_KEY must be set" in done.stderr
+
+
+# --- Origin and session ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "accepted"),
+    [
+        ("http://localhost", True),
+        ("http://127.0.0.1:8000", True),
+        ("http://evil.example", False),
+        ("https://localhost.evil.example", False),
+        ("null", False),
+    ],
+)
+async def test_the_socket_refuses_origins_outside_allowed_hosts(viewer, origin: str, accepted: bool) -> None:
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=[(b"origin", origin.encode())])
+    connected, code = await communicator.connect()
+    assert connected is accepted, (origin, code)
+    await communicator.disconnect()
+
+
+async def test_a_socket_without_a_session_cookie_is_closed_with_4001() -> None:
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=[(b"origin", b"http://localhost")])
+    connected, _ = await communicator.connect()
+    assert connected
+    assert json.loads(await communicator.receive_from())["code"] == "not_authenticated"
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 4001}
+
+
+async def test_a_forged_session_cookie_is_treated_as_signed_out() -> None:
+    headers = [(b"origin", b"http://localhost"), (b"cookie", b"sessionid=" + secrets.token_hex(16).encode())]
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    await communicator.connect()
+    assert json.loads(await communicator.receive_from())["code"] == "not_authenticated"
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 4001}
+
+
+# --- Limits ------------------------------------------------------------------------
+
+
+async def open_socket(user) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect()
+    assert connected
+    assert json.loads(await communicator.receive_from())["type"] == "hello"
+    return communicator
+
+
+async def next_frame(ws: WebsocketCommunicator, kind: str) -> dict:
+    while True:
+        frame = json.loads(await ws.receive_from(5))
+        if frame["type"] == kind:
+            return frame
+
+
+async def test_a_message_over_the_size_limit_closes_with_4009(viewer) -> None:
+    ws = await open_socket(viewer)
+    await ws.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * live.MAX_MESSAGE_BYTES}))
+    assert (await next_frame(ws, "error"))["code"] == "message_too_big"
+    assert await ws.receive_output() == {"type": "websocket.close", "code": 4009}
+    assert "| 4009 |" in DOCS and "`message_too_big`" in DOCS
+
+
+async def test_a_message_at_the_size_limit_is_accepted(viewer) -> None:
+    ws = await open_socket(viewer)
+    message = json.dumps({"type": "ping", "id": 1, "pad": ""})
+    message = message.replace('"pad": ""', '"pad": "' + "x" * (live.MAX_MESSAGE_BYTES - len(message)) + '"')
+    assert len(message) == live.MAX_MESSAGE_BYTES
+    await ws.send_to(text_data=message)
+    assert (await next_frame(ws, "pong"))["id"] == 1
+    await ws.disconnect()
+
+
+async def test_more_subscriptions_than_the_limit_are_refused_with_an_error_frame(viewer, monkeypatch) -> None:
+    from dashboard import storage
+    from dashboard.timeutil import now_us
+    from dashboard.validation import Reading
+
+    monkeypatch.setattr(live, "MAX_SUBSCRIPTIONS", 5)
+    await storage_async(storage.store, [Reading("lim.host", f"m{i}", now_us(), 1.0) for i in range(8)])
+    ws = await open_socket(viewer)
+    await ws.send_json_to(
+        {"type": "subscribe", "id": 1, "metrics": [f"lim.host.m{i}" for i in range(4)], "history_s": 0}
+    )
+    assert len((await next_frame(ws, "subscribed"))["metrics"]) == 4
+    await ws.send_json_to({"type": "subscribe", "id": 2, "metrics": ["lim.host.*"], "history_s": 0})
+    error = await next_frame(ws, "error")
+    assert (error["code"], error["id"]) == ("too_many_subscriptions", 2)
+    # The connection stays usable and keeps what it had.
+    await ws.send_json_to({"type": "ping", "id": 3})
+    assert (await next_frame(ws, "pong"))["id"] == 3
+    await ws.disconnect()
+    assert "`too_many_subscriptions`" in DOCS
+
+
+async def storage_async(fn, *args):
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(fn)(*args)
+
+
+async def test_a_burst_over_the_message_rate_gets_rate_limited_then_closed_with_4029(viewer) -> None:
+    ws = await open_socket(viewer)
+    sent = 0
+    codes: list[str] = []
+    closed = None
+    # Send much faster than MAX_MESSAGES_PER_S: the burst allowance, then errors, then the close.
+    for sent in range(1, 4 * live.MESSAGE_BURST):
+        await ws.send_json_to({"type": "ping", "id": sent})
+    while closed is None:
+        output = await ws.receive_output(5)
+        if output["type"] == "websocket.close":
+            closed = output["code"]
+        else:
+            frame = json.loads(output["text"])
+            codes.append(frame.get("code") or frame["type"])
+    assert closed == 4029
+    assert codes.count("pong") == live.MESSAGE_BURST
+    assert codes.count("rate_limited") >= 1
+    assert "| 4029 |" in DOCS and "`rate_limited`" in DOCS
+
+
+async def test_a_client_within_the_message_rate_is_never_limited(viewer) -> None:
+    import asyncio
+
+    ws = await open_socket(viewer)
+    for i in range(30):
+        await ws.send_json_to({"type": "ping", "id": i})
+        assert (await next_frame(ws, "pong"))["id"] == i
+        await asyncio.sleep(1.2 / live.MAX_MESSAGES_PER_S)
+    await ws.disconnect()
+
+
+@pytest.mark.slow
+async def test_a_cross_site_page_cannot_open_the_socket_on_a_real_server(tmp_path) -> None:
+    from tests.servers import running_server
+
+    with running_server(project_env(tmp_path)) as server:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(server.ws_url, origin="http://attacker.example"):
+                pass
+        assert refused.value.response.status_code == 403
+        # The same host is accepted (and then asked to sign in).
+        async with websockets.connect(server.ws_url, origin=server.url) as ws:
+            assert json.loads(await ws.recv())["code"] == "not_authenticated"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 4001
