@@ -42,11 +42,15 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=error_frame("not_authenticated", "sign in at /accounts/login/ first"))
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
-        self.client = LiveClient(user, self._send_text)
+        self.client = LiveClient(user, self._send_text, close=self._close_with)
         await self.client.start()
 
     async def _send_text(self, frame: str) -> None:
         await self.send(text_data=frame)
+
+    async def _close_with(self, code: int) -> None:
+        """Close from the server side (a reader too slow to keep up gets 4008)."""
+        await self.close(code=code)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.client is None:

@@ -19,10 +19,12 @@ import json
 import logging
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from channels.layers import get_channel_layer
+from django.conf import settings
 
 from dashboard import background, events, stats
 from dashboard.timeutil import now_us
@@ -32,11 +34,21 @@ log = logging.getLogger(__name__)
 GROUP_REFRESH_S = 3600  # the in-memory and core Redis layers forget members after group_expiry (1 day)
 DEFAULT_MAX_RATE = 20.0  # frames per second per socket under load
 MAX_BUFFER_SAMPLES = 50_000  # per socket; beyond this the oldest are dropped and back-filled later
+MAX_FRAME_SAMPLES = 10_000  # per data frame (~250 KB of JSON), so a full ack window stays a few MB
+ACK_WINDOW_FRAMES = 8  # data frames a WebSocket client may leave unacknowledged; then its data waits here
+STALL_S = 30.0  # default of settings LIVE_STALL_S: a connection whose window stays full this long makes no progress: close it with 4008
+MAX_SHEDS = 3  # buffer overflows within SHED_WINDOW_S before a connection counts as hopelessly slow
+SHED_WINDOW_S = 60.0
+WATCHDOG_S = 1.0  # how often the hub looks for stalled connections
 
 
 @dataclass(slots=True)
 class Fragment:
-    """One metric's part of one batch, JSON-encoded once for every socket."""
+    """One metric's part of one batch, JSON-encoded once for every socket.
+
+    `frames` is shared by every fragment decoded from the same hub message:
+    sessions that flush exactly those fragments reuse one frame string.
+    """
 
     key: str
     first_ts: int
@@ -45,12 +57,15 @@ class Fragment:
     json: str
     ts: list[int]
     values: list[float]
+    frames: dict[tuple[str, ...], str] | None = None
 
 
-def encode_fragment(key: str, ts: list[int], values: list[float]) -> Fragment:
+def encode_fragment(
+    key: str, ts: list[int], values: list[float], frames: dict[tuple[str, ...], str] | None = None
+) -> Fragment:
     """Return the encoded fragment of one metric's samples."""
     text = json.dumps({"k": key, "t": ts, "v": values}, separators=(",", ":"))
-    return Fragment(key, ts[0], ts[-1], len(ts), text, ts, values)
+    return Fragment(key, ts[0], ts[-1], len(ts), text, ts, values, frames)
 
 
 def data_frame(fragments: list[str], replay: bool = False) -> str:
@@ -59,17 +74,45 @@ def data_frame(fragments: list[str], replay: bool = False) -> str:
     return head + ",".join(fragments) + "]}"
 
 
+def shared_frame(fragments: list[Fragment]) -> str:
+    """Return the live frame for these fragments, built once per hub message when they all come from one."""
+    frames = fragments[0].frames
+    if frames is not None and all(f.frames is frames for f in fragments):
+        key = tuple(f.key for f in fragments)
+        frame = frames.get(key)
+        if frame is None:
+            frame = frames[key] = data_frame([f.json for f in fragments])
+            stats.FRAMES_ENCODED.inc()
+        return frame
+    stats.FRAMES_ENCODED.inc()
+    return data_frame([f.json for f in fragments])
+
+
 class Session:
-    """The fan-out side of one live connection: its subscriptions, cursors and coalescing buffer.
+    """The fan-out side of one live connection: its subscriptions, cursors, coalescing buffer and ack window.
 
     A frame goes out at once when the connection is idle, and under load at
     most `max_rate` times a second, carrying everything since the last frame.
+    With a `window` (WebSocket), at most that many data frames may be
+    unacknowledged by the client; further data waits here, coalesced, so a
+    slow reader costs at most `window` frames in the server's transport buffer
+    plus MAX_BUFFER_SAMPLES here. Daphne's send never blocks, so without
+    acknowledgements nothing would stop its transport buffer from growing.
     """
 
-    def __init__(self, send: Callable[[str], Awaitable[None]], max_rate: float = DEFAULT_MAX_RATE) -> None:
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        max_rate: float = DEFAULT_MAX_RATE,
+        window: int | None = ACK_WINDOW_FRAMES,
+        on_stuck: Callable[[str], None] | None = None,
+    ) -> None:
         self._send = send
         self.max_rate = max_rate
+        self.window = window
+        self.on_stuck = on_stuck
         self.cursors: dict[str, int] = {}  # metric key -> newest ts delivered or promised
+        self.delivered: dict[str, int] = {}  # metric key -> newest ts handed to the transport
         self.sources: dict[int, set[str]] = {}  # source id -> subscribed keys of it
         self._buffer: list[Fragment] = []
         self._buffered = 0
@@ -77,6 +120,12 @@ class Session:
         self._last_send = 0.0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sending = False
+        self.frames_sent = 0  # data frames handed to the transport
+        self.frames_acked = 0  # data frames the client confirmed
+        self._full_since: float | None = None  # when the ack window last filled up
+        self._window_open = asyncio.Event()
+        self._window_open.set()
+        self._sheds: deque[float] = deque(maxlen=MAX_SHEDS)
         self.dropped = 0
         self.on_gap: Callable[[set[str]], None] | None = None
         self.closed = False
@@ -89,6 +138,7 @@ class Session:
     def remove(self, key: str) -> int | None:
         """Forget a key; return its source id when the session no longer wants any key of that source."""
         self.cursors.pop(key, None)
+        self.delivered.pop(key, None)
         for source_id, keys in self.sources.items():
             if key in keys:
                 keys.discard(key)
@@ -121,6 +171,51 @@ class Session:
             return None
         return encode_fragment(fragment.key, [fragment.ts[i] for i in keep], [fragment.values[i] for i in keep])
 
+    # --- Flow control ------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Data frames sent but not yet acknowledged."""
+        return self.frames_sent - self.frames_acked
+
+    def window_full(self) -> bool:
+        return self.window is not None and self.in_flight >= self.window
+
+    def ack(self, frame: int) -> bool:
+        """Record that the client has received data frames 1..frame; return whether the window moved."""
+        if frame > self.frames_sent:
+            raise ValueError(f"'frame' {frame} was not sent yet: {self.frames_sent} data frames so far")
+        if frame <= self.frames_acked:
+            return False
+        self.frames_acked = frame
+        if not self.window_full():
+            self._full_since = None
+            self._window_open.set()
+            self._schedule()
+        return True
+
+    def stalled_for(self, now: float) -> float:
+        """Return how long the ack window has been full (0 when it is not)."""
+        return 0.0 if self._full_since is None else now - self._full_since
+
+    def _count_sent(self) -> None:
+        self.frames_sent += 1
+        if self.window_full():
+            stats.WINDOW_FULL.inc()
+            self._full_since = time.monotonic()
+            self._window_open.clear()
+
+    async def send_data(self, frame: str, newest: dict[str, int]) -> None:
+        """Send a replay frame once the ack window has room; `newest` is its last ts per key."""
+        while self.window_full() and not self.closed:
+            await self._window_open.wait()
+        if self.closed:
+            return
+        for key, ts in newest.items():
+            if ts > self.delivered.get(key, 0):
+                self.delivered[key] = ts
+        self._count_sent()
+        await self._send(frame)
+
     # --- Delivery ---------------------------------------------------------
     def offer(self, fragment: Fragment) -> None:
         """Queue a live fragment for this connection (called by the hub, never blocks)."""
@@ -148,11 +243,27 @@ class Session:
         self._buffered -= count
         self.dropped += count
         stats.SAMPLES_DROPPED.inc(count)
+        now = time.monotonic()
+        self._sheds.append(now)
+        if len(self._sheds) == MAX_SHEDS and now - self._sheds[0] <= SHED_WINDOW_S:
+            self.stuck(f"shed its buffer {MAX_SHEDS} times within {SHED_WINDOW_S:.0f} s")
+            return
         if self.on_gap is not None:
             self.on_gap({f.key for f in shed})
 
+    def stuck(self, reason: str) -> None:
+        """Give up on a connection that cannot keep up: stop sending and let the transport close it (4008)."""
+        if self.closed:
+            return
+        stats.SLOW_CLOSES.inc()
+        log.info("closing a live connection that %s", reason)
+        on_stuck = self.on_stuck
+        self.close()
+        if on_stuck is not None:
+            on_stuck(reason)
+
     def _schedule(self) -> None:
-        if self._flush_handle is not None or self._sending or self.closed:
+        if self._flush_handle is not None or self._sending or self.closed or self.window_full():
             return
         if not any(f.key not in self._held for f in self._buffer):
             return
@@ -166,23 +277,35 @@ class Session:
         asyncio.ensure_future(self.flush())
 
     async def flush(self) -> None:
-        """Send everything buffered (except held keys) as one frame."""
-        if self._sending or self.closed:
+        """Send what is buffered (except held keys) as one frame of at most MAX_FRAME_SAMPLES samples."""
+        if self._sending or self.closed or self.window_full():
             return
-        ready = [f for f in self._buffer if f.key not in self._held]
+        ready: list[Fragment] = []
+        rest: list[Fragment] = []
+        samples = 0
+        for fragment in self._buffer:
+            if fragment.key in self._held or (ready and samples + fragment.count > MAX_FRAME_SAMPLES):
+                rest.append(fragment)
+            else:
+                ready.append(fragment)
+                samples += fragment.count
         if not ready:
             return
-        self._buffer = [f for f in self._buffer if f.key in self._held]
-        self._buffered = sum(f.count for f in self._buffer)
+        self._buffer = rest
+        self._buffered -= samples
         self._sending = True
         try:
             for fragment in ready:
                 if fragment.last_ts > self.cursors.get(fragment.key, 0):
                     self.cursors[fragment.key] = fragment.last_ts
-            await self._send(data_frame([f.json for f in ready]))
+                if fragment.last_ts > self.delivered.get(fragment.key, 0):
+                    self.delivered[fragment.key] = fragment.last_ts
+            frame = shared_frame(ready)
+            self._count_sent()
+            await self._send(frame)
             now = now_us()
             stats.FRAMES_SENT.inc()
-            stats.SAMPLES_SENT.inc(sum(f.count for f in ready))
+            stats.SAMPLES_SENT.inc(samples)
             stats.LATENCY_SECONDS.observe(max(0, now - ready[-1].last_ts) / 1e6)
         except Exception:
             log.debug("send failed; the connection is closing", exc_info=True)
@@ -205,10 +328,12 @@ class Session:
 
     def close(self) -> None:
         self.closed = True
+        self._window_open.set()  # wake replays waiting for room so they end
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         self._buffer.clear()
+        self._buffered = 0
 
 
 class Hub:
@@ -234,6 +359,7 @@ class Hub:
         self._last_seq: dict[tuple[str, str], int] = {}
         self._tasks: list[asyncio.Task] = []
         self._start_lock = asyncio.Lock()
+        self.stall_s = float(settings.PULSEBOARD.get("LIVE_STALL_S", STALL_S))
 
     async def _ensure_started(self) -> None:
         if self.channel is not None:
@@ -246,6 +372,7 @@ class Hub:
                 self._tasks = [
                     loop.create_task(self._receive_loop(), name="pulseboard-hub"),
                     loop.create_task(self._refresh_loop(), name="pulseboard-hub-refresh"),
+                    loop.create_task(self._watchdog_loop(), name="pulseboard-hub-watchdog"),
                 ]
 
     async def register(self, session: Session) -> None:
@@ -308,6 +435,17 @@ class Hub:
                 except Exception:
                     log.warning("refreshing membership of %s failed", group)
 
+    async def _watchdog_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            self.reap_stalled(time.monotonic())
+
+    def reap_stalled(self, now: float) -> None:
+        """Close connections whose ack window has stayed full for LIVE_STALL_S (clients that stopped reading)."""
+        for session in list(self.sessions):
+            if session.stalled_for(now) > self.stall_s:
+                session.stuck(f"acknowledged nothing for {self.stall_s:.0f} s")
+
     def dispatch(self, message: dict) -> None:
         """Route one channel-layer message to the local sessions that want it."""
         event = events.parse(message)
@@ -336,6 +474,7 @@ class Hub:
         if not members:
             return
         fragments: dict[str, Fragment] = {}
+        frames: dict[tuple[str, ...], str] = {}  # frames built from this message, shared by sessions
         for session in members:
             for key in session.sources.get(event.source, ()):
                 series = event.series.get(key)
@@ -343,5 +482,5 @@ class Hub:
                     continue
                 fragment = fragments.get(key)
                 if fragment is None:
-                    fragment = fragments[key] = encode_fragment(key, series[0], series[1])
+                    fragment = fragments[key] = encode_fragment(key, series[0], series[1], frames)
                 session.offer(fragment)

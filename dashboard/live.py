@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from dashboard import stats
-from dashboard.fanout import Hub, Session, data_frame, encode_fragment
+from dashboard.fanout import ACK_WINDOW_FRAMES, MAX_FRAME_SAMPLES, Hub, Session, data_frame, encode_fragment
 from dashboard.models import Metric, Sample
 from dashboard.timeutil import US, now_us
 
@@ -104,10 +104,23 @@ def load_samples(cursors: dict[int, int]) -> dict[int, tuple[list[int], list[flo
 class LiveClient:
     """One connection's side of protocol v1: subscriptions, history, resume and live frames."""
 
-    def __init__(self, user, send: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        user,
+        send: Callable[[str], Awaitable[None]],
+        *,
+        close: Callable[[int], Awaitable[None]] | None = None,
+        acks: bool = True,
+    ) -> None:
+        """Speak the protocol over `send`; `close` ends the transport with a close code (4008 for a stuck reader).
+
+        `acks=False` is for transports without a way back (Server-Sent Events),
+        which bound their buffers another way.
+        """
         self.user = user
         self._send = send
-        self.session = Session(send)
+        self._close = close
+        self.session = Session(send, window=ACK_WINDOW_FRAMES if acks else None, on_stuck=self._on_stuck)
         self.session.on_gap = self._on_gap
         self.hub = Hub.get()
         self.metrics: dict[str, Metric] = {}
@@ -135,6 +148,7 @@ class LiveClient:
                         "max_replay_points": MAX_REPLAY_POINTS,
                         "max_history_s": MAX_HISTORY_S,
                         "max_rate": MAX_RATE,
+                        "ack_window": self.session.window or 0,
                     },
                 }
             )
@@ -149,6 +163,19 @@ class LiveClient:
         stats.CONNECTIONS.dec()
         self.metrics.clear()
         await self.hub.unregister(self.session)
+
+    def _on_stuck(self, reason: str) -> None:
+        """Tell the client why, then close the transport with 4008 (it resumes with `since`)."""
+
+        async def close() -> None:
+            try:
+                await self._send(error_frame("too_slow", f"this connection {reason}; reconnect and resume with 'since'"))
+                if self._close is not None:
+                    await self._close(CLOSE_TOO_SLOW)
+            except Exception:
+                log.debug("closing a stuck connection failed", exc_info=True)
+
+        self._spawn(close())
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -173,6 +200,8 @@ class LiveClient:
         if len(text) > MAX_MESSAGE_BYTES:
             await self._send(error_frame("message_too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes"))
             raise CloseConnection(CLOSE_MESSAGE_TOO_BIG, "message too big")
+        if text[:40].lstrip().startswith(('{"type":"ack"', '{"type": "ack"')) and self._ack(text):
+            return  # acknowledgements that move the window are free: they are the reader's pace
         if not self._take_token():
             if self._tokens < -MESSAGE_BURST:
                 raise CloseConnection(CLOSE_TOO_MANY_MESSAGES, "too many messages")
@@ -190,16 +219,41 @@ class LiveClient:
             return
         kind = message.get("type")
         request_id = message.get("id")
-        handler = {"subscribe": self.subscribe, "unsubscribe": self.unsubscribe, "ping": self.ping}.get(kind)
+        handler = {
+            "subscribe": self.subscribe,
+            "unsubscribe": self.unsubscribe,
+            "ping": self.ping,
+            "ack": self.ack,
+        }.get(kind)
         if handler is None:
             await self._send(
-                error_frame("unknown_type", f"unknown message type {kind!r}; use subscribe, unsubscribe or ping", id=request_id)
+                error_frame("unknown_type", f"unknown message type {kind!r}; use subscribe, unsubscribe, ping or ack", id=request_id)
             )
             return
         try:
             await handler(message)
         except ValueError as exc:
             await self._send(error_frame("bad_message", str(exc), id=request_id))
+
+    def _ack(self, text: str | bytes) -> bool:
+        """Apply a well-formed acknowledgement that moves the window; False sends it down the normal path."""
+        try:
+            message = json.loads(text)
+            frame = message["frame"]
+            if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0 or len(message) != 2:
+                return False
+            return self.session.ack(frame)
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    async def ack(self, message: dict[str, Any]) -> None:
+        """Acknowledge data frames 1..frame (counted by the client from the start of the connection)."""
+        frame = message.get("frame")
+        if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
+            raise ValueError("ack needs 'frame': the number of data frames received on this connection")
+        if self.session.window is None:
+            raise ValueError("this transport takes no acknowledgements")
+        self.session.ack(frame)
 
     async def ping(self, message: dict[str, Any]) -> None:
         await self._send(encode({"type": "pong", "id": message.get("id"), "time": now_us()}))
@@ -279,17 +333,26 @@ class LiveClient:
         try:
             cursors = {self.metrics[k].id: self.session.cursors[k] for k in keys if k in self.metrics}
             rows = await load_samples(cursors)
-            fragments, filled, truncated = [], 0, []
+            fragments: list = []
+            filled, truncated = 0, []
             for metric_id, (ts, values, cut) in rows.items():
                 key = next(k for k in keys if k in self.metrics and self.metrics[k].id == metric_id)
                 if cut:
                     truncated.append(key)
                 if ts:
-                    fragments.append(encode_fragment(key, ts, values).json)
+                    fragments.append(encode_fragment(key, ts, values))
                     self.session.cursors[key] = max(self.session.cursors[key], ts[-1])
                     filled += len(ts)
-            for start in range(0, len(fragments), 50):
-                await self._send(data_frame(fragments[start : start + 50], replay=True))
+            chunk: list = []
+            samples = 0
+            for fragment in [*fragments, None]:
+                if chunk and (fragment is None or samples + fragment.count > MAX_FRAME_SAMPLES):
+                    newest = {f.key: f.last_ts for f in chunk}
+                    await self.session.send_data(data_frame([f.json for f in chunk], replay=True), newest)
+                    chunk, samples = [], 0
+                if fragment is not None:
+                    chunk.append(fragment)
+                    samples += fragment.count
             if truncated:
                 await self._send(encode({"type": "lag", "truncated": truncated, "message": "older samples were skipped; use /api/v1/series for them"}))
         finally:

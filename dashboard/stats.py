@@ -33,3 +33,11 @@ LATENCY_SECONDS = Histogram(
     "Sample timestamp to frame sent",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+FRAMES_ENCODED = Counter(
+    "pulseboard_frames_encoded", "Live data frames assembled; FRAMES_SENT minus this is frames shared between sockets"
+)
+WINDOW_FULL = Counter("pulseboard_window_full", "Times a connection's ack window filled, so its data waited coalesced")
+SLOW_CLOSES = Counter("pulseboard_slow_closes", "Connections closed with 4008 because they could not keep up")
+SSE_RESPONSES_ENDED = Counter(
+    "pulseboard_sse_budget_ends", "Server-Sent Events responses ended at their byte budget (clients resume)"
+)

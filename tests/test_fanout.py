@@ -1,0 +1,242 @@
+"""The per-process fan-out: ack windows bound what a slow reader costs, and one frame string serves every socket."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from dashboard import actions, events, fanout, stats
+from dashboard.consumers import LiveConsumer
+from dashboard.fanout import Fragment, Hub, Session, encode_fragment
+from dashboard.timeutil import US, now_us
+from dashboard.validation import Reading
+
+
+class Transport:
+    """A transport that records every frame it is handed (a reader that never reads)."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.closed_with: str | None = None
+
+    async def send(self, frame: str) -> None:
+        self.frames.append(frame)
+
+    def stuck(self, reason: str) -> None:
+        self.closed_with = reason
+
+    def data(self) -> list[dict]:
+        return [json.loads(f) for f in self.frames if f.startswith('{"type":"data"')]
+
+
+def fragment(key: str, ts: int, value: float = 1.0) -> Fragment:
+    return encode_fragment(key, [ts], [value])
+
+
+def subscribed_session(transport: Transport, key: str = "s.m", window: int | None = 8) -> Session:
+    session = Session(transport.send, max_rate=100, window=window, on_stuck=transport.stuck)
+    session.add(1, key, cursor=0)
+    return session
+
+
+async def test_a_reader_that_acknowledges_nothing_is_sent_at_most_the_window_of_frames() -> None:
+    transport = Transport()
+    session = subscribed_session(transport)
+    for i in range(1, 21):
+        session.offer(fragment("s.m", i))
+        await session.flush()
+    assert len(transport.frames) == fanout.ACK_WINDOW_FRAMES
+    assert session.in_flight == fanout.ACK_WINDOW_FRAMES
+    assert session.window_full()
+    session.close()
+
+
+async def test_data_held_back_by_a_full_window_goes_out_coalesced_after_an_ack() -> None:
+    transport = Transport()
+    session = subscribed_session(transport)
+    for i in range(1, 21):
+        session.offer(fragment("s.m", i))
+        await session.flush()
+    assert session.ack(8) is True
+    await session.flush()
+    frames = transport.data()
+    assert len(frames) == 9
+    held_back = [t for batch in frames[-1]["batches"] for t in batch["t"]]
+    assert held_back == list(range(9, 21))
+    sent = [t for frame in frames for batch in frame["batches"] for t in batch["t"]]
+    assert sent == list(range(1, 21))  # nothing lost, nothing repeated
+    session.close()
+
+
+async def test_an_ack_for_a_frame_not_yet_sent_is_refused() -> None:
+    transport = Transport()
+    session = subscribed_session(transport)
+    session.offer(fragment("s.m", 1))
+    await session.flush()
+    with pytest.raises(ValueError):
+        session.ack(2)
+    assert session.ack(1) is True
+    assert session.ack(1) is False  # repeated acknowledgements change nothing
+    session.close()
+
+
+async def test_a_connection_whose_window_stays_full_is_reaped_as_too_slow() -> None:
+    transport = Transport()
+    session = subscribed_session(transport, window=2)
+    hub = Hub()
+    hub.sessions.add(session)
+    before = stats.SLOW_CLOSES._value.get()
+    for i in range(1, 4):
+        session.offer(fragment("s.m", i))
+        await session.flush()
+    hub.reap_stalled(time.monotonic() + hub.stall_s / 2)
+    assert transport.closed_with is None
+    hub.reap_stalled(time.monotonic() + hub.stall_s + 1)
+    assert transport.closed_with is not None and "acknowledged nothing" in transport.closed_with
+    assert session.closed
+    assert stats.SLOW_CLOSES._value.get() == before + 1
+
+
+async def test_a_connection_that_acknowledges_in_time_is_not_reaped() -> None:
+    transport = Transport()
+    session = subscribed_session(transport, window=2)
+    hub = Hub()
+    hub.sessions.add(session)
+    for i in range(1, 3):
+        session.offer(fragment("s.m", i))
+        await session.flush()
+    session.ack(2)
+    hub.reap_stalled(time.monotonic() + hub.stall_s + 1)
+    assert transport.closed_with is None
+    session.close()
+
+
+async def test_a_connection_that_keeps_overflowing_its_buffer_is_closed(monkeypatch) -> None:
+    monkeypatch.setattr(fanout, "MAX_BUFFER_SAMPLES", 10)
+    transport = Transport()
+    session = subscribed_session(transport, window=1)
+    gaps: list[set[str]] = []
+    session.on_gap = gaps.append
+    session.offer(fragment("s.m", 1))
+    await session.flush()  # fills the window of one frame
+    for i in range(2, 100):
+        session.offer(fragment("s.m", i))
+        if session.closed:
+            break
+    assert len(gaps) == fanout.MAX_SHEDS - 1  # the first sheds are back-filled ...
+    assert transport.closed_with is not None and "shed" in transport.closed_with  # ... then it gives up
+    assert session.dropped > 0
+
+
+async def test_a_slow_readers_buffer_never_exceeds_its_bound(monkeypatch) -> None:
+    monkeypatch.setattr(fanout, "MAX_BUFFER_SAMPLES", 100)
+    monkeypatch.setattr(fanout, "MAX_SHEDS", 10_000)
+    transport = Transport()
+    session = subscribed_session(transport, window=1)
+    session.on_gap = lambda keys: None
+    for i in range(1, 5000):
+        session.offer(fragment("s.m", i))
+        assert session._buffered <= 100
+    session.close()
+
+
+async def test_sockets_receiving_the_same_batch_share_one_frame_string() -> None:
+    hub = Hub()
+    transports = [Transport() for _ in range(100)]
+    sessions = [subscribed_session(t, key="iot.a.temp") for t in transports]
+    hub.groups[events.source_group(1)] = set(sessions)
+    before_encoded = stats.FRAMES_ENCODED._value.get()
+    batch = events.SampleBatch(source=1, series={"iot.a.temp": [[now_us()], [21.5]]}, publisher="p", seq=1)
+    hub.dispatch(batch.as_message())
+    for session in sessions:
+        await session.flush()
+    frames = [t.frames[0] for t in transports]
+    assert all(frame is frames[0] for frame in frames)  # the same object, not equal copies
+    assert stats.FRAMES_ENCODED._value.get() == before_encoded + 1
+    assert json.loads(frames[0])["batches"][0]["v"] == [21.5]
+    for session in sessions:
+        session.close()
+
+
+async def test_sockets_wanting_different_keys_of_a_batch_get_different_frames() -> None:
+    hub = Hub()
+    one, both = Transport(), Transport()
+    first = subscribed_session(one, key="iot.a.temp")
+    second = subscribed_session(both, key="iot.a.temp")
+    second.add(1, "iot.a.hum", cursor=0)
+    hub.groups[events.source_group(1)] = {first, second}
+    now = now_us()
+    batch = events.SampleBatch(
+        source=1, series={"iot.a.temp": [[now], [21.5]], "iot.a.hum": [[now], [40.0]]}, publisher="p", seq=1
+    )
+    hub.dispatch(batch.as_message())
+    await first.flush()
+    await second.flush()
+    assert [b["k"] for b in one.data()[0]["batches"]] == ["iot.a.temp"]
+    assert sorted(b["k"] for b in both.data()[0]["batches"]) == ["iot.a.hum", "iot.a.temp"]
+    first.close()
+    second.close()
+
+
+# --- Over a WebSocket ----------------------------------------------------------
+
+
+def temp(value: float, ts: int) -> Reading:
+    return Reading("iot.fan", "temperature", ts, value, "°C", "gauge", "device")
+
+
+async def connect(user) -> tuple[WebsocketCommunicator, dict]:
+    communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect()
+    assert connected
+    hello = json.loads(await communicator.receive_from())
+    return communicator, hello
+
+
+async def next_frame(ws: WebsocketCommunicator, kind: str) -> dict:
+    while True:
+        frame = json.loads(await ws.receive_from(5))
+        if frame["type"] == kind:
+            return frame
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_hello_announces_the_ack_window(viewer) -> None:
+    ws, hello = await connect(viewer)
+    assert hello["limits"]["ack_window"] == fanout.ACK_WINDOW_FRAMES
+    await ws.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_websocket_client_that_stops_acknowledging_stops_receiving_until_it_acks(viewer) -> None:
+    start = now_us() - 60 * US
+    await actions.ingest([temp(0.0, start)])
+    ws, _ = await connect(viewer)
+    await ws.send_json_to({"type": "subscribe", "metrics": ["iot.fan.temperature"], "history_s": 0, "max_rate": 100})
+    await next_frame(ws, "subscribed")
+    start = now_us()
+    received: list[int] = []
+    for i in range(1, 13):
+        await actions.ingest([temp(float(i), start + i)])
+        if i <= fanout.ACK_WINDOW_FRAMES:
+            frame = await next_frame(ws, "data")
+            received += [t for b in frame["batches"] for t in b["t"]]
+    assert await ws.receive_nothing(0.3)  # the window is full: the rest waits on the server
+    await ws.send_json_to({"type": "ack", "frame": fanout.ACK_WINDOW_FRAMES})
+    frame = await next_frame(ws, "data")
+    received += [t for b in frame["batches"] for t in b["t"]]
+    assert received == [start + i for i in range(1, 13)]
+    await ws.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_ack_beyond_the_frames_sent_is_a_bad_message(viewer) -> None:
+    ws, _ = await connect(viewer)
+    await ws.send_json_to({"type": "ack", "frame": 5})
+    error = await next_frame(ws, "error")
+    assert error["code"] == "bad_message" and "not sent yet" in error["message"]
+    await ws.disconnect()
