@@ -31,6 +31,7 @@ class Command(BaseCommand):
         self.stdout.write("Applying migrations...")
         call_command("migrate", interactive=False, verbosity=0)
         call_command("ensureadmin")
+        call_command("demodashboards")
         token_file = settings.VAR_DIR / "agent-token"
         call_command("issuetoken", "local agent", output=token_file)
 

@@ -1,0 +1,247 @@
+// Dashboard page: a grid of panels fed by the tab's one live connection (live windows)
+// or by GET /api/v1/series (history ranges), with time controls kept in the URL,
+// the alert banner, kiosk mode and, for editors, the layout editor.
+
+import { AlertBanner, postJSON } from "./alerts.js";
+import { LiveConnection, showState } from "./connection.js";
+import { LayoutEditor } from "./editor.js";
+import { PANEL_KINDS } from "./panels.js";
+import { SeriesStore } from "./store.js";
+import { HISTORY_RANGES, LIVE_RANGES, MAX_LIVE_S, bounds, describe, readTimeState, writeTimeState } from "./timerange.js";
+import { viewerTimeZone } from "./format.js";
+
+const params = new URLSearchParams(location.search);
+if (params.get("tz")) document.body.dataset.timezone = params.get("tz");
+const DRAW_INTERVAL_MS = 100; // at most 10 redraws a second, however fast data arrives
+const HISTORY_REFRESH_MS = 60000; // a relative history range (last 24 h) follows now once a minute
+const MAX_POINTS = 10000; // the series API's limit
+const HISTORICAL = new Set(["timeseries", "candlestick"]); // stat and table always show the latest values
+
+class DashboardPage {
+  constructor(config) {
+    this.config = config;
+    this.store = new SeriesStore({ windowS: MAX_LIVE_S, maxPoints: 20000 });
+    this.state = readTimeState();
+    this.grid = document.getElementById("panels");
+    this.panels = [];
+    this.panelRoots = [];
+    this.subscribed = new Set();
+    this.dirty = true;
+    this.lastDraw = 0;
+    this.historyGeneration = 0;
+    this.zoomTo = (fromMs, toMs) => this.setState({ mode: "history", range: "custom", fromMs, toMs, paused: false });
+
+    this.conn = new LiveConnection();
+    showState(this.conn);
+    for (const type of ["data", "alert", "lag"]) this.conn.on(type, (event) => this.dispatch(event));
+    this.conn.on("state", () => { this.statusDirty = true; });
+    this.banner = new AlertBanner(undefined, { canOperate: config.can_operate_alerts });
+    this.rebuild(config);
+    this.conn.start();
+    this.banner.load().then((list) => list.forEach((a) => this.annotate(a)));
+    this.bindControls();
+    this.applyState();
+    this.editor = new LayoutEditor(this);
+    if (params.get("kiosk") === "1") this.kiosk(Number(params.get("rotate")) || 0);
+    requestAnimationFrame(() => this.frame());
+    setInterval(() => { this.dirty = true; this.updateStatus(); }, 1000);
+  }
+
+  // The one dispatch of live events on their type (docs/protocol.md).
+  dispatch(event) {
+    switch (event.type) {
+      case "data":
+        for (const b of event.batches) this.store.add(b.k, b.t, b.v);
+        this.dirty = true;
+        break;
+      case "alert":
+        this.annotate(this.banner.update(event));
+        break;
+      case "lag":
+        break; // the server back-fills by itself; replayed data follows
+    }
+  }
+
+  annotate(alert) {
+    if (alert.previous === alert.state && alert.state !== "firing") return; // acks and silences are not chart events
+    for (const panel of this.panels) panel.annotate(alert);
+  }
+
+  rebuild(config) {
+    for (const panel of this.panels) panel.destroy();
+    config.panels.sort((a, b) => a.y - b.y || a.x - b.x);
+    this.config = config;
+    this.grid.replaceChildren();
+    this.panelRoots = [];
+    this.panels = config.panels.map((spec) => {
+      const root = document.createElement("section");
+      this.grid.append(root);
+      this.panelRoots.push(root);
+      const Kind = PANEL_KINDS[spec.kind] || PANEL_KINDS.timeseries;
+      const panel = new Kind(root, spec, this);
+      this.place(root, spec);
+      return panel;
+    });
+    const keys = [...new Set(config.panels.flatMap((p) => p.series.map((s) => s.key)))].filter((k) => !this.subscribed.has(k));
+    if (keys.length) {
+      keys.forEach((k) => this.subscribed.add(k));
+      this.conn.subscribe(keys, { historyS: MAX_LIVE_S, maxRate: 10 });
+    }
+    this.dirty = true;
+    if (this.state && this.state.mode === "history") this.loadHistory();
+  }
+
+  place(root, spec) {
+    root.style.gridColumn = `${spec.x + 1} / span ${spec.w}`;
+    root.style.gridRow = `${spec.y + 1} / span ${spec.h}`;
+    root.style.setProperty("--rows", spec.h);
+  }
+
+  frame() {
+    const now = performance.now();
+    if (this.dirty && now - this.lastDraw >= DRAW_INTERVAL_MS) {
+      this.draw();
+      this.lastDraw = now;
+      this.dirty = false;
+    }
+    requestAnimationFrame(() => this.frame());
+  }
+
+  draw() {
+    const live = this.state.mode === "live";
+    if (live && this.state.paused) return;
+    const [fromMs, toMs] = bounds(this.state);
+    for (const panel of this.panels) {
+      if (live || !HISTORICAL.has(panel.cfg.kind)) panel.drawLive(this.store, fromMs / 1000, toMs / 1000);
+    }
+    if (this.statusDirty) this.updateStatus();
+  }
+
+  updateStatus() {
+    this.statusDirty = false;
+    for (const panel of this.panels) {
+      const mode = this.state.mode === "history" && HISTORICAL.has(panel.cfg.kind) ? "history" : "live";
+      panel.showStatus(this.conn, this.store, mode, this.state.mode === "live" && this.state.paused);
+    }
+  }
+
+  async loadHistory() {
+    const generation = ++this.historyGeneration;
+    const [fromMs, toMs] = bounds(this.state);
+    clearTimeout(this.historyTimer);
+    if (this.state.range !== "custom") this.historyTimer = setTimeout(() => this.loadHistory(), HISTORY_REFRESH_MS);
+    document.body.classList.add("loading");
+    await Promise.all(this.panels.map(async (panel) => {
+      if (!HISTORICAL.has(panel.cfg.kind) || !panel.keys.length) return;
+      // Never ask for more buckets than the chart has pixels.
+      const width = Math.round((panel.chartBox ? panel.chartBox.clientWidth : 600) || 600);
+      const points = panel.cfg.kind === "candlestick" ? Math.max(10, Math.floor(width / 9)) : Math.min(MAX_POINTS, Math.max(50, width));
+      const query = new URLSearchParams({ from: String(Math.round(fromMs * 1000)), to: String(Math.round(toMs * 1000)), points: String(points) });
+      const keys = panel.cfg.kind === "candlestick" ? panel.keys.slice(0, 1) : panel.keys;
+      for (const k of keys) query.append("metric", k);
+      try {
+        const response = await fetch("/api/v1/series?" + query, { credentials: "same-origin" });
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const history = await response.json();
+        if (generation === this.historyGeneration) panel.drawHistory(history, fromMs / 1000, toMs / 1000, this.store);
+      } catch (err) {
+        panel.status.textContent = "history unavailable";
+        panel.status.dataset.state = "stale";
+        console.warn("pulseboard: history of", panel.cfg.title, err);
+      }
+    }));
+    if (generation === this.historyGeneration) document.body.classList.remove("loading");
+    this.updateStatus();
+  }
+
+  setState(state) {
+    this.state = state;
+    writeTimeState(state);
+    this.applyState();
+  }
+
+  applyState() {
+    const s = this.state;
+    for (const b of document.querySelectorAll("[data-range]")) b.classList.toggle("active", b.dataset.range === s.range);
+    const pause = document.getElementById("pause");
+    pause.hidden = s.mode !== "live";
+    pause.textContent = s.paused ? "▶ Resume" : "❚❚ Pause";
+    pause.classList.toggle("primary", !!s.paused);
+    document.getElementById("range-label").textContent = describe(s, viewerTimeZone());
+    document.getElementById("custom-range").hidden = s.range !== "custom";
+    if (s.range === "custom") {
+      document.getElementById("custom-from").value = localInput(s.fromMs);
+      document.getElementById("custom-to").value = localInput(s.toMs);
+    }
+    document.body.dataset.mode = s.mode;
+    if (s.mode === "history") this.loadHistory();
+    else { clearTimeout(this.historyTimer); this.historyGeneration++; }
+    this.dirty = true;
+    this.updateStatus();
+  }
+
+  bindControls() {
+    for (const b of document.querySelectorAll("[data-range]")) {
+      b.addEventListener("click", () => {
+        const r = b.dataset.range;
+        if (LIVE_RANGES[r]) this.setState({ mode: "live", range: r, windowS: LIVE_RANGES[r], paused: false });
+        else if (HISTORY_RANGES[r]) this.setState({ mode: "history", range: r, spanS: HISTORY_RANGES[r], paused: false });
+        else {
+          const [fromMs, toMs] = bounds(this.state);
+          this.setState({ mode: "history", range: "custom", fromMs, toMs, paused: false });
+        }
+      });
+    }
+    document.getElementById("custom-apply").addEventListener("click", () => {
+      const fromMs = inputTime(document.getElementById("custom-from").value);
+      const toMs = inputTime(document.getElementById("custom-to").value);
+      if (fromMs && toMs && toMs > fromMs) this.setState({ mode: "history", range: "custom", fromMs, toMs, paused: false });
+    });
+    document.getElementById("pause").addEventListener("click", () => {
+      if (this.state.mode === "live") this.setState({ ...this.state, paused: !this.state.paused });
+    });
+    const pan = (direction) => {
+      const [fromMs, toMs] = bounds(this.state);
+      const shift = ((toMs - fromMs) / 2) * direction;
+      const to = Math.min(toMs + shift, Date.now());
+      this.setState({ mode: "history", range: "custom", fromMs: to - (toMs - fromMs), toMs: to, paused: false });
+    };
+    document.getElementById("pan-back").addEventListener("click", () => pan(-1));
+    document.getElementById("pan-forward").addEventListener("click", () => pan(1));
+    window.addEventListener("keydown", (e) => { if (e.key === "Escape" && this.state.range === "custom") document.querySelector('[data-range="15m"]').click(); });
+    this.bindTimeZone();
+  }
+
+  bindTimeZone() {
+    const input = document.getElementById("timezone");
+    if (!input) return;
+    const zones = ["browser", "UTC", ...(Intl.supportedValuesOf ? Intl.supportedValuesOf("timeZone") : [])];
+    const list = document.getElementById("timezones");
+    for (const z of zones) list.append(new Option(z === "browser" ? `browser (${Intl.DateTimeFormat().resolvedOptions().timeZone})` : z, z));
+    input.value = document.body.dataset.timezone || "browser";
+    input.addEventListener("change", async () => {
+      try {
+        await postJSON("/api/v1/preferences", { timezone: input.value.trim() });
+        params.delete("tz");
+        location.search = params.toString();
+      } catch (err) { input.classList.add("invalid"); input.title = err.message; }
+    });
+  }
+
+  // Wall-screen mode: no chrome; optionally move to the next dashboard every `rotateS` seconds.
+  kiosk(rotateS) {
+    document.body.classList.add("kiosk");
+    if (rotateS < 10 || this.config.dashboards.length < 2) return;
+    const next = this.config.dashboards[(this.config.dashboards.indexOf(this.config.slug) + 1) % this.config.dashboards.length];
+    setTimeout(() => { location.href = `/d/${next}/?${params}`; }, rotateS * 1000);
+  }
+}
+
+function localInput(ms) {
+  const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
+  return d.toISOString().slice(0, 16);
+}
+
+function inputTime(value) { const t = new Date(value).getTime(); return Number.isFinite(t) ? t : null; }
+
+window.pulseboard = new DashboardPage(JSON.parse(document.getElementById("dashboard-config").textContent));

@@ -1,0 +1,89 @@
+// In-page layout editing for users with edit rights: add, move, resize and remove panels,
+// then save the whole layout (POST /api/v1/dashboards/<slug>/layout; rights checked on the server).
+
+import { postJSON } from "./alerts.js";
+
+const COLUMNS = 12;
+const TOOLS = [
+  ["←", "move left", (p) => { p.x = Math.max(0, p.x - 1); }],
+  ["→", "move right", (p) => { p.x = Math.min(COLUMNS - p.w, p.x + 1); }],
+  ["↑", "move up", (p) => { p.y = Math.max(0, p.y - 1); }],
+  ["↓", "move down", (p) => { p.y += 1; }],
+  ["−w", "narrower", (p) => { p.w = Math.max(2, p.w - 1); }],
+  ["+w", "wider", (p) => { p.w = Math.min(COLUMNS, p.w + 1); p.x = Math.min(p.x, COLUMNS - p.w); }],
+  ["−h", "shorter", (p) => { p.h = Math.max(2, p.h - 1); }],
+  ["+h", "taller", (p) => { p.h = Math.min(12, p.h + 1); }],
+];
+
+export class LayoutEditor {
+  constructor(page) {
+    this.page = page;
+    this.bar = document.getElementById("editor-bar");
+    this.toggle = document.getElementById("edit-toggle");
+    this.status = document.getElementById("edit-status");
+    if (!this.bar || !this.toggle) return;
+    this.toggle.addEventListener("click", () => this.setEditing(!this.editing));
+    document.getElementById("edit-cancel").addEventListener("click", () => { this.page.rebuild(this.saved); this.setEditing(false); });
+    document.getElementById("edit-save").addEventListener("click", () => this.save());
+    this.bar.addEventListener("submit", (e) => { e.preventDefault(); this.add(new FormData(this.bar)); });
+  }
+
+  setEditing(on) {
+    this.editing = on;
+    if (on) this.saved = structuredClone(this.page.config);
+    this.bar.hidden = !on;
+    this.toggle.textContent = on ? "Done" : "Edit";
+    this.toggle.classList.toggle("primary", on);
+    document.getElementById("panels").classList.toggle("editing", on);
+    this.decorate();
+  }
+
+  // Tool strip on every panel while editing.
+  decorate() {
+    for (const node of document.querySelectorAll(".panel-tools")) node.remove();
+    if (!this.editing) return;
+    this.page.config.panels.forEach((spec, index) => {
+      const root = this.page.panelRoots[index];
+      const tools = document.createElement("div");
+      tools.className = "panel-tools";
+      for (const [text, title, apply] of TOOLS) {
+        const b = document.createElement("button");
+        b.type = "button"; b.textContent = text; b.title = title; b.dataset.tool = title;
+        b.addEventListener("click", () => { apply(spec); this.page.place(root, spec); this.dirty(); });
+        tools.append(b);
+      }
+      const remove = document.createElement("button");
+      remove.type = "button"; remove.textContent = "✕"; remove.title = "remove panel"; remove.dataset.tool = "remove";
+      remove.className = "danger";
+      remove.addEventListener("click", () => { this.page.config.panels.splice(index, 1); this.page.rebuild(this.page.config); this.decorate(); this.dirty(); });
+      tools.append(remove);
+      root.prepend(tools);
+    });
+  }
+
+  dirty() { this.status.textContent = "unsaved changes"; }
+
+  async add(form) {
+    const metrics = String(form.get("metrics")).split(",").map((s) => s.trim()).filter(Boolean);
+    const bottom = Math.max(0, ...this.page.config.panels.map((p) => p.y + p.h));
+    const options = form.get("unit") ? { unit: String(form.get("unit")) } : {};
+    this.page.config.panels.push({ title: String(form.get("title")), kind: String(form.get("kind")), metrics, options, x: 0, y: bottom, w: 6, h: 4 });
+    await this.save(); // the server resolves the new panel's globs to series
+    this.bar.reset();
+  }
+
+  async save() {
+    this.status.textContent = "saving…";
+    const panels = this.page.config.panels.map(({ id, title, kind, metrics, options, x, y, w, h }) => ({ id, title, kind, metrics, options, x, y, w, h }));
+    try {
+      const config = await postJSON(`/api/v1/dashboards/${this.page.config.slug}/layout`, { panels });
+      this.page.rebuild({ ...this.page.config, ...config });
+      this.saved = structuredClone(this.page.config);
+      this.status.textContent = "saved";
+      this.decorate();
+    } catch (err) {
+      this.status.textContent = "not saved: " + err.message;
+      this.page.config.panels = this.page.config.panels.filter((p) => p.id !== undefined || p.series);
+    }
+  }
+}

@@ -1,0 +1,495 @@
+// The four panel kinds of a dashboard: time series, stat, table and candlestick.
+// Each panel draws live from the tab's SeriesStore or a history answer from
+// GET /api/v1/series, and shows its own status: live / reconnecting / stale since T.
+
+import { formatValue, formatTime, viewerTimeZone } from "./format.js";
+
+export const COLORS = ["#4f9cf9", "#f5a524", "#3ccf91", "#f3616d", "#b48cf2", "#37c6d0", "#e879b9", "#a3a3a3"];
+const STATE_COLORS = { firing: "#f3616d", nodata: "#f5a524", pending: "#f5a524", resolved: "#3ccf91", ok: "#3ccf91" };
+const DEFAULT_STALE_S = 30; // a panel whose newest sample is older than this is marked stale
+const MAX_ANNOTATIONS = 50; // per panel; older ones are dropped so a flapping alert cannot grow memory
+
+// Colour of a value by the panel's thresholds [{value, color}], the highest threshold reached wins.
+export function thresholdColor(value, thresholds = [], fallback = "var(--text)") {
+  let color = fallback;
+  for (const t of [...thresholds].sort((a, b) => a.value - b.value)) if (value >= t.value) color = t.color;
+  return color;
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+class Panel {
+  constructor(root, cfg) {
+    this.cfg = cfg;
+    this.root = root;
+    this.keys = cfg.series.map((s) => s.key);
+    this.unit = cfg.options.unit ?? (cfg.series[0] ? cfg.series[0].unit : "");
+    this.staleS = cfg.options.stale_s || DEFAULT_STALE_S;
+    this.annotations = [];
+    root.className = `panel panel-${cfg.kind}`;
+    root.dataset.panelId = cfg.id ?? "";
+    root.dataset.kind = cfg.kind;
+    const head = el("header", "panel-head");
+    head.append(el("h2", "panel-title", cfg.title));
+    this.status = el("span", "panel-status", "connecting");
+    head.append(this.status);
+    root.append(head);
+    this.body = el("div", "panel-body");
+    root.append(this.body);
+    if (!this.keys.length) this.body.append(el("p", "empty", `No readable metric matches ${cfg.metrics.join(", ")}`));
+  }
+
+  label(key) {
+    const s = this.cfg.series.find((x) => x.key === key);
+    if (!s) return key;
+    // Several sources: the source tells lines apart; one source: the metric name does.
+    const sources = new Set(this.cfg.series.map((x) => x.source));
+    return sources.size > 1 ? s.source.replace(/^(host|iot|market)\./, "") + (new Set(this.cfg.series.map((x) => x.name)).size > 1 ? " " + s.name : "") : s.name;
+  }
+
+  newest(store) {
+    let t = 0;
+    for (const k of this.keys) { const l = store.latest(k); if (l && l.t > t) t = l.t; }
+    return t;
+  }
+
+  // Status text: the connection state wins, then the panel's own freshness.
+  showStatus(conn, store, mode, paused) {
+    let state, text;
+    if (mode === "history") { state = "history"; text = "history"; }
+    else if (paused) { state = "paused"; text = "paused"; }
+    else if (conn.state === "reconnecting" || conn.state === "connecting") { state = "reconnecting"; text = conn.state; }
+    else {
+      const newest = this.newest(store);
+      if (!newest) { state = "stale"; text = "no data"; }
+      else if (Date.now() / 1000 - newest > this.staleS) { state = "stale"; text = "stale since " + formatTime(newest * 1000); }
+      else if (conn.state === "stale") { state = "stale"; text = "stale since " + formatTime((conn.staleSince || Date.now())); }
+      else { state = "live"; text = "live"; }
+    }
+    if (this.status.dataset.state !== state || this.status.textContent !== text) {
+      this.status.dataset.state = state;
+      this.status.textContent = text;
+    }
+  }
+
+  annotate(alert) {
+    if (!this.keys.includes(alert.metric)) return false;
+    this.annotations.push({ t: alert.at / 1e6, state: alert.state });
+    if (this.annotations.length > MAX_ANNOTATIONS) this.annotations.shift();
+    this.root.classList.toggle("alerting", alert.state === "firing");
+    return true;
+  }
+
+  setRange() {}
+  drawLive() {}
+  drawHistory() {}
+  destroy() { if (this.observer) this.observer.disconnect(); if (this.plot) this.plot.destroy(); }
+}
+
+// Draw threshold lines and alert annotations on a uPlot canvas.
+function overlayHook(panel) {
+  return (u) => {
+    const ctx = u.ctx;
+    const { left, top, width, height } = u.bbox;
+    ctx.save();
+    for (const t of panel.cfg.options.thresholds || []) {
+      const y = u.valToPos(t.value, "y", true);
+      if (y < top || y > top + height) continue;
+      ctx.strokeStyle = t.color;
+      ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+      ctx.lineWidth = devicePixelRatio;
+      ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
+    }
+    ctx.setLineDash([]);
+    for (const a of panel.annotations) {
+      const x = u.valToPos(a.t, "x", true);
+      if (x < left || x > left + width) continue;
+      ctx.strokeStyle = STATE_COLORS[a.state] || "#f3616d";
+      ctx.lineWidth = 2 * devicePixelRatio;
+      ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+      ctx.fillStyle = ctx.strokeStyle;
+      ctx.beginPath(); ctx.moveTo(x - 5 * devicePixelRatio, top); ctx.lineTo(x + 5 * devicePixelRatio, top); ctx.lineTo(x, top + 7 * devicePixelRatio); ctx.fill();
+    }
+    ctx.restore();
+  };
+}
+
+function axes(unit) {
+  const grid = { stroke: "#232a36", width: 1 };
+  return [
+    { stroke: "#8b95a5", grid, ticks: { stroke: "#2a3140" } },
+    { stroke: "#8b95a5", grid, ticks: { show: false }, size: 64, values: (u, vals) => vals.map((v) => formatValue(v, unit)) },
+  ];
+}
+
+// uPlot with the dashboard's look, drag-to-zoom reported to the page instead of zooming itself.
+function makePlot(panel, container, series, { onZoom, extraHooks = {} }) {
+  const zone = viewerTimeZone();
+  const size = () => ({ width: Math.max(container.clientWidth, 200), height: Math.max(container.clientHeight, 80) });
+  const opts = {
+    ...size(),
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), zone),
+    scales: { x: { time: true } },
+    axes: axes(panel.unit),
+    series: [{}, ...series],
+    legend: { show: false },
+    cursor: { drag: { x: true, y: false, setScale: false }, points: { size: 6 } },
+    hooks: {
+      draw: [overlayHook(panel), ...(extraHooks.draw || [])],
+      setSelect: [(u) => {
+        if (u.select.width > 4 && onZoom) onZoom(u.posToVal(u.select.left, "x") * 1000, u.posToVal(u.select.left + u.select.width, "x") * 1000);
+        u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+      }],
+    },
+  };
+  const plot = new uPlot(opts, [[], ...series.map(() => [])], container);
+  panel.observer = new ResizeObserver(() => plot.setSize(size()));
+  panel.observer.observe(container);
+  return plot;
+}
+
+// Align several series on one x axis. Missing points are `undefined` (lines join across them);
+// a silence longer than gapS in a series inserts a `null` (drawn as a gap).
+export function alignWithGaps(columns, gapS) {
+  const xsSet = new Set();
+  const breaks = columns.map(() => new Set());
+  columns.forEach((c, s) => {
+    for (let i = 0; i < c.t.length; i++) {
+      xsSet.add(c.t[i]);
+      if (i > 0 && c.t[i] - c.t[i - 1] > gapS) { const g = c.t[i - 1] + gapS / 2; xsSet.add(g); breaks[s].add(g); }
+    }
+  });
+  const xs = Float64Array.from(xsSet).sort();
+  const index = new Map();
+  xs.forEach((t, i) => index.set(t, i));
+  const ys = columns.map((c, s) => {
+    const out = new Array(xs.length); // undefined: no sample here
+    for (let i = 0; i < c.t.length; i++) out[index.get(c.t[i])] = c.v[i];
+    for (const g of breaks[s]) out[index.get(g)] = null;
+    return out;
+  });
+  return [xs, ...ys];
+}
+
+function gapFor(t) {
+  // Five median intervals of the series, at least 5 s: a few lost samples are a gap, jitter is not.
+  if (t.length < 3) return 60;
+  const d = [];
+  for (let i = Math.max(1, t.length - 50); i < t.length; i++) d.push(t[i] - t[i - 1]);
+  d.sort((a, b) => a - b);
+  return Math.max(5, 5 * d[d.length >> 1]);
+}
+
+export class TimeSeriesPanel extends Panel {
+  constructor(root, cfg, page) {
+    super(root, cfg);
+    if (!this.keys.length) return;
+    this.chartBox = el("div", "chart-box");
+    this.legend = el("table", "legend");
+    this.body.append(this.chartBox, this.legend);
+    const series = this.keys.map((k, i) => ({
+      label: this.label(k),
+      stroke: COLORS[i % COLORS.length],
+      fill: this.keys.length === 1 ? COLORS[0] + "22" : undefined,
+      width: 1.5,
+      spanGaps: false,
+      points: { show: false },
+    }));
+    this.plot = makePlot(this, this.chartBox, series, { onZoom: page.zoomTo });
+    this.legendRows = this.keys.map((k, i) => {
+      const tr = el("tr");
+      const name = el("th");
+      name.append(el("i", "swatch"));
+      name.firstChild.style.background = COLORS[i % COLORS.length];
+      name.append(this.label(k));
+      const last = el("td", "num"), min = el("td", "num"), max = el("td", "num");
+      tr.append(name, last, min, max);
+      this.legend.append(tr);
+      return { last, min, max };
+    });
+    const head = el("tr");
+    for (const h of ["", "latest", "min", "max"]) head.append(el("td", "legend-head", h));
+    this.legend.prepend(head);
+  }
+
+  fillLegend(columns) {
+    columns.forEach((c, i) => {
+      const row = this.legendRows[i];
+      let mn = Infinity, mx = -Infinity;
+      for (const v of c.v) { if (v < mn) mn = v; if (v > mx) mx = v; }
+      const last = c.v.length ? c.v[c.v.length - 1] : null;
+      row.last.textContent = formatValue(last, this.unit);
+      row.last.style.color = last === null ? "" : thresholdColor(last, this.cfg.options.thresholds, "");
+      row.min.textContent = c.v.length ? formatValue(mn, this.unit) : "–";
+      row.max.textContent = c.v.length ? formatValue(mx, this.unit) : "–";
+    });
+  }
+
+  drawLive(store, fromS, toS) {
+    if (!this.plot) return;
+    const columns = this.keys.map((k) => windowOf(store.get(k), fromS, toS));
+    const gap = Math.max(...columns.map((c) => gapFor(c.t)));
+    this.plot.setData(alignWithGaps(columns, gap), false);
+    this.plot.setScale("x", { min: fromS, max: toS });
+    this.fillLegend(columns);
+  }
+
+  drawHistory(history, fromS, toS) {
+    if (!this.plot) return;
+    const stepS = history.step_us / 1e6;
+    const columns = this.keys.map((k) => {
+      const s = history.series.find((x) => x.key === k);
+      return s ? { t: s.t.map((t) => t / 1e6 + stepS / 2), v: s.avg, min: s.min, max: s.max } : { t: [], v: [] };
+    });
+    this.plot.setData(alignWithGaps(columns, stepS * 2.5), false);
+    this.plot.setScale("x", { min: fromS, max: toS });
+    this.fillLegend(columns.map((c) => ({ t: c.t, v: c.v, ...(c.min ? {} : {}) })));
+    // min/max of a range are the buckets' extremes, not of their averages
+    columns.forEach((c, i) => {
+      if (!c.min || !c.min.length) return;
+      this.legendRows[i].min.textContent = formatValue(Math.min(...c.min), this.unit);
+      this.legendRows[i].max.textContent = formatValue(Math.max(...c.max), this.unit);
+    });
+  }
+
+  annotate(alert) { const hit = super.annotate(alert); if (hit && this.plot) this.plot.redraw(false, false); return hit; }
+}
+
+function windowOf(s, fromS, toS) {
+  let lo = 0;
+  while (lo < s.t.length && s.t[lo] < fromS) lo++;
+  let hi = s.t.length;
+  while (hi > lo && s.t[hi - 1] > toS) hi--;
+  return { t: s.t.slice(lo, hi), v: s.v.slice(lo, hi) };
+}
+
+export class StatPanel extends Panel {
+  constructor(root, cfg) {
+    super(root, cfg);
+    if (!this.keys.length) return;
+    this.value = el("div", "stat-value", "–");
+    this.sub = el("div", "stat-sub", "");
+    this.canvas = el("canvas", "sparkline");
+    this.body.append(this.value, this.sub, this.canvas);
+  }
+
+  drawLive(store, fromS, toS) {
+    if (!this.keys.length) return;
+    const key = this.keys[0];
+    const latest = store.latest(key);
+    const col = windowOf(store.get(key), fromS, toS);
+    this.render(latest ? latest.v : null, latest ? latest.t : null, col);
+  }
+
+  drawHistory(history, fromS, toS, store) {
+    // A stat always shows the latest value; the sparkline follows the chosen range.
+    const s = history.series.find((x) => x.key === this.keys[0]);
+    const latest = store.latest(this.keys[0]);
+    const col = s ? { t: s.t.map((t) => t / 1e6), v: s.avg } : { t: [], v: [] };
+    this.render(latest ? latest.v : col.v[col.v.length - 1] ?? null, latest ? latest.t : null, col);
+  }
+
+  render(value, t, col) {
+    const color = value === null ? "var(--muted)" : thresholdColor(value, this.cfg.options.thresholds, "var(--ok)");
+    this.value.textContent = formatValue(value, this.unit);
+    this.value.style.color = color;
+    const age = t ? Date.now() / 1000 - t : null;
+    this.root.classList.toggle("stale", age !== null && age > this.staleS);
+    this.sub.textContent = t === null ? "no data" : age > this.staleS ? "stale since " + formatTime(t * 1000) : "updated " + formatTime(t * 1000);
+    this.spark(col, value === null ? "#9aa4b2" : color.startsWith("var") ? getComputedStyle(document.body).getPropertyValue(color.slice(4, -1)).trim() : color);
+  }
+
+  spark(col, color) {
+    const c = this.canvas;
+    const w = c.clientWidth, h = c.clientHeight;
+    if (!w || !h) return;
+    const dpr = devicePixelRatio;
+    if (c.width !== w * dpr) { c.width = w * dpr; c.height = h * dpr; }
+    const ctx = c.getContext("2d");
+    ctx.clearRect(0, 0, c.width, c.height);
+    const n = col.t.length;
+    if (n < 2) return;
+    // At most one point per pixel column.
+    const stride = Math.max(1, Math.floor(n / w));
+    let mn = Infinity, mx = -Infinity;
+    for (let i = 0; i < n; i += stride) { const v = col.v[i]; if (v < mn) mn = v; if (v > mx) mx = v; }
+    if (mx === mn) { mx += 1; mn -= 1; }
+    const t0 = col.t[0], t1 = col.t[n - 1];
+    ctx.beginPath();
+    for (let i = 0; i < n; i += stride) {
+      const x = ((col.t[i] - t0) / (t1 - t0 || 1)) * c.width;
+      const y = c.height - ((col.v[i] - mn) / (mx - mn)) * (c.height - 4 * dpr) - 2 * dpr;
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    }
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 1.5 * dpr;
+    ctx.stroke();
+    ctx.lineTo(c.width, c.height); ctx.lineTo(0, c.height); ctx.closePath();
+    ctx.globalAlpha = 0.15; ctx.fillStyle = color; ctx.fill(); ctx.globalAlpha = 1;
+  }
+}
+
+export class TablePanel extends Panel {
+  constructor(root, cfg) {
+    super(root, cfg);
+    if (!this.keys.length) return;
+    this.sort = { col: "name", dir: 1 };
+    this.table = el("table", "metric-table");
+    const head = el("tr");
+    for (const [col, text] of [["name", "Metric"], ["value", "Value"], ["t", "Updated"]]) {
+      const th = el("th", "sortable", text);
+      th.dataset.col = col;
+      th.addEventListener("click", () => {
+        this.sort = { col, dir: this.sort.col === col ? -this.sort.dir : col === "name" ? 1 : -1 };
+        this.lastRows = null;
+        this.render(this.rows);
+      });
+      head.append(th);
+    }
+    const thead = el("thead"); thead.append(head);
+    this.tbody = el("tbody");
+    this.table.append(thead, this.tbody);
+    this.body.append(this.table);
+    this.rows = [];
+  }
+
+  drawLive(store) {
+    if (!this.keys.length) return;
+    this.rows = this.keys.map((k) => { const l = store.latest(k); return { key: k, name: this.label(k), value: l ? l.v : null, t: l ? l.t : null }; });
+    this.render(this.rows);
+  }
+
+  drawHistory(history, fromS, toS, store) { this.drawLive(store); }
+
+  render(rows) {
+    const { col, dir } = this.sort;
+    const sorted = [...rows].sort((a, b) => {
+      const x = a[col], y = b[col];
+      if (x === null) return 1; if (y === null) return -1;
+      return (typeof x === "string" ? x.localeCompare(y, undefined, { numeric: true }) : x - y) * dir;
+    });
+    for (const th of this.table.querySelectorAll("th")) th.dataset.sorted = th.dataset.col === col ? (dir > 0 ? "asc" : "desc") : "";
+    const now = Date.now() / 1000;
+    while (this.tbody.rows.length < sorted.length) {
+      const tr = this.tbody.insertRow();
+      tr.append(el("th"), el("td", "num"), el("td", "age"));
+    }
+    sorted.forEach((r, i) => {
+      const tr = this.tbody.rows[i];
+      tr.dataset.key = r.key;
+      tr.cells[0].textContent = r.name;
+      tr.cells[1].textContent = formatValue(r.value, this.unit || (this.cfg.series.find((s) => s.key === r.key) || {}).unit);
+      tr.cells[1].style.color = r.value === null ? "" : thresholdColor(r.value, this.cfg.options.thresholds, "");
+      const stale = r.t && now - r.t > this.staleS;
+      tr.classList.toggle("stale", !!stale);
+      tr.cells[2].textContent = r.t === null ? "no data" : stale ? "stale since " + formatTime(r.t * 1000) : `${Math.max(0, Math.round(now - r.t))} s ago`;
+    });
+  }
+}
+
+// OHLC candles: history from the series API's open/max/min/close buckets, live from last prices bucketed here.
+export class CandlestickPanel extends Panel {
+  constructor(root, cfg, page) {
+    super(root, cfg);
+    if (!this.keys.length) return;
+    this.key = this.keys[0];
+    this.chartBox = el("div", "chart-box");
+    this.info = el("div", "ohlc-info");
+    this.body.append(this.info, this.chartBox);
+    const hidden = (label) => ({ label, stroke: "transparent", paths: () => null, points: { show: false } });
+    this.plot = makePlot(this, this.chartBox, [hidden("open"), hidden("high"), hidden("low"), hidden("close")], {
+      onZoom: page.zoomTo,
+      extraHooks: { draw: [(u) => this.drawCandles(u)] },
+    });
+  }
+
+  bucketS(spanS) {
+    if (this.cfg.options.bucket_s) return this.cfg.options.bucket_s;
+    const width = this.chartBox.clientWidth || 600;
+    const raw = spanS / Math.max(20, Math.floor(width / 9)); // candles about 9 px apart
+    return [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400].find((b) => b >= raw) || 86400;
+  }
+
+  drawLive(store, fromS, toS) {
+    if (!this.plot) return;
+    const step = this.bucketS(toS - fromS);
+    const s = windowOf(store.get(this.key), fromS - step, toS);
+    const t = [], o = [], h = [], l = [], c = [];
+    for (let i = 0; i < s.t.length; i++) {
+      const b = Math.floor(s.t[i] / step) * step;
+      const v = s.v[i];
+      if (t.length && t[t.length - 1] === b) {
+        const j = t.length - 1;
+        if (v > h[j]) h[j] = v; if (v < l[j]) l[j] = v; c[j] = v;
+      } else { t.push(b); o.push(v); h.push(v); l.push(v); c.push(v); }
+    }
+    this.step = step;
+    this.set([t.map((x) => x + step / 2), o, h, l, c], fromS, toS);
+  }
+
+  drawHistory(history, fromS, toS) {
+    if (!this.plot) return;
+    const s = history.series.find((x) => x.key === this.key);
+    const step = history.step_us / 1e6;
+    this.step = step;
+    if (!s) { this.set([[], [], [], [], []], fromS, toS); return; }
+    this.set([s.t.map((x) => x / 1e6 + step / 2), s.open, s.max, s.min, s.close], fromS, toS);
+  }
+
+  set(data, fromS, toS) {
+    this.plot.setData(data, false);
+    this.plot.setScale("x", { min: fromS, max: toS });
+    const n = data[0].length;
+    if (n) {
+      const i = n - 1;
+      const up = data[4][i] >= data[1][i];
+      this.info.innerHTML = "";
+      for (const [k, v] of [["O", data[1][i]], ["H", data[2][i]], ["L", data[3][i]], ["C", data[4][i]]]) {
+        const span = el("span", "", `${k} `);
+        span.append(el("b", up ? "up" : "down", formatValue(v, "")));
+        this.info.append(span);
+      }
+      this.info.append(el("span", "muted", `${formatStep(this.step)} candles`));
+    }
+  }
+
+  drawCandles(u) {
+    const [t, o, h, l, c] = u.data;
+    if (!t || !t.length) return;
+    const ctx = u.ctx;
+    const dpr = devicePixelRatio;
+    const bw = Math.max(1, (u.valToPos(t[0] + this.step, "x", true) - u.valToPos(t[0], "x", true)) * 0.7);
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+    ctx.clip();
+    for (let i = 0; i < t.length; i++) {
+      if (o[i] == null) continue;
+      const x = u.valToPos(t[i], "x", true);
+      const up = c[i] >= o[i];
+      ctx.strokeStyle = ctx.fillStyle = up ? "#3ccf91" : "#f3616d";
+      ctx.lineWidth = dpr;
+      ctx.beginPath();
+      ctx.moveTo(Math.round(x) + 0.5, u.valToPos(h[i], "y", true));
+      ctx.lineTo(Math.round(x) + 0.5, u.valToPos(l[i], "y", true));
+      ctx.stroke();
+      const y0 = u.valToPos(Math.max(o[i], c[i]), "y", true), y1 = u.valToPos(Math.min(o[i], c[i]), "y", true);
+      ctx.fillRect(x - bw / 2, y0, bw, Math.max(dpr, y1 - y0));
+    }
+    ctx.restore();
+  }
+}
+
+function formatStep(s) {
+  if (s >= 86400) return `${s / 86400} d`;
+  if (s >= 3600) return `${s / 3600} h`;
+  if (s >= 60) return `${s / 60} min`;
+  return `${s} s`;
+}
+
+export const PANEL_KINDS = { timeseries: TimeSeriesPanel, stat: StatPanel, table: TablePanel, candlestick: CandlestickPanel };
