@@ -18,6 +18,8 @@ COLLECTORS: dict[str, str] = {
     "market_sim": "collectors.market_sim.MarketSimulator",
     "counter": "collectors.counter.CounterCollector",
     "mqtt": "collectors.mqtt.MqttCollector",
+    "ticker": "collectors.ticker.TickerCollector",
+    "replay": "collectors.replay.ReplayCollector",
 }
 
 
