@@ -119,11 +119,32 @@ function overlayHook(panel) {
   };
 }
 
+// Time labels in the viewer's zone, as short as the tick spacing allows.
+function timeLabels(zone) {
+  const f = (o) => new Intl.DateTimeFormat([], { timeZone: zone, hour12: false, ...o });
+  const sec = f({ hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const min = f({ hour: "2-digit", minute: "2-digit" });
+  const dayTime = f({ month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  const day = f({ month: "short", day: "numeric" });
+  return (u, splits, axisIdx, space, incr) => splits.map((s) => {
+    const d = new Date(s * 1000);
+    if (incr >= 86400) return day.format(d);
+    if (incr >= 3600 && u.scales.x.max - u.scales.x.min > 86400) return dayTime.format(d);
+    return incr < 60 ? sec.format(d) : min.format(d);
+  });
+}
+
+// Wide enough for the longest value label, so "195.3 KiB/s" is never cut.
+function labelWidth(u, values) {
+  if (!values) return 40;
+  return Math.ceil(Math.max(...values.map((v) => String(v).length)) * 7 + 16);
+}
+
 function axes(unit) {
   const grid = { stroke: "#232a36", width: 1 };
   return [
-    { stroke: "#8b95a5", grid, ticks: { stroke: "#2a3140" } },
-    { stroke: "#8b95a5", grid, ticks: { show: false }, size: 64, values: (u, vals) => vals.map((v) => formatValue(v, unit)) },
+    { stroke: "#8b95a5", grid, ticks: { stroke: "#2a3140" }, space: 70, values: timeLabels(viewerTimeZone()) },
+    { stroke: "#8b95a5", grid, ticks: { show: false }, size: labelWidth, values: (u, vals) => vals.map((v) => formatValue(v, unit)) },
   ];
 }
 
@@ -383,7 +404,7 @@ export class TablePanel extends Panel {
       const tr = this.tbody.rows[i];
       tr.dataset.key = r.key;
       tr.cells[0].textContent = r.name;
-      tr.cells[1].textContent = formatValue(r.value, this.unit || (this.cfg.series.find((s) => s.key === r.key) || {}).unit);
+      tr.cells[1].textContent = formatValue(r.value, this.cfg.options.unit ?? (this.cfg.series.find((s) => s.key === r.key) || {}).unit);
       tr.cells[1].style.color = r.value === null ? "" : thresholdColor(r.value, this.cfg.options.thresholds, "");
       const stale = r.t && now - r.t > this.staleS;
       tr.classList.toggle("stale", !!stale);
