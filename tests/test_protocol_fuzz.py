@@ -1,0 +1,179 @@
+"""Fuzz the live protocol: LiveClient.handle with arbitrary text, bytes, JSON and near-valid messages.
+
+Whatever a client sends, the server answers with well-formed frames or closes
+with a documented code (CloseConnection); no other exception escapes, and the
+connection's state stays consistent (subscriptions, cursors and hub groups
+agree, limits hold, and stopping leaves nothing behind in the hub).
+
+CI runs a small slice (FUZZ_EXAMPLES, default 150). The dedicated run:
+
+    FUZZ_EXAMPLES=100000 .venv/bin/python -m pytest tests/test_protocol_fuzz.py -p no:cacheprovider -q -s
+
+(see docs/security.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dashboard import live, storage
+from dashboard.fanout import Hub
+from dashboard.timeutil import US, now_us
+from dashboard.validation import Reading
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+KEYS = ["fz.host-a.cpu", "fz.host-a.mem", "fz.host-b.cpu", "fz.dev.temp"]
+CLOSE_CODES = {live.CLOSE_MESSAGE_TOO_BIG, live.CLOSE_TOO_MANY_MESSAGES, live.CLOSE_FORBIDDEN, live.CLOSE_TOO_SLOW}
+FRAME_TYPES = {"hello", "subscribed", "unsubscribed", "data", "lag", "pong", "error", "heartbeat", "alert"}
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+patterns = st.one_of(
+    st.sampled_from(KEYS + ["fz.*", "*", "fz.host-?.cpu", "fz.[ab", "nope.*", "", "**", "fz.host-a.*"]),
+    st.text(max_size=30),
+)
+numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=5),
+)
+cursors = st.dictionaries(
+    st.sampled_from(KEYS) | st.text(max_size=10), numbers | st.just(now_us() - 30 * US), max_size=4
+)
+protocol_messages = st.fixed_dictionaries(
+    {"type": st.sampled_from(["subscribe", "unsubscribe", "ping"]) | st.text(max_size=10)},
+    optional={
+        "id": json_values,
+        "metrics": st.lists(patterns, max_size=6) | json_values,
+        "since": cursors | json_values,
+        "history_s": numbers,
+        "max_rate": numbers,
+    },
+)
+messages = st.one_of(
+    protocol_messages.map(json.dumps),
+    protocol_messages.map(lambda m: json.dumps(m).encode()),
+    json_values.map(json.dumps),
+    st.text(max_size=200),
+    st.binary(max_size=200),
+    st.just("x" * (live.MAX_MESSAGE_BYTES + 1)),
+)
+
+
+@pytest.fixture
+def loop(transactional_db) -> Iterator[asyncio.AbstractEventLoop]:
+    now = now_us()
+    storage.store([Reading(*k.rsplit(".", 1), now - i * US, float(i)) for k in KEYS for i in range(20)])
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.run_until_complete(asyncio.sleep(0))
+    event_loop.close()
+
+
+def check_consistent(client: live.LiveClient, hub: Hub) -> None:
+    assert len(client.metrics) <= live.MAX_SUBSCRIPTIONS
+    assert set(client.metrics) == set(client.session.cursors)
+    assert set().union(*client.session.sources.values()) == set(client.metrics)
+    for key, metric in client.metrics.items():
+        assert key == metric.key and key in client.session.sources[metric.source_id]
+    for source_id in client.session.sources:
+        assert client.session in hub.groups[f"source.{source_id}"]
+
+
+def check_frames(frames: list[str]) -> None:
+    for text in frames:
+        frame = json.loads(text)
+        assert isinstance(frame, dict) and frame["type"] in FRAME_TYPES, frame
+        if frame["type"] == "error":
+            assert isinstance(frame["code"], str) and isinstance(frame["message"], str)
+
+
+def test_the_protocol_survives_arbitrary_messages(loop, viewer) -> None:
+    seen = {"runs": 0, "closed": 0, "frames": 0}
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(st.lists(messages, min_size=1, max_size=8))
+    def run(batch: list[str | bytes]) -> None:
+        frames: list[str] = []
+
+        async def send(text: str) -> None:
+            frames.append(text)
+
+        async def scenario() -> None:
+            client = live.LiveClient(viewer, send)
+            hub = Hub.get()
+            await client.start()
+            try:
+                for message in batch:
+                    try:
+                        await client.handle(message)
+                    except live.CloseConnection as exc:
+                        assert exc.code in CLOSE_CODES
+                        seen["closed"] += 1
+                        break
+                    check_consistent(client, hub)
+                await asyncio.sleep(0)  # let flushes scheduled by replays run
+            finally:
+                await client.stop()
+            assert client.session not in hub.sessions
+            assert all(client.session not in members for members in hub.groups.values())
+
+        loop.run_until_complete(scenario())
+        check_frames(frames)
+        seen["runs"] += 1
+        seen["frames"] += len(frames)
+
+    run()
+    print(f"fuzzed {seen['runs']} message sequences, {seen['frames']} frames checked, {seen['closed']} closed")
+
+
+EDGE_MESSAGES = [
+    {"type": "subscribe", "metrics": ["fz.host-a.cpu"], "since": {"fz.host-a.cpu": 2**70}},
+    {"type": "subscribe", "metrics": ["fz.host-a.cpu"], "since": {"fz.host-a.cpu": -(2**70)}},
+    {"type": "subscribe", "metrics": ["fz.*"], "history_s": 1e308},
+    {"type": "subscribe", "metrics": ["fz.*"], "max_rate": float("inf")},
+    {"type": "ack", "seq": 2**70},
+    {"type": "ack", "seq": "x"},
+    {"type": "unsubscribe", "metrics": ["[", "**", ""]},
+]
+
+
+def test_edge_values_get_an_answer_not_an_exception(loop, viewer) -> None:
+    for message in EDGE_MESSAGES:
+        frames: list[str] = []
+
+        async def send(text: str, frames=frames) -> None:
+            frames.append(text)
+
+        async def scenario(message=message, send=send) -> None:
+            client = live.LiveClient(viewer, send)
+            await client.start()
+            try:
+                await client.handle(json.dumps(message))
+                await asyncio.sleep(0.05)
+                check_consistent(client, Hub.get())
+            finally:
+                await client.stop()
+
+        loop.run_until_complete(scenario())
+        check_frames(frames)
+        assert len(frames) >= 2, (message, frames)
