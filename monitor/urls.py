@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from dashboard import api, views
+from dashboard import api, sse, views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/v2/write", api.write_line_protocol, name="api-write-line-protocol"),
     path("api/v1/metrics", api.metrics, name="api-metrics"),
     path("api/v1/series", api.series, name="api-series"),
+    path("api/v1/stream", sse.stream, name="api-stream"),
     path("share/<str:secret>/", views.share_page, name="share"),
     path("share/<str:secret>/series", views.share_series, name="share-series"),
     path("healthz", views.healthz, name="healthz"),
