@@ -1,22 +1,33 @@
 // The live connection of one tab: one WebSocket carries every subscription
-// (docs/protocol.md). It reconnects with backoff and resumes from the last
-// cursor of each metric, so a reconnect back-fills instead of leaving a gap.
+// (docs/protocol.md). It acknowledges data frames (the server's flow control),
+// reconnects with backoff and resumes from the last cursor of each metric, so
+// a reconnect back-fills instead of leaving a gap. When WebSocket keeps
+// failing (a proxy that blocks upgrades) it falls back to Server-Sent Events
+// and probes WebSocket again now and then.
 
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const STALE_AFTER_MS = 60000; // two missed heartbeats (25 s) and some slack
+const WS_FAILURES_BEFORE_SSE = 3; // sockets that never opened in a row
+const WS_PROBE_MS = 60000; // how often to try WebSocket again while on SSE
+const BACKFILL_SHOWN_MS = 10000; // how long "back-filled N samples" stays in the status
 
 export class LiveConnection extends EventTarget {
-  constructor(url = defaultUrl()) {
+  constructor(url = defaultUrl(), { sseUrl = url === defaultUrl() ? "/api/v1/stream" : null } = {}) {
     super();
     this.url = url;
+    this.sseUrl = sseUrl; // null: this endpoint has no SSE fallback (share links)
+    this.transport = "websocket";
     this.state = "connecting";
     this.subscriptions = new Map(); // pattern -> {historyS, maxRate}
     this.cursors = new Map(); // metric key -> newest ts (µs) received
     this.attempt = 0;
+    this.wsFailures = 0;
     this.lastFrameAt = Date.now();
-    this.staleSince = null;
-    this.backfilled = 0;
-    this.handlers = new Map();
+    this.staleSince = null; // when data stopped being current (lost connection or silence)
+    this.backfilled = 0; // samples replayed since the last reconnect or lag
+    this.backfilledAt = 0;
+    this.framesReceived = 0; // data frames on the current socket (acks count these)
+    this.ackPending = false;
     this.nextId = 1;
     setInterval(() => this.checkStale(), 5000);
   }
@@ -26,28 +37,100 @@ export class LiveConnection extends EventTarget {
   start() { this.open(); return this; }
 
   open() {
+    if (this.transport === "sse") return this.openSse();
     this.setState(this.attempt ? "reconnecting" : "connecting");
     const ws = new WebSocket(this.url);
+    let opened = false;
     this.ws = ws;
-    ws.onopen = () => { this.attempt = 0; };
+    this.framesReceived = 0;
+    ws.onopen = () => { opened = true; this.attempt = 0; this.wsFailures = 0; };
     ws.onmessage = (msg) => this.dispatch(JSON.parse(msg.data));
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
+      this.ws = null;
       if (ev.code === 4001) { this.setState("signed-out"); window.location.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname); return; }
-      const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)] * (0.8 + Math.random() * 0.4);
+      if (ev.code === 4003 || ev.code === 4009) { this.setState("refused"); return; }
+      if (!opened) this.wsFailures += 1;
+      this.lostConnection();
+      if (this.sseUrl && this.wsFailures >= WS_FAILURES_BEFORE_SSE) {
+        this.transport = "sse";
+        this.openSse();
+        this.scheduleProbe();
+        return;
+      }
+      // 4008 (too slow) resumes at once; anything else backs off.
+      const delay = ev.code === 4008 ? 0 : BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)] * (0.8 + Math.random() * 0.4);
       this.attempt += 1;
-      if (!this.staleSince) this.staleSince = Date.now();
-      this.setState("reconnecting");
       setTimeout(() => this.open(), delay);
     };
   }
 
+  // --- Server-Sent Events fallback --------------------------------------
+  sseQuery() {
+    const patterns = [...this.subscriptions.keys()];
+    const opts = [...this.subscriptions.values()];
+    const q = new URLSearchParams({ metrics: patterns.join(",") });
+    q.set("history_s", String(Math.max(0, ...opts.map((o) => o.historyS || 0))));
+    const rates = opts.map((o) => o.maxRate).filter(Boolean);
+    if (rates.length) q.set("max_rate", String(Math.max(...rates)));
+    if (this.cursors.size) q.set("since", [...this.cursors].map(([k, t]) => `${k}:${t}`).join(","));
+    return q;
+  }
+
+  openSse() {
+    if (this.es) this.es.close();
+    this.es = null;
+    if (!this.subscriptions.size) { this.setState("live"); return; } // nothing to stream yet
+    this.setState(this.attempt ? "reconnecting" : "connecting");
+    const es = new EventSource(`${this.sseUrl}?${this.sseQuery()}`, { withCredentials: true });
+    this.es = es;
+    es.onopen = () => { this.attempt = 0; };
+    es.onmessage = (msg) => this.dispatch(JSON.parse(msg.data));
+    es.onerror = () => {
+      if (this.es !== es) return;
+      // A response that ended at its byte budget reconnects by itself with Last-Event-ID.
+      if (es.readyState === EventSource.CONNECTING) { this.lostConnection(); return; }
+      es.close();
+      this.es = null;
+      this.lostConnection();
+      const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+      this.attempt += 1;
+      setTimeout(() => { if (this.transport === "sse") this.openSse(); }, delay);
+    };
+  }
+
+  scheduleProbe() {
+    clearTimeout(this.probeTimer);
+    this.probeTimer = setTimeout(() => this.probeWebSocket(), WS_PROBE_MS);
+  }
+
+  // While on SSE, try a WebSocket now and then; switch back once one says hello.
+  probeWebSocket() {
+    if (this.transport !== "sse") return;
+    const probe = new WebSocket(this.url);
+    const giveUp = setTimeout(() => probe.close(), 10000);
+    probe.onmessage = (msg) => {
+      if (JSON.parse(msg.data).type !== "hello") return;
+      clearTimeout(giveUp);
+      probe.onclose = null;
+      probe.close();
+      if (this.es) this.es.close();
+      this.es = null;
+      this.transport = "websocket";
+      this.wsFailures = 0;
+      this.open();
+    };
+    probe.onclose = () => { clearTimeout(giveUp); this.scheduleProbe(); };
+  }
+
+  // --- Messages ---------------------------------------------------------
   send(message) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
   }
 
   subscribe(patterns, { historyS = 300, maxRate } = {}) {
     for (const p of patterns) this.subscriptions.set(p, { historyS, maxRate });
+    if (this.transport === "sse") { this.openSse(); return; } // a stream's subscription is its URL
     this.sendSubscribe(patterns, historyS, maxRate, false);
   }
 
@@ -58,37 +141,61 @@ export class LiveConnection extends EventTarget {
     this.send(msg);
   }
 
+  // Acknowledge what has arrived once per task, so a burst of frames costs one ack.
+  ack() {
+    if (this.ackPending || !this.ws) return;
+    this.ackPending = true;
+    queueMicrotask(() => {
+      this.ackPending = false;
+      this.send({ type: "ack", frame: this.framesReceived });
+    });
+  }
+
+  lostConnection() {
+    if (!this.staleSince) this.staleSince = this.lastFrameAt;
+    this.setState("reconnecting");
+  }
+
   dispatch(event) {
     this.lastFrameAt = Date.now();
     switch (event.type) {
       case "hello": {
-        const resume = this.cursors.size > 0;
-        const groups = new Map();
-        for (const [p, o] of this.subscriptions) {
-          const k = `${o.historyS}|${o.maxRate || ""}`;
-          if (!groups.has(k)) groups.set(k, { o, patterns: [] });
-          groups.get(k).patterns.push(p);
+        if (this.staleSince) this.backfilled = 0; // a new episode: count what this resume brings back
+        if (this.transport === "websocket") {
+          const resume = this.cursors.size > 0;
+          const groups = new Map();
+          for (const [p, o] of this.subscriptions) {
+            const k = `${o.historyS}|${o.maxRate || ""}`;
+            if (!groups.has(k)) groups.set(k, { o, patterns: [] });
+            groups.get(k).patterns.push(p);
+          }
+          for (const { o, patterns } of groups.values()) this.sendSubscribe(patterns, o.historyS, o.maxRate, resume);
         }
-        for (const { o, patterns } of groups.values()) this.sendSubscribe(patterns, o.historyS, o.maxRate, resume);
         this.setState("live");
         break;
       }
       case "data":
+        if (this.transport === "websocket") { this.framesReceived += 1; this.ack(); }
         for (const b of event.batches) {
           const last = b.t[b.t.length - 1];
           if (!(this.cursors.get(b.k) >= last)) this.cursors.set(b.k, last);
-          if (event.replay && this.staleSince) this.backfilled += b.t.length;
+          if (event.replay && this.staleSince) { this.backfilled += b.t.length; this.backfilledAt = Date.now(); }
         }
-        if (this.state !== "live") this.setState("live");
+        if (!event.replay) this.staleSince = null;
+        if (this.state !== "live" || event.replay) this.setState("live");
+        break;
+      case "lag":
+        // The server lost live samples for us and back-fills them; show it like a resume.
+        if (!this.staleSince) this.staleSince = Date.now();
+        this.backfilled = 0;
         break;
       case "heartbeat":
-        if (this.state === "stale") this.setState("live");
+        if (this.state === "stale") { this.staleSince = null; this.setState("live"); }
         break;
       case "error":
         console.warn("pulseboard:", event.code, event.message);
         break;
     }
-    if (event.type === "subscribed" || (event.type === "data" && !event.replay)) this.staleSince = null;
     this.dispatchEvent(new CustomEvent(event.type, { detail: event }));
   }
 
@@ -96,12 +203,16 @@ export class LiveConnection extends EventTarget {
     if (this.state === "live" && Date.now() - this.lastFrameAt > STALE_AFTER_MS) {
       this.staleSince = this.lastFrameAt;
       this.setState("stale");
+    } else if (this.state === "live" && this.backfilled && Date.now() - this.backfilledAt > BACKFILL_SHOWN_MS) {
+      this.backfilled = 0;
+      this.setState("live");
     }
   }
 
   setState(state) {
     this.state = state;
-    this.dispatchEvent(new CustomEvent("state", { detail: { state, staleSince: this.staleSince, backfilled: this.backfilled } }));
+    const detail = { state, transport: this.transport, staleSince: this.staleSince, backfilled: this.backfilled };
+    this.dispatchEvent(new CustomEvent("state", { detail }));
   }
 }
 
@@ -110,14 +221,21 @@ export function defaultUrl() {
   return `${scheme}://${location.host}/ws/live/`;
 }
 
-// Show the connection state in the top bar: live / reconnecting / stale since T / back-filled N.
+// The words the status shows for a state: live / reconnecting / stale since T / back-filled N samples.
+export function describeState({ state, transport, staleSince, backfilled }) {
+  let text = state === "live" && transport === "sse" ? "live (SSE fallback)" : state;
+  if (state !== "live" && staleSince) text += " · stale since " + new Date(staleSince).toLocaleTimeString();
+  if (state === "live" && backfilled) text += ` · back-filled ${backfilled} sample${backfilled === 1 ? "" : "s"}`;
+  return text;
+}
+
+// Show the connection state in the top bar.
 export function showState(conn, el = document.getElementById("conn-state")) {
-  conn.on("state", ({ state, staleSince, backfilled }) => {
+  conn.on("state", (detail) => {
     if (!el) return;
-    el.dataset.state = state;
-    let text = state;
-    if (state !== "live" && staleSince) text += " · stale since " + new Date(staleSince).toLocaleTimeString();
-    if (state === "live" && backfilled) text += ` · back-filled ${backfilled}`;
-    el.textContent = text;
+    el.dataset.state = detail.state;
+    el.dataset.transport = detail.transport;
+    el.textContent = describeState(detail);
+    el.title = detail.staleSince ? `data may be missing since ${new Date(detail.staleSince).toLocaleString()}` : "";
   });
 }
