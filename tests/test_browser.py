@@ -317,6 +317,7 @@ def test_a_threshold_breach_fires_the_banner_and_the_webhook_within_2_s(site: Si
 
 
 def test_on_a_phone_the_panels_stack_in_one_column(site: Site, page) -> None:
+    site.ingest(market_samples(120))
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(site.server.url + "/d/markets/?range=15m")
     page.locator(".panel-status[data-state=live]").first.wait_for(timeout=10_000)
@@ -355,6 +356,7 @@ def test_an_editor_adds_moves_and_removes_panels_in_the_page(site: Site, page) -
 
 
 def test_kiosk_mode_hides_the_chrome(site: Site, page) -> None:
+    site.ingest(host_samples(60))
     page.goto(site.server.url + "/d/host/?range=15m&kiosk=1")
     page.locator(".panel-status[data-state=live]").first.wait_for(timeout=10_000)
     assert not page.locator(".topbar").is_visible()
