@@ -25,6 +25,9 @@ DAY_US = 86_400 * US
 # Created this many days ahead: the writer accepts readings only minutes into
 # the future, so a week survives a week-long outage of the retention loop.
 DAYS_AHEAD = 7
+# DDL on a partition locks the whole table; give up rather than stall every
+# reader and the writer behind a long chart query (the next pass retries).
+DDL_LOCK_TIMEOUT = "5s"
 # Arbitrary constant that serialises partition DDL between processes.
 ADVISORY_LOCK_KEY = 0x5075_6C73_6550  # "PulseP"
 _BOUND_RE = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
@@ -106,6 +109,7 @@ def _create_partition(start: int) -> None:
     name, end = partition_name(start), start + DAY_US
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+        cursor.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
         cursor.execute("SELECT to_regclass(%s)", [name])
         if cursor.fetchone()[0] is not None:
             return  # another process made it while we waited for the lock
@@ -128,4 +132,5 @@ def drop_partition(partition: Partition) -> None:
     """Drop one daily partition with all its rows."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+        cursor.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
         cursor.execute(f"DROP TABLE IF EXISTS {partition.name}")
