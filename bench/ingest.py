@@ -1,0 +1,222 @@
+"""Ingest throughput: samples/s stored through the real HTTP API, next to a bare COPY.
+
+For each database (PostgreSQL, then SQLite) this migrates a fresh database,
+issues an agent token, starts Daphne on a loopback port and POSTs JSON batches
+of 1,000 and 5,000 samples to /api/v1/ingest from a few concurrent clients
+(so the writer's group commit is exercised as in production). Throughput is
+stored samples / wall time, checked against the "accepted" counts. The same
+rows are then COPYed with psycopg into a bare table (no index, no constraint)
+on PostgreSQL, one transaction per batch, as the ceiling; ratios are printed.
+
+    python bench/ingest.py [--samples 200000] [--concurrency 4]
+
+Needs PostgreSQL at --pg (trust auth); creates and drops database pulseboard_bench_ingest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+DB_NAME = "pulseboard_bench_ingest"
+METRICS = 100  # distinct metrics per run, like a small fleet
+BATCH_SIZES = (1000, 5000)
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Result:
+    backend: str
+    batch: int
+    samples: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.samples / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_rows(count: int, batch: int, tag: str, now_us: int) -> list[list[tuple[str, int, float]]]:
+    """Return batches of (metric name, ts µs, value); every (metric, ts) distinct, all within the last day."""
+    rows = [(f"m{i % METRICS:03d}", now_us - 3_600_000_000 - i // METRICS * 1000, float(i % 977) / 7) for i in range(count)]
+    return [rows[i : i + batch] for i in range(0, count, batch)]
+
+
+def payload(source: str, rows: list[tuple[str, int, float]]) -> bytes:
+    return json.dumps(
+        {"source": source, "precision": "us", "samples": [{"metric": m, "ts": ts, "value": v} for m, ts, v in rows]}
+    ).encode()
+
+
+def run(cmd: list[str], env: dict[str, str]) -> str:
+    return subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def backend_env(backend: str, pg_url: str, sqlite_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SQLITE_PATH")}
+    env.update(
+        DEBUG="0",
+        SECRET_KEY=secrets.token_hex(32),
+        LOG_LEVEL="WARNING",
+        PULSEBOARD_RATE_LIMIT_PER_S="0",  # the benchmark measures storage, not the limiter
+        PULSEBOARD_VAR_DIR=str(sqlite_path.parent),
+        PYTHONPATH=str(ROOT),
+    )
+    if backend == "postgresql":
+        env["DATABASE_URL"] = f"{pg_url.rstrip('/')}/{DB_NAME}"
+    else:
+        env["SQLITE_PATH"] = str(sqlite_path)
+    return env
+
+
+def reset_postgres(pg_url: str) -> None:
+    with psycopg.connect(f"{pg_url.rstrip('/')}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
+
+
+async def post_all(url: str, secret: str, bodies: list[bytes], concurrency: int) -> int:
+    """POST every body with `concurrency` clients in flight and return the accepted count."""
+    headers = {"Authorization": f"Token {secret}", "Content-Type": "application/json"}
+    queue = list(reversed(bodies))
+    accepted = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal accepted
+        while queue:
+            body = queue.pop()
+            response = await client.post(url, content=body, headers=headers)
+            response.raise_for_status()
+            accepted += response.json()["accepted"]
+
+    async with httpx.AsyncClient(timeout=120) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return accepted
+
+
+def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
+    env = backend_env(backend, args.pg, tmp / "bench.sqlite3")
+    if backend == "postgresql":
+        reset_postgres(args.pg)
+    run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], env)
+    secret = run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from dashboard.models import AgentToken; print(AgentToken.issue('bench')[1])",
+        ],
+        env,
+    ).split()[-1]  # the shell prints a banner about auto-imports first
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "monitor.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"daphne did not start on port {port}")
+            time.sleep(0.2)
+        for batch in BATCH_SIZES:
+            source = f"bench-{backend[:2]}-{batch}"
+            batches = make_rows(args.samples, batch, source, now_us)
+            # Warm-up: create the metrics (a slow path taken once) and JIT nothing else.
+            warm = [(name, now_us - 2 * 86_400_000_000 - i, 0.0) for i, name in enumerate(f"m{j:03d}" for j in range(METRICS))]
+            asyncio.run(post_all(f"{base}/api/v1/ingest", secret, [payload(source, warm)], 1))
+            bodies = [payload(source, rows) for rows in batches]
+            started = time.perf_counter()
+            accepted = asyncio.run(post_all(f"{base}/api/v1/ingest", secret, bodies, args.concurrency))
+            elapsed = time.perf_counter() - started
+            if accepted != args.samples:
+                raise SystemExit(f"{backend}: {accepted} of {args.samples} samples accepted")
+            results.append(Result(backend, batch, accepted, elapsed))
+            print(f"  {backend:10s} API   batch {batch:5d}: {accepted / elapsed:10,.0f} samples/s", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return results
+
+
+def bench_copy(args: argparse.Namespace, now_us: int) -> list[Result]:
+    """COPY the same rows into a bare table, one transaction per batch: the ceiling for PostgreSQL."""
+    results = []
+    with psycopg.connect(f"{args.pg.rstrip('/')}/{DB_NAME}") as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_copy")
+        conn.execute("CREATE TABLE bench_copy (metric_id bigint, ts bigint, value double precision)")
+        conn.commit()
+        for batch in BATCH_SIZES:
+            batches = make_rows(args.samples, batch, "copy", now_us)
+            ids = {f"m{i:03d}": i + 1 for i in range(METRICS)}
+            started = time.perf_counter()
+            for rows in batches:
+                with conn.cursor() as cur:
+                    with cur.copy("COPY bench_copy (metric_id, ts, value) FROM STDIN (FORMAT BINARY)") as copy:
+                        copy.set_types(["int8", "int8", "float8"])
+                        for name, ts, value in rows:
+                            copy.write_row((ids[name], ts, value))
+                conn.commit()
+            elapsed = time.perf_counter() - started
+            results.append(Result("COPY", batch, args.samples, elapsed))
+            print(f"  {'postgresql':10s} COPY  batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
+        conn.execute("DROP TABLE bench_copy")
+        conn.commit()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=200_000, help="samples per batch size and backend")
+    parser.add_argument("--concurrency", type=int, default=4, help="HTTP requests in flight")
+    parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server URL (no database)")
+    args = parser.parse_args()
+    now_us = time.time_ns() // 1000
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, {os.cpu_count()} CPUs, "
+          f"{args.samples:,} samples per case, {args.concurrency} clients", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        api = bench_api("postgresql", args, now_us, Path(tmp)) + bench_api("sqlite", args, now_us, Path(tmp))
+        copy = {r.batch: r for r in bench_copy(args, now_us)}
+    print("\n| Path | Batch | Samples/s | vs. bare COPY on PostgreSQL |")
+    print("|---|---:|---:|---:|")
+    for r in [*copy.values(), *api]:
+        name = "psycopg COPY, bare table (PostgreSQL)" if r.backend == "COPY" else f"HTTP ingest API ({r.backend})"
+        print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {r.rate / copy[r.batch].rate:.2f}× |")
+    with psycopg.connect(f"{args.pg.rstrip('/')}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+
+
+if __name__ == "__main__":
+    main()
