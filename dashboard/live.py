@@ -200,7 +200,7 @@ class LiveClient:
         if len(text) > MAX_MESSAGE_BYTES:
             await self._send(error_frame("message_too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes"))
             raise CloseConnection(CLOSE_MESSAGE_TOO_BIG, "message too big")
-        if text[:40].lstrip().startswith(('{"type":"ack"', '{"type": "ack"')) and self._ack(text):
+        if isinstance(text, str) and text[:40].lstrip().startswith(('{"type":"ack"', '{"type": "ack"')) and self._ack(text):
             return  # acknowledgements that move the window are free: they are the reader's pace
         if not self._take_token():
             if self._tokens < -MESSAGE_BURST:
