@@ -175,7 +175,14 @@ def iot_board() -> tuple[dict, list[dict]]:
                 "title": "Batteries",
                 "kind": "table",
                 "metrics": ["iot.*.battery"],
-                "options": {"unit": "%", "thresholds": [{"value": 0, "color": BAD}, {"value": 15, "color": WARN}]},
+                "options": {
+                    "unit": "%",
+                    "thresholds": [
+                        {"value": 0, "color": BAD},
+                        {"value": 15, "color": WARN},
+                        {"value": 30, "color": OK},
+                    ],
+                },
                 "x": 8,
                 "y": 2,
                 "w": 4,
@@ -257,7 +264,7 @@ def market_board() -> tuple[dict, list[dict]]:
                 "x": 0,
                 "y": 7,
                 "w": 12,
-                "h": 3,
+                "h": 4,
             },
         ],
     )

@@ -1,0 +1,251 @@
+"""Dashboard pages and their JSON endpoints: who may see, edit, acknowledge and silence, and what is saved."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.test import Client
+
+from dashboard.models import AlertInstance, AlertRule, Dashboard, Metric, Panel, Source, UserPreference
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def board(owner) -> Dashboard:
+    board = Dashboard.objects.create(title="Servers", slug="servers", owner=owner)
+    Panel.objects.create(
+        dashboard=board, title="CPU", kind="timeseries", metrics=["host.*.cpu.total"], x=0, y=0, w=6, h=4
+    )
+    return board
+
+
+@pytest.fixture
+def metrics() -> dict[str, Metric]:
+    open_source = Source.objects.create(slug="host.web-01", name="web-01")
+    secret_source = Source.objects.create(slug="host.vault", name="vault")
+    secret_source.viewer_groups.add(Group.objects.create(name="security"))
+    return {
+        "open": Metric.objects.create(source=open_source, name="cpu.total", key="host.web-01.cpu.total", unit="%"),
+        "secret": Metric.objects.create(source=secret_source, name="cpu.total", key="host.vault.cpu.total", unit="%"),
+    }
+
+
+def signed_in(user, csrf: bool = False) -> Client:
+    client = Client(enforce_csrf_checks=csrf)
+    client.force_login(user)
+    return client
+
+
+def post(client: Client, url: str, body: dict):
+    return client.post(url, json.dumps(body), content_type="application/json")
+
+
+def layout(*panels: dict) -> dict:
+    return {"panels": list(panels)}
+
+
+PANEL = {
+    "title": "Load",
+    "kind": "stat",
+    "metrics": ["host.web-01.load.1m"],
+    "options": {"unit": ""},
+    "x": 0,
+    "y": 4,
+    "w": 3,
+    "h": 2,
+}
+
+
+def config_of(response) -> dict:
+    html = response.content.decode()
+    start = html.index('id="dashboard-config" type="application/json">') + len(
+        'id="dashboard-config" type="application/json">'
+    )
+    return json.loads(html[start : html.index("</script>", start)])
+
+
+def test_the_list_shows_only_dashboards_the_user_may_view(board, viewer, stranger) -> None:
+    private = Dashboard.objects.create(title="Payroll", slug="payroll")
+    group = Group.objects.create(name="finance")
+    private.viewer_groups.add(group)
+    viewer.groups.add(group)
+    assert b"Payroll" in signed_in(viewer).get("/d/").content
+    page = signed_in(stranger).get("/d/")
+    assert b"Servers" in page.content and b"Payroll" not in page.content
+    assert signed_in(stranger).get("/d/payroll/").status_code == 404
+
+
+def test_a_signed_out_visitor_is_sent_to_the_login_page(board) -> None:
+    response = Client().get("/d/servers/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_the_page_resolves_globs_only_to_metrics_the_viewer_may_read(board, metrics, stranger, owner) -> None:
+    keys = [s["key"] for s in config_of(signed_in(stranger).get("/d/servers/"))["panels"][0]["series"]]
+    assert keys == ["host.web-01.cpu.total"]
+    keys = [s["key"] for s in config_of(signed_in(owner).get("/d/servers/"))["panels"][0]["series"]]
+    assert keys == ["host.vault.cpu.total", "host.web-01.cpu.total"]
+
+
+def test_the_page_tells_the_script_whether_the_user_may_edit(board, owner, viewer) -> None:
+    assert config_of(signed_in(owner).get("/d/servers/"))["can_edit"] is True
+    page = signed_in(viewer).get("/d/servers/")
+    assert config_of(page)["can_edit"] is False
+    assert b'id="edit-toggle"' not in page.content
+
+
+def test_the_owner_adds_moves_and_removes_panels(board, owner, metrics) -> None:
+    existing = board.panels.get()
+    moved = {
+        "id": existing.id,
+        "title": "CPU now",
+        "kind": "timeseries",
+        "metrics": ["host.*.cpu.total"],
+        "x": 6,
+        "y": 0,
+        "w": 6,
+        "h": 5,
+    }
+    response = post(signed_in(owner), "/api/v1/dashboards/servers/layout", layout(moved, PANEL))
+    assert response.status_code == 200, response.content
+    panels = list(board.panels.order_by("y"))
+    assert [(p.id == existing.id, p.title, p.x, p.w, p.h) for p in panels] == [
+        (True, "CPU now", 6, 6, 5),
+        (False, "Load", 0, 3, 2),
+    ]
+    assert response.json()["panels"][0]["series"][0]["key"] == "host.vault.cpu.total"
+    response = post(signed_in(owner), "/api/v1/dashboards/servers/layout", layout(PANEL))
+    assert response.status_code == 200
+    assert list(board.panels.values_list("title", flat=True)) == ["Load"]
+
+
+def test_a_member_of_an_editor_group_may_save(board, viewer) -> None:
+    editors = Group.objects.create(name="sre")
+    board.editor_groups.add(editors)
+    viewer.groups.add(editors)
+    assert post(signed_in(viewer), "/api/v1/dashboards/servers/layout", layout(PANEL)).status_code == 200
+
+
+def test_a_viewer_without_edit_rights_cannot_save_and_nothing_changes(board, viewer) -> None:
+    response = post(signed_in(viewer), "/api/v1/dashboards/servers/layout", layout(PANEL))
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "forbidden"
+    assert list(board.panels.values_list("title", flat=True)) == ["CPU"]
+
+
+def test_a_dashboard_the_user_may_not_view_is_not_found_when_saving(board, stranger) -> None:
+    board.viewer_groups.add(Group.objects.create(name="ops"))
+    assert post(signed_in(stranger), "/api/v1/dashboards/servers/layout", layout(PANEL)).status_code == 404
+
+
+def test_saving_needs_a_session_and_the_csrf_token(board, owner) -> None:
+    assert post(Client(), "/api/v1/dashboards/servers/layout", layout(PANEL)).status_code == 401
+    client = signed_in(owner, csrf=True)
+    assert post(client, "/api/v1/dashboards/servers/layout", layout(PANEL)).status_code == 403
+    client.get("/d/servers/")  # sets the csrftoken cookie, as the page does
+    token = client.cookies["csrftoken"].value
+    response = client.post(
+        "/api/v1/dashboards/servers/layout",
+        json.dumps(layout(PANEL)),
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"kind": "pie"}, "kind"),
+        ({"metrics": []}, "metrics"),
+        ({"metrics": "host.*"}, "metrics"),
+        ({"title": ""}, "title"),
+        ({"w": 13}, "w"),
+        ({"x": 10, "w": 6}, "x"),
+        ({"options": {"script": "alert(1)"}}, "options"),
+    ],
+)
+def test_a_bad_panel_is_refused_with_the_field_named(board, owner, change: dict, field: str) -> None:
+    response = post(signed_in(owner), "/api/v1/dashboards/servers/layout", layout({**PANEL, **change}))
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == field
+    assert list(board.panels.values_list("title", flat=True)) == ["CPU"]
+
+
+def test_the_time_zone_is_remembered_per_user_and_shown_to_the_page(viewer) -> None:
+    client = signed_in(viewer)
+    assert b'data-timezone="browser"' in client.get("/d/").content
+    assert post(client, "/api/v1/preferences", {"timezone": "Asia/Tokyo"}).json() == {"timezone": "Asia/Tokyo"}
+    assert UserPreference.objects.get(user=viewer).timezone == "Asia/Tokyo"
+    assert b'data-timezone="Asia/Tokyo"' in client.get("/d/").content
+    response = post(client, "/api/v1/preferences", {"timezone": "Mars/Olympus"})
+    assert response.status_code == 400 and response.json()["error"]["field"] == "timezone"
+
+
+def test_kiosk_mode_marks_the_page_for_a_wall_screen(board, viewer) -> None:
+    assert b"kiosk" in signed_in(viewer).get("/d/servers/?kiosk=1").content.split(b"<body", 1)[1][:120]
+
+
+@pytest.fixture
+def firing(metrics) -> AlertInstance:
+    rule = AlertRule.objects.create(name="Hot CPU", metric_pattern="host.*.cpu.total", threshold=90)
+    return AlertInstance.objects.create(rule=rule, metric=metrics["open"], state="firing", last_value=97)
+
+
+def test_operators_acknowledge_and_silence_an_alert(firing, owner) -> None:
+    client = signed_in(owner)
+    response = client.post(f"/api/v1/alerts/{firing.id}/ack")
+    assert response.status_code == 200 and response.json()["acknowledged_by"] == "alice"
+    response = post(client, f"/api/v1/alerts/{firing.id}/silence", {"duration_s": 3600})
+    assert response.status_code == 200 and response.json()["silenced_until"] > 0
+    firing.refresh_from_db()
+    assert firing.acknowledged_by == owner and firing.silenced_until is not None
+    assert post(client, f"/api/v1/alerts/{firing.id}/silence", {"duration_s": -5}).status_code == 400
+
+
+def test_a_viewer_cannot_acknowledge_or_silence(firing, viewer) -> None:
+    client = signed_in(viewer)
+    assert client.post(f"/api/v1/alerts/{firing.id}/ack").status_code == 403
+    assert post(client, f"/api/v1/alerts/{firing.id}/silence", {"duration_s": 60}).status_code == 403
+    firing.refresh_from_db()
+    assert firing.acknowledged_by is None and firing.silenced_until is None
+
+
+def test_an_alert_on_a_metric_the_user_may_not_read_is_not_found(metrics, owner, stranger) -> None:
+    rule = AlertRule.objects.create(name="Vault", metric_pattern="host.vault.*", threshold=1)
+    hidden = AlertInstance.objects.create(rule=rule, metric=metrics["secret"], state="firing")
+    # An operator by permission (not staff, who see everything) who may not read the vault.
+    from django.contrib.auth.models import Permission
+
+    stranger.user_permissions.add(Permission.objects.get(codename="change_alertinstance"))
+    assert signed_in(stranger).post(f"/api/v1/alerts/{hidden.id}/ack").status_code == 404
+    assert signed_in(owner).post("/api/v1/alerts/999999/ack").status_code == 404
+
+
+def test_the_banner_endpoint_lists_active_alerts_the_user_may_read(firing, metrics, stranger) -> None:
+    rule = AlertRule.objects.create(name="Vault", metric_pattern="host.vault.*", threshold=1)
+    AlertInstance.objects.create(rule=rule, metric=metrics["secret"], state="firing")
+    AlertInstance.objects.create(rule=firing.rule, metric=metrics["secret"], state="ok")
+    alerts = signed_in(stranger).get("/api/v1/alerts").json()["alerts"]
+    assert [(a["metric"], a["state"], a["type"]) for a in alerts] == [("host.web-01.cpu.total", "firing", "alert")]
+    assert Client().get("/api/v1/alerts").status_code == 401
+
+
+def test_demodashboards_is_idempotent() -> None:
+    call_command("demodashboards", host="web-01")
+    counts = (Dashboard.objects.count(), Panel.objects.count(), AlertRule.objects.count())
+    Panel.objects.filter(title="CPU").update(w=12)  # an operator's edit survives a second run
+    call_command("demodashboards", host="web-01")
+    assert (Dashboard.objects.count(), Panel.objects.count(), AlertRule.objects.count()) == counts
+    assert counts[0] == 3 and set(Panel.objects.values_list("kind", flat=True)) == {
+        "timeseries",
+        "stat",
+        "table",
+        "candlestick",
+    }
+    assert Panel.objects.get(title="CPU").w == 12
+    assert any("host.web-01.cpu.total" in m for m in Panel.objects.values_list("metrics", flat=True))
