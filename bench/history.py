@@ -114,7 +114,9 @@ def generate(pg_url: str, now: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50, help="timed runs per range (naive: a fifth, at least 3)")
-    parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server URL (no database)")
+    parser.add_argument(
+        "--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server URL (no database)"
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse the data set of a previous run")
     args = parser.parse_args()
     pg_url = args.pg.rstrip("/")
@@ -156,7 +158,9 @@ def main() -> None:
         history.load([target], now - span, now, POINTS, now=now)
 
     def api(span: int) -> None:
-        response = client.get("/api/v1/series", {"metric": "bench.target", "from": now - span, "to": now, "points": POINTS})
+        response = client.get(
+            "/api/v1/series", {"metric": "bench.target", "from": now - span, "to": now, "points": POINTS}
+        )
         assert response.status_code == 200, response.content[:200]
 
     def naive(span: int) -> None:
@@ -169,7 +173,11 @@ def main() -> None:
     for label, span in RANGES:
         result = history.load([target], now - span, now, POINTS, now=now)
         timings: dict[str, list[float]] = {}
-        for name, fn, runs in (("tiered", tiered, args.runs), ("api", api, args.runs), ("naive", naive, max(3, args.runs // 5))):
+        for name, fn, runs in (
+            ("tiered", tiered, args.runs),
+            ("api", api, args.runs),
+            ("naive", naive, max(3, args.runs // 5)),
+        ):
             fn(span)  # warm caches and plans
             timings[name] = []
             for _ in range(runs):
@@ -184,12 +192,12 @@ def main() -> None:
         )
 
     base = percentile(rows[0][4]["tiered"], 0.99)
-    print("\n| Range | Tier | Buckets | Samples covered | history.load p50 / p99 | API p50 / p99 | Naive raw p50 / p99 | p99 vs. 1 h |")
+    print(
+        "\n| Range | Tier | Buckets | Samples covered | history.load p50 / p99 | API p50 / p99 | Naive raw p50 / p99 | p99 vs. 1 h |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for label, tier, buckets, covered, t in rows:
-        cells = [
-            f"{statistics.median(t[k]):.1f} / {percentile(t[k], 0.99):.1f} ms" for k in ("tiered", "api", "naive")
-        ]
+        cells = [f"{statistics.median(t[k]):.1f} / {percentile(t[k], 0.99):.1f} ms" for k in ("tiered", "api", "naive")]
         ratio = percentile(t["tiered"], 0.99) / base
         print(f"| {label} | {tier} | {buckets:,} | {covered:,} | {' | '.join(cells)} | {ratio:.1f}× |")
 

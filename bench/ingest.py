@@ -59,7 +59,9 @@ def free_port() -> int:
 
 def make_rows(count: int, batch: int, tag: str, now_us: int) -> list[list[tuple[str, int, float]]]:
     """Return batches of (metric name, ts µs, value); every (metric, ts) distinct, all within the last day."""
-    rows = [(f"m{i % METRICS:03d}", now_us - 3_600_000_000 - i // METRICS * 1000, float(i % 977) / 7) for i in range(count)]
+    rows = [
+        (f"m{i % METRICS:03d}", now_us - 3_600_000_000 - i // METRICS * 1000, float(i % 977) / 7) for i in range(count)
+    ]
     return [rows[i : i + batch] for i in range(0, count, batch)]
 
 
@@ -155,7 +157,10 @@ def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) ->
             source = f"bench-{backend[:2]}-{batch}"
             batches = make_rows(args.samples, batch, source, now_us)
             # Warm-up: create the metrics (a slow path taken once) and JIT nothing else.
-            warm = [(name, now_us - 2 * 86_400_000_000 - i, 0.0) for i, name in enumerate(f"m{j:03d}" for j in range(METRICS))]
+            warm = [
+                (name, now_us - 2 * 86_400_000_000 - i, 0.0)
+                for i, name in enumerate(f"m{j:03d}" for j in range(METRICS))
+            ]
             asyncio.run(post_all(f"{base}/api/v1/ingest", secret, [payload(source, warm)], 1))
             bodies = [payload(source, rows) for rows in batches]
             started = time.perf_counter()
@@ -201,11 +206,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=200_000, help="samples per batch size and backend")
     parser.add_argument("--concurrency", type=int, default=4, help="HTTP requests in flight")
-    parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server URL (no database)")
+    parser.add_argument(
+        "--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server URL (no database)"
+    )
     args = parser.parse_args()
     now_us = time.time_ns() // 1000
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, {os.cpu_count()} CPUs, "
-          f"{args.samples:,} samples per case, {args.concurrency} clients", flush=True)
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, {os.cpu_count()} CPUs, "
+        f"{args.samples:,} samples per case, {args.concurrency} clients",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         api = bench_api("postgresql", args, now_us, Path(tmp)) + bench_api("sqlite", args, now_us, Path(tmp))
         copy = {r.batch: r for r in bench_copy(args, now_us)}

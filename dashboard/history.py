@@ -161,7 +161,7 @@ def grid(from_us: int, to_us: int, points: int, width: int) -> tuple[int, int]:
 
 def _series_sql(table: str, column: str, raw: bool) -> str:
     if raw:
-        stats = 'MIN(value) AS mn, MAX(value) AS mx, SUM(value) AS s, COUNT(*) AS c'
+        stats = "MIN(value) AS mn, MAX(value) AS mx, SUM(value) AS s, COUNT(*) AS c"
         first, last = "value", "value"
     else:
         stats = 'MIN("min") AS mn, MAX("max") AS mx, SUM("sum") AS s, CAST(SUM("count") AS BIGINT) AS c'
@@ -179,7 +179,9 @@ def _series_sql(table: str, column: str, raw: bool) -> str:
     )
 
 
-def series_query(table: str, column: str, raw: bool, metric_id: int, origin: int, step: int, to_us: int) -> tuple[str, list]:
+def series_query(
+    table: str, column: str, raw: bool, metric_id: int, origin: int, step: int, to_us: int
+) -> tuple[str, list]:
     """Return the SQL and parameters that bucket one metric's rows of a tier (also used by EXPLAIN tests)."""
     params = [origin, step, metric_id, origin, to_us, metric_id, origin, to_us, metric_id, origin, to_us]
     return _series_sql(table, column, raw), params

@@ -98,7 +98,7 @@ def prune(*, now: int | None = None, dry_run: bool = False, progress: Progress =
         default, overrides = retention_groups(tier)
         round_to_day = partitioned and tier.name == "raw"
 
-        def cutoff(days: int) -> int:
+        def cutoff(days: int, round_to_day: bool = round_to_day) -> int:
             edge = now - days * DAY_US
             return partitions.day_start(edge) if round_to_day else edge
 
@@ -132,7 +132,9 @@ def prune(*, now: int | None = None, dry_run: bool = False, progress: Progress =
                 rows = _count(tier.table, condition, args)
                 progress(f"would delete {rows} {label}")
             else:
-                rows = _delete_in_batches(tier, condition, args, lambda n, label=label: progress(f"deleted {n} {label}"))
+                rows = _delete_in_batches(
+                    tier, condition, args, lambda n, label=label: progress(f"deleted {n} {label}")
+                )
             report.deleted[tier.name] += rows
     return report
 

@@ -23,7 +23,9 @@ DAY_US = 86_400 * US
 NOW = 1_795_651_200_000_000  # 2026-11-26 00:00:00 UTC
 
 
-def store_series(key: str, start: int, end: int, interval_us: int, value=lambda i, ts: float(i % 7)) -> list[tuple[int, float]]:
+def store_series(
+    key: str, start: int, end: int, interval_us: int, value=lambda i, ts: float(i % 7)
+) -> list[tuple[int, float]]:
     """Store one reading every interval_us in [start, end) and return the (ts, value) pairs."""
     source, name = key.split(".", 1)
     rows = [(ts, value(i, ts)) for i, ts in enumerate(range(start, end, interval_us))]
@@ -128,7 +130,9 @@ def test_it_aligns_rollup_buckets_to_the_tier_and_never_exceeds_the_points() -> 
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("span_us", "points", "tier"), [(3600 * US, 100, "raw"), (6 * 3600 * US, 50, "1m"), (6 * 3600 * US, 4, "1h")])
+@pytest.mark.parametrize(
+    ("span_us", "points", "tier"), [(3600 * US, 100, "raw"), (6 * 3600 * US, 50, "1m"), (6 * 3600 * US, 4, "1h")]
+)
 def test_it_returns_at_most_n_buckets_with_min_max_avg_open_and_close(span_us: int, points: int, tier: str) -> None:
     now = now_us()
     start = now - span_us - 7 * MINUTE_US
@@ -253,7 +257,9 @@ def test_a_viewer_cannot_read_a_metric_restricted_to_another_group(client: Clien
 
 
 @pytest.mark.django_db
-def test_a_member_of_the_granted_group_can_read_the_restricted_metric(client: Client, viewer, restricted: Metric) -> None:
+def test_a_member_of_the_granted_group_can_read_the_restricted_metric(
+    client: Client, viewer, restricted: Metric
+) -> None:
     viewer.groups.add(Group.objects.get(name="finance"))
     client.force_login(viewer)
     response = get_series(client, metric="trading.pnl", **{"from": "-10m"})

@@ -28,7 +28,10 @@ def store(key: str, *ages_us: int, now: int) -> list[int]:
 
 def raw_ages(key: str, now: int) -> list[int]:
     """Return the ages in whole days of the raw samples left for a metric, oldest first."""
-    return sorted(((now - ts) // DAY_US for ts in Sample.objects.filter(metric__key=key).values_list("ts", flat=True)), reverse=True)
+    return sorted(
+        ((now - ts) // DAY_US for ts in Sample.objects.filter(metric__key=key).values_list("ts", flat=True)),
+        reverse=True,
+    )
 
 
 @pytest.mark.django_db
@@ -64,7 +67,10 @@ def test_it_forgets_rollups_past_their_own_tier_retention() -> None:
     report = retention.prune(now=now)
     assert MinuteRollup.objects.filter(metric__key="web-01.cpu").count() == 0
     assert MinuteRollup.objects.filter(metric__key="web-01.disk").count() == 1
-    assert [(now - b) // DAY_US for b in HourRollup.objects.filter(metric__key="web-01.cpu").values_list("bucket", flat=True)] == [100]
+    assert [
+        (now - b) // DAY_US
+        for b in HourRollup.objects.filter(metric__key="web-01.cpu").values_list("bucket", flat=True)
+    ] == [100]
     assert (report.deleted["1m"], report.deleted["1h"]) == (2, 1)
 
 
