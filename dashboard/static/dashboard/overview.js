@@ -1,5 +1,6 @@
 // Overview page: latest value of every metric, updated live over the tab's one socket.
 
+import { AlertBanner } from "./alerts.js";
 import { LiveConnection, showState } from "./connection.js";
 import { formatValue } from "./format.js";
 
@@ -25,6 +26,11 @@ conn.on("data", (event) => {
 const sources = [...document.querySelectorAll(".source-card")].map((el) => el.dataset.source + ".*");
 if (sources.length) conn.subscribe(sources, { historyS: 0, maxRate: 4 });
 conn.start();
+
+// Active alerts in the banner, whatever page the operator is on.
+const banner = new AlertBanner(undefined, { canOperate: document.body.dataset.operator === "1" });
+banner.load();
+conn.on("alert", (alert) => banner.update(alert));
 
 // A source silent for three expected intervals is marked stale.
 setInterval(() => {

@@ -1,6 +1,7 @@
 // Source page: one live chart per metric, starting from the last minutes of history.
 
 import { LiveChart } from "./chart.js";
+import { AlertBanner } from "./alerts.js";
 import { LiveConnection, showState } from "./connection.js";
 import { SeriesStore } from "./store.js";
 
@@ -31,6 +32,11 @@ conn.on("data", (event) => {
 });
 conn.subscribe(metrics.map((m) => m.key), { historyS: 3600 });
 conn.start();
+
+// Active alerts in the banner, whatever page the operator is on.
+const banner = new AlertBanner(undefined, { canOperate: document.body.dataset.operator === "1" });
+banner.load();
+conn.on("alert", (alert) => banner.update(alert));
 
 function draw() {
   if (dirty && !paused) {
