@@ -216,7 +216,6 @@ def shot(page, name: str) -> Path:
 
 def test_a_dashboard_chart_receives_new_points_live(site: Site, page) -> None:
     site.ingest(host_samples(240))
-    shot(page, "overview")
     page.goto(site.server.url + "/d/host/?range=5m")
     panel = page.locator(".panel", has_text="CPU total")
     panel.locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
@@ -267,6 +266,11 @@ def test_the_markets_dashboard_draws_all_four_panel_kinds(site: Site, page) -> N
     assert "sol" in rows.first.inner_text().lower()
     page.wait_for_timeout(500)
     shot(page, "dashboard-markets-all-panel-kinds")
+    page.goto(site.server.url + "/")
+    page.wait_for_timeout(1000)
+    shot(page, "overview")
+    page.goto(site.server.url + "/d/")
+    shot(page, "dashboard-list")
 
 
 def test_a_threshold_breach_fires_the_banner_and_the_webhook_within_2_s(site: Site, page) -> None:

@@ -234,7 +234,7 @@ def market_board() -> tuple[dict, list[dict]]:
                 "x": 6,
                 "y": 0,
                 "w": 6,
-                "h": 4,
+                "h": 2,
             },
             {
                 "title": "BTC-USD",
@@ -252,9 +252,9 @@ def market_board() -> tuple[dict, list[dict]]:
                 "metrics": ["market.btc-usd.bid", "market.btc-usd.ask"],
                 "options": {"unit": "USD"},
                 "x": 6,
-                "y": 4,
+                "y": 2,
                 "w": 6,
-                "h": 3,
+                "h": 5,
             },
             {
                 "title": "Volume",

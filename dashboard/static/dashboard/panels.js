@@ -6,6 +6,7 @@ import { formatValue, formatTime, viewerTimeZone } from "./format.js";
 
 export const COLORS = ["#4f9cf9", "#f5a524", "#3ccf91", "#f3616d", "#b48cf2", "#37c6d0", "#e879b9", "#a3a3a3"];
 const STATE_COLORS = { firing: "#f3616d", nodata: "#f5a524", pending: "#f5a524", resolved: "#3ccf91", ok: "#3ccf91" };
+const CURRENCIES = new Set(["USD", "EUR", "GBP", "JPY", "CHF", "USDT"]);
 const DEFAULT_STALE_S = 30; // a panel whose newest sample is older than this is marked stale
 const MAX_ANNOTATIONS = 50; // per panel; older ones are dropped so a flapping alert cannot grow memory
 
@@ -140,11 +141,17 @@ function labelWidth(u, values) {
   return Math.ceil(Math.max(...values.map((v) => String(v).length)) * 7 + 16);
 }
 
+// Axis labels: prices without their unit (the panel says it), everything else as formatValue.
+function axisValue(v, unit) {
+  if (CURRENCIES.has(unit)) return v.toLocaleString("en-US", { maximumFractionDigits: Math.abs(v) >= 100 ? 0 : 4 });
+  return formatValue(v, unit);
+}
+
 function axes(unit) {
   const grid = { stroke: "#232a36", width: 1 };
   return [
     { stroke: "#8b95a5", grid, ticks: { stroke: "#2a3140" }, space: 70, values: timeLabels(viewerTimeZone()) },
-    { stroke: "#8b95a5", grid, ticks: { show: false }, size: labelWidth, values: (u, vals) => vals.map((v) => formatValue(v, unit)) },
+    { stroke: "#8b95a5", grid, ticks: { show: false }, size: labelWidth, values: (u, vals) => vals.map((v) => axisValue(v, unit)) },
   ];
 }
 
@@ -317,7 +324,10 @@ export class StatPanel extends Panel {
 
   render(value, t, col) {
     const color = value === null ? "var(--muted)" : thresholdColor(value, this.cfg.options.thresholds, "var(--ok)");
-    this.value.textContent = formatValue(value, this.unit);
+    const text = formatValue(value, this.unit);
+    const unitSuffix = this.unit && text.endsWith(" " + this.unit) ? this.unit : "";
+    this.value.textContent = unitSuffix ? text.slice(0, -unitSuffix.length - 1) : text;
+    if (unitSuffix) this.value.append(el("small", "stat-unit", unitSuffix));
     this.value.style.color = color;
     const age = t ? Date.now() / 1000 - t : null;
     this.root.classList.toggle("stale", age !== null && age > this.staleS);
@@ -472,7 +482,7 @@ export class CandlestickPanel extends Panel {
       this.info.innerHTML = "";
       for (const [k, v] of [["O", data[1][i]], ["H", data[2][i]], ["L", data[3][i]], ["C", data[4][i]]]) {
         const span = el("span", "", `${k} `);
-        span.append(el("b", up ? "up" : "down", formatValue(v, "")));
+        span.append(el("b", up ? "up" : "down", axisValue(v, this.unit)));
         this.info.append(span);
       }
       this.info.append(el("span", "muted", `${formatStep(this.step)} candles`));
