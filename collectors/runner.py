@@ -27,6 +27,7 @@ class Runner:
         self.sink = sink
         self.stop = asyncio.Event()
         self.failures: dict[str, int] = {c.name: 0 for c in collectors}
+        self._puts: set[asyncio.Future] = set()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -39,12 +40,17 @@ class Runner:
 
     async def run(self) -> None:
         """Run every collector until stop is requested, then let the sink flush."""
-        sink_task = asyncio.create_task(self.sink.run(self.stop), name="sink")
+        # The sink is told to flush only once every batch already produced has reached it;
+        # a batch whose put was still running when the collectors were cancelled would be lost.
+        sink_stop = asyncio.Event()
+        sink_task = asyncio.create_task(self.sink.run(sink_stop), name="sink")
         tasks = [asyncio.create_task(self._drive(c), name=c.name) for c in self.collectors]
         await self.stop.wait()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._puts, return_exceptions=True)
+        sink_stop.set()
         await sink_task
         log.info("stopped: %s", self.sink.status())
 
@@ -53,7 +59,11 @@ class Runner:
         while not self.stop.is_set():
             try:
                 async for batch in collector.batches():
-                    await self.sink.put(batch)
+                    # Shielded: cancelling the collector at shutdown must not cancel a half-done put.
+                    put = asyncio.ensure_future(self.sink.put(batch))
+                    self._puts.add(put)
+                    put.add_done_callback(self._puts.discard)
+                    await asyncio.shield(put)
                     backoff = 1.0
                     if self.stop.is_set():
                         return
