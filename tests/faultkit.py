@@ -8,12 +8,17 @@ stands between the server under test and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+
+import httpx
 
 from tests.servers import free_port
 
@@ -166,3 +171,253 @@ class TcpProxy:
         self._call(self._cut())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+# --- The stack under test: Daphne workers, an agent, a viewer ---------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Worker:
+    """One Daphne process on a fixed loopback port, logging to a file; start() again after stop() or kill()."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, name: str = "worker") -> None:
+        self.env = env
+        self.port = free_port()
+        self.log_path = workdir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/live/"
+
+    def start(self) -> Worker:
+        log = open(self.log_path, "a")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "monitor.asgi:application"],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("daphne did not answer /healthz within 60 s")
+
+    def terminate(self, timeout_s: float = 30) -> int | None:
+        """SIGTERM and wait: the graceful shutdown."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies with whatever it held."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def prepare_database(env: dict[str, str], workdir: Path) -> tuple[str, str]:
+    """Migrate, then return (agent token secret, session key of a staff viewer)."""
+    run_manage(env, "migrate", "--noinput", "-v", "0")
+    token_path = workdir / "agent-token"
+    run_manage(env, "issuetoken", "fault agent", "--output", str(token_path))
+    code = (
+        "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY\n"
+        "from django.contrib.sessions.backends.db import SessionStore\n"
+        "u, _ = get_user_model().objects.get_or_create(username='watcher', defaults={'is_staff': True})\n"
+        "s = SessionStore(); s[SESSION_KEY] = str(u.pk)\n"
+        "s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
+        "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create(); print(s.session_key)\n"
+    )
+    session = run_manage(env, "shell", "-c", code).strip().splitlines()[-1]
+    return token_path.read_text().strip(), session
+
+
+class Agent:
+    """`manage.py runcollectors` with a counter collector (values 0, 1, 2, ... logged as produced) and an HTTP sink."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        server: str,
+        source: str = "fault.counter",
+        interval_s: float = 0.05,
+        per_batch: int = 2,
+        extra_collectors: str = "",
+    ) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.source = source
+        self.produced_path = workdir / "produced.txt"
+        self.log_path = workdir / "agent.log"
+        self.config = workdir / "agent.toml"
+        counter = (
+            f'[[collectors]]\nkind = "counter"\nsource = "{source}"\nmetric = "n"\n'
+            f'interval_s = {interval_s}\nper_batch = {per_batch}\nlog_path = "{self.produced_path}"\n'
+            if source
+            else ""
+        )
+        self.config.write_text(
+            "[agent]\n"
+            f'server = "{server}"\n'
+            f'token_file = "{workdir / "agent-token"}"\n'
+            f'spool_path = "{workdir / "agent-spool.sqlite3"}"\n'
+            "batch_size = 200\nflush_interval_s = 0.2\nhealth_interval_s = 1.0\nshutdown_grace_s = 30.0\n"
+            'name = "fault-agent"\n\n' + counter + extra_collectors
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Agent:
+        log = open(self.log_path, "a")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runcollectors", "--config", str(self.config)],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def produced(self) -> list[float]:
+        """Values the counter handed to the sink, in order."""
+        if not self.produced_path.exists():
+            return []
+        return [float(line.split()[1]) for line in self.produced_path.read_text().splitlines() if line.strip()]
+
+
+def loss_and_duplicates(produced: list[float], stored: list[float]) -> tuple[int, int]:
+    """Return (produced but not stored, stored more than once)."""
+    lost = len(set(produced) - set(stored))
+    duplicates = len(stored) - len(set(stored))
+    return lost, duplicates
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+async def async_wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class ResumeViewer:
+    """A live client written from docs/protocol.md: keeps a cursor per key, reconnects (to the next URL) and resumes with `since`."""
+
+    def __init__(self, ws_urls: list[str], session_key: str, keys: list[str], history_s: int = 3600) -> None:
+        self.ws_urls = ws_urls
+        self.session_key = session_key
+        self.keys = keys
+        self.history_s = history_s
+        self.cursors: dict[str, int] = {}
+        self.received: dict[str, list[tuple[int, float]]] = {k: [] for k in keys}
+        self.live_count = 0
+        self.connects = 0
+        self.lags = 0
+        self.url_index = 0
+        self.connected_to: str | None = None
+        self._task: asyncio.Task | None = None
+        self._stop = False
+
+    def start(self) -> ResumeViewer:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def stop(self) -> None:
+        self._stop = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def values(self, key: str) -> list[float]:
+        return [v for _, v in self.received[key]]
+
+    async def _run(self) -> None:
+        import websockets
+
+        while not self._stop:
+            url = self.ws_urls[self.url_index % len(self.ws_urls)]
+            origin = url.replace("ws://", "http://").split("/ws/")[0]
+            try:
+                async with websockets.connect(
+                    url, origin=origin, additional_headers={"Cookie": f"sessionid={self.session_key}"}, open_timeout=5
+                ) as ws:
+                    hello = json.loads(await ws.recv())
+                    assert hello["type"] == "hello", hello
+                    self.connects += 1
+                    self.connected_to = url
+                    message = {"type": "subscribe", "id": self.connects, "metrics": self.keys, "history_s": self.history_s}
+                    if self.cursors:
+                        message["since"] = dict(self.cursors)
+                    await ws.send(json.dumps(message))
+                    frames = 0
+                    async for raw in ws:
+                        frame = json.loads(raw)
+                        if frame["type"] == "data":
+                            frames += 1
+                            await ws.send(json.dumps({"type": "ack", "frame": frames}))
+                            for batch in frame["batches"]:
+                                key = batch["k"]
+                                self.received.setdefault(key, []).extend(zip(batch["t"], batch["v"], strict=True))
+                                self.cursors[key] = max(self.cursors.get(key, 0), batch["t"][-1])
+                                if not frame.get("replay"):
+                                    self.live_count += len(batch["t"])
+                        elif frame["type"] == "lag":
+                            self.lags += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                pass
+            self.connected_to = None
+            # Try the next worker: the one we were on may be gone for good.
+            self.url_index += 1
+            await asyncio.sleep(0.2)

@@ -1,0 +1,326 @@
+"""Fault tests on real processes: Redis restarted, PostgreSQL unreachable, a worker killed, an MQTT broker gone, SIGTERM.
+
+Each test runs Daphne workers and a collector agent as subprocesses, breaks
+one thing, and then counts: every value the agent's counter produced is
+stored exactly once (loss = 0, duplicates = 0, printed), and a viewer written
+from docs/protocol.md ends up with exactly what is stored, without being
+helped. Shared Redis and PostgreSQL servers are never touched: the tests
+break their own redis-server, Mosquitto, or a TCP proxy in front of
+PostgreSQL (tests/faultkit.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+
+from tests.faultkit import (
+    Agent,
+    Mosquitto,
+    RedisServer,
+    ResumeViewer,
+    TcpProxy,
+    Worker,
+    async_wait_until,
+    loss_and_duplicates,
+    prepare_database,
+    wait_until,
+)
+from tests.servers import project_env
+
+pytestmark = pytest.mark.slow
+KEY = "fault.counter.n"
+PG_ADMIN_URL = os.environ.get("FAULT_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def sqlite_values(env: dict[str, str], key: str = KEY) -> list[float]:
+    with sqlite3.connect(env["SQLITE_PATH"], timeout=30) as db:
+        rows = db.execute(
+            "SELECT s.value FROM dashboard_sample s JOIN dashboard_metric m ON m.id = s.metric_id WHERE m.key = ?",
+            (key,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def report(name: str, produced: list[float], stored: list[float], viewer: ResumeViewer | None = None) -> None:
+    lost, duplicates = loss_and_duplicates(produced, stored)
+    line = f"[{name}] produced={len(produced)} stored={len(stored)} loss={lost} duplicates={duplicates}"
+    if viewer is not None:
+        seen = viewer.values(KEY)
+        viewer_lost, viewer_duplicates = loss_and_duplicates(stored, seen)
+        line += (
+            f" viewer_received={len(seen)} viewer_loss={viewer_lost} viewer_duplicates={viewer_duplicates}"
+            f" viewer_connects={viewer.connects} lag_notices={viewer.lags}"
+        )
+    print(line)
+    assert lost == 0 and duplicates == 0, line
+    assert sorted(produced) == sorted(stored), line
+    if viewer is not None:
+        assert viewer_lost == 0 and viewer_duplicates == 0, line
+
+
+@pytest.fixture
+def redis(tmp_path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+# --- (a) Redis restarted ------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_a_redis_restart_loses_nothing_and_viewers_back_fill_by_themselves(tmp_path, redis, redis_url) -> None:
+    env = project_env(tmp_path, REDIS_URL=redis.url, LOG_LEVEL="WARNING")
+    token, session = prepare_database(env, tmp_path)
+    (tmp_path / "agent-token").write_text(token)
+    worker = Worker(env, tmp_path).start()
+    agent = Agent(env, tmp_path, worker.url).start()
+    viewer = None
+    try:
+        await async_wait_until(lambda: len(sqlite_values(env)) >= 20, 60, "the agent's first samples")
+        viewer = ResumeViewer([worker.ws_url], session, [KEY]).start()
+        await async_wait_until(lambda: viewer.live_count >= 20, 30, "live samples before the fault")
+
+        redis.stop()
+        stored_at_cut = len(sqlite_values(env))
+        await asyncio.sleep(3)
+        assert len(sqlite_values(env)) > stored_at_cut + 10, "ingest must keep storing while Redis is down"
+        live_before = viewer.live_count
+        redis.start()
+
+        # Live delivery resumes by itself (the hub's layer connection comes back) ...
+        await async_wait_until(lambda: viewer.live_count > live_before + 20, 60, "live delivery after the restart")
+        assert agent.terminate() == 0, agent.log_path.read_text()[-3000:]
+        stored = sqlite_values(env)
+        # ... and what was published while Redis was gone is back-filled.
+        await async_wait_until(lambda: len(set(viewer.values(KEY))) >= len(stored), 30, "the back-fill of the gap")
+        await asyncio.sleep(0.5)  # anything still in flight would be a duplicate
+        report("redis restart", agent.produced(), stored, viewer)
+        assert viewer.connects == 1, "the socket itself never needed to reconnect"
+    finally:
+        if viewer is not None:
+            await viewer.stop()
+        agent.kill()
+        worker.kill()
+
+
+# --- (b) PostgreSQL unreachable for 10 s -------------------------------------------------
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A throwaway database on the shared PostgreSQL server; return its name."""
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        pytest.skip(f"needs PostgreSQL at {PG_ADMIN_URL} (set FAULT_PG_URL)")
+    name = f"pulseboard_fault_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def pg_values(database: str, key: str = KEY) -> list[float]:
+    with psycopg.connect(PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database, connect_timeout=5) as db:
+        rows = db.execute(
+            "SELECT s.value FROM dashboard_sample s JOIN dashboard_metric m ON m.id = s.metric_id WHERE m.key = %s",
+            (key,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+@pytest.mark.postgres
+def test_a_database_outage_answers_503_and_the_agent_delivers_everything_afterwards(tmp_path, pg_database) -> None:
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    direct = project_env(tmp_path, DATABASE_URL=f"{base}/{pg_database}")
+    token, _ = prepare_database(direct, tmp_path)
+    (tmp_path / "agent-token").write_text(token)
+    host, port = "127.0.0.1", int(base.rsplit(":", 1)[1])
+    proxy = TcpProxy(host, port).start()
+    env = project_env(tmp_path, DATABASE_URL=f"postgres://postgres@127.0.0.1:{proxy.port}/{pg_database}")
+    worker = Worker(env, tmp_path).start()
+    agent = Agent(env, tmp_path, worker.url).start()
+    try:
+        wait_until(lambda: len(pg_values(pg_database)) >= 20, 60, "the agent's first samples")
+        proxy.cut()
+        cut_at = time.monotonic()
+        outage: list[httpx.Response] = []
+        while time.monotonic() - cut_at < 10:
+            body = {"precision": "us", "samples": [{"source": "fault.probe", "metric": "m", "ts": time.time_ns() // 1000, "value": 1}]}
+            outage.append(
+                httpx.post(worker.url + "/api/v1/ingest", json=body, headers={"Authorization": f"Token {token}"}, timeout=15)
+            )
+            time.sleep(1)
+        stored_during = len(pg_values(pg_database))
+        proxy.start()
+        statuses = sorted({r.status_code for r in outage})
+        print(f"[database outage] ingest answers while PostgreSQL was unreachable: {statuses}")
+        assert statuses == [503], [(r.status_code, r.text[:200]) for r in outage]
+        assert all(r.headers.get("Retry-After", "").isdigit() for r in outage)
+        assert all(r.json()["error"]["code"] == "storage_unavailable" for r in outage)
+
+        spooled = wait_until(lambda: _agent_log_mentions(agent, "503"), 5, "the agent to see 503 and spool")
+        assert spooled
+        wait_until(lambda: len(pg_values(pg_database)) > stored_during + 50, 90, "the spool to drain after the outage")
+        assert agent.terminate() == 0, agent.log_path.read_text()[-3000:]
+        report("database outage 10 s", agent.produced(), pg_values(pg_database))
+    finally:
+        agent.kill()
+        worker.kill()
+        proxy.close()
+
+
+def _agent_log_mentions(agent: Agent, text: str) -> bool:
+    return text in agent.log_path.read_text()
+
+
+# --- (c) one of two workers killed ------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_a_killed_worker_s_viewers_resume_on_the_other_without_a_gap(tmp_path, redis, redis_url) -> None:
+    env = project_env(tmp_path, REDIS_URL=redis.url, LOG_LEVEL="WARNING")
+    token, session = prepare_database(env, tmp_path)
+    (tmp_path / "agent-token").write_text(token)
+    doomed = Worker(env, tmp_path, "worker-a").start()
+    survivor = Worker(env, tmp_path, "worker-b").start()
+    agent = Agent(env, tmp_path, survivor.url).start()
+    viewer = None
+    try:
+        await async_wait_until(lambda: len(sqlite_values(env)) >= 20, 60, "the agent's first samples")
+        viewer = ResumeViewer([doomed.ws_url, survivor.ws_url], session, [KEY]).start()
+        await async_wait_until(lambda: viewer.live_count >= 20, 30, "live samples through worker a")
+        assert viewer.connected_to == doomed.ws_url
+        doomed.kill()
+        await async_wait_until(lambda: viewer.connected_to == survivor.ws_url, 30, "the viewer to move to worker b")
+        live_after = viewer.live_count
+        await async_wait_until(lambda: viewer.live_count > live_after + 20, 30, "live samples through worker b")
+        assert agent.terminate() == 0, agent.log_path.read_text()[-3000:]
+        stored = sqlite_values(env)
+        await async_wait_until(lambda: len(set(viewer.values(KEY))) >= len(stored), 30, "the viewer to catch up")
+        await asyncio.sleep(0.5)
+        report("worker killed", agent.produced(), stored, viewer)
+        assert viewer.connects == 2
+    finally:
+        if viewer is not None:
+            await viewer.stop()
+        agent.kill()
+        doomed.kill()
+        survivor.kill()
+
+
+# --- (d) a collector's upstream drops ------------------------------------------------------
+
+
+def source_state(env: dict[str, str], slug: str) -> tuple[bool, int]:
+    """Return (is_stale, samples stored) for a source, as the server judges staleness."""
+    code = (
+        "from dashboard.models import Source\n"
+        f"s = Source.objects.filter(slug={slug!r}).first()\n"
+        "print(s is None or s.is_stale(), s.samples_accepted if s else 0)\n"
+    )
+    from tests.faultkit import run_manage
+
+    stale, count = run_manage(env, "shell", "-c", code).split()[-2:]
+    return stale == "True", int(count)
+
+
+@pytest.mark.mqtt
+async def test_an_mqtt_broker_outage_shows_the_source_stale_and_the_collector_reconnects(tmp_path, mqtt_url) -> None:
+    import aiomqtt
+
+    broker = Mosquitto(tmp_path).start()
+    env = project_env(tmp_path, LOG_LEVEL="WARNING")
+    token, _ = prepare_database(env, tmp_path)
+    (tmp_path / "agent-token").write_text(token)
+    worker = Worker(env, tmp_path).start()
+    mqtt = (
+        f'[[collectors]]\nkind = "mqtt"\nurl = "{broker.url}"\ntopics = ["plant/{{device}}/{{metric}}"]\n'
+        'source_prefix = "plant."\n'
+    )
+    agent = Agent(env, tmp_path, worker.url, source="", extra_collectors=mqtt).start()
+    sent = 0
+    stop_publishing = asyncio.Event()
+
+    async def publish_forever() -> None:
+        nonlocal sent
+        while not stop_publishing.is_set():
+            try:
+                async with aiomqtt.Client("127.0.0.1", port=broker.port) as client:
+                    while not stop_publishing.is_set():
+                        await client.publish("plant/boiler-1/temperature", str(20 + sent % 5), qos=1)
+                        sent += 1
+                        await asyncio.sleep(0.1)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)  # the device waits for the broker too
+
+    device = asyncio.ensure_future(publish_forever())
+    try:
+        # The source appears; make it stale after 1.5 s of silence (3 x 0.5 s) to keep the test short.
+        await async_wait_until(lambda: source_state(env, "plant.boiler-1")[1] > 5, 60, "the first MQTT readings")
+        from tests.faultkit import run_manage
+
+        run_manage(env, "shell", "-c", "from dashboard.models import Source; Source.objects.filter(slug='plant.boiler-1').update(expected_interval_s=0.5)")
+        assert source_state(env, "plant.boiler-1")[0] is False
+
+        broker.stop()
+        await asyncio.sleep(4)
+        stale, during = source_state(env, "plant.boiler-1")
+        print(f"[mqtt outage] source stale while the broker is down: {stale}")
+        assert stale is True
+
+        broker.start()  # same port: the collector's backoff finds it again
+        await async_wait_until(lambda: source_state(env, "plant.boiler-1")[1] > during + 10, 60, "readings after the broker is back")
+        assert source_state(env, "plant.boiler-1")[0] is False
+        log = agent.log_path.read_text()
+        assert "lost or refused" in log and "retrying in" in log, log[-2000:]
+        assert "reconnected" in log or "subscribing again" in log, log[-2000:]
+        print("[mqtt outage] the collector backed off, reconnected and the source is fresh again")
+    finally:
+        stop_publishing.set()
+        device.cancel()
+        await asyncio.gather(device, return_exceptions=True)
+        agent.kill()
+        worker.kill()
+        broker.stop()
+
+
+# --- Graceful shutdown ----------------------------------------------------------------
+
+
+async def test_sigterm_on_the_server_and_the_agent_loses_and_duplicates_nothing(tmp_path) -> None:
+    env = project_env(tmp_path, LOG_LEVEL="WARNING")
+    token, _ = prepare_database(env, tmp_path)
+    (tmp_path / "agent-token").write_text(token)
+    worker = Worker(env, tmp_path).start()
+    agent = Agent(env, tmp_path, worker.url, interval_s=0.01, per_batch=20).start()
+    try:
+        await async_wait_until(lambda: len(sqlite_values(env)) >= 200, 60, "the agent's first samples")
+        # SIGTERM the server while requests are in flight, then bring it back on the same port and database.
+        code = worker.terminate()
+        print(f"[graceful shutdown] daphne exited with {code} after SIGTERM")
+        stored_while_down = len(sqlite_values(env))
+        await asyncio.sleep(1)
+        worker.start()
+        await async_wait_until(lambda: len(sqlite_values(env)) > stored_while_down + 200, 60, "ingest after the restart")
+        # SIGTERM the agent mid-stream: it stops producing and flushes its spool before exiting.
+        assert agent.terminate() == 0, agent.log_path.read_text()[-3000:]
+        produced, stored = agent.produced(), sqlite_values(env)
+        report("graceful shutdown", produced, stored)
+        assert "stopping with" not in agent.log_path.read_text(), "the agent exited with readings still spooled"
+    finally:
+        agent.kill()
+        worker.kill()
+
