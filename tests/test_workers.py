@@ -1,0 +1,240 @@
+"""Two real Daphne workers sharing the real Redis and one database: what the live path promises across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import psutil
+import pytest
+import redis
+import websockets
+
+from dashboard.timeutil import now_us
+from tests.servers import Server, project_env, running_server
+from tests.streams import Viewer, cookie_header, create_viewer, issue_token, post_samples
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+STALL_S = 3  # the workers close a reader whose ack window stays full this long (production: 30)
+QUIET_S = 65  # longer than redis-py's old 5 s read timeout, the 25 s heartbeat and Daphne's 20 s ping, twice
+
+
+class QuietViewer(threading.Thread):
+    """A viewer on its own worker, subscribed to a source nobody writes to for a minute (its own event loop).
+
+    It runs beside the other tests so the minute costs no test time; its
+    worker has no other viewers, so that worker's Redis connection really is
+    silent meanwhile.
+    """
+
+    def __init__(self, server: Server, cookies: str, key: str) -> None:
+        super().__init__(daemon=True)
+        self.server, self.cookies, self.key = server, cookies, key
+        self.subscribed = threading.Event()
+        self.subscribed_at = 0.0
+        self.received: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._watch())
+        except BaseException as exc:  # reported by the test that checks it
+            self.error = exc
+            self.subscribed.set()
+
+    async def _watch(self) -> None:
+        viewer = await Viewer.connect(self.server, self.cookies)
+        await viewer.subscribe([self.key], history_s=0)
+        self.subscribed_at = time.monotonic()
+        self.subscribed.set()
+        self.received = await viewer.collect(self.key, 1, timeout=QUIET_S + 120)
+        await viewer.close()
+
+
+@dataclass
+class Cluster:
+    a: Server
+    b: Server
+    quiet: QuietViewer
+    cookies: str
+    secret: str
+    prefix: str
+    redis: redis.Redis
+    sqlite_path: str
+
+    def source_id(self, slug: str) -> int:
+        with sqlite3.connect(self.sqlite_path, timeout=20) as db:
+            return db.execute("SELECT id FROM dashboard_source WHERE slug = ?", (slug,)).fetchone()[0]
+
+    def subscribers(self, slug: str) -> int:
+        """Return how many Redis connections listen to the source's group (one per worker that has viewers)."""
+        channel = f"{self.prefix}__group__source.{self.source_id(slug)}"
+        return dict(self.redis.pubsub_numsub(channel)).get(channel.encode(), 0)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    # The fixture cannot use the function-scoped redis_url fixture; probe the same way.
+    from tests.conftest import reachable
+
+    url = "redis://127.0.0.1:6379/0"
+    if not reachable(url, 6379):
+        pytest.skip(f"needs Redis at {url}: start it with `redis-server`")
+    tmp = tmp_path_factory.mktemp("workers")
+    prefix = f"pbtest{uuid.uuid4().hex[:8]}"  # this run's groups only, whoever else uses the Redis
+    env = project_env(tmp, REDIS_URL=url, CHANNEL_LAYER_PREFIX=prefix, PULSEBOARD_LIVE_STALL_S=str(STALL_S))
+    with running_server(env) as a:  # migrates the shared SQLite file once
+        b, c = Server(env).start(), Server(env).start()
+        try:
+            create_viewer(env)
+            secret = issue_token(env, tmp / "token")
+            cookies = cookie_header(a)
+            asyncio.run(post_samples(a, secret, "w.quiet", [("temp", now_us(), 0.0)]))
+            quiet = QuietViewer(c, cookies, "w.quiet.temp")
+            quiet.start()
+            quiet.subscribed.wait(30)
+            client = redis.Redis.from_url(url)
+            yield Cluster(a, b, quiet, cookies, secret, prefix, client, env["SQLITE_PATH"])
+            client.close()
+        finally:
+            b.stop()
+            c.stop()
+
+
+async def wait_for(predicate, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.2)
+    return predicate()
+
+
+async def test_a_sample_ingested_through_worker_a_reaches_a_viewer_on_worker_b(cluster: Cluster) -> None:
+    await post_samples(cluster.a, cluster.secret, "w.cross", [("temp", now_us(), 1.0)])
+    viewer = await Viewer.connect(cluster.b, cluster.cookies)
+    await viewer.subscribe(["w.cross.temp"], history_s=0)
+    ts = now_us()
+    await post_samples(cluster.a, cluster.secret, "w.cross", [("temp", ts, 42.0)])
+    assert await viewer.collect("w.cross.temp", 1) == [ts]
+    await viewer.close()
+
+
+async def test_a_viewer_resumes_on_the_other_worker_after_a_forced_disconnect_with_no_gap_and_no_duplicate(
+    cluster: Cluster,
+) -> None:
+    key, start = "w.resume.temp", now_us()
+    await post_samples(cluster.a, cluster.secret, "w.resume", [("temp", start, 0.0)])
+    viewer = await Viewer.connect(cluster.b, cluster.cookies)
+    await viewer.subscribe([key], history_s=60)
+    for i in range(1, 10):
+        await post_samples(cluster.a, cluster.secret, "w.resume", [("temp", start + i, float(i))])
+    before = list(await viewer.collect(key, 10))
+    viewer.socket.transport.abort()  # the network drops: no close handshake
+
+    for i in range(10, 20):  # missed while away
+        await post_samples(cluster.a, cluster.secret, "w.resume", [("temp", start + i, float(i))])
+    again = await Viewer.connect(cluster.a, cluster.cookies)
+    await again.subscribe([key], since={key: before[-1]})
+    for i in range(20, 30):
+        await post_samples(cluster.b, cluster.secret, "w.resume", [("temp", start + i, float(i))])
+    after = await again.collect(key, 20)
+    await again.close()
+    assert before + after == [start + i for i in range(30)]
+
+
+async def test_a_reader_that_stops_reading_costs_the_server_a_bounded_amount_and_is_closed(cluster: Cluster) -> None:
+    key, slug = "w.slow.temp", "w.slow"
+    base = now_us() - 60_000_000
+    await post_samples(cluster.a, cluster.secret, slug, [("temp", base, 0.0)])
+    host = cluster.b.url.removeprefix("http://")
+    # max_queue=1: the client library stops reading the socket once one message waits, as a stuck browser would.
+    slow = await websockets.connect(
+        cluster.b.ws_url, additional_headers={"Cookie": cluster.cookies, "Origin": f"http://{host}"}, max_queue=1
+    )
+    await slow.send('{"type":"subscribe","metrics":["w.slow.temp"],"history_s":0}')
+    await asyncio.sleep(0.5)
+    base = now_us()  # after the subscription: everything below is live data for it
+    server = psutil.Process(cluster.b.process.pid)
+    rss_before = server.memory_info().rss
+    sent_bytes = 0
+    for n in range(100):  # 100,000 samples, ~2.5 MB of frames, for this one reader
+        samples = [("temp", base + 1 + n * 1000 + i, 20.0 + i % 7) for i in range(1000)]
+        sent_bytes += 25 * len(samples)
+        await post_samples(cluster.a, cluster.secret, slug, samples)
+    peak = server.memory_info().rss
+    await wait_for(lambda: False, STALL_S + 2)  # past the stall limit
+    try:  # read what is left: the 4008 close frame, unless the server already dropped the unresponsive peer
+        while True:
+            await asyncio.wait_for(slow.recv(), 10)
+    except (websockets.ConnectionClosed, TimeoutError):
+        pass
+    assert slow.close_code in (4008, 1006)
+    growth = peak - rss_before
+    print(f"slow reader: ~{sent_bytes / 1e6:.1f} MB offered, server RSS grew {growth / 1e6:.1f} MB")
+    # Bound: 8 frames in flight (here ~25 KB each) + a 50,000-sample buffer that sheds; no copy of the stream.
+    assert growth < 64 * 1024 * 1024
+    async with httpx.AsyncClient(base_url=cluster.b.url) as client:
+        metrics = await client.get("/metrics", headers={"Cookie": cluster.cookies})
+    assert metrics.status_code == 200
+    counters = dict(line.split(" ", 1) for line in metrics.text.splitlines() if line and not line.startswith("#"))
+    assert float(counters["pulseboard_slow_closes_total"]) >= 1
+    assert float(counters["pulseboard_window_full_total"]) >= 1
+
+
+async def test_a_thousand_viewers_disconnecting_at_once_leave_no_group_membership(cluster: Cluster) -> None:
+    key, slug = "w.crowd.temp", "w.crowd"
+    await post_samples(cluster.a, cluster.secret, slug, [("temp", now_us(), 0.0)])
+    host = cluster.b.url.removeprefix("http://")
+    headers = {"Cookie": cluster.cookies, "Origin": f"http://{host}"}
+
+    async def viewer() -> websockets.ClientConnection:
+        for attempt in range(3):  # Twisted listens with a backlog of 50: a burst may see a refused handshake
+            try:
+                socket = await websockets.connect(cluster.b.ws_url, additional_headers=headers, open_timeout=60)
+                break
+            except (OSError, EOFError, websockets.InvalidHandshake):
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.5)
+        await socket.recv()  # hello
+        await socket.send('{"type":"subscribe","metrics":["w.crowd.temp"],"history_s":0}')
+        await socket.recv()  # subscribed
+        return socket
+
+    sockets: list[websockets.ClientConnection] = []
+    for _ in range(20):  # waves of 50, the listen backlog
+        sockets += await asyncio.gather(*(viewer() for _ in range(50)))
+    assert len(sockets) == 1000
+    assert cluster.subscribers(slug) == 1  # one Redis subscription for worker B, not one per socket
+
+    for socket in sockets:
+        socket.transport.abort()  # all at once, without close handshakes
+    assert await wait_for(lambda: cluster.subscribers(slug) == 0, 30)
+
+    # The worker rejoins the group for the next viewer.
+    late = await Viewer.connect(cluster.b, cluster.cookies)
+    await late.subscribe([key], history_s=0)
+    ts = now_us()
+    await post_samples(cluster.a, cluster.secret, slug, [("temp", ts, 1.0)])
+    assert await late.collect(key, 1) == [ts]
+    await late.close()
+    assert await wait_for(lambda: cluster.subscribers(slug) == 0, 30)
+
+
+async def test_a_quiet_subscription_still_receives_the_next_sample_after_a_minute(cluster: Cluster) -> None:
+    quiet = cluster.quiet
+    assert quiet.error is None, quiet.error
+    await asyncio.sleep(max(0.0, QUIET_S - (time.monotonic() - quiet.subscribed_at)))
+    ts = now_us()
+    await post_samples(cluster.a, cluster.secret, "w.quiet", [("temp", ts, 1.0)])
+    await asyncio.to_thread(quiet.join, 30)
+    assert quiet.error is None, quiet.error
+    assert quiet.received == [ts]
