@@ -13,6 +13,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -27,6 +28,7 @@ from dashboard.exceptions import (
     PayloadTooLarge,
     PulseboardError,
     RateLimited,
+    StorageUnavailable,
 )
 from dashboard.models import AgentToken, Metric
 from dashboard.timeutil import now_us
@@ -50,12 +52,17 @@ def authenticate_agent(request: HttpRequest) -> AgentToken:
     scheme, _, secret = header.partition(" ")
     if scheme.lower() not in ("token", "bearer") or not secret.strip():
         raise NotAuthenticated("send an agent token in the Authorization header: 'Authorization: Token <secret>'")
-    token = AgentToken.find(secret.strip())
+    try:
+        token = AgentToken.find(secret.strip())
+        if token is not None and not token.is_revoked:
+            AgentToken.objects.filter(pk=token.pk).update(last_used=timezone.now())
+    except DatabaseError as exc:
+        # An outage is a 503 with Retry-After (the agent keeps its spool), not a 500.
+        raise StorageUnavailable(f"the database is unavailable ({type(exc).__name__}); retry later") from None
     if token is None:
         raise NotAuthenticated("the agent token is unknown; create one in the admin under Agent tokens")
     if token.is_revoked:
         raise NotAuthenticated("the agent token was revoked; create a new one in the admin")
-    AgentToken.objects.filter(pk=token.pk).update(last_used=timezone.now())
     return token
 
 
