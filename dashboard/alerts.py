@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -204,7 +205,7 @@ class Change:
     """One stored state change, ready to publish and notify."""
 
     event: events.AlertState
-    deliveries: list[int]
+    deliveries: list[NotificationDelivery]  # created with their event, rule and metric loaded
 
 
 def _load_instance(rule_id: int, metric_id: int) -> CachedInstance:
@@ -241,7 +242,7 @@ def _apply(
         event = AlertEvent.objects.create(
             rule=rule, metric=metric, from_state=seen.state, to_state=to_state, value=value, at=now, message=message
         )
-        deliveries: list[int] = []
+        deliveries: list[NotificationDelivery] = []
         silenced = inst.silenced_until is not None and inst.silenced_until > now
         if (
             to_state in NOTIFY_STATES
@@ -251,7 +252,7 @@ def _apply(
             targets = [("webhook", rule.webhook_url)] if rule.webhook_url else []
             targets += [("email", a.strip()) for a in rule.email_to.splitlines() if a.strip()]
             for channel, target in targets:
-                deliveries.append(NotificationDelivery.objects.create(event=event, channel=channel, target=target).id)
+                deliveries.append(NotificationDelivery.objects.create(event=event, channel=channel, target=target))
     return Change(state_event(inst, event), deliveries)
 
 
@@ -332,8 +333,8 @@ async def evaluate(inserted: list[tuple]) -> list[Change]:
 
 async def _announce(change: Change) -> None:
     await events.publish(events.ALERTS_GROUP, change.event)
-    for delivery_id in change.deliveries:
-        _spawn(deliver(delivery_id))
+    for delivery in change.deliveries:
+        _spawn(deliver(delivery))
 
 
 _tasks: set[asyncio.Task] = set()
@@ -480,16 +481,31 @@ def _send_email(delivery: NotificationDelivery, payload: dict) -> None:
     send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [delivery.target])
 
 
-async def deliver(delivery_id: int) -> None:
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def _client() -> httpx.AsyncClient:
+    """Return the event loop's webhook client: one connection pool, created once (TLS set-up is slow)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = _clients[loop] = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, headers={"User-Agent": "Pulseboard"})
+    return client
+
+
+async def deliver(delivery: NotificationDelivery | int) -> None:
     """Send one notification, retrying with exponential backoff; record every attempt and the outcome."""
     attempts = settings.PULSEBOARD["NOTIFY_ATTEMPTS"]
-    delivery, payload = await sync_to_async(_load_delivery)(delivery_id)
+    if isinstance(delivery, int):
+        delivery, payload = await sync_to_async(_load_delivery)(delivery)
+    else:
+        payload = _payload(delivery)
+    delivery_id = delivery.id
     for attempt in range(attempts):
         final = attempt == attempts - 1
         try:
             if delivery.channel == "webhook":
-                async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S) as client:
-                    response = await client.post(delivery.target, json=payload, headers={"User-Agent": "Pulseboard"})
+                response = await _client().post(delivery.target, json=payload)
                 if response.status_code >= 300:
                     raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
             else:
