@@ -1,0 +1,546 @@
+"""Fan-out benchmark: N WebSocket viewers of K metrics updated at R samples/s, three servers side by side.
+
+Systems, each run alone on the same machine, same workload, same load client:
+  pulseboard  Daphne + monitor.asgi + Redis (pub/sub layer) + PostgreSQL; samples go in through the
+              real HTTP ingest API (POST /api/v1/ingest with an AgentToken), are stored, published
+              once per batch, and fanned out by the per-process hub. Viewers ack (protocol v1).
+  raw         bench/raw_server.py: `websockets` with broadcast(), no storage, no auth, no layer.
+  naive       bench/naive_app.py on Daphne + the same Redis: a channel and group membership per
+              socket, a group_send per sample, a JSON encode per socket per sample.
+
+The producer ticks at 100 Hz (an agent flushing every 10 ms), each tick one request/message with
+R/100 samples spread over K metrics. Viewers run in separate processes (asyncio + websockets) and
+measure, per sample batch, receipt time minus the sample's timestamp (the oldest sample of each
+batch: a conservative latency), count samples and duplicates. Loss = samples produced x viewers
+- unique samples received after a drain period; for Pulseboard that includes back-fills, so it is
+*unrepaired* loss. Server CPU and RSS come from psutil on the server process.
+
+Loopback only, bounded in time (each step STEP_S + drain). Usage:
+    python bench/fanout.py                       # all scenarios (~10 min)
+    python bench/fanout.py --scenarios latency   # one: latency, scale, ceiling
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import free_port, login_cookies, manage  # noqa: E402
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+PG_DB = "pulseboard_bench"
+TICK_S = 0.01  # the producer flushes every 10 ms (100 requests a second at most)
+STEP_S = 8.0  # measured producing time per step
+DRAIN_S = 6.0  # longest wait for stragglers (and Pulseboard back-fills) after a step
+WARMUP_S = 1.0
+P99_LIMIT_MS = 100.0  # "sustainable": p99 at or under this and no unrepaired loss
+LATENCY_RESERVOIR = 20_000  # latency samples kept per client process
+ACK_EVERY = 4  # frames; half of Pulseboard's ack window of 8
+VIEWER, PASSWORD = "bench", "bench-pass-123"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+# --- Servers under test ------------------------------------------------------------
+
+
+@dataclass
+class System:
+    """A server under test: how to start it, connect a viewer, and publish a tick of samples."""
+
+    name: str
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    cookies: str = ""
+    token: str = ""
+    tmp: Path | None = None
+    http: httpx.AsyncClient | None = None
+    publisher: Any = None
+
+    # Each attribute below is what the client processes need (they get a plain dict).
+    def client_spec(self) -> dict[str, Any]:
+        if self.name == "pulseboard":
+            return {
+                "url": f"ws://127.0.0.1:{self.port}/ws/live/",
+                "headers": {"Cookie": self.cookies, "Origin": f"http://127.0.0.1:{self.port}"},
+                "subscribe": json.dumps({"type": "subscribe", "metrics": ["bench.src.*"], "history_s": 0}),
+                "ack": True,
+            }
+        path = "/ws/" if self.name == "naive" else "/"
+        return {"url": f"ws://127.0.0.1:{self.port}{path}", "headers": {}, "subscribe": None, "ack": False}
+
+    def start(self, metrics: int) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        env.update(
+            DJANGO_SETTINGS_MODULE="monitor.settings",
+            PULSEBOARD_VAR_DIR=str(self.tmp),
+            DEBUG="0",
+            SECRET_KEY="bench-" + "x" * 40,
+            LOG_LEVEL="WARNING",
+            PULSEBOARD_RATE_LIMIT_PER_S="0",
+            PULSEBOARD_BACKGROUND="0",
+            REDIS_URL=REDIS_URL,
+            CHANNEL_LAYER_PREFIX=f"bench{uuid.uuid4().hex[:8]}",
+            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB,
+        )
+        if self.name == "raw":
+            command = [sys.executable, str(ROOT / "bench" / "raw_server.py"), str(self.port)]
+        else:
+            if self.name == "pulseboard":
+                reset_database()
+                manage(env, "migrate", "--noinput", "-v", "0")
+                manage(
+                    env,
+                    "shell",
+                    "-c",
+                    "from django.contrib.auth import get_user_model\n"
+                    f"get_user_model().objects.create_user({VIEWER!r}, password={PASSWORD!r}, is_staff=True)",
+                )
+                manage(env, "issuetoken", "bench", "--output", str(self.tmp / "token"))
+                self.token = (self.tmp / "token").read_text().strip()
+            app = "monitor.asgi:application" if self.name == "pulseboard" else "bench.naive_app:application"
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), app]
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "server.log", "w"))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} did not start: {(self.tmp / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        if self.name == "pulseboard":
+
+            class _S:  # what login_cookies needs
+                url = f"http://127.0.0.1:{self.port}"
+
+            self.cookies = "; ".join(f"{k}={v}" for k, v in login_cookies(_S, VIEWER, PASSWORD).items())
+
+    async def open_publisher(self, metrics: int) -> None:
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30, limits=httpx.Limits(max_connections=20))
+        if self.name == "raw":
+            self.publisher = await websockets.connect(f"ws://127.0.0.1:{self.port}/publish", max_size=2**24)
+        if self.name == "pulseboard":  # the metrics must exist before viewers subscribe to them
+            old = now_us() - 10_000_000
+            await self.publish([(f"m{i}", old, 0.0) for i in range(metrics)])
+
+    async def publish(self, samples: list[tuple[str, int, float]]) -> None:
+        if self.name == "pulseboard":
+            body = {"source": "bench.src", "precision": "us", "samples": [{"metric": m, "ts": t, "value": v} for m, t, v in samples]}
+            response = await self.http.post("/api/v1/ingest", json=body, headers={"Authorization": f"Token {self.token}"})
+            if response.status_code != 200 or response.json()["rejected"]:
+                raise RuntimeError(f"ingest refused: {response.status_code} {response.text[:300]}")
+        elif self.name == "naive":
+            body = {"samples": [{"metric": f"bench.src.{m}", "ts": t, "value": v} for m, t, v in samples]}
+            (await self.http.post("/publish", json=body)).raise_for_status()
+        else:
+            series: dict[str, list[list]] = {}
+            for m, t, v in samples:
+                entry = series.setdefault(f"bench.src.{m}", [[], []])
+                entry[0].append(t)
+                entry[1].append(v)
+            batches = [{"k": k, "t": tv[0], "v": tv[1]} for k, tv in series.items()]
+            await self.publisher.send(json.dumps({"type": "data", "batches": batches}, separators=(",", ":")))
+
+    async def close_publisher(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.close()
+        if self.http is not None:
+            await self.http.aclose()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def reset_database() -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL.replace("postgres://", "postgresql://"), autocommit=True) as db:
+        db.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+        db.execute(f"CREATE DATABASE {PG_DB}")
+
+
+# --- Load client (separate processes) --------------------------------------------------
+
+
+class ViewerStats:
+    """What one client process measured since the last `measure` command."""
+
+    def __init__(self) -> None:
+        self.lo = 1 << 62
+        self.received = 0
+        self.duplicates = 0
+        self.latencies_ms: list[float] = []
+        self.seen_latencies = 0
+        self.closed: dict[int, int] = {}
+
+    def latency(self, ms: float) -> None:
+        self.seen_latencies += 1
+        if len(self.latencies_ms) < LATENCY_RESERVOIR:
+            self.latencies_ms.append(ms)
+        else:
+            slot = random.randrange(self.seen_latencies)
+            if slot < LATENCY_RESERVOIR:
+                self.latencies_ms[slot] = ms
+
+
+async def run_viewer(spec: dict[str, Any], stats: ViewerStats, ready: asyncio.Queue) -> None:
+    for attempt in range(5):  # a burst of handshakes can overflow a listen backlog
+        try:
+            ws = await websockets.connect(spec["url"], additional_headers=spec["headers"], open_timeout=60, max_size=2**24)
+            break
+        except (OSError, EOFError, websockets.InvalidHandshake, TimeoutError):
+            if attempt == 4:
+                await ready.put(False)
+                return
+            await asyncio.sleep(0.5 + random.random())
+    last: dict[str, int] = {}
+    frames = acked = 0
+    try:
+        if spec["subscribe"]:
+            await ws.recv()  # hello
+            await ws.send(spec["subscribe"])
+            while json.loads(await ws.recv())["type"] != "subscribed":
+                pass
+        await ready.put(True)
+        async for message in ws:
+            received_at = now_us()
+            frame = json.loads(message)
+            if frame.get("type") != "data":
+                continue
+            frames += 1
+            for batch in frame["batches"]:
+                t = batch["t"]
+                if t[-1] < stats.lo:
+                    continue
+                key = batch["k"]
+                previous = last.get(key, 0)
+                fresh = [x for x in t if x > previous and x >= stats.lo] if t[0] <= previous or t[0] < stats.lo else t
+                stats.duplicates += sum(1 for x in t if x <= previous)
+                stats.received += len(fresh)
+                if fresh:
+                    last[key] = fresh[-1]
+                    if not frame.get("replay"):
+                        stats.latency((received_at - fresh[0]) / 1000)
+            if spec["ack"] and frames - acked >= ACK_EVERY:
+                acked = frames
+                await ws.send('{"type":"ack","frame":%d}' % frames)
+    except websockets.ConnectionClosed as closed:
+        code = closed.rcvd.code if closed.rcvd else 1006
+        stats.closed[code] = stats.closed.get(code, 0) + 1
+
+
+async def client_main(conn, spec: dict[str, Any], viewers: int) -> None:
+    loop = asyncio.get_running_loop()
+    stats = ViewerStats()
+    ready: asyncio.Queue = asyncio.Queue()
+    tasks: list[asyncio.Task] = []
+    for wave in range(0, viewers, 50):
+        batch = [asyncio.create_task(run_viewer(spec, stats, ready)) for _ in range(min(50, viewers - wave))]
+        tasks += batch
+        for _ in batch:
+            await ready.get()
+    alive = sum(1 for t in tasks if not t.done())
+    conn.send(("connected", alive))
+    while True:
+        command, *args = await loop.run_in_executor(None, conn.recv)
+        if command == "measure":
+            stats.lo = args[0]
+            stats.received = stats.duplicates = stats.seen_latencies = 0
+            stats.latencies_ms = []
+            conn.send("ok")
+        elif command == "report":
+            conn.send(
+                {
+                    "received": stats.received,
+                    "duplicates": stats.duplicates,
+                    "latencies_ms": stats.latencies_ms,
+                    "alive": sum(1 for t in tasks if not t.done()),
+                    "closed": stats.closed,
+                }
+            )
+        elif command == "close":
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            conn.send("closed")
+            return
+
+
+def client_process(conn, spec: dict[str, Any], viewers: int) -> None:
+    asyncio.run(client_main(conn, spec, viewers))
+
+
+class LoadClient:
+    """A few processes that hold the viewers (one process per ~1,000 viewers, at most 2 on 2 cores)."""
+
+    def __init__(self, spec: dict[str, Any], viewers: int) -> None:
+        self.count = 1 if viewers <= 200 else 2
+        shares = [viewers // self.count + (1 if i < viewers % self.count else 0) for i in range(self.count)]
+        ctx = mp.get_context("spawn")
+        self.pipes, self.procs = [], []
+        for share in shares:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=client_process, args=(child, spec, share), daemon=True)
+            proc.start()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+    def wait_connected(self) -> int:
+        return sum(p.recv()[1] for p in self.pipes)
+
+    def ask(self, *command: Any) -> list[Any]:
+        for p in self.pipes:
+            p.send(command)
+        return [p.recv() for p in self.pipes]
+
+    def report(self) -> dict[str, Any]:
+        parts = self.ask("report")
+        closed: dict[int, int] = {}
+        for part in parts:
+            for code, n in part["closed"].items():
+                closed[code] = closed.get(code, 0) + n
+        return {
+            "received": sum(p["received"] for p in parts),
+            "duplicates": sum(p["duplicates"] for p in parts),
+            "latencies_ms": [x for p in parts for x in p["latencies_ms"]],
+            "alive": sum(p["alive"] for p in parts),
+            "closed": closed,
+        }
+
+    def close(self) -> None:
+        try:
+            self.ask("close")
+        except (EOFError, BrokenPipeError):
+            pass
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+# --- Producer and one measured step --------------------------------------------------
+
+
+async def produce(system: System, rate: float, metrics: int, duration: float) -> tuple[int, float]:
+    """Publish `rate` samples/s for `duration`; return samples produced and the publish lag (s) at the end."""
+    tick = max(TICK_S, 1.0 / rate)
+    per_tick = rate * tick
+    carry, produced, sequence = 0.0, 0, 0
+    pending: set[asyncio.Task] = set()
+    start = next_at = time.monotonic()
+    while time.monotonic() - start < duration:
+        carry += per_tick
+        n = int(carry)
+        carry -= n
+        if n:
+            ts = now_us()
+            samples = [(f"m{(sequence + j) % metrics}", ts + j, float(j % 100)) for j in range(n)]
+            sequence += n
+            produced += n
+            task = asyncio.create_task(system.publish(samples))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            if len(pending) >= 50:  # the server is not keeping up with ingest: wait, and it shows as latency
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        next_at += tick
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    behind = time.monotonic() - next_at
+    if pending:
+        await asyncio.gather(*pending)
+    return produced, behind
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def measure_step(system: System, client: LoadClient, viewers: int, metrics: int, rate: float) -> dict[str, Any]:
+    server = psutil.Process(system.process.pid)
+    lo = now_us()
+    client.ask("measure", lo)
+    cpu_before = sum(server.cpu_times()[:2])
+    started = time.monotonic()
+    peak_rss = server.memory_info().rss
+    producer = asyncio.create_task(produce(system, rate, metrics, STEP_S))
+    while not producer.done():
+        await asyncio.sleep(0.5)
+        peak_rss = max(peak_rss, server.memory_info().rss)
+    produced, behind = await producer
+    elapsed = time.monotonic() - started
+    cpu = (sum(server.cpu_times()[:2]) - cpu_before) / elapsed
+    expected = produced * viewers
+    drain_until = time.monotonic() + DRAIN_S
+    report = await asyncio.to_thread(client.report)
+    while report["received"] - 0 < expected and time.monotonic() < drain_until:
+        await asyncio.sleep(0.5)
+        peak_rss = max(peak_rss, server.memory_info().rss)
+        report = await asyncio.to_thread(client.report)
+    lat = report["latencies_ms"]
+    delivered_s = report["received"] / elapsed
+    loss = max(0, expected - report["received"])
+    return {
+        "system": system.name,
+        "viewers": viewers,
+        "metrics": metrics,
+        "rate": rate,
+        "produced": produced,
+        "delivered_per_s": round(delivered_s),
+        "p50_ms": round(percentile(lat, 0.50), 1),
+        "p99_ms": round(percentile(lat, 0.99), 1),
+        "loss": loss,
+        "loss_pct": round(100.0 * loss / expected, 3) if expected else 0.0,
+        "duplicates": report["duplicates"],
+        "producer_behind_s": round(max(0.0, behind), 2),
+        "server_cpu_pct": round(100 * cpu),
+        "server_rss_mb": round(peak_rss / 1e6, 1),
+        "alive": report["alive"],
+        "closed": report["closed"],
+    }
+
+
+def sustainable(result: dict[str, Any]) -> bool:
+    return result["loss"] == 0 and result["p99_ms"] <= P99_LIMIT_MS and result["alive"] == result["viewers"]
+
+
+async def run_system(name: str, viewers: int, metrics: int, rates: list[float], stop_when_failing: bool) -> list[dict]:
+    """Start one server, connect the viewers, run one step per rate; return the steps' results."""
+    system = System(name)
+    system.start(metrics)
+    client = None
+    results: list[dict] = []
+    try:
+        await system.open_publisher(metrics)
+        server = psutil.Process(system.process.pid)
+        await asyncio.sleep(WARMUP_S)
+        rss_base = server.memory_info().rss
+        client = LoadClient(system.client_spec(), viewers)
+        connected = await asyncio.to_thread(client.wait_connected)
+        await asyncio.sleep(WARMUP_S)
+        per_connection = (server.memory_info().rss - rss_base) / max(1, connected)
+        for rate in rates:
+            result = await measure_step(system, client, viewers, metrics, rate)
+            result["connected"] = connected
+            result["idle_kb_per_connection"] = round(per_connection / 1024, 1)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            if stop_when_failing and not sustainable(result):
+                break
+    finally:
+        if client is not None:
+            client.close()
+        await system.close_publisher()
+        system.stop()
+    return results
+
+
+# --- Scenarios -----------------------------------------------------------------------
+
+
+def table(rows: list[dict]) -> str:
+    head = "| system | viewers | K | R samples/s | delivered samples/s | p50 ms | p99 ms | loss | dups | server CPU % | server RSS MB | idle KB/conn |"
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {r['viewers']} | {r['metrics']} | {r['rate']:g} | {r['delivered_per_s']:,} | {r['p50_ms']} | "
+            f"{r['p99_ms']} | {r['loss']} ({r['loss_pct']}%) | {r['duplicates']} | {r['server_cpu_pct']} | {r['server_rss_mb']} | "
+            f"{r['idle_kb_per_connection']} |"
+        )
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default="latency,scale,ceiling")
+    parser.add_argument("--systems", default="pulseboard,raw,naive")
+    parser.add_argument("--metrics", type=int, default=10, help="K")
+    parser.add_argument("--scale-rate", type=float, default=200.0, help="R for the scale scenario")
+    parser.add_argument("--viewers", default="100,1000,2000", help="N values for the scale scenario")
+    parser.add_argument("--ceiling-viewers", type=int, default=1000)
+    parser.add_argument("--ceiling-rates", default="100,300,1000,3000,10000,30000")
+    parser.add_argument("--out", type=Path, help="append results as JSON lines here")
+    args = parser.parse_args()
+    systems = args.systems.split(",")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: {psutil.cpu_count()} CPUs, "
+          f"{psutil.virtual_memory().total / 2**30:.1f} GiB, Python {platform.python_version()}, load {os.getloadavg()}", flush=True)
+    sections: list[tuple[str, list[dict]]] = []
+    scenarios = args.scenarios.split(",")
+    if "latency" in scenarios:
+        rows = [r for s in systems for r in await run_system(s, 100, args.metrics, [10.0], False)]
+        sections.append(("Latency: 100 viewers, 10 samples/s", rows))
+    if "scale" in scenarios:
+        rows = []
+        for n in [int(x) for x in args.viewers.split(",")]:
+            for s in systems:
+                rows += await run_system(s, n, args.metrics, [args.scale_rate], False)
+        sections.append((f"Scale: N viewers at {args.scale_rate:g} samples/s", rows))
+    if "ceiling" in scenarios:
+        rows = []
+        rates = [float(x) for x in args.ceiling_rates.split(",")]
+        for s in [s for s in systems if s != "naive"]:
+            rows += await run_system(s, args.ceiling_viewers, args.metrics, rates, True)
+        sections.append((f"Ceiling: {args.ceiling_viewers} viewers, R stepped up until p99 > {P99_LIMIT_MS:g} ms or loss", rows))
+        best = {
+            s: max((r["rate"] for r in rows if r["system"] == s and sustainable(r)), default=0.0)
+            for s in {r["system"] for r in rows}
+        }
+        print(f"\nhighest sustainable rate at {args.ceiling_viewers} viewers: {best}")
+        if best.get("raw"):
+            print(f"pulseboard / raw = {best.get('pulseboard', 0) / best['raw']:.2f}x")
+    for title, rows in sections:
+        print(f"\n### {title}\n\n{table(rows)}")
+        if args.out:
+            with args.out.open("a") as out:
+                for r in rows:
+                    out.write(json.dumps({"scenario": title, **r}) + "\n")
+    # Ratios per comparable row.
+    for title, rows in sections:
+        by = {(r["system"], r["viewers"], r["rate"]): r for r in rows}
+        for (s, n, rate), r in by.items():
+            if s == "pulseboard":
+                for other in ("raw", "naive"):
+                    o = by.get((other, n, rate))
+                    if o and o["server_cpu_pct"]:
+                        print(f"{title} N={n} R={rate:g}: pulseboard/{other} delivered {r['delivered_per_s'] / max(1, o['delivered_per_s']):.2f}x, "
+                              f"CPU {r['server_cpu_pct'] / max(1, o['server_cpu_pct']):.2f}x, p99 {r['p99_ms']} vs {o['p99_ms']} ms")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
