@@ -100,7 +100,7 @@ def parse_json_batch(body: bytes) -> list[Reading | Rejection]:
     if len(samples) > limit:
         raise PayloadTooLarge(f"{len(samples)} samples is over the limit of {limit} per request", field="samples")
     precision = payload.get("precision", "ms")
-    if precision not in PRECISION_US:
+    if not isinstance(precision, str) or precision not in PRECISION_US:
         raise BadRequest(f"precision must be one of {sorted(PRECISION_US)}", field="precision")
     defaults = {k: payload[k] for k in ("source", "source_kind", "unit", "labels") if k in payload}
     now = now_us()
