@@ -249,6 +249,48 @@ def test_a_7_day_range_shows_downsampled_history(site: Site, page) -> None:
     panel.locator(".panel-status[data-state=history]").wait_for(timeout=10_000)
 
 
+def test_drag_to_zoom_pan_pause_and_time_zone_live_in_the_url(site: Site, page) -> None:
+    site.ingest(host_samples(300))
+    page.goto(site.server.url + "/d/host/?range=15m")
+    chart = page.locator(".panel", has_text="CPU total").locator(".u-over")
+    chart.wait_for(timeout=10_000)
+    box = chart.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 40)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + 40, steps=8)
+    page.mouse.up()
+    page.wait_for_url("**from=**")
+    zoomed = dict(p.split("=") for p in page.url.split("?")[1].split("&"))
+    span_ms = int(zoomed["to"]) - int(zoomed["from"])
+    assert 3 * 60_000 < span_ms < 8 * 60_000, "the zoom covers the dragged part of 15 minutes"
+    page.locator(".panel", has_text="CPU total").locator(".panel-status[data-state=history]").wait_for()
+    page.click("#pan-back")
+    panned = dict(p.split("=") for p in page.url.split("?")[1].split("&"))
+    assert abs(int(panned["from"]) - (int(zoomed["from"]) - span_ms / 2)) <= 2, "back by half the range"
+    page.click("[data-range='5m']")
+    page.click("#pause")
+    assert "paused=1" in page.url
+    page.locator(".panel-status[data-state=paused]").first.wait_for()
+    page.click("#pause")
+    assert "paused" not in page.url
+    page.fill("#timezone", "Asia/Tokyo")
+    page.dispatch_event("#timezone", "change")
+    page.wait_for_function("() => document.body.dataset.timezone === 'Asia/Tokyo'")
+    assert page.locator("#timezone").input_value() == "Asia/Tokyo"
+    page.evaluate(
+        "() => fetch('/api/v1/preferences', {method: 'POST', headers: {'X-CSRFToken': document.cookie.match(/csrftoken=([^;]+)/)[1]}, body: JSON.stringify({timezone: 'UTC'})})"
+    )
+
+
+def test_a_7_day_candlestick_uses_the_ohlc_buckets_of_the_series_api(site: Site, page) -> None:
+    page.goto(site.server.url + "/d/markets/?range=7d")
+    page.locator(".panel-candlestick .panel-status[data-state=history]").wait_for(timeout=10_000)
+    page.wait_for_function(
+        "() => window.pulseboard.panels.find((p) => p.cfg.kind === 'candlestick').plot.data[0].length > 50"
+    )
+    shot(page, "dashboard-markets-7d")
+
+
 def test_the_markets_dashboard_draws_all_four_panel_kinds(site: Site, page) -> None:
     site.ingest(market_samples(600))
     page.goto(site.server.url + "/d/markets/?range=15m")
