@@ -395,7 +395,12 @@ class ResumeViewer:
                     assert hello["type"] == "hello", hello
                     self.connects += 1
                     self.connected_to = url
-                    message = {"type": "subscribe", "id": self.connects, "metrics": self.keys, "history_s": self.history_s}
+                    message = {
+                        "type": "subscribe",
+                        "id": self.connects,
+                        "metrics": self.keys,
+                        "history_s": self.history_s,
+                    }
                     if self.cursors:
                         message["since"] = dict(self.cursors)
                     await ws.send(json.dumps(message))

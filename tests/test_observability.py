@@ -34,7 +34,7 @@ async def test_readyz_checks_the_database_and_a_channel_layer_round_trip() -> No
 
 @pytest.mark.slow
 @pytest.mark.redis
-def test_readyz_fails_while_redis_is_down_and_recovers(tmp_path, redis_url) -> None:
+def test_readyz_fails_while_redis_is_down_and_recovers(tmp_path) -> None:
     redis = RedisServer(tmp_path).start()
     env = project_env(tmp_path, REDIS_URL=redis.url)
     try:
