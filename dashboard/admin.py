@@ -181,11 +181,40 @@ class ShareLinkAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {count} share link(s).")
 
 
+class AlertInstanceInline(admin.TabularInline):
+    """The current state of the rule for each matching metric, read-only (changes come from the stream)."""
+
+    model = AlertInstance
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ["metric", "state", "since", "last_value", "acknowledged_by", "silenced_until"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
-    list_display = ["name", "metric_pattern", "condition", "threshold", "threshold_high", "for_s", "severity", "enabled"]
+    list_display = [
+        "name",
+        "metric_pattern",
+        "condition",
+        "threshold",
+        "threshold_high",
+        "for_s",
+        "severity",
+        "enabled",
+        "firing",
+    ]
     list_filter = ["severity", "condition", "enabled"]
     search_fields = ["name", "metric_pattern"]
+    inlines = [AlertInstanceInline]
+
+    @admin.display(description="Firing now")
+    def firing(self, obj: AlertRule) -> int:
+        return obj.instances.filter(state__in=["firing", "nodata"]).count()
 
 
 @admin.register(AlertInstance)
@@ -197,7 +226,7 @@ class AlertInstanceAdmin(admin.ModelAdmin):
 
 @admin.register(AlertEvent)
 class AlertEventAdmin(admin.ModelAdmin):
-    list_display = ["at", "rule", "metric", "from_state", "to_state", "value"]
+    list_display = ["at", "rule", "metric", "from_state", "to_state", "value", "message"]
     list_filter = ["to_state", "rule"]
     raw_id_fields = ["metric"]
     date_hierarchy = "at"
