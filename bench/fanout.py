@@ -108,7 +108,7 @@ class System:
             PULSEBOARD_BACKGROUND="0",
             REDIS_URL=REDIS_URL,
             CHANNEL_LAYER_PREFIX=f"bench{uuid.uuid4().hex[:8]}",
-            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB,
+            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB if os.environ.get("BENCH_DB", "postgres") == "postgres" else "",
         )
         if self.name == "raw":
             command = [sys.executable, str(ROOT / "bench" / "raw_server.py"), str(self.port)]
@@ -356,7 +356,15 @@ class LoadClient:
 # --- Producer and one measured step --------------------------------------------------
 
 
-async def produce(system: System, rate: float, metrics: int, duration: float) -> tuple[int, float]:
+async def timed_publish(system: System, samples: list[tuple[str, int, float]], durations: list[float]) -> None:
+    started = time.perf_counter()
+    await system.publish(samples)
+    durations.append((time.perf_counter() - started) * 1000)
+
+
+async def produce(
+    system: System, rate: float, metrics: int, duration: float, publish_ms: list[float]
+) -> tuple[int, float]:
     """Publish `rate` samples/s for `duration`; return samples produced and the publish lag (s) at the end."""
     tick = max(TICK_S, 1.0 / rate)
     per_tick = rate * tick
@@ -372,7 +380,7 @@ async def produce(system: System, rate: float, metrics: int, duration: float) ->
             samples = [(f"m{(sequence + j) % metrics}", ts + j, float(j % 100)) for j in range(n)]
             sequence += n
             produced += n
-            task = asyncio.create_task(system.publish(samples))
+            task = asyncio.create_task(timed_publish(system, samples, publish_ms))
             pending.add(task)
             task.add_done_callback(pending.discard)
             if len(pending) >= 50:  # the server is not keeping up with ingest: wait, and it shows as latency
@@ -399,7 +407,8 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
     cpu_before = sum(server.cpu_times()[:2])
     started = time.monotonic()
     peak_rss = server.memory_info().rss
-    producer = asyncio.create_task(produce(system, rate, metrics, STEP_S))
+    publish_ms: list[float] = []
+    producer = asyncio.create_task(produce(system, rate, metrics, STEP_S, publish_ms))
     while not producer.done():
         await asyncio.sleep(0.5)
         peak_rss = max(peak_rss, server.memory_info().rss)
@@ -429,6 +438,8 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         "loss_pct": round(100.0 * loss / expected, 3) if expected else 0.0,
         "duplicates": report["duplicates"],
         "producer_behind_s": round(max(0.0, behind), 2),
+        "publish_p50_ms": round(percentile(publish_ms, 0.5), 1),
+        "publish_p99_ms": round(percentile(publish_ms, 0.99), 1),
         "server_cpu_pct": round(100 * cpu),
         "server_rss_mb": round(peak_rss / 1e6, 1),
         "alive": report["alive"],
@@ -475,12 +486,16 @@ async def run_system(name: str, viewers: int, metrics: int, rates: list[float], 
 
 
 def table(rows: list[dict]) -> str:
-    head = "| system | viewers | K | R samples/s | delivered samples/s | p50 ms | p99 ms | loss | dups | server CPU % | server RSS MB | idle KB/conn |"
-    lines = [head, "|" + "---|" * 12]
+    head = (
+        "| system | viewers | K | R samples/s | delivered samples/s | p50 ms | p99 ms | loss | dups | "
+        "publish p50/p99 ms | server CPU % | server RSS MB | idle KB/conn |"
+    )
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         lines.append(
             f"| {r['system']} | {r['viewers']} | {r['metrics']} | {r['rate']:g} | {r['delivered_per_s']:,} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['loss']} ({r['loss_pct']}%) | {r['duplicates']} | {r['server_cpu_pct']} | {r['server_rss_mb']} | "
+            f"{r['p99_ms']} | {r['loss']} ({r['loss_pct']}%) | {r['duplicates']} | {r['publish_p50_ms']}/{r['publish_p99_ms']} | "
+            f"{r['server_cpu_pct']} | {r['server_rss_mb']} | "
             f"{r['idle_kb_per_connection']} |"
         )
     return "\n".join(lines)

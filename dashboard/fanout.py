@@ -31,6 +31,7 @@ from dashboard.timeutil import now_us
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_S = 25  # proxies drop idle sockets at 30-60 s; one loop per process beats for every connection
 GROUP_REFRESH_S = 3600  # the in-memory and core Redis layers forget members after group_expiry (1 day)
 DEFAULT_MAX_RATE = 20.0  # frames per second per socket under load
 MAX_BUFFER_SAMPLES = 50_000  # per socket; beyond this the oldest are dropped and back-filled later
@@ -373,6 +374,7 @@ class Hub:
                     loop.create_task(self._receive_loop(), name="pulseboard-hub"),
                     loop.create_task(self._refresh_loop(), name="pulseboard-hub-refresh"),
                     loop.create_task(self._watchdog_loop(), name="pulseboard-hub-watchdog"),
+                    loop.create_task(self._heartbeat_loop(), name="pulseboard-hub-heartbeat"),
                 ]
 
     async def register(self, session: Session) -> None:
@@ -434,6 +436,14 @@ class Hub:
                     await self.layer.group_add(group, self.channel)
                 except Exception:
                     log.warning("refreshing membership of %s failed", group)
+
+    async def _heartbeat_loop(self) -> None:
+        """Send every connection a heartbeat; one task per process rather than one per connection (memory)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            frame = json.dumps({"type": "heartbeat", "time": now_us()}, separators=(",", ":"))
+            for session in list(self.sessions):
+                session.send_now(frame)
 
     async def _watchdog_loop(self) -> None:
         while True:

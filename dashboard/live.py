@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from dashboard import stats
-from dashboard.fanout import ACK_WINDOW_FRAMES, MAX_FRAME_SAMPLES, Hub, Session, data_frame, encode_fragment
+from dashboard.fanout import ACK_WINDOW_FRAMES, HEARTBEAT_S, MAX_FRAME_SAMPLES, Hub, Session, data_frame, encode_fragment
 from dashboard.models import Metric, Sample
 from dashboard.timeutil import US, now_us
 
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 SERVER_VERSION = "pulseboard/0.1.0"
-HEARTBEAT_S = 25  # proxies drop idle sockets at 30-60 s
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SUBSCRIPTIONS = 500  # metric keys per connection
 MAX_MESSAGES_PER_S = 20  # client messages, sustained
@@ -153,7 +152,6 @@ class LiveClient:
                 }
             )
         )
-        self._spawn(self._heartbeat())
 
     async def stop(self) -> None:
         """Release everything this connection held."""
@@ -181,11 +179,6 @@ class LiveClient:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            self.session.send_now(encode({"type": "heartbeat", "time": now_us()}))
 
     # --- Client messages -------------------------------------------------
     def _take_token(self) -> bool:
