@@ -27,6 +27,7 @@ KEY = "iot.sensor-01.temperature"
 def _fresh_alert_cache(settings) -> Iterator[None]:
     settings.PULSEBOARD = {**settings.PULSEBOARD, "NOTIFY_BACKOFF_S": 0.05, "NOTIFY_ATTEMPTS": 3}
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     alerts.clear_cache()
     yield
     alerts.clear_cache()

@@ -14,6 +14,12 @@ from dashboard.models import AlertInstance, AlertRule, Dashboard, Metric, Panel,
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings) -> None:
+    # The users' password hashes dominate these tests' time otherwise.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def board(owner) -> Dashboard:
     board = Dashboard.objects.create(title="Servers", slug="servers", owner=owner)
