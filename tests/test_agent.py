@@ -260,3 +260,28 @@ async def test_the_agent_reports_its_health_as_a_source_that_goes_stale_when_sil
     # Silence: three expected intervals later it shows as stale.
     later = source.last_seen + timedelta(seconds=3 * source.expected_interval_s + 1)
     assert source.is_stale(now=later)
+
+
+# --- The documented configuration ---------------------------------------------------------------
+
+
+def test_the_example_config_documents_every_agent_option_and_collector_kind() -> None:
+    import re
+    import tomllib
+
+    from collectors import registry
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "collectors.example.toml").read_text()
+    command = (root / "dashboard/management/commands/runcollectors.py").read_text()
+    options_read = set(re.findall(r'agent\.get\("(\w+)"', command))
+    assert {"spool_path", "spool_max_readings", "batch_size", "flush_interval_s"} <= options_read
+    config = tomllib.loads(text)
+    documented = set(config["agent"]) | set(re.findall(r"^# (\w+) = ", text, re.MULTILINE))
+    assert options_read <= documented, options_read - documented
+    for kind in registry.COLLECTORS:
+        assert f'kind = "{kind}"' in text, kind
+    for table in config["collectors"]:
+        registry.build(table)  # the uncommented examples are valid as written
+    docs = (root / "docs/ingest.md").read_text()
+    assert all(f"`{kind}`" in docs for kind in registry.COLLECTORS)
