@@ -274,6 +274,7 @@ def state_event(inst: AlertInstance, event: AlertEvent | None = None) -> events.
         instance=inst.id,
         acknowledged_by=inst.acknowledged_by.get_username() if inst.acknowledged_by_id else "",
         silenced_until=int(inst.silenced_until.timestamp() * US) if inst.silenced_until else 0,
+        source=inst.metric.source_id,
     )
 
 

@@ -77,6 +77,7 @@ class AlertState(Event):
     instance: int = 0  # AlertInstance id, for the acknowledge and silence endpoints
     acknowledged_by: str = ""  # username, empty when not acknowledged
     silenced_until: int = 0  # µs; 0 when notifications are not silenced
+    source: int = 0  # source id of the metric: hubs send the alert only to viewers who may read it
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (SampleBatch, AlertState)}

@@ -130,6 +130,8 @@ class Session:
         self.dropped = 0
         self.on_gap: Callable[[set[str]], None] | None = None
         self.closed = False
+        # Ids of the sources whose alerts this viewer may see; None: all (staff).
+        self.alert_sources: set[int] | None = None
 
     # --- Subscriptions --------------------------------------------------
     def add(self, source_id: int, key: str, cursor: int) -> None:
@@ -466,7 +468,8 @@ class Hub:
             body["type"] = "alert"
             frame = json.dumps(body, separators=(",", ":"))
             for session in self.sessions:
-                session.send_now(frame)
+                if session.alert_sources is None or event.source in session.alert_sources:
+                    session.send_now(frame)
 
     def _route_samples(self, event: events.SampleBatch) -> None:
         group = events.source_group(event.source)

@@ -19,7 +19,7 @@ from django.conf import settings
 
 from dashboard import stats
 from dashboard.fanout import ACK_WINDOW_FRAMES, HEARTBEAT_S, MAX_FRAME_SAMPLES, Hub, Session, data_frame, encode_fragment
-from dashboard.models import Metric, Sample
+from dashboard.models import Metric, Sample, Source
 from dashboard.timeutil import US, now_us
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,14 @@ def load_samples(cursors: dict[int, int]) -> dict[int, tuple[list[int], list[flo
     return out
 
 
+@sync_to_async
+def alert_sources(user) -> set[int] | None:
+    """Return the ids of the sources whose alerts the user may see (None: every source, for staff)."""
+    if getattr(user, "share_link", None) is None and (user.is_staff or user.is_superuser):
+        return None
+    return set(Source.objects.visible_to(user).values_list("id", flat=True))
+
+
 class LiveClient:
     """One connection's side of protocol v1: subscriptions, history, resume and live frames."""
 
@@ -122,7 +130,7 @@ class LiveClient:
         self.session = Session(send, window=ACK_WINDOW_FRAMES if acks else None, on_stuck=self._on_stuck)
         self.session.on_gap = self._on_gap
         self.hub = Hub.get()
-        self.metrics: dict[str, Metric] = {}
+        self.metrics: dict[str, int] = {}  # subscribed key -> metric id (not the model: ~2 KB each per connection)
         self._tokens = float(MESSAGE_BURST)
         self._tokens_at = time.monotonic()
         self._tasks: set[asyncio.Task] = set()
@@ -130,6 +138,7 @@ class LiveClient:
 
     async def start(self) -> None:
         """Register with the hub and greet the client."""
+        self.session.alert_sources = await alert_sources(self.user)
         await self.hub.register(self.session)
         stats.CONNECTIONS.inc()
         await self._send(
@@ -286,7 +295,7 @@ class LiveClient:
         keys = {m.key for m in new}
         self.session.hold(keys)
         for metric in new:
-            self.metrics[metric.key] = metric
+            self.metrics[metric.key] = metric.id
             cursor = since.get(metric.key, start)
             self.session.add(metric.source_id, metric.key, cursor)
             await self.hub.join(self.session, metric.source_id)
@@ -324,12 +333,13 @@ class LiveClient:
     async def _replay(self, keys: set[str]) -> None:
         """Send what the database holds past each key's cursor, then let live data for those keys flow."""
         try:
-            cursors = {self.metrics[k].id: self.session.cursors[k] for k in keys if k in self.metrics}
+            key_of = {self.metrics[k]: k for k in keys if k in self.metrics}
+            cursors = {metric_id: self.session.cursors[key] for metric_id, key in key_of.items()}
             rows = await load_samples(cursors)
             fragments: list = []
             filled, truncated = 0, []
             for metric_id, (ts, values, cut) in rows.items():
-                key = next(k for k in keys if k in self.metrics and self.metrics[k].id == metric_id)
+                key = key_of[metric_id]
                 if cut:
                     truncated.append(key)
                 if ts:

@@ -219,3 +219,27 @@ def test_only_staff_who_may_read_the_metric_operate_alerts(owner, viewer) -> Non
     inst = AlertInstance.objects.create(rule=rule, metric=metric, state="firing")
     assert alerts.can_operate(owner, inst)
     assert not alerts.can_operate(viewer, inst)
+
+
+async def test_a_live_viewer_hears_alerts_only_on_sources_they_may_read(viewer) -> None:
+    from channels.testing import WebsocketCommunicator
+    from django.contrib.auth.models import Group
+
+    from dashboard.consumers import LiveConsumer
+    from dashboard.models import Source
+
+    await make_rule(metric_pattern="*.temperature")
+    await feed((20, 0))
+    await actions.ingest([Reading("vault.sensor", "temperature", now_us() - 60 * US, 20, "°C")])
+    vault = await Source.objects.aget(slug="vault.sensor")
+    await sync_to_async(vault.viewer_groups.add)(await Group.objects.acreate(name="security"))
+    communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
+    communicator.scope["user"] = viewer
+    assert (await communicator.connect())[0]
+    assert json.loads(await communicator.receive_from())["type"] == "hello"
+    await actions.ingest([Reading("vault.sensor", "temperature", now_us(), 99, "°C")])
+    await feed((35, 100))
+    frame = json.loads(await communicator.receive_from(5))
+    assert (frame["type"], frame["metric"]) == ("alert", KEY), "the vault's alert never reaches this viewer"
+    assert await communicator.receive_nothing(0.3)
+    await communicator.disconnect()
