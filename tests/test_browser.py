@@ -346,6 +346,12 @@ def test_a_threshold_breach_fires_the_banner_and_the_webhook_within_2_s(site: Si
 
     # The chart of the metric carries the alert: a marker and a red border.
     page.locator(".panel.alerting", has_text="Temperature").wait_for(timeout=5_000)
+    gap = page.evaluate(
+        "() => { const p = window.pulseboard.panels.find((p) => p.cfg.title === 'Temperature');"
+        " const s = p.plot.data[p.keys.indexOf('iot.sensor-04.temperature') + 1];"
+        " return [s.filter((v) => v === null).length, s.filter((v) => v != null).length]; }"
+    )
+    assert gap[0] > 5 and gap[1] > 50, "sensor 04's silence is drawn as a gap, its data as a line"
     row = page.locator(".alert-row.state-firing", has_text="Rack 3 inlet too warm")
     row.locator("button.ack").click()
     row.locator(".ack-by", has_text="operator").wait_for(timeout=5_000)

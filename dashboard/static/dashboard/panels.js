@@ -186,20 +186,23 @@ function makePlot(panel, container, series, { onZoom, extraHooks = {} }) {
 export function alignWithGaps(columns, gapS) {
   if (columns.length === 1) return oneWithGaps(columns[0], gapS);
   const xsSet = new Set();
-  const breaks = columns.map(() => new Set());
-  columns.forEach((c, s) => {
+  for (const c of columns) {
     for (let i = 0; i < c.t.length; i++) {
       xsSet.add(c.t[i]);
-      if (i > 0 && c.t[i] - c.t[i - 1] > gapS) { const g = c.t[i - 1] + gapS / 2; xsSet.add(g); breaks[s].add(g); }
+      // A break point inside every long silence, so the gap shows even where no other series has a sample.
+      if (i > 0 && c.t[i] - c.t[i - 1] > gapS) xsSet.add(c.t[i - 1] + gapS / 2);
     }
-  });
+  }
   const xs = Float64Array.from(xsSet).sort();
-  const index = new Map();
-  xs.forEach((t, i) => index.set(t, i));
-  const ys = columns.map((c, s) => {
-    const out = new Array(xs.length); // undefined: no sample here
-    for (let i = 0; i < c.t.length; i++) out[index.get(c.t[i])] = c.v[i];
-    for (const g of breaks[s]) out[index.get(g)] = null;
+  const ys = columns.map((c) => {
+    const out = new Array(xs.length); // undefined: no sample of this series here, the line joins across
+    let j = 0; // first own sample at or after xs[i]
+    for (let i = 0; i < xs.length; i++) {
+      const x = xs[i];
+      while (j < c.t.length && c.t[j] < x) j++;
+      if (j < c.t.length && c.t[j] === x) out[i] = c.v[j];
+      else if (j > 0 && j < c.t.length && c.t[j] - c.t[j - 1] > gapS) out[i] = null; // inside a silence: a gap
+    }
     return out;
   });
   return [xs, ...ys];
