@@ -390,11 +390,15 @@ async def check_nodata(now: int | None = None) -> list[Change]:
 
 
 async def nodata_loop() -> None:
-    """Background job: look for silent metrics every NODATA_CHECK_S (safe in several processes at once)."""
+    """Background job: look for silent metrics every NODATA_CHECK_S (safe in several processes at once).
+
+    It also resumes notifications left pending by a process that stopped mid-way.
+    """
     while True:
         await asyncio.sleep(NODATA_CHECK_S)
         try:
             await check_nodata()
+            await retry_stale_deliveries()
         except Exception:
             log.exception("no-data check failed; trying again in %.0f s", NODATA_CHECK_S)
 
@@ -492,6 +496,37 @@ def _client() -> httpx.AsyncClient:
     if client is None:
         client = _clients[loop] = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, headers={"User-Agent": "Pulseboard"})
     return client
+
+
+def stale_after_s() -> float:
+    """Return how long a delivery may stay pending before it counts as abandoned: a full retry series and a minute."""
+    attempts = settings.PULSEBOARD["NOTIFY_ATTEMPTS"]
+    backoff = settings.PULSEBOARD["NOTIFY_BACKOFF_S"] * (2 ** (attempts - 1) - 1)
+    return backoff + attempts * WEBHOOK_TIMEOUT_S + 60
+
+
+def _claim_stale_deliveries(limit: int = 50) -> list[int]:
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=stale_after_s())
+    claimed = []
+    for delivery_id in NotificationDelivery.objects.filter(status="pending", created__lt=cutoff).values_list(
+        "id", flat=True
+    )[:limit]:
+        # Claim by restarting its clock: another process now sees a fresh row and leaves it alone.
+        if NotificationDelivery.objects.filter(pk=delivery_id, status="pending", created__lt=cutoff).update(
+            created=now
+        ):
+            claimed.append(delivery_id)
+    return claimed
+
+
+async def retry_stale_deliveries() -> list[int]:
+    """Send again the notifications a stopped process left pending; return their ids."""
+    claimed = await sync_to_async(_claim_stale_deliveries)()
+    for delivery_id in claimed:
+        log.warning("resuming notification %d left pending by a stopped process", delivery_id)
+        _spawn(deliver(delivery_id))
+    return claimed
 
 
 async def deliver(delivery: NotificationDelivery | int) -> None:

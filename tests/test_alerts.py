@@ -243,3 +243,27 @@ async def test_a_live_viewer_hears_alerts_only_on_sources_they_may_read(viewer) 
     assert (frame["type"], frame["metric"]) == ("alert", KEY), "the vault's alert never reaches this viewer"
     assert await communicator.receive_nothing(0.3)
     await communicator.disconnect()
+
+
+async def test_a_notification_left_pending_by_a_stopped_process_is_sent_by_another() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    rule = await make_rule(email_to="ops@example.com")
+    await feed((20, 0))
+    inst = await AlertInstance.objects.select_related("metric").aget(rule=rule)
+    event = await AlertEvent.objects.acreate(
+        rule=rule, metric=inst.metric, from_state="ok", to_state="firing", value=35
+    )
+    old = timezone.now() - timedelta(seconds=alerts.stale_after_s() + 1)
+    stale = await NotificationDelivery.objects.acreate(
+        event=event, channel="email", target="ops@example.com", created=old
+    )
+    fresh = await NotificationDelivery.objects.acreate(event=event, channel="email", target="new@example.com")
+    assert await alerts.retry_stale_deliveries() == [stale.id]
+    assert await alerts.retry_stale_deliveries() == [], "claimed once"
+    await alerts.drain()
+    assert [m.to for m in mail.outbox] == [["ops@example.com"]]
+    assert (await NotificationDelivery.objects.aget(pk=stale.id)).status == "sent"
+    assert (await NotificationDelivery.objects.aget(pk=fresh.id)).status == "pending"
