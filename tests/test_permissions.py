@@ -291,3 +291,37 @@ def test_share_history_reads_panel_metrics_and_nothing_else(client: Client, shar
     for other in ("lab.sensor-01.humidity", "vault.db-01.cpu"):
         refused = client.get(f"/share/{secret}/series", {"metric": other, "format": output})
         assert refused.status_code == 400, other
+
+
+# --- Dashboard pages and APIs --------------------------------------------------------
+
+
+@pytest.fixture
+def ops_board(ops: Group, secret_metric: Metric) -> Dashboard:
+    """A dashboard restricted to ops, on the restricted metric."""
+    board = Dashboard.objects.create(title="Vault", slug="vault")
+    board.viewer_groups.add(ops)
+    Panel.objects.create(dashboard=board, title="DB CPU", metrics=["vault.db-01.cpu"])
+    return board
+
+
+def test_a_viewer_outside_the_group_cannot_see_a_restricted_dashboard_page(client: Client, stranger, ops_board) -> None:
+    client.force_login(stranger)
+    assert client.get("/d/vault/").status_code == 404
+    listing = client.get("/d/")
+    assert listing.status_code == 200 and b"Vault" not in listing.content
+    layout = client.post("/api/v1/dashboards/vault/layout", json.dumps({"panels": []}), content_type="application/json")
+    assert layout.status_code == 404
+    assert Panel.objects.filter(dashboard=ops_board).count() == 1
+
+
+def test_a_member_sees_the_dashboard_but_edits_only_with_editor_rights(client: Client, viewer, ops_board) -> None:
+    client.force_login(viewer)
+    assert client.get("/d/vault/").status_code == 200
+    layout = client.post("/api/v1/dashboards/vault/layout", json.dumps({"panels": []}), content_type="application/json")
+    assert layout.status_code == 403
+    assert Panel.objects.filter(dashboard=ops_board).count() == 1
+
+
+def test_dashboard_pages_ask_anonymous_users_to_sign_in(client: Client, ops_board) -> None:
+    assert client.get("/d/vault/").status_code == 302
