@@ -1,0 +1,57 @@
+"""connection.js in Node with fake sockets: it acks data frames, resumes with cursors, and falls back to SSE."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from tests.servers import ROOT
+
+NODE = shutil.which("node")
+
+
+@pytest.fixture(scope="module")
+def run() -> dict:
+    if NODE is None:
+        pytest.skip("needs Node.js (node) to run the front-end module")
+    module = (ROOT / "dashboard" / "static" / "dashboard" / "connection.js").as_uri()
+    result = subprocess.run(
+        [NODE, str(ROOT / "tests" / "js" / "connection_harness.mjs"), module],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_it_subscribes_then_acknowledges_data_frames_by_count(run: dict) -> None:
+    sent = run["sentOnFirstSocket"]
+    assert sent[0]["type"] == "subscribe" and sent[0]["metrics"] == ["iot.*"]
+    acks = [m["frame"] for m in sent if m["type"] == "ack"]
+    assert acks == [2, 3]  # two frames in one task share one ack; counting starts at 1 per socket
+
+
+def test_it_resumes_with_its_cursors_and_counts_frames_afresh_on_a_new_socket(run: dict) -> None:
+    assert run["resumeSubscribe"]["since"] == {"iot.a.t": 40}
+    assert run["acksOnSecondSocket"] == [2]  # the replay and the live frame arrived in one task
+
+
+def test_the_state_says_how_many_samples_a_resume_back_filled(run: dict) -> None:
+    assert run["stateAfterBackfill"] == "live · back-filled 3 samples"
+
+
+def test_it_falls_back_to_server_sent_events_when_websocket_never_opens(run: dict) -> None:
+    assert run["transport"] == "sse"
+    assert run["sseUrl"].startswith("/api/v1/stream?")
+    assert "metrics=iot.*" in run["sseUrl"].replace("%2A", "*")
+    assert "since=iot.a.t%3A80" in run["sseUrl"]
+    assert run["cursorAfterSse"] == 90
+    assert run["stateOnSse"].startswith("live (SSE fallback)")
+
+
+def test_a_lost_connection_shows_since_when_data_is_stale(run: dict) -> None:
+    assert run["stale"].startswith("reconnecting · stale since ")
