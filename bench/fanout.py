@@ -1,9 +1,10 @@
 """Fan-out benchmark: N WebSocket viewers of K metrics updated at R samples/s, three servers side by side.
 
 Systems, each run alone on the same machine, same workload, same load client:
-  pulseboard  Daphne + monitor.asgi + Redis (pub/sub layer) + PostgreSQL; samples go in through the
-              real HTTP ingest API (POST /api/v1/ingest with an AgentToken), are stored, published
-              once per batch, and fanned out by the per-process hub. Viewers ack (protocol v1).
+  pulseboard  Daphne + monitor.asgi + Redis (pub/sub layer) + SQLite in WAL mode (BENCH_DB=postgres
+              for PostgreSQL); samples go in through the real HTTP ingest API (POST /api/v1/ingest
+              with an AgentToken), are stored, published once per batch, and fanned out by the
+              per-process hub. Viewers ack (protocol v1).
   raw         bench/raw_server.py: `websockets` with broadcast(), no storage, no auth, no layer.
   naive       bench/naive_app.py on Daphne + the same Redis: a channel and group membership per
               socket, a group_send per sample, a JSON encode per socket per sample.
@@ -108,7 +109,7 @@ class System:
             PULSEBOARD_BACKGROUND="0",
             REDIS_URL=REDIS_URL,
             CHANNEL_LAYER_PREFIX=f"bench{uuid.uuid4().hex[:8]}",
-            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB if os.environ.get("BENCH_DB", "postgres") == "postgres" else "",
+            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB if os.environ.get("BENCH_DB", "sqlite") == "postgres" else "",
         )
         if self.name == "raw":
             command = [sys.executable, str(ROOT / "bench" / "raw_server.py"), str(self.port)]
