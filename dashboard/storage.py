@@ -27,6 +27,7 @@ from dashboard.validation import Reading
 log = logging.getLogger(__name__)
 
 INSERT_CHUNK = 3000  # rows per statement: 9,000 parameters, under SQLite's 32,766
+LATEST_CHUNK = 5000  # metrics per "latest value" UPDATE: 15,000 parameters
 # Temporary, so invisible to other sessions and never WAL-logged; its rows
 # are deleted at commit, and the table itself lives as long as the connection.
 STAGE_TABLE = "pulseboard_sample_stage"
@@ -192,12 +193,21 @@ def _update_latest(inserted: list[tuple[MetricRef, int, float]]) -> None:
     if not latest:
         return
     now = timezone.now()
+    # Sorted so that concurrent writers lock rows in the same order (no deadlocks).
+    metrics = sorted(latest.items())
     with connection.cursor() as cursor:
-        cursor.executemany(
-            "UPDATE dashboard_metric SET last_ts = %s, last_value = %s WHERE id = %s AND (last_ts IS NULL OR last_ts < %s)",
-            [(ts, value, metric_id, ts) for metric_id, (ts, value) in latest.items()],
-        )
+        # One statement per chunk instead of one per metric; VALUES columns are
+        # column1..3 on both databases.
+        for start in range(0, len(metrics), LATEST_CHUNK):
+            chunk = metrics[start : start + LATEST_CHUNK]
+            cursor.execute(
+                "UPDATE dashboard_metric SET last_ts = v.column2, last_value = v.column3 "
+                f"FROM (VALUES {','.join(['(%s,%s,%s)'] * len(chunk))}) AS v "
+                "WHERE dashboard_metric.id = v.column1 "
+                "AND (dashboard_metric.last_ts IS NULL OR dashboard_metric.last_ts < v.column2)",
+                [x for metric_id, (ts, value) in chunk for x in (metric_id, ts, value)],
+            )
         cursor.executemany(
             "UPDATE dashboard_source SET last_seen = %s, samples_accepted = samples_accepted + %s WHERE id = %s",
-            [(now, count, source_id) for source_id, count in per_source.items()],
+            [(now, count, source_id) for source_id, count in sorted(per_source.items())],
         )

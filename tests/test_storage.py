@@ -134,3 +134,17 @@ def test_it_never_refuses_a_sample_without_partition_and_moves_it_when_the_day_g
     assert partition_of("web-01.cpu", long_ago) == created[0]
     assert Sample.objects.count() == 2
     assert storage.store([reading(1.0, long_ago)]).outcomes == ["duplicate"]
+
+
+@pytest.mark.django_db
+def test_it_keeps_the_newest_value_of_each_metric_when_a_late_sample_arrives() -> None:
+    from dashboard.models import Metric, Source
+
+    storage.store([reading(5.0, HOUR_START + 10 * US), reading(6.0, HOUR_START + 20 * US, "load")])
+    storage.store([reading(1.0, HOUR_START), reading(7.0, HOUR_START + 30 * US, "load")])
+    assert Metric.objects.get(key="web-01.cpu").last_value == 5.0
+    assert (Metric.objects.get(key="web-01.load").last_ts, Metric.objects.get(key="web-01.load").last_value) == (
+        HOUR_START + 30 * US,
+        7.0,
+    )
+    assert Source.objects.get(slug="web-01").samples_accepted == 4
