@@ -48,11 +48,7 @@ class LiveDaphne:
         self.db_path = workdir / "server.sqlite3"
         self.log_path = workdir / "daphne.log"
         self.process: subprocess.Popen | None = None
-        self.env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("DATABASE_URL", "REDIS_URL")
-        }
+        self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
         self.env.update(
             SQLITE_PATH=str(self.db_path),
             PULSEBOARD_VAR_DIR=str(workdir),
@@ -76,31 +72,35 @@ class LiveDaphne:
             timeout=120,
         )
         if done.returncode != 0:
-            raise RuntimeError(
-                f"manage.py {' '.join(args)} failed: {done.stderr[-2000:]}"
-            )
+            raise RuntimeError(f"manage.py {' '.join(args)} failed: {done.stderr[-2000:]}")
         return done.stdout
 
-    def migrate(self) -> None:
-        self.manage("migrate", "--noinput", "-v", "0")
+    def prepare(self, token_name: str = "test agent", session_user: str | None = None) -> tuple[str, str | None]:
+        """Migrate, issue an agent token and optionally sign a staff user in, in one process (Django starts once).
 
-    def issue_token(self, name: str = "test agent") -> str:
-        path = self.workdir / f"token-{name.replace(' ', '-')}"
-        self.manage("issuetoken", name, "--output", str(path))
-        return path.read_text().strip()
-
-    def session_key(self, username: str = "watcher") -> str:
-        """Create a staff user and a signed-in session for it; return the session cookie value."""
+        Return (token secret, session cookie value or None).
+        """
         code = (
-            "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY\n"
-            "from django.contrib.sessions.backends.db import SessionStore\n"
-            f"u, _ = get_user_model().objects.get_or_create(username={username!r}, defaults={{'is_staff': True}})\n"
-            "u.set_password('watch-pass-123'); u.save()\n"
-            "s = SessionStore(); s[SESSION_KEY] = str(u.pk)\n"
-            "s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
-            "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create(); print(s.session_key)\n"
+            "from django.core.management import call_command\n"
+            "call_command('migrate', interactive=False, verbosity=0)\n"
+            "from dashboard.models import AgentToken\n"
+            f"print('TOKEN', AgentToken.issue({token_name!r})[1])\n"
         )
-        return self.manage("shell", "-c", code).strip().splitlines()[-1]
+        if session_user:
+            code += (
+                "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY\n"
+                "from django.contrib.sessions.backends.db import SessionStore\n"
+                f"u = get_user_model().objects.create_user({session_user!r}, password='watch-pass-123', is_staff=True)\n"
+                "s = SessionStore(); s[SESSION_KEY] = str(u.pk)\n"
+                "s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
+                "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create(); print('SESSION', s.session_key)\n"
+            )
+        found = dict(
+            line.split(" ", 1)
+            for line in self.manage("shell", "-c", code).splitlines()
+            if line.startswith(("TOKEN ", "SESSION "))
+        )
+        return found["TOKEN"].strip(), found.get("SESSION", "").strip() or None
 
     def start(self) -> None:
         log = open(self.log_path, "a")  # noqa: SIM115 - the child owns it
@@ -123,15 +123,11 @@ class LiveDaphne:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"daphne exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}"
-                )
+                raise RuntimeError(f"daphne exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
             if port_open(self.port):
                 return
             time.sleep(0.1)
-        raise RuntimeError(
-            f"daphne did not listen on {self.port} within {START_TIMEOUT_S} s"
-        )
+        raise RuntimeError(f"daphne did not listen on {self.port} within {START_TIMEOUT_S} s")
 
     def stop(self) -> None:
         if self.process is None:

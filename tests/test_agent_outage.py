@@ -48,9 +48,8 @@ def checksum(rows: list[tuple[int, float]]) -> str:
 @pytest.mark.slow
 def test_every_reading_produced_during_an_outage_is_stored_exactly_once(tmp_path: Path) -> None:
     server = LiveDaphne(tmp_path)
-    server.migrate()
     token_file = tmp_path / "agent-token"
-    token_file.write_text(server.issue_token("outage agent"))
+    token_file.write_text(server.prepare("outage agent")[0])
     log_path = tmp_path / "counter.log"
     config = tmp_path / "agent.toml"
     config.write_text(

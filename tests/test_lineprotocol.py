@@ -25,12 +25,8 @@ def parse(body: str, precision: str = "ns") -> list[tuple[int, Reading | Rejecti
     return list(zip(parsed.lines, parsed.items, strict=True))
 
 
-def test_it_names_sources_by_the_host_tag_and_metrics_by_measurement_tags_and_field() -> (
-    None
-):
-    [(line, reading)] = parse(
-        "cpu,cpu=cpu0,host=web1 usage_idle=98.2 1700000000000000000"
-    )
+def test_it_names_sources_by_the_host_tag_and_metrics_by_measurement_tags_and_field() -> None:
+    [(line, reading)] = parse("cpu,cpu=cpu0,host=web1 usage_idle=98.2 1700000000000000000")
     assert line == 1
     assert isinstance(reading, Reading)
     assert (reading.source, reading.metric, reading.ts, reading.value) == (
@@ -83,9 +79,7 @@ def test_it_reads_integer_unsigned_and_float_fields() -> None:
         ("s=1_000", "is not a number"),
     ],
 )
-def test_it_rejects_non_numeric_fields_with_the_reason_and_keeps_the_others(
-    field: str, words: str
-) -> None:
+def test_it_rejects_non_numeric_fields_with_the_reason_and_keeps_the_others(field: str, words: str) -> None:
     items = parse(f"m,host=h ok=1,{field} 1700000000000000000")
     assert isinstance(items[0][1], Reading)
     rejection = items[1][1]
@@ -115,9 +109,7 @@ def test_it_unescapes_measurements_tags_fields_and_strings() -> None:
         ("s", "1700000000", 1_700_000_000_000_000),
     ],
 )
-def test_it_converts_each_precision_to_microseconds(
-    precision: str, raw: str, expected_us: int
-) -> None:
+def test_it_converts_each_precision_to_microseconds(precision: str, raw: str, expected_us: int) -> None:
     [(_, reading)] = parse(f"m v=1 {raw}", precision)
     assert reading.ts == expected_us
 
@@ -209,12 +201,7 @@ async def test_the_write_endpoint_stores_good_lines_and_lists_bad_ones_with_a_40
         (2, None),
         (3, "label"),
     ]
-    assert (
-        await Sample.objects.filter(
-            metric__key__in=["h1.room.temp", "h1.room.hum"]
-        ).acount()
-        == 2
-    )
+    assert await Sample.objects.filter(metric__key__in=["h1.room.temp", "h1.room.hum"]).acount() == 2
 
 
 @pytest.mark.django_db(transaction=True)
@@ -286,26 +273,19 @@ async def test_influxdb_client_writes_unchanged_and_points_appear_live(
     from tests.livedaphne import LiveDaphne, open_live_socket
 
     server = LiveDaphne(tmp_path)
-    await asyncio.to_thread(server.migrate)
-    secret = await asyncio.to_thread(server.issue_token, "influx client")
-    session = await asyncio.to_thread(server.session_key)
+    secret, session = await asyncio.to_thread(server.prepare, "influx client", "watcher")
+    assert session is not None
     server.start()
     try:
 
         def write(points: list) -> None:
             with InfluxDBClient(url=server.url, token=secret, org="acme") as client:
-                client.write_api(write_options=SYNCHRONOUS).write(
-                    bucket="metrics", record=points
-                )
+                client.write_api(write_options=SYNCHRONOUS).write(bucket="metrics", record=points)
 
         first_ts = time.time_ns()
         # Create the metrics first so the socket can subscribe to them.
         first = (
-            Point("env")
-            .tag("host", "lab-1")
-            .field("temp", 20.0)
-            .field("count", 6)
-            .time(first_ts, WritePrecision.NS)
+            Point("env").tag("host", "lab-1").field("temp", 20.0).field("count", 6).time(first_ts, WritePrecision.NS)
         )
         await asyncio.to_thread(write, [first])
         socket = await open_live_socket(server, session)
