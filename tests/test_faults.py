@@ -38,8 +38,19 @@ from tests.faultkit import (
 from tests.servers import project_env
 
 pytestmark = pytest.mark.slow
+# These servers keep their own SQLite file whatever the run's database, so the PostgreSQL pass of the suite
+# would only repeat them; the PostgreSQL outage test is the one that needs PostgreSQL.
+RUN_ONCE = pytest.mark.sqlite_only
+IN_CI = os.environ.get("CI", "").lower() == "true"
 KEY = "fault.counter.n"
 PG_ADMIN_URL = os.environ.get("FAULT_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def missing(reason: str) -> None:
+    """Skip for lack of a binary; under CI=true fail instead, as conftest does for service tests."""
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def sqlite_values(env: dict[str, str], key: str = KEY) -> list[float]:
@@ -72,7 +83,7 @@ def report(name: str, produced: list[float], stored: list[float], viewer: Resume
 def redis(tmp_path) -> Iterator[RedisServer]:
     """A private redis-server this test may stop and start (never the shared one)."""
     if shutil.which("redis-server") is None:
-        pytest.skip("needs redis-server on PATH (apt install redis-server)")
+        missing("needs redis-server on PATH (apt install redis-server)")
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
@@ -81,7 +92,7 @@ def redis(tmp_path) -> Iterator[RedisServer]:
 # --- (a) Redis restarted ------------------------------------------------------------------
 
 
-@pytest.mark.redis
+@RUN_ONCE
 async def test_a_redis_restart_loses_nothing_and_viewers_back_fill_by_themselves(tmp_path, redis) -> None:
     env = project_env(tmp_path, REDIS_URL=redis.url, LOG_LEVEL="WARNING")
     token, session = prepare_database(env, tmp_path)
@@ -198,7 +209,7 @@ def _agent_log_mentions(agent: Agent, text: str) -> bool:
 # --- (c) one of two workers killed ------------------------------------------------------
 
 
-@pytest.mark.redis
+@RUN_ONCE
 async def test_a_killed_worker_s_viewers_resume_on_the_other_without_a_gap(tmp_path, redis) -> None:
     env = project_env(tmp_path, REDIS_URL=redis.url, LOG_LEVEL="WARNING")
     token, session = prepare_database(env, tmp_path)
@@ -249,12 +260,12 @@ def source_state(env: dict[str, str], slug: str) -> tuple[bool, int]:
     return Source(slug=slug, last_seen=last_seen, expected_interval_s=row[1]).is_stale(), row[2]
 
 
-@pytest.mark.mqtt
+@RUN_ONCE
 async def test_an_mqtt_broker_outage_shows_the_source_stale_and_the_collector_reconnects(tmp_path) -> None:
     import aiomqtt
 
     if shutil.which("mosquitto", path="/usr/sbin:/usr/bin:/usr/local/sbin") is None:
-        pytest.skip("needs mosquitto (apt install mosquitto)")
+        missing("needs mosquitto (apt install mosquitto)")
 
     broker = Mosquitto(tmp_path).start()
     env = project_env(tmp_path, LOG_LEVEL="WARNING")
@@ -319,6 +330,7 @@ async def test_an_mqtt_broker_outage_shows_the_source_stale_and_the_collector_re
 # --- Graceful shutdown ----------------------------------------------------------------
 
 
+@RUN_ONCE
 async def test_sigterm_on_the_server_and_the_agent_loses_and_duplicates_nothing(tmp_path) -> None:
     env = project_env(tmp_path, LOG_LEVEL="WARNING")
     token, _ = prepare_database(env, tmp_path)

@@ -17,13 +17,18 @@ from dashboard.validation import Reading
 from tests.faultkit import RedisServer
 from tests.servers import ROOT, project_env, running_server
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
+# Subprocesses with their own settings and database: the PostgreSQL pass would only repeat them.
+RUN_ONCE = pytest.mark.sqlite_only
+# Only socket tests need real transactions (the consumer reads on another thread); they say so themselves.
+TRANSACTIONAL = pytest.mark.django_db(transaction=True)
 
 
 def test_healthz_answers_without_touching_anything(client: Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
+@TRANSACTIONAL
 async def test_readyz_checks_the_database_and_a_channel_layer_round_trip() -> None:
     client = AsyncClient()
     for _ in range(3):  # the probe channel is reused, not leaked, across probes
@@ -32,8 +37,8 @@ async def test_readyz_checks_the_database_and_a_channel_layer_round_trip() -> No
         assert response.json() == {"status": "ok", "database": "ok", "channel_layer": "ok"}
 
 
+@RUN_ONCE
 @pytest.mark.slow
-@pytest.mark.redis
 def test_readyz_fails_while_redis_is_down_and_recovers(tmp_path) -> None:
     redis = RedisServer(tmp_path).start()
     env = project_env(tmp_path, REDIS_URL=redis.url)
@@ -93,6 +98,7 @@ def test_metrics_pass_promtool_and_include_the_agents_spool_depth(client: Client
     assert checked.returncode in (0, 1), checked.stderr
 
 
+@RUN_ONCE
 def test_log_format_json_writes_one_object_per_line(tmp_path) -> None:
     env = project_env(tmp_path, LOG_FORMAT="json", LOG_LEVEL="INFO")
     code = (
@@ -108,6 +114,7 @@ def test_log_format_json_writes_one_object_per_line(tmp_path) -> None:
     assert "ZeroDivisionError" in lines[1]["exc"]
 
 
+@RUN_ONCE
 def test_a_bad_log_format_is_refused_at_start(tmp_path) -> None:
     env = project_env(tmp_path, LOG_FORMAT="xml")
     done = subprocess.run(

@@ -20,7 +20,9 @@ from dashboard.routing import websocket_urlpatterns
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
+# Only socket tests need real transactions (the consumer reads on another thread); they say so themselves.
+TRANSACTIONAL = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
@@ -136,6 +138,7 @@ def test_dashboard_visibility_and_editing_follow_the_object_groups(viewer, stran
 # --- Socket ---------------------------------------------------------------------
 
 
+@TRANSACTIONAL
 async def test_a_viewer_outside_the_group_gets_no_data_of_a_restricted_metric_over_the_socket(
     stranger, secret_metric: Metric
 ) -> None:
@@ -158,6 +161,7 @@ async def test_a_viewer_outside_the_group_gets_no_data_of_a_restricted_metric_ov
     await ws.disconnect()
 
 
+@TRANSACTIONAL
 async def test_a_member_of_the_granted_group_gets_the_restricted_metric_over_the_socket(viewer, secret_metric) -> None:
     ws = await socket("/ws/live/", viewer)
     await frames_until(ws, "hello")
@@ -237,6 +241,7 @@ def test_a_revoked_or_unknown_share_link_shows_nothing(client: Client, shared) -
     assert client.get(f"/share/{secret}/series", {"metric": "lab.sensor-01.temperature"}).status_code == 401
 
 
+@TRANSACTIONAL
 async def test_a_share_socket_streams_only_the_metrics_of_the_dashboards_panels(shared) -> None:
     link, secret = shared
     ws = await socket(f"/ws/share/{secret}/")
@@ -250,6 +255,7 @@ async def test_a_share_socket_streams_only_the_metrics_of_the_dashboards_panels(
     await ws.disconnect()
 
 
+@TRANSACTIONAL
 async def test_a_share_socket_ignores_the_signed_in_user_behind_it(owner, shared) -> None:
     """Even a staff session in the same browser gets no more than the link grants through the share socket."""
     link, secret = shared
@@ -260,6 +266,7 @@ async def test_a_share_socket_ignores_the_signed_in_user_behind_it(owner, shared
     await ws.disconnect()
 
 
+@TRANSACTIONAL
 async def test_a_revoked_share_socket_is_refused_with_4001(shared) -> None:
     link, secret = shared
     link.revoked_at = timezone.now()
@@ -270,6 +277,7 @@ async def test_a_revoked_share_socket_is_refused_with_4001(shared) -> None:
     assert await ws.receive_output() == {"type": "websocket.close", "code": 4001}
 
 
+@TRANSACTIONAL
 async def test_revoking_a_link_stops_new_subscriptions_of_an_open_socket(shared) -> None:
     link, secret = shared
     ws = await socket(f"/ws/share/{secret}/")

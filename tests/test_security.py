@@ -17,7 +17,11 @@ from dashboard.consumers import LiveConsumer
 from monitor.asgi import application
 from tests.servers import ROOT, project_env
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
+# Only socket tests need real transactions (the consumer reads on another thread); they say so themselves.
+TRANSACTIONAL = pytest.mark.django_db(transaction=True)
+# Subprocesses with their own settings and database: the PostgreSQL pass would only repeat them.
+RUN_ONCE = pytest.mark.sqlite_only
 DOCS = (ROOT / "docs" / "protocol.md").read_text()
 
 
@@ -37,12 +41,14 @@ def run_python(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
+@RUN_ONCE
 def test_check_deploy_is_clean_with_production_settings(tmp_path) -> None:
     done = run_python(production_env(tmp_path), "manage.py", "check", "--deploy", "--fail-level", "WARNING")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no issues" in done.stdout
 
 
+@RUN_ONCE
 def test_tls_makes_cookies_secure_and_sends_hsts(tmp_path) -> None:
     code = (
         "import django; django.setup()\n"
@@ -61,12 +67,14 @@ def test_tls_makes_cookies_secure_and_sends_hsts(tmp_path) -> None:
     assert plain == "301"  # plain HTTP is redirected, health checks are not
 
 
+@RUN_ONCE
 def test_without_tls_cookies_are_not_marked_secure(tmp_path) -> None:
     code = "import django; django.setup()\nfrom django.conf import settings as s\nprint(s.SESSION_COOKIE_SECURE, s.SECURE_HSTS_SECONDS)"
     done = run_python(project_env(tmp_path), "-c", code)
     assert done.stdout.split() == ["False", "0"]
 
 
+@RUN_ONCE
 def test_production_settings_refuse_a_missing_secret_key(tmp_path) -> None:
     env = production_env(tmp_path)
     del env["SECRET_KEY"]
@@ -87,6 +95,7 @@ def test_production_settings_refuse_a_missing_secret_key(tmp_path) -> None:
         ("null", False),
     ],
 )
+@TRANSACTIONAL
 async def test_the_socket_refuses_origins_outside_allowed_hosts(viewer, origin: str, accepted: bool) -> None:
     communicator = WebsocketCommunicator(application, "/ws/live/", headers=[(b"origin", origin.encode())])
     connected, code = await communicator.connect()
@@ -94,6 +103,7 @@ async def test_the_socket_refuses_origins_outside_allowed_hosts(viewer, origin: 
     await communicator.disconnect()
 
 
+@TRANSACTIONAL
 async def test_a_socket_without_a_session_cookie_is_closed_with_4001() -> None:
     communicator = WebsocketCommunicator(application, "/ws/live/", headers=[(b"origin", b"http://localhost")])
     connected, _ = await communicator.connect()
@@ -102,6 +112,7 @@ async def test_a_socket_without_a_session_cookie_is_closed_with_4001() -> None:
     assert await communicator.receive_output() == {"type": "websocket.close", "code": 4001}
 
 
+@TRANSACTIONAL
 async def test_a_forged_session_cookie_is_treated_as_signed_out() -> None:
     headers = [(b"origin", b"http://localhost"), (b"cookie", b"sessionid=" + secrets.token_hex(16).encode())]
     communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
@@ -129,6 +140,7 @@ async def next_frame(ws: WebsocketCommunicator, kind: str) -> dict:
             return frame
 
 
+@TRANSACTIONAL
 async def test_a_message_over_the_size_limit_closes_with_4009(viewer) -> None:
     ws = await open_socket(viewer)
     await ws.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * live.MAX_MESSAGE_BYTES}))
@@ -137,6 +149,7 @@ async def test_a_message_over_the_size_limit_closes_with_4009(viewer) -> None:
     assert "| 4009 |" in DOCS and "`message_too_big`" in DOCS
 
 
+@TRANSACTIONAL
 async def test_a_message_at_the_size_limit_is_accepted(viewer) -> None:
     ws = await open_socket(viewer)
     message = json.dumps({"type": "ping", "id": 1, "pad": ""})
@@ -147,6 +160,7 @@ async def test_a_message_at_the_size_limit_is_accepted(viewer) -> None:
     await ws.disconnect()
 
 
+@TRANSACTIONAL
 async def test_more_subscriptions_than_the_limit_are_refused_with_an_error_frame(viewer, monkeypatch) -> None:
     from dashboard import storage
     from dashboard.timeutil import now_us
@@ -175,6 +189,7 @@ async def storage_async(fn, *args):
     return await sync_to_async(fn)(*args)
 
 
+@TRANSACTIONAL
 async def test_a_burst_over_the_message_rate_gets_rate_limited_then_closed_with_4029(viewer) -> None:
     ws = await open_socket(viewer)
     sent = 0
@@ -196,6 +211,7 @@ async def test_a_burst_over_the_message_rate_gets_rate_limited_then_closed_with_
     assert "| 4029 |" in DOCS and "`rate_limited`" in DOCS
 
 
+@TRANSACTIONAL
 async def test_a_client_within_the_message_rate_is_never_limited(viewer) -> None:
     import asyncio
 
@@ -207,6 +223,7 @@ async def test_a_client_within_the_message_rate_is_never_limited(viewer) -> None
     await ws.disconnect()
 
 
+@RUN_ONCE
 @pytest.mark.slow
 async def test_a_cross_site_page_cannot_open_the_socket_on_a_real_server(tmp_path) -> None:
     from tests.servers import running_server

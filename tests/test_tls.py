@@ -23,7 +23,8 @@ from cryptography.x509.oid import NameOID
 
 from tests.servers import ROOT, free_port, manage, project_env
 
-pytestmark = pytest.mark.slow
+# Its server keeps its own SQLite file whatever the run's database: once is enough.
+pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only]
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
