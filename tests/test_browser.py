@@ -319,7 +319,13 @@ def test_a_threshold_breach_fires_the_banner_and_the_webhook_within_2_s(site: Si
     site.ingest(iot_samples(900))
     page.goto(site.server.url + "/d/iot-fleet/?range=15m")
     page.locator(".panel-timeseries .panel-status[data-state=live]").first.wait_for(timeout=10_000)
-    page.wait_for_timeout(500)
+    # Let the page's hour of replayed history finish loading: this measures a breach in steady state.
+    page.wait_for_timeout(3000)
+    warm = time.monotonic()
+    site.ingest(
+        [{"source": "iot.sensor-03", "metric": "temperature", "ts": now_us() - 1000, "value": 24.0, "unit": "°C"}]
+    )
+    print(f"\na normal sample's ingest call took {(time.monotonic() - warm) * 1000:.0f} ms")
     Hook.received.clear()
     # The page notes when the banner shows, so the browser's clock times it, not the test's polling.
     page.evaluate(
@@ -330,6 +336,7 @@ def test_a_threshold_breach_fires_the_banner_and_the_webhook_within_2_s(site: Si
     sent_at = time.time()
     sent_mono = time.monotonic()
     site.ingest([{"source": "iot.sensor-03", "metric": "temperature", "ts": now_us(), "value": 29.4, "unit": "°C"}])
+    answered_s = time.monotonic() - sent_mono  # the ingest call returns once the sample is stored and evaluated
     page.locator(".alert-row.state-firing", has_text="Rack 3 inlet too warm").wait_for(timeout=10_000)
     banner_s = page.evaluate("() => window.bannerAt") / 1000 - sent_at
     deadline = time.monotonic() + 10
@@ -338,7 +345,8 @@ def test_a_threshold_breach_fires_the_banner_and_the_webhook_within_2_s(site: Si
     assert Hook.received, "the webhook never arrived"
     webhook_s = Hook.received[0][0] - sent_mono
     print(
-        f"\nalert latency: banner {banner_s * 1000:.0f} ms, webhook {webhook_s * 1000:.0f} ms after the breaching sample was sent"
+        f"\nalert latency: banner {banner_s * 1000:.0f} ms, webhook {webhook_s * 1000:.0f} ms after the breaching sample "
+        f"was sent (the ingest call itself took {answered_s * 1000:.0f} ms)"
     )
     assert Hook.received[0][1]["state"] == "firing" and Hook.received[0][1]["metric"] == "iot.sensor-03.temperature"
     # Generous bounds: the measured figures above are what matters; CI machines stall.
