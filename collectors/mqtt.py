@@ -203,7 +203,7 @@ class MqttCollector(Collector):
             log.warning("%s: malformed payload on %r: %s", self.name, topic, exc)
             return None
         source = self.source_prefix + slugify_key(device) if device is not None else self.default_source
-        labels = {"name": device or source, "topic": topic}
+        labels = {"name": (device or source)[:200], "topic": topic[:200]}
         return Reading(source, slugify_key(metric), ts or received_us, value, unit, "gauge", self.source_kind, labels)
 
     async def batches(self) -> AsyncIterator[list[Reading]]:

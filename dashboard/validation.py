@@ -18,6 +18,9 @@ from dashboard.models import KEY_CHARSET_HELP, KEY_RE, Metric, Source
 from dashboard.timeutil import US, now_us
 
 MAX_UNIT_LEN = 32
+MAX_SOURCE_LEN = Source._meta.get_field("slug").max_length  # 120: the column is shorter than a key
+MAX_LABELS = 32
+MAX_LABEL_LEN = Source._meta.get_field("name").max_length  # 200: the "name" label becomes Source.name
 PRECISION_US = {"s": US, "ms": 1000, "us": 1, "ns": 0.001}
 SOURCE_KINDS = set(Source.Kind.values)
 METRIC_KINDS = set(Metric.Kind.values)
@@ -106,9 +109,7 @@ def check_ts(ts: int, now: int | None = None) -> int:
     now = now if now is not None else now_us()
     conf = settings.PULSEBOARD
     if ts < now - conf["MAX_AGE_S"] * US:
-        raise InvalidReading(
-            f"ts is older than the {conf['MAX_AGE_S']} s accepted window (raw retention)", field="ts"
-        )
+        raise InvalidReading(f"ts is older than the {conf['MAX_AGE_S']} s accepted window (raw retention)", field="ts")
     if ts > now + conf["MAX_FUTURE_S"] * US:
         raise InvalidReading(
             f"ts is more than {conf['MAX_FUTURE_S']} s in the future; check the sender's clock", field="ts"
@@ -119,6 +120,9 @@ def check_ts(ts: int, now: int | None = None) -> int:
 def check_reading(reading: Reading, now: int | None = None) -> Reading:
     """Validate a Reading built by trusted code (collectors) with the same rules as untrusted input."""
     check_key(reading.source, "source")
+    if len(reading.source) > MAX_SOURCE_LEN:
+        # Longer slugs would fail the whole group-commit batch in the database, not just this reading.
+        raise InvalidReading(f"source is longer than {MAX_SOURCE_LEN} characters", field="source")
     check_key(reading.metric, "metric")
     if len(reading.key) > 200:
         raise InvalidReading("source and metric together are longer than 200 characters", field="metric")
@@ -126,6 +130,12 @@ def check_reading(reading: Reading, now: int | None = None) -> Reading:
     if isinstance(reading.ts, bool) or not isinstance(reading.ts, int):
         raise InvalidReading("ts must be integer microseconds", field="ts")
     check_ts(reading.ts, now)
+    if len(reading.labels) > MAX_LABELS or any(
+        len(k) > MAX_LABEL_LEN or len(v) > MAX_LABEL_LEN for k, v in reading.labels.items()
+    ):
+        raise InvalidReading(
+            f"labels: at most {MAX_LABELS}, keys and values at most {MAX_LABEL_LEN} characters", field="labels"
+        )
     if len(reading.unit) > MAX_UNIT_LEN:
         raise InvalidReading(f"unit is longer than {MAX_UNIT_LEN} characters", field="unit")
     if reading.kind and reading.kind not in METRIC_KINDS:

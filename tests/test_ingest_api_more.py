@@ -209,3 +209,20 @@ async def test_a_retried_batch_with_new_samples_stores_only_the_new_ones(
     }
     _, payload, _ = await post_json(agent_token[1], body)
     assert (payload["accepted"], payload["duplicates"]) == (1, 1)
+
+
+async def test_a_source_slug_too_long_for_its_column_is_refused_alone(agent_token: tuple[AgentToken, str]) -> None:
+    """On PostgreSQL such a slug used to fail the whole group commit with a 503, forever retried by agents."""
+    ts = now_us() // 1000
+    body = {
+        "samples": [
+            {"source": "s" * 121, "metric": "m", "ts": ts, "value": 1.0},
+            {"source": "iot.api-test", "metric": "m", "ts": ts, "value": 2.0, "labels": {"name": "n" * 201}},
+            {"source": "iot.api-test", "metric": "m", "ts": ts, "value": 3.0},
+        ]
+    }
+    status, payload, _ = await post_json(agent_token[1], body)
+    assert status == 200
+    assert payload["accepted"] == 1
+    assert [(r["index"], r["field"]) for r in payload["rejected"]] == [(0, "source"), (1, "labels")]
+    assert "longer than 120" in payload["rejected"][0]["reason"]
