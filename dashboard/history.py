@@ -161,32 +161,29 @@ def grid(from_us: int, to_us: int, points: int, width: int) -> tuple[int, int]:
 
 
 def _series_sql(table: str, column: str, raw: bool) -> str:
+    in_range = f"{column} >= %s AND {column} < %s"
     if raw:
-        stats = "MIN(value) AS mn, MAX(value) AS mx, SUM(value) AS s, COUNT(*) AS c, MIN(value) AS o1, MAX(value) AS c1"
+        stats = "MIN(value) AS mn, MAX(value) AS mx, SUM(value) AS s, COUNT(*) AS c"
         first, last = "value", "value"
     else:
-        stats = (
-            'MIN("min") AS mn, MAX("max") AS mx, SUM("sum") AS s, CAST(SUM("count") AS BIGINT) AS c, '
-            'MIN("first") AS o1, MAX("last") AS c1'
-        )
+        stats = 'MIN("min") AS mn, MAX("max") AS mx, SUM("sum") AS s, CAST(SUM("count") AS BIGINT) AS c'
         first, last = '"first"', '"last"'
-    in_range = f"{column} >= %s AND {column} < %s"
-    # One pass aggregates each chart bucket and notes its first and last row.
-    # A bucket of one row is its own open and close (o1, c1); otherwise they
-    # are read by their unique (metric, time) key: two index probes, as
-    # correlated subqueries so that no estimate can turn them into hash joins
-    # over the whole range. The repeated range lets PostgreSQL prune
-    # partitions at plan time.
+    # One pass aggregates each chart bucket and notes its first and last row;
+    # open and close are then read by their unique (metric, time) key: two
+    # index probes per bucket, as correlated subqueries so that no estimate
+    # can turn them into hash joins over the whole range. The repeated range
+    # lets PostgreSQL prune partitions at plan time.
+    open_sql = f"(SELECT f.{first} FROM {table} f WHERE f.metric_id = %s AND f.{column} = g.t0 AND f.{in_range})"
+    close_sql = f"(SELECT l.{last} FROM {table} l WHERE l.metric_id = %s AND l.{column} = g.t1 AND l.{in_range})"
+    if raw:
+        # A raw bucket often holds one sample, which is its own open and close.
+        open_sql = f"CASE WHEN g.c = 1 THEN g.mn ELSE {open_sql} END"
+        close_sql = f"CASE WHEN g.c = 1 THEN g.mn ELSE {close_sql} END"
     return (
         f"WITH g AS (SELECT ({column} - CAST(%s AS BIGINT)) / CAST(%s AS BIGINT) AS k, {stats}, "
-        f"COUNT(*) AS n, MIN({column}) AS t0, MAX({column}) AS t1 FROM {table} "
+        f"MIN({column}) AS t0, MAX({column}) AS t1 FROM {table} "
         f"WHERE metric_id = %s AND {in_range} GROUP BY 1) "
-        f"SELECT g.k, g.mn, g.mx, g.s, g.c, "
-        f"CASE WHEN g.n = 1 THEN g.o1 ELSE "
-        f"(SELECT f.{first} FROM {table} f WHERE f.metric_id = %s AND f.{column} = g.t0 AND f.{in_range}) END, "
-        f"CASE WHEN g.n = 1 THEN g.c1 ELSE "
-        f"(SELECT l.{last} FROM {table} l WHERE l.metric_id = %s AND l.{column} = g.t1 AND l.{in_range}) END "
-        "FROM g ORDER BY g.k"
+        f"SELECT g.k, g.mn, g.mx, g.s, g.c, {open_sql}, {close_sql} FROM g ORDER BY g.k"
     )
 
 
