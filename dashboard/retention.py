@@ -148,15 +148,17 @@ def _count(table: str, condition: str, args: list) -> int:
 def _delete_in_batches(tier: Tier, condition: str, args: list, progress: Callable[[int], None]) -> int:
     # (metric_id, time) is unique in every tier and indexed, so it addresses rows on
     # both databases and on every partition, unlike SQLite's rowid or PostgreSQL's ctid.
+    # The condition is repeated outside so PostgreSQL prunes the partitions the
+    # DELETE probes to the old ones, instead of looking up each key in every day.
     key = f"metric_id, {tier.time_column}"
     sql = (
-        f"DELETE FROM {tier.table} WHERE ({key}) IN "
+        f"DELETE FROM {tier.table} WHERE {condition} AND ({key}) IN "
         f"(SELECT {key} FROM {tier.table} WHERE {condition} LIMIT {DELETE_BATCH:d})"
     )
     total = 0
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, args)
+            cursor.execute(sql, [*args, *args])
             deleted = cursor.rowcount
         total += deleted
         if deleted:
