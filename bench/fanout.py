@@ -83,6 +83,9 @@ class System:
     tmp: Path | None = None
     http: httpx.AsyncClient | None = None
     publisher: Any = None
+    ingest: str = "http"  # pulseboard only: "http" (the API) or "action" (actions.ingest in another process)
+    env: dict[str, str] = field(default_factory=dict)
+    producer: Any = None  # (process, pipe) of the action-mode producer
 
     # Each attribute below is what the client processes need (they get a plain dict).
     def client_spec(self) -> dict[str, Any]:
@@ -111,6 +114,7 @@ class System:
             CHANNEL_LAYER_PREFIX=f"bench{uuid.uuid4().hex[:8]}",
             DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB if os.environ.get("BENCH_DB", "sqlite") == "postgres" else "",
         )
+        self.env = env
         if self.name == "raw":
             command = [sys.executable, str(ROOT / "bench" / "raw_server.py"), str(self.port)]
         else:
@@ -152,6 +156,11 @@ class System:
         if self.name == "pulseboard":  # the metrics must exist before viewers subscribe to them
             old = now_us() - 10_000_000
             await self.publish([(f"m{i}", old, 0.0) for i in range(metrics)])
+            if self.ingest == "action":
+                parent, child = mp.get_context("spawn").Pipe()
+                process = mp.get_context("spawn").Process(target=action_producer, args=(child, self.env), daemon=True)
+                process.start()
+                self.producer = (process, parent)
 
     async def publish(self, samples: list[tuple[str, int, float]]) -> None:
         if self.name == "pulseboard":
@@ -171,7 +180,21 @@ class System:
             batches = [{"k": k, "t": tv[0], "v": tv[1]} for k, tv in series.items()]
             await self.publisher.send(json.dumps({"type": "data", "batches": batches}, separators=(",", ":")))
 
+    async def produce_step(self, rate: float, metrics: int, duration: float, publish_ms: list[float]) -> tuple[int, float]:
+        """Run one step's producer: here over HTTP/WebSocket, or in the action-mode producer process."""
+        if self.producer is None:
+            return await produce(self, rate, metrics, duration, publish_ms)
+        _, pipe = self.producer
+        pipe.send((rate, metrics, duration))
+        produced, behind, timings = await asyncio.to_thread(pipe.recv)
+        publish_ms += timings
+        return produced, behind
+
     async def close_publisher(self) -> None:
+        if self.producer is not None:
+            process, pipe = self.producer
+            pipe.send(None)
+            process.join(10)
         if self.publisher is not None:
             await self.publisher.close()
         if self.http is not None:
@@ -185,6 +208,34 @@ class System:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def action_producer(conn, env: dict[str, str]) -> None:
+    """A process that ingests through dashboard.actions.ingest (store, then publish on the shared Redis)."""
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from dashboard import actions
+    from dashboard.validation import Reading
+
+    class Publisher:
+        async def publish(self, samples: list[tuple[str, int, float]]) -> None:
+            result = await actions.ingest([Reading("bench.src", m, t, v) for m, t, v in samples])
+            if result.rejected:
+                raise RuntimeError(f"ingest refused: {result.rejected[:3]}")
+
+    async def main() -> None:
+        while True:
+            command = await asyncio.to_thread(conn.recv)
+            if command is None:
+                return
+            rate, metrics, duration = command
+            timings: list[float] = []
+            produced, behind = await produce(Publisher(), rate, metrics, duration, timings)
+            conn.send((produced, behind, timings))
+
+    asyncio.run(main())
 
 
 def reset_database() -> None:
@@ -412,7 +463,7 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
     started = time.monotonic()
     peak_rss = server.memory_info().rss
     publish_ms: list[float] = []
-    producer = asyncio.create_task(produce(system, rate, metrics, STEP_S, publish_ms))
+    producer = asyncio.create_task(system.produce_step(rate, metrics, STEP_S, publish_ms))
     while not producer.done():
         await asyncio.sleep(0.5)
         peak_rss = max(peak_rss, server.memory_info().rss)
@@ -455,9 +506,11 @@ def sustainable(result: dict[str, Any]) -> bool:
     return result["loss"] == 0 and result["p99_ms"] <= P99_LIMIT_MS and result["alive"] == result["viewers"]
 
 
-async def run_system(name: str, viewers: int, metrics: int, rates: list[float], stop_when_failing: bool) -> list[dict]:
+async def run_system(
+    name: str, viewers: int, metrics: int, rates: list[float], stop_when_failing: bool, ingest: str = "http"
+) -> list[dict]:
     """Start one server, connect the viewers, run one step per rate; return the steps' results."""
-    system = System(name)
+    system = System(name, ingest=ingest)
     system.start(metrics)
     client = None
     results: list[dict] = []
@@ -473,6 +526,8 @@ async def run_system(name: str, viewers: int, metrics: int, rates: list[float], 
         for rate in rates:
             result = await measure_step(system, client, viewers, metrics, rate)
             result["connected"] = connected
+            if name == "pulseboard":
+                result["system"] = f"pulseboard ({ingest})"
             result["idle_kb_per_connection"] = round(per_connection / 1024, 1)
             results.append(result)
             print(json.dumps(result), flush=True)
@@ -515,26 +570,40 @@ async def main() -> None:
     parser.add_argument("--ceiling-viewers", type=int, default=1000)
     parser.add_argument("--ceiling-rates", default="100,300,1000,3000,10000,30000")
     parser.add_argument("--out", type=Path, help="append results as JSON lines here")
+    parser.add_argument(
+        "--ingest",
+        default="http",
+        help="how Pulseboard gets samples: http (POST /api/v1/ingest), action (dashboard.actions.ingest in another "
+        "process sharing the database and Redis), or both",
+    )
     args = parser.parse_args()
     systems = args.systems.split(",")
+    modes = ["http", "action"] if args.ingest == "both" else [args.ingest]
+
+    async def each(system: str, viewers: int, rates: list[float], stop: bool) -> list[dict]:
+        rows: list[dict] = []
+        for mode in modes if system == "pulseboard" else ["-"]:
+            rows += await run_system(system, viewers, args.metrics, rates, stop, mode)
+        return rows
+
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: {psutil.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.1f} GiB, Python {platform.python_version()}, load {os.getloadavg()}", flush=True)
     sections: list[tuple[str, list[dict]]] = []
     scenarios = args.scenarios.split(",")
     if "latency" in scenarios:
-        rows = [r for s in systems for r in await run_system(s, 100, args.metrics, [10.0], False)]
+        rows = [r for s in systems for r in await each(s, 100, [10.0], False)]
         sections.append(("Latency: 100 viewers, 10 samples/s", rows))
     if "scale" in scenarios:
         rows = []
         for n in [int(x) for x in args.viewers.split(",")]:
             for s in systems:
-                rows += await run_system(s, n, args.metrics, [args.scale_rate], False)
+                rows += await each(s, n, [args.scale_rate], False)
         sections.append((f"Scale: N viewers at {args.scale_rate:g} samples/s", rows))
     if "ceiling" in scenarios:
         rows = []
         rates = [float(x) for x in args.ceiling_rates.split(",")]
         for s in [s for s in systems if s != "naive"]:
-            rows += await run_system(s, args.ceiling_viewers, args.metrics, rates, True)
+            rows += await each(s, args.ceiling_viewers, rates, True)
         sections.append((f"Ceiling: {args.ceiling_viewers} viewers, R stepped up until p99 > {P99_LIMIT_MS:g} ms or loss", rows))
         best = {
             s: max((r["rate"] for r in rows if r["system"] == s and sustainable(r)), default=0.0)
@@ -542,7 +611,9 @@ async def main() -> None:
         }
         print(f"\nhighest sustainable rate at {args.ceiling_viewers} viewers: {best}")
         if best.get("raw"):
-            print(f"pulseboard / raw = {best.get('pulseboard', 0) / best['raw']:.2f}x")
+            for s, rate in best.items():
+                if s.startswith("pulseboard"):
+                    print(f"{s} / raw = {rate / best['raw']:.2f}x")
     for title, rows in sections:
         print(f"\n### {title}\n\n{table(rows)}")
         if args.out:
@@ -553,11 +624,11 @@ async def main() -> None:
     for title, rows in sections:
         by = {(r["system"], r["viewers"], r["rate"]): r for r in rows}
         for (s, n, rate), r in by.items():
-            if s == "pulseboard":
+            if s.startswith("pulseboard"):
                 for other in ("raw", "naive"):
                     o = by.get((other, n, rate))
                     if o and o["server_cpu_pct"]:
-                        print(f"{title} N={n} R={rate:g}: pulseboard/{other} delivered {r['delivered_per_s'] / max(1, o['delivered_per_s']):.2f}x, "
+                        print(f"{title} N={n} R={rate:g}: {s} / {other} delivered {r['delivered_per_s'] / max(1, o['delivered_per_s']):.2f}x, "
                               f"CPU {r['server_cpu_pct'] / max(1, o['server_cpu_pct']):.2f}x, p99 {r['p99_ms']} vs {o['p99_ms']} ms")
 
 
