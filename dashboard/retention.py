@@ -132,8 +132,16 @@ def prune(*, now: int | None = None, dry_run: bool = False, progress: Progress =
                 rows = _count(tier.table, condition, args)
                 progress(f"would delete {rows} {label}")
             else:
-                rows = _delete_in_batches(
-                    tier, condition, args, lambda n, label=label: progress(f"deleted {n} {label}")
+                if round_to_day:
+                    # Only the days that can hold such rows, and DEFAULT.
+                    edge = cutoff(days)
+                    tables = [p.name for p in partitions.list_partitions() if p.start < edge]
+                    tables.append(partitions.DEFAULT_PARTITION)
+                else:
+                    tables = [tier.table]
+                rows = sum(
+                    _delete_in_batches(table, condition, args, lambda n, label=label: progress(f"deleted {n} {label}"))
+                    for table in tables
                 )
             report.deleted[tier.name] += rows
     return report
@@ -145,20 +153,19 @@ def _count(table: str, condition: str, args: list) -> int:
         return int(cursor.fetchone()[0])
 
 
-def _delete_in_batches(tier: Tier, condition: str, args: list, progress: Callable[[int], None]) -> int:
-    # (metric_id, time) is unique in every tier and indexed, so it addresses rows on
-    # both databases and on every partition, unlike SQLite's rowid or PostgreSQL's ctid.
-    # The condition is repeated outside so PostgreSQL prunes the partitions the
-    # DELETE probes to the old ones, instead of looking up each key in every day.
-    key = f"metric_id, {tier.time_column}"
-    sql = (
-        f"DELETE FROM {tier.table} WHERE {condition} AND ({key}) IN "
-        f"(SELECT {key} FROM {tier.table} WHERE {condition} LIMIT {DELETE_BATCH:d})"
-    )
+def _delete_in_batches(table: str, condition: str, args: list, progress: Callable[[int], None]) -> int:
+    """Delete the rows of one table (or one partition) matching condition, DELETE_BATCH rows per transaction."""
+    # Each database's own row address: a TID scan on PostgreSQL (ctid is unique
+    # within one table, hence one partition at a time), rowid on SQLite. A key
+    # join would let PostgreSQL hash-join the whole range for every batch.
+    if connection.vendor == "postgresql":
+        sql = f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {condition} LIMIT {DELETE_BATCH:d}))"
+    else:
+        sql = f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT {DELETE_BATCH:d})"
     total = 0
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(sql, [*args, *args])
+            cursor.execute(sql, args)
             deleted = cursor.rowcount
         total += deleted
         if deleted:
