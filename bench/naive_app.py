@@ -54,7 +54,9 @@ async def publish(scope, receive, send) -> None:
         more = message.get("more_body", False)
     layer = get_channel_layer()
     for sample in json.loads(body or b"{}").get("samples", []):
-        await layer.group_send(GROUP, {"type": "bench.sample", "k": sample["metric"], "t": sample["ts"], "v": sample["value"]})
+        await layer.group_send(
+            GROUP, {"type": "bench.sample", "k": sample["metric"], "t": sample["ts"], "v": sample["value"]}
+        )
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"ok"})
 

@@ -524,7 +524,9 @@ class Hub:
             self._last_seq[seq_key] = event.seq
             if last is not None and event.seq > last + 1 and members:
                 stats.GAPS_DETECTED.inc()
-                log.warning("sequence gap on %s from %s: %d -> %d; back-filling", group, event.publisher, last, event.seq)
+                log.warning(
+                    "sequence gap on %s from %s: %d -> %d; back-filling", group, event.publisher, last, event.seq
+                )
                 for session in members:
                     if session.on_gap is not None:
                         session.on_gap(set(session.sources.get(event.source, ())))

@@ -18,7 +18,15 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from dashboard import stats
-from dashboard.fanout import ACK_WINDOW_FRAMES, HEARTBEAT_S, MAX_FRAME_SAMPLES, Hub, Session, data_frame, encode_fragment
+from dashboard.fanout import (
+    ACK_WINDOW_FRAMES,
+    HEARTBEAT_S,
+    MAX_FRAME_SAMPLES,
+    Hub,
+    Session,
+    data_frame,
+    encode_fragment,
+)
 from dashboard.models import Metric, Sample, Source
 from dashboard.timeutil import US, now_us
 
@@ -176,7 +184,9 @@ class LiveClient:
 
         async def close() -> None:
             try:
-                await self._send(error_frame("too_slow", f"this connection {reason}; reconnect and resume with 'since'"))
+                await self._send(
+                    error_frame("too_slow", f"this connection {reason}; reconnect and resume with 'since'")
+                )
                 if self._close is not None:
                     await self._close(CLOSE_TOO_SLOW)
             except Exception:
@@ -202,13 +212,19 @@ class LiveClient:
         if len(text) > MAX_MESSAGE_BYTES:
             await self._send(error_frame("message_too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes"))
             raise CloseConnection(CLOSE_MESSAGE_TOO_BIG, "message too big")
-        if isinstance(text, str) and text[:40].lstrip().startswith(('{"type":"ack"', '{"type": "ack"')) and self._ack(text):
+        if (
+            isinstance(text, str)
+            and text[:40].lstrip().startswith(('{"type":"ack"', '{"type": "ack"'))
+            and self._ack(text)
+        ):
             return  # acknowledgements that move the window are free: they are the reader's pace
         if not self._take_token():
             if self._tokens < -MESSAGE_BURST:
                 raise CloseConnection(CLOSE_TOO_MANY_MESSAGES, "too many messages")
             await self._send(
-                error_frame("rate_limited", f"send at most {MAX_MESSAGES_PER_S} messages a second; this one was ignored")
+                error_frame(
+                    "rate_limited", f"send at most {MAX_MESSAGES_PER_S} messages a second; this one was ignored"
+                )
             )
             return
         try:
@@ -229,7 +245,11 @@ class LiveClient:
         }.get(kind)
         if handler is None:
             await self._send(
-                error_frame("unknown_type", f"unknown message type {kind!r}; use subscribe, unsubscribe, ping or ack", id=request_id)
+                error_frame(
+                    "unknown_type",
+                    f"unknown message type {kind!r}; use subscribe, unsubscribe, ping or ack",
+                    id=request_id,
+                )
             )
             return
         try:
@@ -266,14 +286,24 @@ class LiveClient:
         if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
             raise ValueError("subscribe needs 'metrics': a non-empty list of metric keys or globs")
         since = message.get("since") or {}
-        if not isinstance(since, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in since.values()):
+        if not isinstance(since, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in since.values()
+        ):
             raise ValueError("'since' must map metric keys to integer cursors (µs)")
         history_s = message.get("history_s", settings.PULSEBOARD["HISTORY_ON_SUBSCRIBE_S"])
-        if isinstance(history_s, bool) or not isinstance(history_s, (int, float)) or not 0 <= history_s <= MAX_HISTORY_S:
+        if (
+            isinstance(history_s, bool)
+            or not isinstance(history_s, (int, float))
+            or not 0 <= history_s <= MAX_HISTORY_S
+        ):
             raise ValueError(f"'history_s' must be a number of seconds from 0 to {MAX_HISTORY_S}")
         max_rate = message.get("max_rate")
         if max_rate is not None:
-            if isinstance(max_rate, bool) or not isinstance(max_rate, (int, float)) or not MIN_RATE <= max_rate <= MAX_RATE:
+            if (
+                isinstance(max_rate, bool)
+                or not isinstance(max_rate, (int, float))
+                or not MIN_RATE <= max_rate <= MAX_RATE
+            ):
                 raise ValueError(f"'max_rate' must be between {MIN_RATE} and {MAX_RATE} frames a second")
             self.session.max_rate = float(max_rate)
 
@@ -357,7 +387,15 @@ class LiveClient:
                     chunk.append(fragment)
                     samples += fragment.count
             if truncated:
-                await self._send(encode({"type": "lag", "truncated": truncated, "message": "older samples were skipped; use /api/v1/series for them"}))
+                await self._send(
+                    encode(
+                        {
+                            "type": "lag",
+                            "truncated": truncated,
+                            "message": "older samples were skipped; use /api/v1/series for them",
+                        }
+                    )
+                )
         finally:
             self.session.release(keys)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -69,18 +70,16 @@ class Viewer:
         await self.socket.send(json.dumps({"type": "subscribe", "id": 1, "metrics": metrics, **fields}))
         return await self.until("subscribed")
 
-    async def until(self, kind: str, timeout: float = 20) -> dict:
+    async def until(self, kind: str, within_s: float = 20) -> dict:
         """Read (and take in) frames until one of this type arrives."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         while True:
             frame = await self.read(max(0.1, deadline - time.monotonic()))
             if frame["type"] == kind:
                 return frame
 
-    async def read(self, timeout: float = 20) -> dict:
-        import asyncio
-
-        frame = json.loads(await asyncio.wait_for(self.socket.recv(), timeout))
+    async def read(self, within_s: float = 20) -> dict:
+        frame = json.loads(await asyncio.wait_for(self.socket.recv(), within_s))
         if frame["type"] == "data":
             self.frames += 1
             for batch in frame["batches"]:
@@ -88,9 +87,9 @@ class Viewer:
             await self.socket.send(json.dumps({"type": "ack", "frame": self.frames}))
         return frame
 
-    async def collect(self, key: str, count: int, timeout: float = 30) -> list[int]:
+    async def collect(self, key: str, count: int, within_s: float = 30) -> list[int]:
         """Read until `count` samples of `key` arrived; return them in arrival order."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         while len(self.samples.get(key, [])) < count:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"only {len(self.samples.get(key, []))} of {count} samples of {key} arrived"

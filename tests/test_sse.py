@@ -71,7 +71,9 @@ async def test_an_sse_client_receives_the_same_samples_as_a_websocket_client(liv
     await asyncio.sleep(1)  # let the stream subscribe before the samples go out
     live_from = now_us()  # both subscriptions start live from "now": older samples are history
     for round_ in range(3):
-        await post_samples(server, secret, "sse.same", [("temp", live_from + round_ * 10 + i, float(i)) for i in range(10)])
+        await post_samples(
+            server, secret, "sse.same", [("temp", live_from + round_ * 10 + i, float(i)) for i in range(10)]
+        )
     over_ws = await viewer.collect(key, 30)
     over_sse, _, ended = await asyncio.wait_for(sse, 30)
     await viewer.close()
@@ -115,7 +117,9 @@ async def test_a_response_ends_at_its_byte_budget_and_the_browser_resumes_where_
     reader = asyncio.create_task(browser())
     for n in range(batches):
         first = 1 + n * per_batch
-        await post_samples(server, secret, "sse.budget", [("temp", start + i, 1.5) for i in range(first, first + per_batch)])
+        await post_samples(
+            server, secret, "sse.budget", [("temp", start + i, 1.5) for i in range(first, first + per_batch)]
+        )
         await asyncio.sleep(0.05)
     await asyncio.wait_for(reader, 60)
     assert responses > 1  # the budget ended responses ...

@@ -54,7 +54,7 @@ class QuietViewer(threading.Thread):
         await viewer.subscribe([self.key], history_s=0)
         self.subscribed_at = time.monotonic()
         self.subscribed.set()
-        self.received = await viewer.collect(self.key, 1, timeout=QUIET_S + 120)
+        self.received = await viewer.collect(self.key, 1, within_s=QUIET_S + 120)
         await viewer.close()
 
 
@@ -151,7 +151,7 @@ async def test_a_viewer_resumes_on_the_other_worker_after_a_forced_disconnect_wi
 
 
 async def test_a_reader_that_stops_reading_costs_the_server_a_bounded_amount_and_is_closed(cluster: Cluster) -> None:
-    key, slug = "w.slow.temp", "w.slow"
+    slug = "w.slow"
     base = now_us() - 60_000_000
     await post_samples(cluster.a, cluster.secret, slug, [("temp", base, 0.0)])
     host = cluster.b.url.removeprefix("http://")
