@@ -18,6 +18,10 @@ from dashboard.models import KEY_CHARSET_HELP, KEY_RE, Metric, Source
 from dashboard.timeutil import US, now_us
 
 MAX_UNIT_LEN = 32
+# Rollups keep sums per bucket; PostgreSQL raises (instead of giving inf) when a
+# float8 sum overflows, which would fail a whole group commit. 1e300 leaves room
+# for millions of samples a bucket.
+MAX_ABS_VALUE = 1e300
 MAX_SOURCE_LEN = Source._meta.get_field("slug").max_length  # 120: the column is shorter than a key
 MAX_LABELS = 32
 MAX_LABEL_LEN = Source._meta.get_field("name").max_length  # 200: the "name" label becomes Source.name
@@ -79,6 +83,8 @@ def check_value(value: Any) -> float:
         raise InvalidReading("value is too large for a 64-bit float", field="value") from None
     if not math.isfinite(number):
         raise InvalidReading(f"value must be finite, got {number}", field="value")
+    if abs(number) > MAX_ABS_VALUE:
+        raise InvalidReading(f"value must be within ±{MAX_ABS_VALUE:g}", field="value")
     return number
 
 

@@ -27,7 +27,7 @@ from dashboard.exceptions import BadRequest, PulseboardError
 from dashboard.lineprotocol import PRECISION_TO_US, name_reading, parse_body, parse_line
 from dashboard.models import AgentToken, Sample
 from dashboard.timeutil import US, now_us
-from dashboard.validation import Reading, Rejection
+from dashboard.validation import MAX_ABS_VALUE, Reading, Rejection
 from dashboard.writer import Writer
 
 # Examples per test; each parser example checks a list of 1-10 bodies (5.5 on average), which
@@ -77,8 +77,9 @@ names = st.text(name_chars, min_size=1, max_size=8).filter(
     lambda s: not s.startswith(("#", " ", "\t")) and not s.endswith("\\") and "\\" not in s
 )
 floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
+storable = st.floats(-MAX_ABS_VALUE, MAX_ABS_VALUE)
 field_values = st.one_of(
-    floats.map(lambda v: (repr(v), v)),
+    floats.map(lambda v: (repr(v), v if abs(v) <= MAX_ABS_VALUE else None)),
     st.integers(-(2**63), 2**63 - 1).map(lambda v: (f"{v}i", float(v))),
     st.integers(0, 2**64 - 1).map(lambda v: (f"{v}u", float(v))),
     st.sampled_from(["t", "F", "true", "FALSE"]).map(lambda v: (v, None)),
@@ -246,7 +247,7 @@ def valid_json_bodies(draw: st.DrawFn) -> tuple[dict, set[tuple[str, int]]]:
                 {
                     "metric": st.text("abc_12", min_size=1, max_size=6).map("m".__add__),
                     "ts": st.integers(-60_000, 60_000),
-                    "value": floats,
+                    "value": storable,
                 }
             ),
             min_size=1,
@@ -265,7 +266,7 @@ def valid_lp_bodies(draw: st.DrawFn) -> tuple[str, set[tuple[str, int]]]:
         host = draw(st.text("abc123", min_size=1, max_size=6))
         field = "f" + draw(st.text("abc_12", max_size=6))
         ts = NOW + draw(st.integers(-60 * US, 60 * US))
-        value = draw(floats)
+        value = draw(storable)
         lines.append(f"fz,host=fz-{host} {field}={value!r} {ts}")
         expected.add((f"fz-{host}.fz.{field}", ts))
     return "\n".join(lines), expected
