@@ -46,6 +46,7 @@ def checksum(rows: list[tuple[int, float]]) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only  # the servers keep their own SQLite file: the PostgreSQL pass would only repeat this
 def test_every_reading_produced_during_an_outage_is_stored_exactly_once(tmp_path: Path) -> None:
     server = LiveDaphne(tmp_path)
     token_file = tmp_path / "agent-token"

@@ -39,7 +39,8 @@ EXAMPLES = {
     "json_junk": 400,
     "http": 400,  # one body each, about half to each endpoint
 }
-BODIES = st.integers(1, 10)
+# The parsers touch no database, so the PostgreSQL pass of the suite would only repeat them.
+PARSER_ONLY = pytest.mark.sqlite_only
 checked: dict[str, int] = {}  # bodies checked per test, printed with -s
 
 
@@ -105,6 +106,7 @@ def lp_lines(draw: st.DrawFn) -> tuple[str, str, dict[str, str], list[tuple[str,
     return line, measurement, tags, [(k, value) for k, (_, value) in fields.items()], ts
 
 
+@PARSER_ONLY
 @fuzz(EXAMPLES["lp_round_trip"])
 @given(st.lists(lp_lines(), min_size=1, max_size=10), st.sampled_from(list(PRECISION_TO_US)))
 def test_generated_lines_parse_back_to_what_was_written(lines: list[tuple], precision: str) -> None:
@@ -139,6 +141,7 @@ lp_junk = st.one_of(
 )
 
 
+@PARSER_ONLY
 @fuzz(EXAMPLES["lp_junk"])
 @given(st.lists(st.tuples(lp_junk, st.sampled_from([*PRECISION_TO_US, "h", "", "n"])), min_size=1, max_size=10))
 def test_any_body_parses_to_readings_and_rejections_without_raising(bodies: list[tuple[bytes, str]]) -> None:
@@ -212,6 +215,7 @@ def check_json_body(body: bytes) -> None:
         assert isinstance(item, (Reading, Rejection))
 
 
+@PARSER_ONLY
 @fuzz(EXAMPLES["json_structured"])
 @given(st.lists(json_batches | st.lists(json_samples(), max_size=4), min_size=1, max_size=10))
 def test_generated_json_batches_parse_or_are_refused_with_an_error_class(payloads: list[Any]) -> None:
@@ -220,6 +224,7 @@ def test_generated_json_batches_parse_or_are_refused_with_an_error_class(payload
         check_json_body(json.dumps(payload).encode())
 
 
+@PARSER_ONLY
 @fuzz(EXAMPLES["json_junk"])
 @given(st.lists(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()), min_size=1, max_size=10))
 def test_any_json_body_parses_or_is_refused_with_an_error_class(bodies: list[bytes]) -> None:
@@ -228,6 +233,7 @@ def test_any_json_body_parses_or_is_refused_with_an_error_class(bodies: list[byt
         check_json_body(body)
 
 
+@PARSER_ONLY
 def test_the_parser_tests_checked_about_ten_thousand_bodies() -> None:
     """Runs after the parser tests (file order): report, and catch a silent shrink of the example counts."""
     print(f"\nbodies checked by the parser tests: {checked} = {sum(checked.values())}")

@@ -264,6 +264,7 @@ async def test_the_write_endpoint_keeps_tokens_to_their_sources(db) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only  # the server keeps its own SQLite file: the PostgreSQL pass would only repeat this
 async def test_influxdb_client_writes_unchanged_and_points_appear_live(
     tmp_path: Path,
 ) -> None:
