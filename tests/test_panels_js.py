@@ -1,0 +1,66 @@
+"""panels.js and timerange.js in Node: gaps stay gaps, thresholds colour values, the URL holds the time state."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from tests.servers import ROOT
+
+NODE = shutil.which("node")
+STATIC = ROOT / "dashboard" / "static" / "dashboard"
+
+
+@pytest.fixture(scope="module")
+def run() -> dict:
+    if NODE is None:
+        pytest.skip("needs Node.js (node) to run the front-end modules")
+    result = subprocess.run(
+        [
+            NODE,
+            str(ROOT / "tests" / "js" / "panels_harness.mjs"),
+            (STATIC / "panels.js").as_uri(),
+            (STATIC / "timerange.js").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_silent_series_is_null_inside_its_silence_even_where_others_have_samples(run: dict) -> None:
+    xs, a, b = run["shared"]
+    assert xs == [1, 2, 3, 4, 5, 5.5, 6, 7, 8, 9]  # 5.5: a break point inside b's silence
+    assert a == [1, 1, 1, 1, 1, "u", 1, 1, 1, 1]
+    assert b == [2, 2, 2, None, None, None, None, None, None, 2]
+
+
+def test_interleaved_series_without_silences_join_across_each_other(run: dict) -> None:
+    xs, a, b = run["interleaved"]
+    assert xs == [1, 2, 3, 4, 5, 6]
+    assert None not in a and None not in b
+    assert a == [1, "u", 1, "u", 1, "u"]
+
+
+def test_a_single_series_breaks_at_its_silence(run: dict) -> None:
+    assert run["single"] == [[1, 2, 4.5, 20, 21], [1, 2, None, 3, 4]]
+
+
+def test_the_highest_threshold_reached_picks_the_colour(run: dict) -> None:
+    assert run["colors"] == ["ok", "amber", "red"]
+
+
+def test_the_url_holds_live_history_custom_and_paused_states(run: dict) -> None:
+    default, live, history, custom, bogus = run["states"]
+    assert (default["mode"], default["range"], default["windowS"]) == ("live", "15m", 900)
+    assert (live["range"], live["paused"]) == ("1h", True)
+    assert (history["mode"], history["spanS"]) == ("history", 7 * 86400)
+    assert (custom["mode"], custom["fromMs"], custom["toMs"]) == ("history", 1000, 5000)
+    assert bogus["range"] == "15m"
+    assert run["written"] == "/d/host/?from=1000&to=5000"
+    assert run["bounds"] == [700_000, 1_000_000]
