@@ -19,7 +19,6 @@ import json
 import logging
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -125,9 +124,9 @@ class Session:
         self.frames_sent = 0  # data frames handed to the transport
         self.frames_acked = 0  # data frames the client confirmed
         self._full_since: float | None = None  # when the ack window last filled up
-        self._window_open = asyncio.Event()
-        self._window_open.set()
-        self._sheds: deque[float] = deque(maxlen=MAX_SHEDS)
+        # Made only when a replay waits for room: an idle connection should cost little (deques are ~600 B).
+        self._window_open: asyncio.Event | None = None
+        self._sheds: list[float] = []  # when the buffer last overflowed, at most MAX_SHEDS
         self.dropped = 0
         self.on_gap: Callable[[set[str]], None] | None = None
         self.closed = False
@@ -193,7 +192,8 @@ class Session:
         self.frames_acked = frame
         if not self.window_full():
             self._full_since = None
-            self._window_open.set()
+            if self._window_open is not None:
+                self._window_open.set()
             self._schedule()
         return True
 
@@ -206,11 +206,13 @@ class Session:
         if self.window_full():
             stats.WINDOW_FULL.inc()
             self._full_since = time.monotonic()
-            self._window_open.clear()
 
     async def send_data(self, frame: str, newest: dict[str, int]) -> None:
         """Send a replay frame once the ack window has room; `newest` is its last ts per key."""
         while self.window_full() and not self.closed:
+            if self._window_open is None:
+                self._window_open = asyncio.Event()
+            self._window_open.clear()
             await self._window_open.wait()
         if self.closed:
             return
@@ -248,7 +250,7 @@ class Session:
         self.dropped += count
         stats.SAMPLES_DROPPED.inc(count)
         now = time.monotonic()
-        self._sheds.append(now)
+        self._sheds = [*self._sheds[-(MAX_SHEDS - 1) :], now] if MAX_SHEDS > 1 else [now]
         if len(self._sheds) == MAX_SHEDS and now - self._sheds[0] <= SHED_WINDOW_S:
             self.stuck(f"shed its buffer {MAX_SHEDS} times within {SHED_WINDOW_S:.0f} s")
             return
@@ -333,7 +335,8 @@ class Session:
 
     def close(self) -> None:
         self.closed = True
-        self._window_open.set()  # wake replays waiting for room so they end
+        if self._window_open is not None:
+            self._window_open.set()  # wake replays waiting for room so they end
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
