@@ -405,13 +405,16 @@ def test_an_editor_adds_moves_and_removes_panels_in_the_page(site: Site, page) -
     assert page.locator(".panel", has_text="Sensor 02 temperature").count() == 0
 
 
-def test_kiosk_mode_hides_the_chrome(site: Site, page) -> None:
+def test_kiosk_mode_hides_the_chrome_and_rotates_through_dashboards(site: Site, page) -> None:
     site.ingest(host_samples(60))
     page.goto(site.server.url + "/d/host/?range=15m&kiosk=1")
     page.locator(".panel-status[data-state=live]").first.wait_for(timeout=10_000)
     assert not page.locator(".topbar").is_visible()
     assert not page.locator("#time-controls").is_visible()
     shot(page, "kiosk-host")
+    # Rotation moves to the next dashboard of the list and keeps the kiosk parameters.
+    page.goto(site.server.url + "/d/host/?range=15m&kiosk=1&rotate=10")
+    page.wait_for_url("**/d/iot-fleet/?range=15m&kiosk=1&rotate=10", timeout=20_000)
 
 
 def test_the_tab_memory_stays_bounded_over_minutes_of_fast_data(site: Site, browser) -> None:
