@@ -225,6 +225,10 @@ def test_a_dashboard_chart_receives_new_points_live(site: Site, page) -> None:
     site.ingest([{"source": f"host.{HOST}", "metric": "cpu.total", "ts": now_us(), "value": 87.25, "unit": "%"}])
     panel.locator("table.legend td.num").first.filter(has_text="87.25").wait_for(timeout=5_000)
     assert page.evaluate(points, "CPU total") > before
+    # A dropped socket shows as reconnecting on the panels, then live again after the resume.
+    page.evaluate("() => window.pulseboard.conn.ws.close()")
+    panel.locator(".panel-status[data-state=reconnecting]").wait_for(timeout=5_000)
+    panel.locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
     shot(page, "dashboard-host")
 
 

@@ -35,7 +35,7 @@ class DashboardPage {
     this.conn = new LiveConnection();
     showState(this.conn);
     for (const type of ["data", "alert", "lag"]) this.conn.on(type, (event) => this.dispatch(event));
-    this.conn.on("state", () => { this.statusDirty = true; });
+    this.conn.on("state", () => this.updateStatus()); // a dropped socket shows at once, not on the next tick
     this.banner = new AlertBanner(undefined, { canOperate: config.can_operate_alerts });
     this.rebuild(config);
     this.conn.start();
