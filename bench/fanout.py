@@ -32,7 +32,6 @@ import platform
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,7 +111,9 @@ class System:
             PULSEBOARD_BACKGROUND="0",
             REDIS_URL=REDIS_URL,
             CHANNEL_LAYER_PREFIX=f"bench{uuid.uuid4().hex[:8]}",
-            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB if os.environ.get("BENCH_DB", "sqlite") == "postgres" else "",
+            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB
+            if os.environ.get("BENCH_DB", "sqlite") == "postgres"
+            else "",
         )
         self.env = env
         if self.name == "raw":
@@ -132,7 +133,9 @@ class System:
                 self.token = (self.tmp / "token").read_text().strip()
             app = "monitor.asgi:application" if self.name == "pulseboard" else "bench.naive_app:application"
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), app]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "server.log", "w"))
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "server.log", "w")
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -140,7 +143,8 @@ class System:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"{self.name} did not start: {(self.tmp / 'server.log').read_text()[-2000:]}")
+                    log = (self.tmp / "server.log").read_text()[-2000:]
+                    raise RuntimeError(f"{self.name} did not start: {log}") from None
                 time.sleep(0.2)
         if self.name == "pulseboard":
 
@@ -150,7 +154,9 @@ class System:
             self.cookies = "; ".join(f"{k}={v}" for k, v in login_cookies(_S, VIEWER, PASSWORD).items())
 
     async def open_publisher(self, metrics: int) -> None:
-        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=30, limits=httpx.Limits(max_connections=20))
+        self.http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.port}", timeout=30, limits=httpx.Limits(max_connections=20)
+        )
         if self.name == "raw":
             self.publisher = await websockets.connect(f"ws://127.0.0.1:{self.port}/publish", max_size=2**24)
         if self.name == "pulseboard":  # the metrics must exist before viewers subscribe to them
@@ -164,8 +170,14 @@ class System:
 
     async def publish(self, samples: list[tuple[str, int, float]]) -> None:
         if self.name == "pulseboard":
-            body = {"source": "bench.src", "precision": "us", "samples": [{"metric": m, "ts": t, "value": v} for m, t, v in samples]}
-            response = await self.http.post("/api/v1/ingest", json=body, headers={"Authorization": f"Token {self.token}"})
+            body = {
+                "source": "bench.src",
+                "precision": "us",
+                "samples": [{"metric": m, "ts": t, "value": v} for m, t, v in samples],
+            }
+            response = await self.http.post(
+                "/api/v1/ingest", json=body, headers={"Authorization": f"Token {self.token}"}
+            )
             if response.status_code != 200 or response.json()["rejected"]:
                 raise RuntimeError(f"ingest refused: {response.status_code} {response.text[:300]}")
         elif self.name == "naive":
@@ -180,7 +192,9 @@ class System:
             batches = [{"k": k, "t": tv[0], "v": tv[1]} for k, tv in series.items()]
             await self.publisher.send(json.dumps({"type": "data", "batches": batches}, separators=(",", ":")))
 
-    async def produce_step(self, rate: float, metrics: int, duration: float, publish_ms: list[float]) -> tuple[int, float]:
+    async def produce_step(
+        self, rate: float, metrics: int, duration: float, publish_ms: list[float]
+    ) -> tuple[int, float]:
         """Run one step's producer: here over HTTP/WebSocket, or in the action-mode producer process."""
         if self.producer is None:
             return await produce(self, rate, metrics, duration, publish_ms)
@@ -273,7 +287,9 @@ class ViewerStats:
 async def run_viewer(spec: dict[str, Any], stats: ViewerStats, ready: asyncio.Queue) -> None:
     for attempt in range(5):  # a burst of handshakes can overflow a listen backlog
         try:
-            ws = await websockets.connect(spec["url"], additional_headers=spec["headers"], open_timeout=60, max_size=2**24)
+            ws = await websockets.connect(
+                spec["url"], additional_headers=spec["headers"], open_timeout=60, max_size=2**24
+            )
             break
         except (OSError, EOFError, websockets.InvalidHandshake, TimeoutError):
             if attempt == 4:
@@ -302,7 +318,9 @@ async def run_viewer(spec: dict[str, Any], stats: ViewerStats, ready: asyncio.Qu
                 key = batch["k"]
                 previous = last.get(key, 0)
                 if spec["ack"]:  # Pulseboard promises order and no duplicates per key: check it
-                    fresh = [x for x in t if x > previous and x >= stats.lo] if t[0] <= previous or t[0] < stats.lo else t
+                    fresh = (
+                        [x for x in t if x > previous and x >= stats.lo] if t[0] <= previous or t[0] < stats.lo else t
+                    )
                     stats.duplicates += sum(1 for x in t if x <= previous)
                 else:  # the others promise nothing; concurrent publishes may reorder (not a loss)
                     fresh = [x for x in t if x >= stats.lo] if t[0] < stats.lo else t
@@ -313,7 +331,7 @@ async def run_viewer(spec: dict[str, Any], stats: ViewerStats, ready: asyncio.Qu
                         stats.latency((received_at - fresh[0]) / 1000)
             if spec["ack"] and frames - acked >= ACK_EVERY:
                 acked = frames
-                await ws.send('{"type":"ack","frame":%d}' % frames)
+                await ws.send(f'{{"type":"ack","frame":{frames}}}')
     except websockets.ConnectionClosed as closed:
         code = closed.rcvd.code if closed.rcvd else 1006
         stats.closed[code] = stats.closed.get(code, 0) + 1
@@ -455,8 +473,18 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+async def frame_counters(system: System) -> tuple[float, float]:
+    """Return Pulseboard's (frames sent, frames encoded) counters from /metrics (the bench user is staff)."""
+    if system.name != "pulseboard":
+        return 0.0, 0.0
+    response = await system.http.get("/metrics", headers={"Cookie": system.cookies})
+    values = dict(line.split(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#"))
+    return float(values.get("pulseboard_frames_sent_total", 0)), float(values.get("pulseboard_frames_encoded_total", 0))
+
+
 async def measure_step(system: System, client: LoadClient, viewers: int, metrics: int, rate: float) -> dict[str, Any]:
     server = psutil.Process(system.process.pid)
+    sent_before, encoded_before = await frame_counters(system)
     lo = now_us()
     client.ask("measure", lo)
     cpu_before = sum(server.cpu_times()[:2])
@@ -477,6 +505,8 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         await asyncio.sleep(0.5)
         peak_rss = max(peak_rss, server.memory_info().rss)
         report = await asyncio.to_thread(client.report)
+    sent_after, encoded_after = await frame_counters(system)
+    frames = sent_after - sent_before
     lat = report["latencies_ms"]
     delivered_s = report["received"] / elapsed
     loss = max(0, expected - report["received"])
@@ -498,6 +528,8 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         "server_cpu_pct": round(100 * cpu),
         "server_rss_mb": round(peak_rss / 1e6, 1),
         "alive": report["alive"],
+        "frames_sent": int(frames),
+        "frames_shared_pct": round(100 * (1 - (encoded_after - encoded_before) / frames), 1) if frames else None,
         "closed": report["closed"],
     }
 
@@ -586,8 +618,11 @@ async def main() -> None:
             rows += await run_system(system, viewers, args.metrics, rates, stop, mode)
         return rows
 
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: {psutil.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.1f} GiB, Python {platform.python_version()}, load {os.getloadavg()}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: {psutil.cpu_count()} CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.1f} GiB, Python {platform.python_version()}, load {os.getloadavg()}",
+        flush=True,
+    )
     sections: list[tuple[str, list[dict]]] = []
     scenarios = args.scenarios.split(",")
     if "latency" in scenarios:
@@ -604,7 +639,9 @@ async def main() -> None:
         rates = [float(x) for x in args.ceiling_rates.split(",")]
         for s in [s for s in systems if s != "naive"]:
             rows += await each(s, args.ceiling_viewers, rates, True)
-        sections.append((f"Ceiling: {args.ceiling_viewers} viewers, R stepped up until p99 > {P99_LIMIT_MS:g} ms or loss", rows))
+        sections.append(
+            (f"Ceiling: {args.ceiling_viewers} viewers, R stepped up until p99 > {P99_LIMIT_MS:g} ms or loss", rows)
+        )
         best = {
             s: max((r["rate"] for r in rows if r["system"] == s and sustainable(r)), default=0.0)
             for s in {r["system"] for r in rows}
@@ -628,8 +665,10 @@ async def main() -> None:
                 for other in ("raw", "naive"):
                     o = by.get((other, n, rate))
                     if o and o["server_cpu_pct"]:
-                        print(f"{title} N={n} R={rate:g}: {s} / {other} delivered {r['delivered_per_s'] / max(1, o['delivered_per_s']):.2f}x, "
-                              f"CPU {r['server_cpu_pct'] / max(1, o['server_cpu_pct']):.2f}x, p99 {r['p99_ms']} vs {o['p99_ms']} ms")
+                        print(
+                            f"{title} N={n} R={rate:g}: {s} / {other} delivered {r['delivered_per_s'] / max(1, o['delivered_per_s']):.2f}x, "
+                            f"CPU {r['server_cpu_pct'] / max(1, o['server_cpu_pct']):.2f}x, p99 {r['p99_ms']} vs {o['p99_ms']} ms"
+                        )
 
 
 if __name__ == "__main__":
