@@ -15,11 +15,15 @@ flat data still shows as a bucket's max; avg is sum / count, and open/close
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
 from django.db import connection, transaction
+from django.http import QueryDict
 
 from dashboard.exceptions import BadRequest
 from dashboard.models import Metric
@@ -206,8 +210,8 @@ def load(metrics: list[Metric], from_us: int, to_us: int, points: int, *, now: i
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             # A month of minute rollups is costed above jit_above_cost, and
-            # compiling it takes longer than running it; and its sort (43,200
-            # rows with their open/close arrays) should stay in memory.
+            # compiling it takes longer than running it; and aggregating its
+            # 43,200 rows should never spill to disk.
             cursor.execute(f"SET LOCAL jit = off; SET LOCAL work_mem = '{QUERY_WORK_MEM}'")
         for metric in metrics:
             out = Series(metric.key, metric.unit)
@@ -225,7 +229,7 @@ def load(metrics: list[Metric], from_us: int, to_us: int, points: int, *, now: i
     return history
 
 
-def csv_lines(history: History):
+def csv_lines(history: History) -> Iterator[str]:
     """Yield the CSV rendering of a history, one line per bucket: key,time_iso,min,max,avg,count."""
     yield "key,time_iso,min,max,avg,count\n"
     for s in history.series:
@@ -234,7 +238,7 @@ def csv_lines(history: History):
             yield f"{s.key},{time_iso.replace('+00:00', 'Z')},{s.min[i]!r},{s.max[i]!r},{s.avg[i]!r},{s.count[i]}\n"
 
 
-def load_for_user(user, params) -> History:
+def load_for_user(user: AbstractBaseUser | AnonymousUser, params: QueryDict) -> History:
     """Return the history a series request asks for, reading only metrics the user may see.
 
     `params` is the request's query dict: metric (repeatable), from, to, points.
