@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from django.conf import settings
 from django.db import connection, transaction
 
 from dashboard.timeutil import US, now_us
@@ -87,8 +88,6 @@ def ensure_partitions(start_us: int | None = None, end_us: int | None = None) ->
     """
     if not is_partitioned():
         return []
-    from django.conf import settings
-
     now = now_us()
     if start_us is None:
         start_us = now - settings.PULSEBOARD["MAX_AGE_S"] * US

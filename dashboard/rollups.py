@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from django.db.backends.utils import CursorWrapper
+
 from dashboard.models import HourRollup, MinuteRollup, Rollup
 from dashboard.timeutil import US
 
@@ -71,7 +73,7 @@ def _upsert_sql(table: str, vendor: str, n_rows: int) -> str:
     )
 
 
-def merge(cursor, vendor: str, table: str, buckets: dict[tuple[int, int], Bucket]) -> None:
+def merge(cursor: CursorWrapper, vendor: str, table: str, buckets: dict[tuple[int, int], Bucket]) -> None:
     """Merge pre-aggregated buckets into a rollup table."""
     # Sorted so that concurrent writers lock bucket rows in the same order (no deadlocks).
     items = sorted(buckets.items())
@@ -83,7 +85,7 @@ def merge(cursor, vendor: str, table: str, buckets: dict[tuple[int, int], Bucket
         cursor.execute(_upsert_sql(table, vendor, len(chunk)), params)
 
 
-def apply(cursor, vendor: str, rows: list[tuple[int, int, float]]) -> None:
+def apply(cursor: CursorWrapper, vendor: str, rows: list[tuple[int, int, float]]) -> None:
     """Fold newly inserted (metric id, ts, value) rows into every rollup tier."""
     if not rows:
         return

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
 from dashboard import rollups
@@ -144,7 +145,9 @@ def store(readings: list[Reading]) -> StoredBatch:
     return batch
 
 
-def _insert_by_values(cursor, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]) -> set[tuple[int, int]]:
+def _insert_by_values(
+    cursor: CursorWrapper, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]
+) -> set[tuple[int, int]]:
     """Insert rows with multi-row VALUES statements and return the (metric id, ts) keys that were new."""
     new: set[tuple[int, int]] = set()
     for start in range(0, len(items), INSERT_CHUNK):
@@ -162,7 +165,9 @@ def _insert_by_values(cursor, items: list[tuple[tuple[int, int], tuple[MetricRef
     return new
 
 
-def _insert_by_copy(cursor, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]) -> set[tuple[int, int]]:
+def _insert_by_copy(
+    cursor: CursorWrapper, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]
+) -> set[tuple[int, int]]:
     """COPY rows into the staging table, move the new ones into dashboard_sample and return their keys."""
     cursor.execute(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} "
