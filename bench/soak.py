@@ -222,7 +222,9 @@ async def soak(args: argparse.Namespace) -> int:
 
         started = time.monotonic()
         for i in range(args.viewers):
-            viewer = Viewer(workers[i % len(workers)].ws_url, session, keys, 0, args.max_rate)
+            # Viewer i watches keys i, i+1, ... (--keys-per-viewer of them): every key has as many watchers.
+            watched = [keys[(i + j) % len(keys)] for j in range(min(args.keys_per_viewer, len(keys)))]
+            viewer = Viewer(workers[i % len(workers)].ws_url, session, watched, 0, args.max_rate)
             viewers.append(viewer)
             tasks.append(asyncio.ensure_future(viewer.run()))
             if i % args.ramp == args.ramp - 1:
@@ -236,6 +238,7 @@ async def soak(args: argparse.Namespace) -> int:
         print(f"soak: {len(viewers)} viewers connected in {time.monotonic() - started:.1f} s")
 
         ramp_errors = [e for v in viewers for e in v.errors]
+        log_offsets = [len(w.log_path.read_text().splitlines()) for w in workers]
         for v in viewers:
             v.errors.clear()
         run_started = time.monotonic()
@@ -264,7 +267,7 @@ async def soak(args: argparse.Namespace) -> int:
 
         settle = time.monotonic() + 120
         while time.monotonic() < settle:
-            if all(v.count.get(k, 0) >= expected(v, k)[0] for v in viewers for k in keys):
+            if all(v.count.get(k, 0) >= expected(v, k)[0] for v in viewers for k in v.keys):
                 break
             await asyncio.sleep(1)
         await asyncio.sleep(2)  # late duplicates would show now
@@ -278,11 +281,11 @@ async def soak(args: argparse.Namespace) -> int:
         produced = {k: a.produced() for k, a in zip(keys, agents, strict=True)}
         stored_loss = sum(len(set(produced[k]) - set(stored[k])) for k in keys)
         stored_dups = sum(len(stored[k]) - len(set(stored[k])) for k in keys)
-        viewer_loss = sum(max(0, expected(v, k)[0] - v.count.get(k, 0)) for v in viewers for k in keys)
+        viewer_loss = sum(max(0, expected(v, k)[0] - v.count.get(k, 0)) for v in viewers for k in v.keys)
         viewer_mismatch = sum(
             1
             for v in viewers
-            for k in keys
+            for k in v.keys
             if (v.count.get(k, 0), round(v.total.get(k, 0.0), 3)) != (expected(v, k)[0], round(expected(v, k)[1], 3))
         )
         viewer_dups = sum(v.duplicates for v in viewers)
@@ -292,12 +295,13 @@ async def soak(args: argparse.Namespace) -> int:
         for agent in agents:
             found = re.findall(r"'send_errors': (\d+)", agent.log_path.read_text())
             agent_errors += int(found[-1]) if found else 0
-        worker_errors = sum(
-            1
-            for w in workers
-            for line in w.log_path.read_text().splitlines()
-            if " ERROR " in line or "Traceback" in line
-        )
+
+        def error_lines(lines: list[str]) -> int:
+            return sum(1 for line in lines if " ERROR " in line or "Traceback" in line)
+
+        worker_lines = [w.log_path.read_text().splitlines() for w in workers]
+        ramp_worker_errors = sum(error_lines(lines[:n]) for lines, n in zip(worker_lines, log_offsets, strict=True))
+        worker_errors = sum(error_lines(lines[n:]) for lines, n in zip(worker_lines, log_offsets, strict=True))
         after_warmup = [s for s in samples if s[0] >= warmup_s] or samples[-1:]
         base_rss = sum(after_warmup[0][1])
         end_rss = sum(samples[-1][1])
@@ -323,7 +327,8 @@ async def soak(args: argparse.Namespace) -> int:
         )
         print()
         print(
-            f"| soak ({args.duration} s, {args.viewers} viewers, {args.agents} agents, {args.workers} workers, "
+            f"| soak ({args.duration:.0f} s, {args.viewers} viewers x {args.keys_per_viewer} key(s) at <= {args.max_rate:g} "
+            f"frames/s, {args.agents} agents every {args.agent_interval:g} s, {args.workers} workers, "
             f"{'SQLite' if args.sqlite else 'PostgreSQL'} + Redis) | value |"
         )
         print("| --- | --- |")
@@ -336,7 +341,10 @@ async def soak(args: argparse.Namespace) -> int:
                 "viewers: loss / duplicates / count-or-sum mismatches",
                 f"{viewer_loss} / {viewer_dups} / {viewer_mismatch}",
             ),
-            ("handshakes refused while the viewers ramped up (retried with backoff)", len(ramp_errors)),
+            (
+                "while the viewers ramped up: handshakes refused (retried) / worker ERROR lines",
+                f"{len(ramp_errors)} / {ramp_worker_errors}",
+            ),
             ("viewer errors / reconnects after all were connected", f"{len(errors)} / {reconnects}"),
             ("agent send errors / worker ERROR lines", f"{agent_errors} / {worker_errors}"),
             ("delivery latency p50 / p99 (ms, live frames)", f"{p50:.0f} / {p99:.0f}"),
@@ -372,6 +380,7 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--keys-per-viewer", type=int, default=1, help="agents' counters each viewer subscribes to")
     parser.add_argument("--agent-interval", type=float, default=0.2, help="seconds between an agent's batches of 5")
     parser.add_argument("--max-rate", type=float, default=1.0, help="frames per second each viewer asks for")
     parser.add_argument(
