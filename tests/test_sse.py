@@ -140,3 +140,21 @@ async def test_a_malformed_since_is_a_bad_request(live) -> None:
         response = await client.get("/api/v1/stream?metrics=x&since=nonsense", headers={"Cookie": cookies})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_request"
+
+
+async def test_a_stream_the_browser_closed_releases_its_connection_on_the_server(live) -> None:
+    server, cookies, secret = live
+    key = "sse.closed.temp"
+    await post_samples(server, secret, "sse.closed", [("temp", now_us() - 1_000_000, 1.0)])
+    await read_sse(server, cookies, f"metrics={key}&history_s=60", key, 1)  # reads one sample, then hangs up
+
+    async def open_connections() -> float:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            text = (await client.get("/metrics", headers={"Cookie": cookies})).text
+        return float(next(line.split()[1] for line in text.splitlines() if line.startswith("pulseboard_connections ")))
+
+    for _ in range(50):
+        if await open_connections() == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert await open_connections() == 0
