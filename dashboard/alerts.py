@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import weakref
 from dataclasses import dataclass
@@ -489,12 +490,29 @@ def _send_email(delivery: NotificationDelivery, payload: dict) -> None:
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
 
 
-def _client() -> httpx.AsyncClient:
-    """Return the event loop's webhook client: one connection pool, created once (TLS set-up is slow)."""
+def _prepare_tls() -> ssl.SSLContext:
+    """Load the CA certificates and the modules httpx imports on its first request (slow: keep off the loop)."""
+    import anyio._backends._asyncio  # noqa: F401
+    import anyio.streams.tls  # noqa: F401
+
+    return ssl.create_default_context()
+
+
+async def _client() -> httpx.AsyncClient:
+    """Return the event loop's webhook client: one connection pool, created once.
+
+    Loading the CA certificates takes a few hundred milliseconds of CPU; it runs
+    on a thread so it never stalls the loop that serves ingest and live sockets.
+    """
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = _clients[loop] = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, headers={"User-Agent": "Pulseboard"})
+        context = await loop.run_in_executor(None, _prepare_tls)
+        client = _clients.get(loop)  # another notification may have made it meanwhile
+        if client is None:
+            client = _clients[loop] = httpx.AsyncClient(
+                timeout=WEBHOOK_TIMEOUT_S, headers={"User-Agent": "Pulseboard"}, verify=context
+            )
     return client
 
 
@@ -541,7 +559,7 @@ async def deliver(delivery: NotificationDelivery | int) -> None:
         final = attempt == attempts - 1
         try:
             if delivery.channel == "webhook":
-                response = await _client().post(delivery.target, json=payload)
+                response = await (await _client()).post(delivery.target, json=payload)
                 if response.status_code >= 300:
                     raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
             else:
