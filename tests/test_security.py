@@ -206,7 +206,8 @@ async def test_a_burst_over_the_message_rate_gets_rate_limited_then_closed_with_
             frame = json.loads(output["text"])
             codes.append(frame.get("code") or frame["type"])
     assert closed == 4029
-    assert codes.count("pong") == live.MESSAGE_BURST
+    # The bucket refills while the burst is processed, so a slow machine answers a few more.
+    assert live.MESSAGE_BURST <= codes.count("pong") < 2 * live.MESSAGE_BURST
     assert codes.count("rate_limited") >= 1
     assert "| 4029 |" in DOCS and "`rate_limited`" in DOCS
 
