@@ -141,6 +141,8 @@ async def _ensure_rules() -> list[CachedRule]:
             _cache.instances.clear()  # a changed rule restarts from what the database says
         _cache.rules = rules
         _cache.loaded_at = time.monotonic()
+        if rules and asyncio.get_running_loop() not in _clients:
+            _spawn(_client())  # ready before the first webhook is due
     return _cache.rules
 
 
