@@ -7,8 +7,10 @@ variable is documented in .env.example and the README.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
+import tempfile
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -120,6 +122,11 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
             },
+            # Tests use a file, not Django's shared-cache memory database: that
+            # one locks whole tables and fails at once ("database table is
+            # locked") when the writer thread and a request thread overlap,
+            # which a file with WAL and a busy timeout never does.
+            "TEST": {"NAME": str(Path(tempfile.gettempdir()) / f"pulseboard-test-{os.getpid()}.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -12,8 +12,11 @@ export REDIS_TEST_URL="${REDIS_TEST_URL:-redis://127.0.0.1:6379/0}"
 export MQTT_TEST_URL="${MQTT_TEST_URL:-mqtt://127.0.0.1:1883}"
 PG_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
+status=0
 echo "== Pass 1: SQLite =="
-env -u DATABASE_URL -u REDIS_URL "$PY" -m pytest "$@"
+env -u DATABASE_URL -u REDIS_URL "$PY" -m pytest "$@" || status=1
 
 echo "== Pass 2: PostgreSQL ($PG_URL) =="
-env -u REDIS_URL DATABASE_URL="$PG_URL" "$PY" -m pytest -m "not sqlite_only and not browser" "$@"
+env -u REDIS_URL DATABASE_URL="$PG_URL" "$PY" -m pytest -m "not sqlite_only and not browser" "$@" || status=1
+
+exit $status
