@@ -214,6 +214,8 @@ async def test_a_thousand_viewers_disconnecting_at_once_leave_no_group_membershi
         sockets += await asyncio.gather(*(viewer() for _ in range(50)))
     assert len(sockets) == 1000
     assert cluster.subscribers(slug) == 1  # one Redis subscription for worker B, not one per socket
+    # No channel per socket either: each worker has its hub channel, plus one channel per group in use.
+    assert len(cluster.redis.pubsub_channels(f"{cluster.prefix}*")) < 20
 
     for socket in sockets:
         socket.transport.abort()  # all at once, without close handshakes
