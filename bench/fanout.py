@@ -601,6 +601,7 @@ async def main() -> None:
     parser.add_argument("--scenarios", default="latency,scale,ceiling")
     parser.add_argument("--systems", default="pulseboard,raw,naive")
     parser.add_argument("--metrics", type=int, default=10, help="K")
+    parser.add_argument("--latency-viewers", type=int, default=100, help="N for the latency scenario")
     parser.add_argument("--scale-rate", type=float, default=200.0, help="R for the scale scenario")
     parser.add_argument("--viewers", default="100,1000,2000", help="N values for the scale scenario")
     parser.add_argument("--ceiling-viewers", type=int, default=1000)
@@ -630,8 +631,8 @@ async def main() -> None:
     sections: list[tuple[str, list[dict]]] = []
     scenarios = args.scenarios.split(",")
     if "latency" in scenarios:
-        rows = [r for s in systems for r in await each(s, 100, [10.0], False)]
-        sections.append(("Latency: 100 viewers, 10 samples/s", rows))
+        rows = [r for s in systems for r in await each(s, args.latency_viewers, [10.0], False)]
+        sections.append((f"Latency: {args.latency_viewers} viewers, 10 samples/s", rows))
     if "scale" in scenarios:
         rows = []
         for n in [int(x) for x in args.viewers.split(",")]:
