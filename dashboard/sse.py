@@ -105,8 +105,10 @@ async def events(user, subscribe: dict[str, Any]) -> AsyncIterator[str]:
     client = LiveClient(user, send, acks=False)
     budget = settings.PULSEBOARD["SSE_RESPONSE_BYTES"]
     yield f"retry: {RETRY_MS}\n\n"
-    await client.start()
+    started = False
     try:
+        await client.start()  # inside the try: a browser gone during start still releases what it took
+        started = True
         await client.handle(json.dumps(subscribe))
         sent = 0
         while sent < budget:
@@ -115,4 +117,7 @@ async def events(user, subscribe: dict[str, Any]) -> AsyncIterator[str]:
             yield chunk
         stats.SSE_RESPONSES_ENDED.inc()
     finally:
-        await client.stop()
+        if started:
+            await client.stop()
+        else:
+            await client.hub.unregister(client.session)
