@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -243,12 +244,26 @@ def run_manage(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+FIXED_SECRET_KEY = "fault-tests-only-" + "k" * 40  # sessions made in a template stay valid in its copies
+_templates: dict[str, tuple[Path, str, str]] = {}  # "sqlite" -> (migrated file, token, session), per test process
+
+
 def prepare_database(env: dict[str, str], workdir: Path) -> tuple[str, str]:
-    """Migrate, then return (agent token secret, session key of a staff viewer)."""
-    run_manage(env, "migrate", "--noinput", "-v", "0")
-    token_path = workdir / "agent-token"
-    run_manage(env, "issuetoken", "fault agent", "--output", str(token_path))
+    """Migrate (SQLite: copy a template migrated once per process), then return (agent token secret, staff session key).
+
+    Sets env["SECRET_KEY"], so call it before starting servers with env.
+    """
+    env["SECRET_KEY"] = FIXED_SECRET_KEY
+    sqlite = "DATABASE_URL" not in env
+    if sqlite and "sqlite" in _templates:
+        template, token, session = _templates["sqlite"]
+        shutil.copyfile(template, env["SQLITE_PATH"])
+        return token, session
     code = (
+        "from django.core.management import call_command\n"
+        "call_command('migrate', interactive=False, verbosity=0)\n"
+        "from dashboard.models import AgentToken\n"
+        "print(AgentToken.issue('fault agent')[1])\n"
         "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY\n"
         "from django.contrib.sessions.backends.db import SessionStore\n"
         "u, _ = get_user_model().objects.get_or_create(username='watcher', defaults={'is_staff': True})\n"
@@ -256,8 +271,12 @@ def prepare_database(env: dict[str, str], workdir: Path) -> tuple[str, str]:
         "s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
         "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create(); print(s.session_key)\n"
     )
-    session = run_manage(env, "shell", "-c", code).strip().splitlines()[-1]
-    return token_path.read_text().strip(), session
+    token, session = run_manage(env, "shell", "-c", code).strip().splitlines()[-2:]
+    if sqlite:
+        template = Path(tempfile.mkdtemp(prefix="pulseboard-template-")) / "template.sqlite3"
+        shutil.copyfile(env["SQLITE_PATH"], template)
+        _templates["sqlite"] = (template, token, session)
+    return token, session
 
 
 class Agent:
