@@ -11,6 +11,7 @@ import pytest
 from tests.servers import ROOT
 
 NODE = shutil.which("node")
+pytestmark = pytest.mark.sqlite_only  # no database: once is enough
 
 
 @pytest.fixture(scope="module")

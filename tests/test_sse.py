@@ -13,7 +13,8 @@ from dashboard.timeutil import now_us
 from tests.servers import Server, project_env, running_server
 from tests.streams import Viewer, cookie_header, create_viewer, issue_token, post_samples, sse_events
 
-pytestmark = pytest.mark.slow
+# The server keeps its own SQLite file: the PostgreSQL pass would only repeat this module.
+pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only]
 
 SSE_BUDGET_BYTES = 8192  # small, so a test sees responses end and the browser-style resume
 

@@ -20,7 +20,8 @@ from dashboard.timeutil import now_us
 from tests.servers import Server, project_env, running_server
 from tests.streams import Viewer, cookie_header, create_viewer, issue_token, post_samples
 
-pytestmark = [pytest.mark.redis, pytest.mark.slow]
+# The workers share their own SQLite file: the PostgreSQL pass would only repeat this module.
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.sqlite_only]
 
 STALL_S = 3  # the workers close a reader whose ack window stays full this long (production: 30)
 QUIET_S = 65  # longer than redis-py's old 5 s read timeout, the 25 s heartbeat and Daphne's 20 s ping, twice
