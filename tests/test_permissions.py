@@ -333,3 +333,27 @@ def test_a_member_sees_the_dashboard_but_edits_only_with_editor_rights(client: C
 
 def test_dashboard_pages_ask_anonymous_users_to_sign_in(client: Client, ops_board) -> None:
     assert client.get("/d/vault/").status_code == 302
+
+
+def test_the_admin_shows_a_new_share_links_url_once_and_stores_only_a_hash(client: Client, django_user_model) -> None:
+    import re
+
+    admin = django_user_model.objects.create_superuser("root", password="root-pass-123")
+    board = Dashboard.objects.create(title="Lobby", slug="lobby")
+    client.force_login(admin)
+    response = client.post(
+        "/admin/dashboard/sharelink/add/", {"dashboard": board.pk, "label": "lobby screen"}, follow=True
+    )
+    assert response.status_code == 200
+    url = re.search(r"<code id='share-link-url'>([^<]+)</code>", response.content.decode()).group(1)
+    secret = url.rstrip("/").rsplit("/", 1)[1]
+    link = ShareLink.objects.get()
+    assert link.label == "lobby screen" and secret not in (link.secret_hash, link.lookup)
+    assert ShareLink.find(secret) == link
+    assert secret not in client.get(f"/admin/dashboard/sharelink/{link.pk}/change/").content.decode()
+    client.post(
+        "/admin/dashboard/sharelink/",
+        {"action": "revoke", "_selected_action": [link.pk]},
+        follow=True,
+    )
+    assert ShareLink.find(secret) is None
