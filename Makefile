@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-8)
 
-.PHONY: run test lint bench static setup clean
+.PHONY: run test lint bench static setup clean fuzz soak
 
 run: setup static  ## Install, migrate, start Daphne and the collectors, print the URL
 	$(PY) manage.py serve
@@ -17,6 +17,12 @@ lint: setup
 
 bench: setup
 	$(PY) bench/ingest.py && $(PY) bench/history.py && $(PY) bench/fanout.py
+
+fuzz: setup  ## The long fuzzing run of the live protocol, 100,000 inputs (docs/security.md); not in CI
+	FUZZ_EXAMPLES=100000 $(PY) -m pytest tests/test_protocol_fuzz.py -k arbitrary -p no:cacheprovider -q -s
+
+soak: setup  ## 1,000 viewers and 4 agents for 10 minutes (bench/README.md, Soak); not in CI
+	$(PY) bench/soak.py --sqlite
 
 setup: $(STAMP)
 
