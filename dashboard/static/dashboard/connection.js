@@ -7,7 +7,7 @@
 
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const STALE_AFTER_MS = 60000; // two missed heartbeats (25 s) and some slack
-const WS_FAILURES_BEFORE_SSE = 3; // sockets that never opened in a row
+const WS_FAILURES_BEFORE_SSE = 3; // sockets in a row that closed before the server's hello
 const WS_PROBE_MS = 60000; // how often to try WebSocket again while on SSE
 const BACKFILL_SHOWN_MS = 10000; // how long "back-filled N samples" stays in the status
 
@@ -40,17 +40,20 @@ export class LiveConnection extends EventTarget {
     if (this.transport === "sse") return this.openSse();
     this.setState(this.attempt ? "reconnecting" : "connecting");
     const ws = new WebSocket(this.url);
-    let opened = false;
+    let greeted = false; // some proxies accept the upgrade and then drop it: only a hello counts
     this.ws = ws;
     this.framesReceived = 0;
-    ws.onopen = () => { opened = true; this.attempt = 0; this.wsFailures = 0; };
-    ws.onmessage = (msg) => this.dispatch(JSON.parse(msg.data));
+    ws.onmessage = (msg) => {
+      const event = JSON.parse(msg.data);
+      if (event.type === "hello" && !greeted) { greeted = true; this.attempt = 0; this.wsFailures = 0; }
+      this.dispatch(event);
+    };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
       if (ev.code === 4001) { this.setState("signed-out"); window.location.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname); return; }
       if (ev.code === 4003 || ev.code === 4009) { this.setState("refused"); return; }
-      if (!opened) this.wsFailures += 1;
+      if (!greeted) this.wsFailures += 1;
       this.lostConnection();
       if (this.sseUrl && this.wsFailures >= WS_FAILURES_BEFORE_SSE) {
         this.transport = "sse";
