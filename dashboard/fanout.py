@@ -57,11 +57,11 @@ class Fragment:
     json: str
     ts: list[int]
     values: list[float]
-    frames: dict[tuple[str, ...], str] | None = None
+    frames: dict[frozenset[str], str] | None = None
 
 
 def encode_fragment(
-    key: str, ts: list[int], values: list[float], frames: dict[tuple[str, ...], str] | None = None
+    key: str, ts: list[int], values: list[float], frames: dict[frozenset[str], str] | None = None
 ) -> Fragment:
     """Return the encoded fragment of one metric's samples."""
     text = json.dumps({"k": key, "t": ts, "v": values}, separators=(",", ":"))
@@ -78,7 +78,7 @@ def shared_frame(fragments: list[Fragment]) -> str:
     """Return the live frame for these fragments, built once per hub message when they all come from one."""
     frames = fragments[0].frames
     if frames is not None and all(f.frames is frames for f in fragments):
-        key = tuple(f.key for f in fragments)
+        key = frozenset(f.key for f in fragments)  # sessions may buffer the same fragments in another order
         frame = frames.get(key)
         if frame is None:
             frame = frames[key] = data_frame([f.json for f in fragments])
@@ -536,7 +536,7 @@ class Hub:
         if not members:
             return
         fragments: dict[str, Fragment] = {}
-        frames: dict[tuple[str, ...], str] = {}  # frames built from this message, shared by sessions
+        frames: dict[frozenset[str], str] = {}  # frames built from this message, shared by sessions
         for session in members:
             for key in session.sources.get(event.source, ()):
                 series = event.series.get(key)
