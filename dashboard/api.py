@@ -208,19 +208,23 @@ async def write_line_protocol(request: HttpRequest) -> HttpResponse:
 @require_GET
 async def series(request: HttpRequest) -> HttpResponse:
     """GET /api/v1/series: chart history of readable metrics, at most `points` buckets each (docs/history.md)."""
-    # Imported here to keep this endpoint's additions in one place.
+    user = await request.auser()
+    if not user.is_authenticated:
+        return error_response(NotAuthenticated("sign in at /accounts/login/ first"))
+    return await series_response(user, request)
+
+
+async def series_response(reader, request: HttpRequest) -> HttpResponse:
+    """Answer a series request as JSON or streamed CSV for a reader (a user or a share-link principal)."""
     from django.http import StreamingHttpResponse
 
     from dashboard import history
 
-    user = await request.auser()
-    if not user.is_authenticated:
-        return error_response(NotAuthenticated("sign in at /accounts/login/ first"))
     output = request.GET.get("format", "json")
     try:
         if output not in ("json", "csv"):
             raise BadRequest("format must be 'json' or 'csv'", field="format")
-        result = await sync_to_async(history.load_for_user)(user, request.GET)
+        result = await sync_to_async(history.load_for_user)(reader, request.GET)
     except PulseboardError as exc:
         return error_response(exc)
     if output == "json":

@@ -197,6 +197,24 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def new_secret(prefix: str) -> tuple[str, str, str]:
+    """Return (lookup, secret, hash): the lookup finds the row, only the hash is stored, the secret is shown once."""
+    lookup = secrets.token_hex(6)
+    secret = f"{prefix}{lookup}_{secrets.token_urlsafe(32)}"
+    return lookup, secret, _hash_secret(secret)
+
+
+def find_by_secret(queryset: models.QuerySet, prefix: str, secret: str):
+    """Return the row of the queryset whose lookup and hash match a presented secret, or None."""
+    if not secret.startswith(prefix):
+        return None
+    lookup = secret[len(prefix) :].split("_", 1)[0]
+    row = queryset.filter(lookup=lookup).first()
+    if row is None or not secrets.compare_digest(row.secret_hash, _hash_secret(secret)):
+        return None
+    return row
+
+
 class AgentToken(models.Model):
     """A credential for a collector agent or device; only a hash of the secret is stored."""
 
@@ -224,12 +242,11 @@ class AgentToken(models.Model):
     @classmethod
     def issue(cls, name: str, source_patterns: str = "*", created_by=None) -> tuple[AgentToken, str]:
         """Create a token and return it with its secret, which is never shown again."""
-        lookup = secrets.token_hex(6)
-        secret = f"{cls.PREFIX}{lookup}_{secrets.token_urlsafe(32)}"
+        lookup, secret, secret_hash = new_secret(cls.PREFIX)
         token = cls.objects.create(
             name=name,
             lookup=lookup,
-            secret_hash=_hash_secret(secret),
+            secret_hash=secret_hash,
             source_patterns=source_patterns,
             created_by=created_by,
         )
@@ -237,14 +254,8 @@ class AgentToken(models.Model):
 
     @classmethod
     def find(cls, secret: str) -> AgentToken | None:
-        """Return the live token for a presented secret, or None."""
-        if not secret.startswith(cls.PREFIX):
-            return None
-        lookup = secret[len(cls.PREFIX) :].split("_", 1)[0]
-        token = cls.objects.filter(lookup=lookup).first()
-        if token is None or not secrets.compare_digest(token.secret_hash, _hash_secret(secret)):
-            return None
-        return token
+        """Return the token for a presented secret (revoked ones too: callers say why they refuse), or None."""
+        return find_by_secret(cls.objects.all(), cls.PREFIX, secret)
 
     @property
     def is_revoked(self) -> bool:
@@ -331,21 +342,14 @@ class ShareLink(models.Model):
     @classmethod
     def issue(cls, dashboard: Dashboard, label: str = "") -> tuple[ShareLink, str]:
         """Create a link and return it with its secret, which is never shown again."""
-        lookup = secrets.token_hex(6)
-        secret = f"{cls.PREFIX}{lookup}_{secrets.token_urlsafe(32)}"
-        link = cls.objects.create(dashboard=dashboard, label=label, lookup=lookup, secret_hash=_hash_secret(secret))
+        lookup, secret, secret_hash = new_secret(cls.PREFIX)
+        link = cls.objects.create(dashboard=dashboard, label=label, lookup=lookup, secret_hash=secret_hash)
         return link, secret
 
     @classmethod
     def find(cls, secret: str) -> ShareLink | None:
         """Return the live (not revoked) link for a presented secret, or None."""
-        if not secret.startswith(cls.PREFIX):
-            return None
-        lookup = secret[len(cls.PREFIX) :].split("_", 1)[0]
-        link = cls.objects.filter(lookup=lookup, revoked_at=None).select_related("dashboard").first()
-        if link is None or not secrets.compare_digest(link.secret_hash, _hash_secret(secret)):
-            return None
-        return link
+        return find_by_secret(cls.objects.filter(revoked_at=None).select_related("dashboard"), cls.PREFIX, secret)
 
     @property
     def is_revoked(self) -> bool:

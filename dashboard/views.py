@@ -163,27 +163,11 @@ def share_page(request: HttpRequest, secret: str) -> HttpResponse:
 async def share_series(request: HttpRequest, secret: str) -> HttpResponse:
     """GET /share/<secret>/series: /api/v1/series limited to the shared dashboard's panel metrics (JSON or CSV)."""
     from asgiref.sync import sync_to_async
-    from django.http import StreamingHttpResponse
 
-    from dashboard import history
-    from dashboard.api import error_response
-    from dashboard.exceptions import BadRequest, NotAuthenticated, PulseboardError
+    from dashboard.api import error_response, series_response
+    from dashboard.exceptions import NotAuthenticated
 
     link = await sync_to_async(ShareLink.find)(secret)
     if link is None:
         return error_response(NotAuthenticated("this share link is unknown or was revoked"))
-    output = request.GET.get("format", "json")
-    try:
-        if output not in ("json", "csv"):
-            raise BadRequest("format must be 'json' or 'csv'", field="format")
-        result = await sync_to_async(history.load_for_user)(link.principal(), request.GET)
-    except PulseboardError as exc:
-        return error_response(exc)
-    if output == "json":
-        return JsonResponse(result.as_dict())
-
-    async def lines():
-        for line in history.csv_lines(result):
-            yield line
-
-    return StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    return await series_response(link.principal(), request)
