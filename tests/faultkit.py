@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from tests.servers import free_port
+from tests.servers import manage as run_manage
 
 
 def wait_port(port: int, up: bool = True, timeout_s: float = 10.0) -> None:
@@ -233,15 +234,6 @@ class Worker:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-def run_manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return done.stdout
 
 
 FIXED_SECRET_KEY = "fault-tests-only-" + "k" * 40  # sessions made in a template stay valid in its copies

@@ -21,14 +21,10 @@ from urllib.parse import urlparse
 
 import websockets
 
+from tests.servers import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
