@@ -20,7 +20,14 @@ class SystemCollector(Collector):
     kind = "system"
     default_interval_s = 1.0
 
-    def __init__(self, name: str | None = None, interval_s: float | None = None, host: str | None = None, disk_path: str = "/", **options) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        interval_s: float | None = None,
+        host: str | None = None,
+        disk_path: str = "/",
+        **options,
+    ) -> None:
         super().__init__(name, interval_s, **options)
         self.source = "host." + slugify_key(host or socket.gethostname())
         self.disk_path = disk_path

@@ -101,9 +101,36 @@ admin.site.register(HourRollup, RollupAdmin)
 
 @admin.register(AgentToken)
 class AgentTokenAdmin(admin.ModelAdmin):
-    list_display = ["name", "lookup", "source_patterns", "created", "last_used", "revoked", "samples_accepted", "samples_rejected"]
-    readonly_fields = ["lookup", "created", "created_by", "last_used", "revoked_at", "samples_accepted", "samples_rejected"]
-    fields = ["name", "source_patterns", "lookup", "created", "created_by", "last_used", "revoked_at", "samples_accepted", "samples_rejected"]
+    list_display = [
+        "name",
+        "lookup",
+        "source_patterns",
+        "created",
+        "last_used",
+        "revoked",
+        "samples_accepted",
+        "samples_rejected",
+    ]
+    readonly_fields = [
+        "lookup",
+        "created",
+        "created_by",
+        "last_used",
+        "revoked_at",
+        "samples_accepted",
+        "samples_rejected",
+    ]
+    fields = [
+        "name",
+        "source_patterns",
+        "lookup",
+        "created",
+        "created_by",
+        "last_used",
+        "revoked_at",
+        "samples_accepted",
+        "samples_rejected",
+    ]
     actions = ["revoke"]
     search_fields = ["name", "lookup"]
 

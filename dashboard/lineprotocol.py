@@ -36,9 +36,7 @@ PRECISION_TO_US = {
 }  # (multiply, divide)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT64_MAX = 2**64 - 1
-MAX_LINE_CHARS = (
-    64 * 1024
-)  # InfluxDB's default limit is larger, but no sane line comes close
+MAX_LINE_CHARS = 64 * 1024  # InfluxDB's default limit is larger, but no sane line comes close
 
 _FLOAT_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 # Digit counts are capped so int() never meets Python's 4,300-digit conversion limit.
@@ -100,11 +98,7 @@ class _Scanner:
         line = self.line
         while self.pos < len(line):
             char = line[self.pos]
-            if (
-                char == "\\"
-                and self.pos + 1 < len(line)
-                and line[self.pos + 1] in escapable
-            ):
+            if char == "\\" and self.pos + 1 < len(line) and line[self.pos + 1] in escapable:
                 out.append(line[self.pos + 1])
                 self.pos += 2
                 continue
@@ -114,9 +108,7 @@ class _Scanner:
             self.pos += 1
         text = "".join(out)
         if not text:
-            raise LineSyntaxError(
-                f"{what} is empty at column {self.pos + 1}", field=None
-            )
+            raise LineSyntaxError(f"{what} is empty at column {self.pos + 1}", field=None)
         return text
 
     def take_string(self) -> str:
@@ -126,11 +118,7 @@ class _Scanner:
         line = self.line
         while self.pos < len(line):
             char = line[self.pos]
-            if (
-                char == "\\"
-                and self.pos + 1 < len(line)
-                and line[self.pos + 1] in '"\\'
-            ):
+            if char == "\\" and self.pos + 1 < len(line) and line[self.pos + 1] in '"\\':
                 out.append(line[self.pos + 1])
                 self.pos += 2
                 continue
@@ -144,9 +132,7 @@ class _Scanner:
     def expect(self, char: str, what: str) -> None:
         if self.peek() != char:
             found = repr(self.peek()) if self.peek() else "the end of the line"
-            raise LineSyntaxError(
-                f"expected {what} at column {self.pos + 1}, found {found}", field=None
-            )
+            raise LineSyntaxError(f"expected {what} at column {self.pos + 1}, found {found}", field=None)
         self.pos += 1
 
 
@@ -178,11 +164,7 @@ def split_line(line: str) -> tuple[str, dict[str, str], list[_Field], str | None
         if scan.peek() == '"':
             fields.append(_Field(key, scan.take_string(), True))
         else:
-            fields.append(
-                _Field(
-                    key, scan.take_until(", ", "", f"the value of field {key!r}"), False
-                )
-            )
+            fields.append(_Field(key, scan.take_until(", ", "", f"the value of field {key!r}"), False))
         if scan.peek() == ",":
             scan.pos += 1
             continue
@@ -193,9 +175,7 @@ def split_line(line: str) -> tuple[str, dict[str, str], list[_Field], str | None
         rest = scan.line[scan.pos :].strip(" ")
         if rest:
             if " " in rest:
-                raise LineSyntaxError(
-                    f"unexpected text after the timestamp: {rest[:40]!r}", field=None
-                )
+                raise LineSyntaxError(f"unexpected text after the timestamp: {rest[:40]!r}", field=None)
             timestamp = rest
     return measurement, tags, fields, timestamp
 
@@ -215,9 +195,7 @@ def field_number(item: _Field) -> float:
         )
     if raw.endswith("i"):
         if not _INT_RE.match(raw[:-1]):
-            raise InvalidReading(
-                f"field {item.key!r}: {raw[:40]!r} is not an integer", field=item.key
-            )
+            raise InvalidReading(f"field {item.key!r}: {raw[:40]!r} is not an integer", field=item.key)
         number = int(raw[:-1])
         if not INT64_MIN <= number <= INT64_MAX:
             raise InvalidReading(
@@ -239,20 +217,14 @@ def field_number(item: _Field) -> float:
             )
         return float(number)
     if not _FLOAT_RE.match(raw):
-        raise InvalidReading(
-            f"field {item.key!r}: {raw[:40]!r} is not a number", field=item.key
-        )
+        raise InvalidReading(f"field {item.key!r}: {raw[:40]!r} is not a number", field=item.key)
     try:
         return check_value(float(raw))
     except InvalidReading as exc:
-        raise InvalidReading(
-            f"field {item.key!r}: {exc.message}", field=item.key
-        ) from None
+        raise InvalidReading(f"field {item.key!r}: {exc.message}", field=item.key) from None
 
 
-def name_reading(
-    measurement: str, tags: dict[str, str], field_key: str
-) -> tuple[str, str]:
+def name_reading(measurement: str, tags: dict[str, str], field_key: str) -> tuple[str, str]:
     """Return (source slug, metric name) for one field by the naming rule in the module docstring."""
     source_tag = next((t for t in SOURCE_TAGS if t in tags), None)
     parts: list[str] = []
@@ -295,9 +267,7 @@ def parse_line(line: str, precision: str, now: int) -> list[Reading | Rejection]
 def parse_body(body: bytes, precision: str, now: int) -> ParsedBody:
     """Parse a whole write body; only an unknown precision fails the request as a whole."""
     if precision not in PRECISION_TO_US:
-        raise BadRequest(
-            f"precision must be one of {', '.join(PRECISION_TO_US)}", field="precision"
-        )
+        raise BadRequest(f"precision must be one of {', '.join(PRECISION_TO_US)}", field="precision")
     parsed = ParsedBody()
     for line_no, raw in enumerate(body.split(b"\n"), start=1):
         try:

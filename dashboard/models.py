@@ -310,7 +310,7 @@ class Panel(models.Model):
     dashboard = models.ForeignKey(Dashboard, on_delete=models.CASCADE, related_name="panels")
     title = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TIMESERIES)
-    metrics = models.JSONField(default=list, help_text="Metric keys or globs, e.g. [\"iot.*.temperature\"]")
+    metrics = models.JSONField(default=list, help_text='Metric keys or globs, e.g. ["iot.*.temperature"]')
     options = models.JSONField(default=dict, blank=True, help_text="unit, thresholds, decimals, min, max")
     x = models.PositiveSmallIntegerField(default=0)
     y = models.PositiveSmallIntegerField(default=0)

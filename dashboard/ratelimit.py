@@ -18,9 +18,7 @@ from django.conf import settings
 
 from dashboard.exceptions import RateLimited
 
-MAX_TRACKED_TOKENS = (
-    10_000  # buckets kept in memory; idle full buckets are forgotten first
-)
+MAX_TRACKED_TOKENS = 10_000  # buckets kept in memory; idle full buckets are forgotten first
 
 
 @dataclass(slots=True)

@@ -26,7 +26,9 @@ CONNECTIONS = Gauge("pulseboard_connections", "Open live connections (WebSocket 
 SUBSCRIPTIONS = Gauge("pulseboard_subscriptions", "Metric subscriptions over all live connections")
 FRAMES_SENT = Counter("pulseboard_frames_sent", "Data frames sent to live connections")
 SAMPLES_SENT = Counter("pulseboard_samples_sent", "Samples delivered to live connections")
-SAMPLES_DROPPED = Counter("pulseboard_samples_dropped", "Samples dropped from a slow connection's buffer (then back-filled)")
+SAMPLES_DROPPED = Counter(
+    "pulseboard_samples_dropped", "Samples dropped from a slow connection's buffer (then back-filled)"
+)
 GAPS_DETECTED = Counter("pulseboard_gaps_detected", "Sequence gaps seen on the channel layer (then back-filled)")
 LATENCY_SECONDS = Histogram(
     "pulseboard_delivery_latency_seconds",

@@ -127,7 +127,9 @@ def metrics_allowed(request: HttpRequest) -> bool:
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """GET /metrics: the process's counters (prometheus-client default registry) and the agents' spool gauges."""
     if not metrics_allowed(request):
-        response = HttpResponse("Forbidden: sign in as staff or send 'Authorization: Bearer <METRICS_TOKEN>'.\n", status=403)
+        response = HttpResponse(
+            "Forbidden: sign in as staff or send 'Authorization: Bearer <METRICS_TOKEN>'.\n", status=403
+        )
         response["Content-Type"] = "text/plain; charset=utf-8"
         return response
     body = generate_latest(REGISTRY) + _agent_gauges()
@@ -146,8 +148,7 @@ def share_page(request: HttpRequest, secret: str) -> HttpResponse:
     link = _share_link_or_404(secret)
     dashboard = link.dashboard
     panels = [
-        {"title": p.title, "kind": p.kind, "metrics": p.metrics, "options": p.options}
-        for p in dashboard.panels.all()
+        {"title": p.title, "kind": p.kind, "metrics": p.metrics, "options": p.options} for p in dashboard.panels.all()
     ]
     response = render(
         request,

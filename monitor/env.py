@@ -31,9 +31,7 @@ def env_bool(name: str, default: bool = False) -> bool:
         return True
     if value in FALSE:
         return False
-    raise ImproperlyConfigured(
-        f"{name}={raw!r} is not a boolean. Set it to 1 or 0 (true/false, yes/no, on/off)."
-    )
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean. Set it to 1 or 0 (true/false, yes/no, on/off).")
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -37,12 +37,12 @@ def _secret_key() -> str:
     key = env_str("SECRET_KEY")
     if key:
         if not DEBUG and len(key) < 32:
-            raise ImproperlyConfigured("SECRET_KEY is shorter than 32 characters. Generate one with: openssl rand -hex 32")
+            raise ImproperlyConfigured(
+                "SECRET_KEY is shorter than 32 characters. Generate one with: openssl rand -hex 32"
+            )
         return key
     if not DEBUG:
-        raise ImproperlyConfigured(
-            "SECRET_KEY must be set when DEBUG is off. Generate one with: openssl rand -hex 32"
-        )
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off. Generate one with: openssl rand -hex 32")
     path = VAR_DIR / "secret_key"
     if path.exists():
         return path.read_text().strip()
@@ -61,9 +61,7 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "t
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 for _origin in CSRF_TRUSTED_ORIGINS:
     if "://" not in _origin:
-        raise ImproperlyConfigured(
-            f"CSRF_TRUSTED_ORIGINS entry {_origin!r} needs a scheme, e.g. https://{_origin}"
-        )
+        raise ImproperlyConfigured(f"CSRF_TRUSTED_ORIGINS entry {_origin!r} needs a scheme, e.g. https://{_origin}")
 
 INSTALLED_APPS = [
     "daphne",

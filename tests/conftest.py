@@ -37,7 +37,9 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "postgres" in item.keywords and not on_postgres:
             item.add_marker(
-                pytest.mark.skip(reason="needs PostgreSQL: run with DATABASE_URL=postgres://postgres@127.0.0.1:5432/test")
+                pytest.mark.skip(
+                    reason="needs PostgreSQL: run with DATABASE_URL=postgres://postgres@127.0.0.1:5432/test"
+                )
             )
         if "sqlite_only" in item.keywords and on_postgres:
             item.add_marker(pytest.mark.skip(reason="only meaningful on SQLite"))

@@ -65,7 +65,11 @@ async def test_a_batch_crosses_processes_even_after_a_quiet_spell(redis_url: str
 
 def test_the_settings_use_the_redis_layer_with_no_socket_timeout(redis_url: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import django,os; django.setup(); from django.conf import settings; c=settings.CHANNEL_LAYERS['default']; print(c['BACKEND'], c['CONFIG']['hosts'][0]['socket_timeout'])"],
+        [
+            sys.executable,
+            "-c",
+            "import django,os; django.setup(); from django.conf import settings; c=settings.CHANNEL_LAYERS['default']; print(c['BACKEND'], c['CONFIG']['hosts'][0]['socket_timeout'])",
+        ],
         env={**__import__("os").environ, "REDIS_URL": redis_url, "DJANGO_SETTINGS_MODULE": "monitor.settings"},
         capture_output=True,
         text=True,

@@ -38,7 +38,9 @@ async def test_an_external_client_receives_system_metrics_from_the_agent(tmp_pat
                 deadline = time.monotonic() + 30
                 subscribed_at = None
                 while subscribed_at is None and time.monotonic() < deadline:
-                    await ws.send(json.dumps({"type": "subscribe", "id": 1, "metrics": ["host.*.cpu.total"], "history_s": 0}))
+                    await ws.send(
+                        json.dumps({"type": "subscribe", "id": 1, "metrics": ["host.*.cpu.total"], "history_s": 0})
+                    )
                     while True:
                         frame = json.loads(await ws.recv())
                         if frame["type"] == "subscribed":

@@ -12,7 +12,9 @@ from dashboard.validation import Reading
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def reading(metric: str = "temperature", value: object = 21.5, ts: int | None = None, source: str = "iot.sensor-01") -> Reading:
+def reading(
+    metric: str = "temperature", value: object = 21.5, ts: int | None = None, source: str = "iot.sensor-01"
+) -> Reading:
     return Reading(source, metric, now_us() if ts is None else ts, value, "°C", "gauge", "device")  # type: ignore[arg-type]
 
 

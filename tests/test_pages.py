@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from django.db import connection
 
 from dashboard.admin import CappedCountPaginator
 from dashboard.models import Metric, Sample, Source
@@ -14,7 +14,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def temperature() -> Metric:
     source = Source.objects.create(slug="iot.sensor-01", name="Sensor 1", kind=Source.Kind.DEVICE)
-    return Metric.objects.create(source=source, name="temperature", key="iot.sensor-01.temperature", unit="°C", last_value=21.5)
+    return Metric.objects.create(
+        source=source, name="temperature", key="iot.sensor-01.temperature", unit="°C", last_value=21.5
+    )
 
 
 def test_pages_send_strangers_to_the_login_page(client: Client) -> None:
@@ -54,12 +56,19 @@ def test_the_sample_admin_never_counts_the_whole_table(client: Client, admin_use
     with CaptureQueriesContext(connection) as queries:
         response = client.get("/admin/dashboard/sample/")
     assert response.status_code == 200
-    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper() and "dashboard_sample" in q["sql"]]
+    counts = [
+        q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper() and "dashboard_sample" in q["sql"]
+    ]
     assert counts and all("LIMIT" in sql.upper() for sql in counts), counts
     assert CappedCountPaginator.CAP == 10_000
 
 
 def test_admin_lists_render_for_staff(client: Client, admin_user, temperature: Metric) -> None:
     client.force_login(admin_user)
-    for url in ("/admin/dashboard/source/", "/admin/dashboard/metric/", "/admin/dashboard/agenttoken/", "/admin/dashboard/sample/?q=iot"):
+    for url in (
+        "/admin/dashboard/source/",
+        "/admin/dashboard/metric/",
+        "/admin/dashboard/agenttoken/",
+        "/admin/dashboard/sample/?q=iot",
+    ):
         assert client.get(url).status_code == 200, url

@@ -29,7 +29,13 @@ def test_it_explains_a_port_that_is_not_a_number(monkeypatch) -> None:
 
 def test_it_builds_postgres_settings_from_a_url() -> None:
     db = env.database_from_url("postgres://pb:s%40cret@db.local:6543/pulse")
-    assert (db["NAME"], db["USER"], db["PASSWORD"], db["HOST"], db["PORT"]) == ("pulse", "pb", "s@cret", "db.local", "6543")
+    assert (db["NAME"], db["USER"], db["PASSWORD"], db["HOST"], db["PORT"]) == (
+        "pulse",
+        "pb",
+        "s@cret",
+        "db.local",
+        "6543",
+    )
     with pytest.raises(ImproperlyConfigured, match="names no database"):
         env.database_from_url("postgres://db.local:5432/")
 
@@ -37,7 +43,11 @@ def test_it_builds_postgres_settings_from_a_url() -> None:
 def run_settings(**environ: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG")}
     return subprocess.run(
-        [sys.executable, "-c", "import django; from django.conf import settings; django.setup(); print(settings.DATABASES['default']['ENGINE'])"],
+        [
+            sys.executable,
+            "-c",
+            "import django; from django.conf import settings; django.setup(); print(settings.DATABASES['default']['ENGINE'])",
+        ],
         env={**clean, "DJANGO_SETTINGS_MODULE": "monitor.settings", **environ},
         capture_output=True,
         text=True,

@@ -19,7 +19,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("name", help="a name operators will recognise, e.g. 'agent on web-01'")
-        parser.add_argument("--sources", default="*", help="comma-separated globs of source slugs it may write (default: all)")
+        parser.add_argument(
+            "--sources", default="*", help="comma-separated globs of source slugs it may write (default: all)"
+        )
         parser.add_argument("--output", type=Path, help="write the secret to this file instead of printing it")
 
     def handle(self, *args, name: str, sources: str, output: Path | None, **options) -> None:

@@ -27,7 +27,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-collectors", action="store_true", help="start only the server")
         parser.add_argument("--collectors-config", type=Path, help="TOML for the agent (default: built-in set)")
 
-    def handle(self, *args, host: str, port: int, no_collectors: bool, collectors_config: Path | None, **options) -> None:
+    def handle(
+        self, *args, host: str, port: int, no_collectors: bool, collectors_config: Path | None, **options
+    ) -> None:
         self.stdout.write("Applying migrations...")
         call_command("migrate", interactive=False, verbosity=0)
         call_command("ensureadmin")
@@ -39,9 +41,17 @@ class Command(BaseCommand):
         children: list[subprocess.Popen] = [
             subprocess.Popen(
                 [
-                    sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "--proxy-headers",
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    host,
+                    "-p",
+                    str(port),
+                    "--proxy-headers",
                     # The agent posts every second; per-request access lines would bury real messages.
-                    "--access-log", os.devnull,
+                    "--access-log",
+                    os.devnull,
                     "monitor.asgi:application",
                 ],
                 env=env,
@@ -57,7 +67,9 @@ class Command(BaseCommand):
 
         user = os.environ.get("ADMIN_USERNAME", "admin")
         self.stdout.write(self.style.SUCCESS(f"\nPulseboard is running at {url}"))
-        self.stdout.write(f"Log in as {user!r} with ADMIN_PASSWORD (or the password printed when the account was created).")
+        self.stdout.write(
+            f"Log in as {user!r} with ADMIN_PASSWORD (or the password printed when the account was created)."
+        )
         self.stdout.write("Admin: " + url + "admin/   Stop: Ctrl-C\n")
 
         stopping = False
