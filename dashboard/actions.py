@@ -11,15 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
-from django.db.models import F
-
 from dashboard import stats
 from dashboard.exceptions import InvalidReading
-from dashboard.models import AgentToken, Source
+from dashboard.models import AgentToken
 from dashboard.timeutil import now_us
 from dashboard.validation import Reading, Rejection, check_reading
-from dashboard.writer import Writer
+from dashboard.writer import Bookkeeping, Writer
 
 
 @dataclass
@@ -59,7 +56,15 @@ async def ingest(items: Sequence[Reading | Rejection], *, token: AgentToken | No
         except InvalidReading as exc:
             result.rejected.append(Rejection(index, exc.field, exc.message, exc.code))
 
-    outcomes = await Writer.get().write(good)
+    bookkeeping = None
+    if token is not None or result.rejected:
+        by_source: dict[str, int] = {}
+        for rejection in result.rejected:
+            item = items[rejection.index]
+            if isinstance(item, Reading):
+                by_source[item.source] = by_source.get(item.source, 0) + 1
+        bookkeeping = Bookkeeping(token.pk if token else None, len(result.rejected), by_source)
+    outcomes = await Writer.get().write(good, bookkeeping)
     for position, outcome in zip(positions, outcomes, strict=True):
         if outcome == "new":
             result.accepted += 1
@@ -73,22 +78,4 @@ async def ingest(items: Sequence[Reading | Rejection], *, token: AgentToken | No
     stats.INGEST_DUPLICATES.inc(result.duplicates)
     for rejection in result.rejected:
         stats.INGEST_REJECTED.labels(rejection.code).inc()
-    if result.rejected or token is not None:
-        await _count_rejections(items, result, token)
     return result
-
-
-@sync_to_async
-def _count_rejections(items: Sequence[Reading | Rejection], result: IngestResult, token: AgentToken | None) -> None:
-    per_source: dict[str, int] = {}
-    for rejection in result.rejected:
-        item = items[rejection.index]
-        if isinstance(item, Reading):
-            per_source[item.source] = per_source.get(item.source, 0) + 1
-    for slug, count in per_source.items():
-        Source.objects.filter(slug=slug).update(samples_rejected=F("samples_rejected") + count)
-    if token is not None:
-        AgentToken.objects.filter(pk=token.pk).update(
-            samples_accepted=F("samples_accepted") + result.accepted,
-            samples_rejected=F("samples_rejected") + len(result.rejected),
-        )

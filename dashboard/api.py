@@ -15,7 +15,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -53,9 +52,8 @@ def authenticate_agent(request: HttpRequest) -> AgentToken:
     if scheme.lower() not in ("token", "bearer") or not secret.strip():
         raise NotAuthenticated("send an agent token in the Authorization header: 'Authorization: Token <secret>'")
     try:
+        # last_used is set by the writer, in the transaction that stores the token's readings.
         token = AgentToken.find(secret.strip())
-        if token is not None and not token.is_revoked:
-            AgentToken.objects.filter(pk=token.pk).update(last_used=timezone.now())
     except DatabaseError as exc:
         # An outage is a 503 with Retry-After (the agent keeps its spool), not a 500.
         raise StorageUnavailable(f"the database is unavailable ({type(exc).__name__}); retry later") from None

@@ -80,3 +80,12 @@ async def test_it_keeps_the_newest_value_on_the_metric_when_a_late_sample_arrive
     await actions.ingest([reading("temperature", 10.0, ts - 60 * US)])
     metric = await Metric.objects.aget(key="iot.sensor-01.temperature")
     assert (metric.last_ts, metric.last_value) == (ts, 22.0)
+
+
+async def test_it_counts_a_tokens_readings_and_marks_it_used_in_the_same_commit(agent_token) -> None:
+    token, _ = agent_token
+    assert token.last_used is None
+    await actions.ingest([reading("temperature", 20.0), reading("humidity", math.nan)], token=token)
+    await token.arefresh_from_db()
+    assert (token.samples_accepted, token.samples_rejected) == (1, 1)
+    assert token.last_used is not None
