@@ -6,6 +6,7 @@ from functools import cached_property
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
+from django.db import models
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -99,8 +100,38 @@ admin.site.register(MinuteRollup, RollupAdmin)
 admin.site.register(HourRollup, RollupAdmin)
 
 
+class SecretShownOnceAdmin(admin.ModelAdmin):
+    """Admin for rows that carry a hashed secret: create shows the secret once; revoke stamps revoked_at."""
+
+    actions = ["revoke"]
+    created_message = "Created. Copy it now, it is never shown again: <code id='{}'>{}</code>"
+    element_id = "secret"
+    noun = "item(s)"
+
+    def issue(self, request, obj) -> tuple[models.Model, str]:
+        """Create the row from the form's object and return it with the text to show once."""
+        raise NotImplementedError
+
+    @admin.display(boolean=True)
+    def revoked(self, obj) -> bool:
+        return obj.is_revoked
+
+    def save_model(self, request, obj, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        row, shown = self.issue(request, obj)
+        obj.pk, obj.lookup, obj.secret_hash = row.pk, row.lookup, row.secret_hash
+        messages.warning(request, format_html(self.created_message, self.element_id, shown))
+
+    @admin.action(description="Revoke selected")
+    def revoke(self, request, queryset) -> None:
+        count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} {self.noun}.")
+
+
 @admin.register(AgentToken)
-class AgentTokenAdmin(admin.ModelAdmin):
+class AgentTokenAdmin(SecretShownOnceAdmin):
     list_display = [
         "name",
         "lookup",
@@ -131,33 +162,13 @@ class AgentTokenAdmin(admin.ModelAdmin):
         "samples_accepted",
         "samples_rejected",
     ]
-    actions = ["revoke"]
     search_fields = ["name", "lookup"]
+    created_message = "Token created. Copy the secret now, it is never shown again: <code id='{}'>{}</code>"
+    element_id = "agent-token-secret"
+    noun = "token(s)"
 
-    @admin.display(boolean=True)
-    def revoked(self, obj: AgentToken) -> bool:
-        return obj.is_revoked
-
-    def save_model(self, request, obj: AgentToken, form, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            return
-        token, secret = AgentToken.issue(obj.name, obj.source_patterns, created_by=request.user)
-        obj.pk = token.pk
-        obj.lookup = token.lookup
-        obj.secret_hash = token.secret_hash
-        messages.warning(
-            request,
-            format_html(
-                "Token created. Copy the secret now, it is never shown again: <code id='agent-token-secret'>{}</code>",
-                secret,
-            ),
-        )
-
-    @admin.action(description="Revoke selected tokens")
-    def revoke(self, request, queryset) -> None:
-        count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
-        self.message_user(request, f"Revoked {count} token(s).")
+    def issue(self, request, obj: AgentToken) -> tuple[AgentToken, str]:
+        return AgentToken.issue(obj.name, obj.source_patterns, created_by=request.user)
 
 
 class PanelInline(admin.TabularInline):
@@ -174,38 +185,18 @@ class DashboardAdmin(admin.ModelAdmin):
 
 
 @admin.register(ShareLink)
-class ShareLinkAdmin(admin.ModelAdmin):
+class ShareLinkAdmin(SecretShownOnceAdmin):
     list_display = ["dashboard", "label", "lookup", "created", "revoked"]
     readonly_fields = ["lookup", "created", "revoked_at"]
     fields = ["dashboard", "label", "lookup", "created", "revoked_at"]
-    actions = ["revoke"]
     search_fields = ["label", "lookup", "dashboard__title"]
+    created_message = "Share link created. Copy it now, it is never shown again: <code id='{}'>{}</code>"
+    element_id = "share-link-url"
+    noun = "share link(s)"
 
-    @admin.display(boolean=True)
-    def revoked(self, obj: ShareLink) -> bool:
-        return obj.is_revoked
-
-    def save_model(self, request, obj: ShareLink, form, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            return
+    def issue(self, request, obj: ShareLink) -> tuple[ShareLink, str]:
         link, secret = ShareLink.issue(obj.dashboard, obj.label)
-        obj.pk = link.pk
-        obj.lookup = link.lookup
-        obj.secret_hash = link.secret_hash
-        url = request.build_absolute_uri(f"/share/{secret}/")
-        messages.warning(
-            request,
-            format_html(
-                "Share link created. Copy it now, it is never shown again: <code id='share-link-url'>{}</code>",
-                url,
-            ),
-        )
-
-    @admin.action(description="Revoke selected share links")
-    def revoke(self, request, queryset) -> None:
-        count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
-        self.message_user(request, f"Revoked {count} share link(s).")
+        return link, request.build_absolute_uri(f"/share/{secret}/")
 
 
 class AlertInstanceInline(admin.TabularInline):
