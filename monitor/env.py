@@ -106,5 +106,7 @@ def database_from_url(url: str) -> dict:
         "PORT": str(port or ""),
         "CONN_MAX_AGE": 0,
         "OPTIONS": {"connect_timeout": 5},
-        "TEST": {"NAME": f"test_{name}"},
+        # One test database per test process: a run that was killed, or another
+        # run on the same server, can never hold the database this run needs.
+        "TEST": {"NAME": f"test_{name}_{os.getpid()}"},
     }
