@@ -24,6 +24,7 @@ from dashboard.models import (
     Sample,
     ShareLink,
     Source,
+    TenMinuteRollup,
     UserPreference,
 )
 from dashboard.timeutil import to_datetime
@@ -97,6 +98,7 @@ class RollupAdmin(admin.ModelAdmin):
 
 
 admin.site.register(MinuteRollup, RollupAdmin)
+admin.site.register(TenMinuteRollup, RollupAdmin)
 admin.site.register(HourRollup, RollupAdmin)
 
 
@@ -127,6 +129,8 @@ class SecretShownOnceAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected")
     def revoke(self, request, queryset) -> None:
         count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
+        if hasattr(self.model, "forget_cached"):  # agent tokens are cached per process for CACHE_S
+            self.model.forget_cached()
         self.message_user(request, f"Revoked {count} {self.noun}.")
 
 

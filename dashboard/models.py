@@ -10,6 +10,7 @@ import fnmatch
 import hashlib
 import re
 import secrets
+import time
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -122,6 +123,7 @@ class Metric(models.Model):
     # Retention overrides in days; empty means the site default (settings.PULSEBOARD).
     raw_retention_days = models.PositiveIntegerField(null=True, blank=True)
     minute_retention_days = models.PositiveIntegerField(null=True, blank=True)
+    ten_minute_retention_days = models.PositiveIntegerField(null=True, blank=True)
     hour_retention_days = models.PositiveIntegerField(null=True, blank=True)
 
     objects = MetricQuerySet.as_manager()
@@ -183,6 +185,15 @@ class MinuteRollup(Rollup):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["metric", "bucket"], name="minuterollup_metric_bucket_uniq")]
+
+
+class TenMinuteRollup(Rollup):
+    # Between the minute and the hour so that a month charts from 4,320 rows
+    # instead of 43,200 minutes (an hour tier has only 720 buckets there).
+    BUCKET_S = 600
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["metric", "bucket"], name="tenminuterollup_metric_bucket_uniq")]
 
 
 class HourRollup(Rollup):
@@ -256,6 +267,42 @@ class AgentToken(models.Model):
     def find(cls, secret: str) -> AgentToken | None:
         """Return the token for a presented secret (revoked ones too: callers say why they refuse), or None."""
         return find_by_secret(cls.objects.all(), cls.PREFIX, secret)
+
+    # secret hash -> (monotonic expiry, token). An agent posts many times a
+    # second; looking its token up each time cost a database connection and a
+    # query per request (several ms of the ingest round trip, and so of live
+    # latency). Saving a token in this process (revoking it in the admin)
+    # clears the cache; other processes see a change within CACHE_S.
+    CACHE_S = 5.0
+    _cache: dict[str, tuple[float, AgentToken]] = {}
+
+    @classmethod
+    def find_cached(cls, secret: str) -> AgentToken | None:
+        """Return a token found by `find` less than CACHE_S ago, without touching the database; else None."""
+        entry = cls._cache.get(_hash_secret(secret))
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    @classmethod
+    def remember(cls, secret: str, token: AgentToken) -> None:
+        """Keep a token that `find` returned for CACHE_S (a bounded cache: it is emptied when it grows large)."""
+        if len(cls._cache) >= 10_000:
+            cls._cache.clear()
+        cls._cache[_hash_secret(secret)] = (time.monotonic() + cls.CACHE_S, token)
+
+    @classmethod
+    def forget_cached(cls) -> None:
+        """Empty this process's cache (after a revocation or edit, which must take effect at once here)."""
+        cls._cache.clear()
+
+    def save(self, *args, **kwargs) -> None:
+        super().save(*args, **kwargs)
+        self.forget_cached()
+
+    def delete(self, *args, **kwargs):
+        self.forget_cached()
+        return super().delete(*args, **kwargs)
 
     @property
     def is_revoked(self) -> bool:

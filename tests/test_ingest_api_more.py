@@ -226,3 +226,30 @@ async def test_a_source_slug_too_long_for_its_column_is_refused_alone(agent_toke
     assert payload["accepted"] == 1
     assert [(r["index"], r["field"]) for r in payload["rejected"]] == [(0, "source"), (1, "labels")]
     assert "longer than 120" in payload["rejected"][0]["reason"]
+
+
+def test_a_token_is_read_from_the_database_once_then_from_the_process_cache() -> None:
+    """The ingest round trip is live latency: a known token costs no query; a revocation still applies at once."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    token, secret = AgentToken.issue("cached")
+    ts_ms = now_us() // 1000
+    client = Client(headers={"Authorization": f"Token {secret}"})
+
+    def post(ts: int):
+        with CaptureQueriesContext(connection) as queries:
+            response = client.post("/api/v1/ingest", batch(ts), content_type="application/json")
+        return response, sum('FROM "dashboard_agenttoken"' in q["sql"] for q in queries)
+
+    first, lookups = post(ts_ms)
+    assert (first.status_code, lookups) == (200, 1)
+    second, lookups = post(ts_ms + 1)
+    assert (second.status_code, lookups) == (200, 0)
+
+    token.revoked_at = token.created  # saved through the model, as the admin form does
+    token.save()
+    refused, _ = post(ts_ms + 2)
+    assert refused.status_code == 401
+    assert "revoked" in refused.json()["error"]["message"]
