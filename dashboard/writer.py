@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -53,7 +53,10 @@ class _Job:
 
 
 def _store_on_writer_thread(jobs: list[_Job]) -> storage.StoredBatch:
-    close_old_connections()
+    # The writer keeps its one connection across batches. close_old_connections()
+    # here closed it after every batch (CONN_MAX_AGE is 0 for request threads),
+    # so each commit paid for a new connection; a broken one is closed below
+    # and the retry reconnects.
     try:
         with transaction.atomic():
             batch = storage.store([r for job in jobs for r in job.readings])
