@@ -17,7 +17,9 @@ first/last by time). Then, for each range, it times:
     python bench/history.py [--runs 50]
 
 Needs PostgreSQL at --pg; creates database pulseboard_bench_history and keeps it
-(pass --reuse to skip the data generation on a second run).
+(pass --reuse to skip the data generation on a second run). With --reuse the
+database is first migrated, so a data set made before a new rollup tier
+existed gets that tier (filled by its migration, or here from the raw rows).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ OTHER_METRICS = 99
 POINTS = 1000
 COPY_CHUNK = 500_000  # rows per COPY transaction
 RANGES = (("1 h", 3600 * US), ("1 d", DAY_US), ("30 d", 30 * DAY_US), ("1 y", 365 * DAY_US))
+ROLLUPS = (
+    ("dashboard_minuterollup", 60 * US),
+    ("dashboard_tenminuterollup", 600 * US),
+    ("dashboard_hourrollup", 3600 * US),
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -51,13 +58,53 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
+def fill_rollup(conn: psycopg.Connection, table: str, width: int, metric_id: int | None = None) -> None:
+    """Compute one rollup tier from the raw rows in SQL, with the definition the writer maintains."""
+    where = "" if metric_id is None else f"WHERE metric_id = {metric_id:d} "
+    conn.execute(
+        f'INSERT INTO {table} (metric_id, bucket, "min", "max", "sum", "count", "first", first_ts, "last", last_ts) '
+        f"SELECT metric_id, ts - ts % {width}, MIN(value), MAX(value), SUM(value), COUNT(*), "
+        "(array_agg(value ORDER BY ts))[1], MIN(ts), (array_agg(value ORDER BY ts DESC))[1], MAX(ts) "
+        f"FROM dashboard_sample {where}GROUP BY 1, 2"
+    )
+    conn.commit()
+
+
+def database_exists(pg_url: str) -> bool:
+    with psycopg.connect(f"{pg_url}/postgres", autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB_NAME]).fetchone() is not None
+
+
+def migrate(pg_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": f"{pg_url}/{DB_NAME}", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+
+
+def complete_tiers(pg_url: str, target_id: int) -> None:
+    """Give a reused data set every tier the code now has: refill a tier that holds fewer rows than the raw data implies."""
+    with psycopg.connect(f"{pg_url}/{DB_NAME}") as conn:
+        (raw_rows,) = conn.execute("SELECT COUNT(*) FROM dashboard_sample WHERE metric_id = %s", [target_id]).fetchone()
+        for table, width in ROLLUPS:
+            (have,) = conn.execute(
+                f"SELECT COALESCE(SUM(count), 0) FROM {table} WHERE metric_id = %s", [target_id]
+            ).fetchone()
+            if have == raw_rows:
+                continue
+            started = time.perf_counter()
+            conn.execute(f"DELETE FROM {table}")
+            fill_rollup(conn, table, width)
+            conn.autocommit = True
+            conn.execute(f"VACUUM ANALYZE {table}")
+            conn.autocommit = False
+            print(f"  {table} recomputed from raw rows in {time.perf_counter() - started:.0f} s", flush=True)
+
+
 def generate(pg_url: str, now: int) -> None:
     """Create the database, migrate it and load the data set with COPY and SQL rollups."""
     with psycopg.connect(f"{pg_url}/postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DB_NAME}")
-    env = {**os.environ, "DATABASE_URL": f"{pg_url}/{DB_NAME}", "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+    migrate(pg_url)
 
     from dashboard import partitions
     from dashboard.models import Metric, Source
@@ -99,14 +146,8 @@ def generate(pg_url: str, now: int) -> None:
                             done = True
                 conn.commit()
         print(f"  raw rows loaded with COPY in {time.perf_counter() - started:.0f} s", flush=True)
-        for table, width in (("dashboard_minuterollup", 60 * US), ("dashboard_hourrollup", 3600 * US)):
-            conn.execute(
-                f'INSERT INTO {table} (metric_id, bucket, "min", "max", "sum", "count", "first", first_ts, "last", last_ts) '
-                f"SELECT metric_id, ts - ts % {width}, MIN(value), MAX(value), SUM(value), COUNT(*), "
-                "(array_agg(value ORDER BY ts))[1], MIN(ts), (array_agg(value ORDER BY ts DESC))[1], MAX(ts) "
-                "FROM dashboard_sample GROUP BY 1, 2"
-            )
-            conn.commit()
+        for table, width in ROLLUPS:
+            fill_rollup(conn, table, width)
         print(f"  rollups computed in SQL; {time.perf_counter() - started:.0f} s so far", flush=True)
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")
@@ -146,9 +187,16 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    if not args.reuse:
+    if args.reuse and not database_exists(pg_url):
+        print(f"  --reuse: no database {DB_NAME} yet, generating it", flush=True)
+        args.reuse = False
+    if args.reuse:
+        migrate(pg_url)
+    else:
         generate(pg_url, time.time_ns() // 1000)
     target = Metric.objects.get(key="bench.target")
+    if args.reuse:
+        complete_tiers(pg_url, target.id)
     with connection.cursor() as cursor:
         cursor.execute("SELECT MAX(ts) FROM dashboard_sample WHERE metric_id = %s", [target.id])
         now = cursor.fetchone()[0] + 1

@@ -3,7 +3,7 @@
 A chart is a few hundred to a few thousand pixels wide, so it never needs more
 points than that, whatever the range. The query picks the coarsest stored
 tier that still yields at least N buckets over the range (1-hour rollups,
-then 1-minute rollups, then raw samples), so a year costs about as much as an
+then 10-minute, then 1-minute rollups, then raw samples), so a year costs about as much as an
 hour; a tier whose retention no longer covers the start of the range is
 skipped for a coarser one. Buckets are computed in SQL with integer
 arithmetic on µs, `(ts - origin) / step`, which behaves the same on SQLite and
@@ -27,7 +27,7 @@ from django.http import QueryDict
 
 from dashboard.exceptions import BadRequest
 from dashboard.models import Metric
-from dashboard.rollups import HOUR_US, MINUTE_US
+from dashboard.rollups import HOUR_US, MINUTE_US, TEN_MINUTE_US
 from dashboard.timeutil import US, now_us
 
 DEFAULT_POINTS = 1000  # a full-width chart on a laptop screen
@@ -40,6 +40,14 @@ UNIT_US = {"us": 1, "ms": 1000, "s": US, "m": 60 * US, "h": 3600 * US, "d": DAY_
 # (name, bucket width µs, table, time column, retention setting, Metric override), coarsest first.
 TIERS = (
     ("1h", HOUR_US, "dashboard_hourrollup", "bucket", "RETENTION_HOUR_DAYS", "hour_retention_days"),
+    (
+        "10m",
+        TEN_MINUTE_US,
+        "dashboard_tenminuterollup",
+        "bucket",
+        "RETENTION_TEN_MINUTE_DAYS",
+        "ten_minute_retention_days",
+    ),
     ("1m", MINUTE_US, "dashboard_minuterollup", "bucket", "RETENTION_MINUTE_DAYS", "minute_retention_days"),
     ("raw", 1, "dashboard_sample", "ts", "RETENTION_RAW_DAYS", "raw_retention_days"),
 )

@@ -1,7 +1,7 @@
 """Retention: forget raw samples and rollups once they are older than their tier keeps them.
 
 Each tier has a site default (settings.PULSEBOARD RETENTION_RAW_DAYS,
-RETENTION_MINUTE_DAYS, RETENTION_HOUR_DAYS) that a metric may override
+RETENTION_MINUTE_DAYS, RETENTION_TEN_MINUTE_DAYS, RETENTION_HOUR_DAYS) that a metric may override
 (Metric.raw_retention_days etc.). Metrics are grouped by their effective
 days, and each group's old rows go in small batched DELETEs so the writer is
 never blocked for long.
@@ -53,6 +53,7 @@ class Tier:
 TIERS = (
     Tier("raw", "dashboard_sample", "ts", "raw_retention_days", "RETENTION_RAW_DAYS"),
     Tier("1m", "dashboard_minuterollup", "bucket", "minute_retention_days", "RETENTION_MINUTE_DAYS"),
+    Tier("10m", "dashboard_tenminuterollup", "bucket", "ten_minute_retention_days", "RETENTION_TEN_MINUTE_DAYS"),
     Tier("1h", "dashboard_hourrollup", "bucket", "hour_retention_days", "RETENTION_HOUR_DAYS"),
 )
 

@@ -1,4 +1,4 @@
-"""Minute and hour rollups, kept up to date from the rows each write inserts.
+"""Minute, 10-minute and hour rollups, kept up to date from the rows each write inserts.
 
 Charts over days or years read these tables instead of raw samples. They are
 maintained incrementally in the writer's transaction: the new rows of a batch
@@ -17,13 +17,18 @@ from typing import Any
 
 from django.db.backends.utils import CursorWrapper
 
-from dashboard.models import HourRollup, MinuteRollup, Rollup
+from dashboard.models import HourRollup, MinuteRollup, Rollup, TenMinuteRollup
 from dashboard.timeutil import US
 
 MINUTE_US = MinuteRollup.BUCKET_S * US
+TEN_MINUTE_US = TenMinuteRollup.BUCKET_S * US
 HOUR_US = HourRollup.BUCKET_S * US
 # (model, bucket width in µs, API name), finest first.
-TIERS: tuple[tuple[type[Rollup], int, str], ...] = ((MinuteRollup, MINUTE_US, "1m"), (HourRollup, HOUR_US, "1h"))
+TIERS: tuple[tuple[type[Rollup], int, str], ...] = (
+    (MinuteRollup, MINUTE_US, "1m"),
+    (TenMinuteRollup, TEN_MINUTE_US, "10m"),
+    (HourRollup, HOUR_US, "1h"),
+)
 UPSERT_CHUNK = 2000  # buckets per statement: 20,000 parameters, under SQLite's 32,766
 
 # One bucket while aggregating: [min, max, sum, count, first, first_ts, last, last_ts].

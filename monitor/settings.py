@@ -219,9 +219,10 @@ PULSEBOARD = {
     # Bytes one Server-Sent Events response carries before it ends and the browser resumes.
     "SSE_RESPONSE_BYTES": env_int("PULSEBOARD_SSE_RESPONSE_BYTES", 1024 * 1024, minimum=4096),
     # How long each history tier is kept, in days; a metric's own
-    # raw/minute/hour_retention_days override these (docs/history.md).
+    # raw/minute/ten_minute/hour_retention_days override these (docs/history.md).
     "RETENTION_RAW_DAYS": env_int("PULSEBOARD_RETENTION_RAW_DAYS", 7, minimum=1),
     "RETENTION_MINUTE_DAYS": env_int("PULSEBOARD_RETENTION_MINUTE_DAYS", 90, minimum=1),
+    "RETENTION_TEN_MINUTE_DAYS": env_int("PULSEBOARD_RETENTION_TEN_MINUTE_DAYS", 365, minimum=1),
     "RETENTION_HOUR_DAYS": env_int("PULSEBOARD_RETENTION_HOUR_DAYS", 5 * 365, minimum=1),
     # Alert notifications: attempts per webhook or email, first retry delay
     # (doubling after each failure). See docs/dashboards.md.

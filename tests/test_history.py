@@ -15,7 +15,7 @@ from django.test import Client
 from dashboard import history, storage
 from dashboard.exceptions import BadRequest
 from dashboard.models import Metric, Source
-from dashboard.rollups import HOUR_US, MINUTE_US
+from dashboard.rollups import HOUR_US, MINUTE_US, TEN_MINUTE_US
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
@@ -103,7 +103,16 @@ def test_it_refuses_a_time_it_cannot_read_naming_the_field(bad: str) -> None:
 
 @pytest.mark.parametrize(
     ("span_us", "tier"),
-    [(3600 * US, "raw"), (DAY_US, "1m"), (30 * DAY_US, "1m"), (365 * DAY_US, "1h"), (1000 * HOUR_US, "1h")],
+    [
+        (3600 * US, "raw"),
+        (DAY_US, "1m"),
+        (1000 * TEN_MINUTE_US - 1, "1m"),
+        (1000 * TEN_MINUTE_US, "10m"),
+        (30 * DAY_US, "10m"),
+        (1000 * HOUR_US - 1, "10m"),
+        (1000 * HOUR_US, "1h"),
+        (365 * DAY_US, "1h"),
+    ],
 )
 def test_it_picks_the_coarsest_tier_that_still_gives_the_requested_points(span_us: int, tier: str) -> None:
     metric = Metric(key="a.b")
@@ -112,11 +121,16 @@ def test_it_picks_the_coarsest_tier_that_still_gives_the_requested_points(span_u
 
 def test_it_skips_a_tier_that_retention_has_already_emptied() -> None:
     metric = Metric(key="a.b")
-    month_ago, half_year_ago = NOW - 30 * DAY_US, NOW - 180 * DAY_US
+    month_ago, half_year_ago, two_years_ago = NOW - 30 * DAY_US, NOW - 180 * DAY_US, NOW - 730 * DAY_US
     assert history.choose_tier([metric], month_ago, month_ago + 3600 * US, 1000, NOW)[0] == "1m"
-    assert history.choose_tier([metric], half_year_ago, half_year_ago + 3600 * US, 1000, NOW)[0] == "1h"
+    assert history.choose_tier([metric], half_year_ago, half_year_ago + 3600 * US, 1000, NOW)[0] == "10m"
+    assert history.choose_tier([metric], two_years_ago, two_years_ago + 3600 * US, 1000, NOW)[0] == "1h"
     keeps_raw = Metric(key="a.c", raw_retention_days=60)
     assert history.choose_tier([keeps_raw], month_ago, month_ago + 3600 * US, 1000, NOW)[0] == "raw"
+    keeps_ten_minutes = Metric(key="a.d", ten_minute_retention_days=1000)
+    assert history.choose_tier([keeps_ten_minutes], two_years_ago, two_years_ago + DAY_US, 1000, NOW)[0] == "10m"
+    # One metric of the request that has pruned the tier already sends all of them to a coarser one.
+    assert history.choose_tier([keeps_ten_minutes, metric], two_years_ago, two_years_ago + DAY_US, 1000, NOW)[0] == "1h"
 
 
 def test_it_aligns_rollup_buckets_to_the_tier_and_never_exceeds_the_points() -> None:
@@ -131,7 +145,8 @@ def test_it_aligns_rollup_buckets_to_the_tier_and_never_exceeds_the_points() -> 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    ("span_us", "points", "tier"), [(3600 * US, 100, "raw"), (6 * 3600 * US, 50, "1m"), (6 * 3600 * US, 4, "1h")]
+    ("span_us", "points", "tier"),
+    [(3600 * US, 100, "raw"), (6 * 3600 * US, 50, "1m"), (6 * 3600 * US, 20, "10m"), (6 * 3600 * US, 4, "1h")],
 )
 def test_it_returns_at_most_n_buckets_with_min_max_avg_open_and_close(span_us: int, points: int, tier: str) -> None:
     now = now_us()
@@ -316,16 +331,19 @@ def explain(sql: str, params: list) -> list[dict[str, Any]]:
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-@pytest.mark.parametrize(("tier", "span_us"), [("1m", DAY_US), ("1h", 365 * DAY_US), ("raw", 3600 * US)])
+@pytest.mark.parametrize(
+    ("tier", "span_us"), [("1m", DAY_US), ("10m", 30 * DAY_US), ("1h", 365 * DAY_US), ("raw", 3600 * US)]
+)
 def test_a_chart_query_of_one_metric_uses_an_index_of_its_tier_table_only(tier: str, span_us: int) -> None:
     source = Source.objects.create(slug="fleet", name="fleet")
     metrics = Metric.objects.bulk_create([Metric(source=source, name=f"m{i}", key=f"fleet.m{i}") for i in range(20)])
     now = now_us()
     with connection.cursor() as cursor:
-        # 20 metrics with 10 days of minutes, 2 years of hours and a day of minutely samples:
-        # enough rows that a sequential scan is not the cheapest plan.
+        # 20 metrics with 10 days of minutes, 60 days of 10 minutes, 2 years of hours and a day
+        # of minutely samples: enough rows that a sequential scan is not the cheapest plan.
         for table, width, count in (
             ("dashboard_minuterollup", MINUTE_US, 14_400),
+            ("dashboard_tenminuterollup", TEN_MINUTE_US, 8_640),
             ("dashboard_hourrollup", HOUR_US, 17_520),
         ):
             cursor.execute(
@@ -339,7 +357,9 @@ def test_a_chart_query_of_one_metric_uses_an_index_of_its_tier_table_only(tier: 
             "generate_series(%s::bigint, %s::bigint, %s::bigint) AS t WHERE m.source_id = %s",
             [now - DAY_US, now, 60 * US, source.id],
         )
-        cursor.execute("ANALYZE dashboard_minuterollup, dashboard_hourrollup, dashboard_sample")
+        cursor.execute(
+            "ANALYZE dashboard_minuterollup, dashboard_tenminuterollup, dashboard_hourrollup, dashboard_sample"
+        )
     metric = metrics[7]
     name, width, table, column = history.choose_tier([metric], now - span_us, now, 1000, now)
     assert name == tier

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from dashboard import partitions, retention, storage
-from dashboard.models import HourRollup, Metric, MinuteRollup, Sample
+from dashboard.models import HourRollup, Metric, MinuteRollup, Sample, TenMinuteRollup
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
@@ -61,27 +61,34 @@ def test_it_honours_longer_and_shorter_per_metric_overrides() -> None:
 @pytest.mark.django_db
 def test_it_forgets_rollups_past_their_own_tier_retention() -> None:
     now = now_us()
-    store("web-01.cpu", 100 * DAY_US, 6 * 365 * DAY_US, now=now)
-    store("web-01.disk", 100 * DAY_US, now=now)
-    Metric.objects.filter(key="web-01.disk").update(minute_retention_days=365)
+    store("web-01.cpu", 100 * DAY_US, 500 * DAY_US, 6 * 365 * DAY_US, now=now)
+    store("web-01.disk", 100 * DAY_US, 500 * DAY_US, now=now)
+    Metric.objects.filter(key="web-01.disk").update(minute_retention_days=365, ten_minute_retention_days=730)
     report = retention.prune(now=now)
     assert MinuteRollup.objects.filter(metric__key="web-01.cpu").count() == 0
     assert MinuteRollup.objects.filter(metric__key="web-01.disk").count() == 1
     assert [
         (now - b) // DAY_US
-        for b in HourRollup.objects.filter(metric__key="web-01.cpu").values_list("bucket", flat=True)
+        for b in TenMinuteRollup.objects.filter(metric__key="web-01.cpu").values_list("bucket", flat=True)
     ] == [100]
-    assert (report.deleted["1m"], report.deleted["1h"]) == (2, 1)
+    assert TenMinuteRollup.objects.filter(metric__key="web-01.disk").count() == 2
+    assert sorted(
+        (now - b) // DAY_US
+        for b in HourRollup.objects.filter(metric__key="web-01.cpu").values_list("bucket", flat=True)
+    ) == [100, 500]
+    assert (report.deleted["1m"], report.deleted["10m"], report.deleted["1h"]) == (4, 2, 1)
 
 
 @pytest.mark.django_db
 def test_a_dry_run_reports_what_would_go_and_changes_nothing() -> None:
     now = now_us()
     store("web-01.cpu", 10 * DAY_US, 100 * DAY_US, 3600 * US, now=now)
-    before = (Sample.objects.count(), MinuteRollup.objects.count(), HourRollup.objects.count())
+    store("web-01.cpu", 400 * DAY_US, now=now)
+    tiers = (Sample, MinuteRollup, TenMinuteRollup, HourRollup)
+    before = [model.objects.count() for model in tiers]
     report = retention.prune(now=now, dry_run=True)
-    assert report.deleted == {"raw": 2, "1m": 1, "1h": 0}
-    assert (Sample.objects.count(), MinuteRollup.objects.count(), HourRollup.objects.count()) == before
+    assert report.deleted == {"raw": 3, "1m": 2, "10m": 1, "1h": 0}
+    assert [model.objects.count() for model in tiers] == before
     assert report.created_partitions == []
 
 

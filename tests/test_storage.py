@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from django.db import connection
 
 from dashboard import actions, partitions, storage
-from dashboard.models import HourRollup, MinuteRollup, Sample
-from dashboard.rollups import HOUR_US, MINUTE_US
+from dashboard.models import HourRollup, MinuteRollup, Sample, TenMinuteRollup
+from dashboard.rollups import HOUR_US, MINUTE_US, TEN_MINUTE_US
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
@@ -22,12 +24,12 @@ def minute(metric_key: str, bucket: int) -> MinuteRollup:
     return MinuteRollup.objects.get(metric__key=metric_key, bucket=bucket)
 
 
-def rollup_tuple(row: MinuteRollup | HourRollup) -> tuple:
+def rollup_tuple(row: MinuteRollup | TenMinuteRollup | HourRollup) -> tuple:
     return (row.min, row.max, row.sum, row.count, row.first, row.first_ts, row.last, row.last_ts)
 
 
 @pytest.mark.django_db
-def test_it_folds_new_samples_into_minute_and_hour_rollups() -> None:
+def test_it_folds_new_samples_into_minute_ten_minute_and_hour_rollups() -> None:
     readings = [reading(float(v), HOUR_START + i * 20 * US) for i, v in enumerate([5, 1, 9, 3, 4, 6])]
     storage.store(readings)
     assert rollup_tuple(minute("web-01.cpu", HOUR_START)) == (1, 9, 15, 3, 5, HOUR_START, 9, HOUR_START + 40 * US)
@@ -36,6 +38,12 @@ def test_it_folds_new_samples_into_minute_and_hour_rollups() -> None:
     )  # fmt: skip
     hour = HourRollup.objects.get(bucket=HOUR_START)
     assert rollup_tuple(hour) == (1, 9, 28, 6, 5, HOUR_START, 6, HOUR_START + 100 * US)
+    assert rollup_tuple(TenMinuteRollup.objects.get(bucket=HOUR_START)) == rollup_tuple(hour)
+    storage.store([reading(-1.0, HOUR_START + TEN_MINUTE_US + 5 * US)])
+    assert rollup_tuple(TenMinuteRollup.objects.get(bucket=HOUR_START + TEN_MINUTE_US)) == (
+        -1, -1, -1, 1, -1, HOUR_START + TEN_MINUTE_US + 5 * US, -1, HOUR_START + TEN_MINUTE_US + 5 * US,
+    )  # fmt: skip
+    assert HourRollup.objects.get(bucket=HOUR_START).count == 7
 
 
 @pytest.mark.django_db
@@ -65,6 +73,7 @@ def test_it_moves_first_and_min_when_a_late_sample_is_older_than_the_bucket_star
     row = minute("web-01.cpu", HOUR_START)
     assert rollup_tuple(row) == (2.0, 12.0, 24.0, 3, 2.0, HOUR_START + 5 * US, 12.0, HOUR_START + 40 * US)
     assert HourRollup.objects.get(bucket=HOUR_START).first == 2.0
+    assert TenMinuteRollup.objects.get(bucket=HOUR_START).first == 2.0
 
 
 @pytest.mark.django_db
@@ -92,6 +101,7 @@ async def test_it_keeps_rollups_for_samples_ingested_through_the_writer() -> Non
     assert (row.count, row.sum) == (2, 7.0)
     hour = await HourRollup.objects.aget(bucket=ts - ts % HOUR_US)
     assert hour.count == 2
+    assert (await TenMinuteRollup.objects.aget(bucket=ts - ts % TEN_MINUTE_US)).count == 2
 
 
 @pytest.mark.postgres
@@ -148,3 +158,25 @@ def test_it_keeps_the_newest_value_of_each_metric_when_a_late_sample_arrives() -
         7.0,
     )
     assert Source.objects.get(slug="web-01").samples_accepted == 4
+
+
+@pytest.mark.django_db
+def test_the_ten_minute_migration_fills_the_new_tier_from_minute_rollups_then_from_hours() -> None:
+    backfill = importlib.import_module("dashboard.migrations.0003_tenminuterollup").backfill
+    old_hour = HOUR_START - 200 * 86_400 * US  # only its hour rollup is left, as after minute retention
+    storage.store([reading(float(v), HOUR_START + i * 100 * US) for i, v in enumerate([5, 1, 9, 3, 4, 6, 8, 2])])
+    storage.store([reading(7.0, old_hour + 20 * MINUTE_US), reading(3.0, old_hour + 40 * MINUTE_US)])
+    MinuteRollup.objects.filter(bucket__lt=HOUR_START).delete()
+    kept = {row.bucket: rollup_tuple(row) for row in TenMinuteRollup.objects.filter(bucket__gte=HOUR_START)}
+    TenMinuteRollup.objects.all().delete()
+
+    class Editor:
+        def execute(self, sql: str) -> None:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+
+    backfill(None, Editor())
+    assert {row.bucket: rollup_tuple(row) for row in TenMinuteRollup.objects.filter(bucket__gte=HOUR_START)} == kept
+    (old,) = TenMinuteRollup.objects.filter(bucket__lt=HOUR_START)
+    assert old.bucket == old_hour
+    assert rollup_tuple(old) == (3.0, 7.0, 10.0, 2, 7.0, old_hour + 20 * MINUTE_US, 3.0, old_hour + 40 * MINUTE_US)

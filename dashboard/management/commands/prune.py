@@ -10,9 +10,9 @@ from dashboard import retention
 
 class Command(BaseCommand):
     help = (
-        "Apply retention once: delete raw samples, 1-minute and 1-hour rollups older than their tier keeps "
-        "them (defaults PULSEBOARD_RETENTION_RAW_DAYS, PULSEBOARD_RETENTION_MINUTE_DAYS, "
-        "PULSEBOARD_RETENTION_HOUR_DAYS; per-metric overrides in the admin). On PostgreSQL whole daily "
+        "Apply retention once: delete raw samples, 1-minute, 10-minute and 1-hour rollups older than their "
+        "tier keeps them (defaults PULSEBOARD_RETENTION_RAW_DAYS, PULSEBOARD_RETENTION_MINUTE_DAYS, "
+        "PULSEBOARD_RETENTION_TEN_MINUTE_DAYS, PULSEBOARD_RETENTION_HOUR_DAYS; per-metric overrides in the admin). On PostgreSQL whole daily "
         "partitions of raw samples are dropped and the partitions of the coming days are created. The "
         "server does this hourly by itself; run it by hand after changing retention, or with --dry-run "
         "to see what would go."
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         p = settings.PULSEBOARD
         self.stdout.write(
             f"Retention defaults: raw {p['RETENTION_RAW_DAYS']} d, 1-minute {p['RETENTION_MINUTE_DAYS']} d, "
-            f"1-hour {p['RETENTION_HOUR_DAYS']} d{' (dry run)' if dry_run else ''}"
+            f"10-minute {p['RETENTION_TEN_MINUTE_DAYS']} d, 1-hour {p['RETENTION_HOUR_DAYS']} d{' (dry run)' if dry_run else ''}"
         )
         verbose = options["verbosity"] >= 1
         report = retention.prune(dry_run=dry_run, progress=self.stdout.write if verbose else lambda _: None)
