@@ -19,13 +19,15 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from dashboard.agenthandler import AgentAPIHandler, route  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 
-http_app = django_asgi_app
+# Agent posts skip the middleware chain (dashboard/agenthandler.py says why).
+http_app = route(AgentAPIHandler(), django_asgi_app)
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-    http_app = ASGIStaticFilesHandler(django_asgi_app)
+    http_app = ASGIStaticFilesHandler(http_app)
 
 application = ProtocolTypeRouter(
     {
