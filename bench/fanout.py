@@ -10,7 +10,7 @@ Systems, each run alone on the same machine, same workload, same load client:
               socket, a group_send per sample, a JSON encode per socket per sample.
 
 The producer ticks at 100 Hz (an agent flushing every 10 ms), each tick one request/message with
-R/100 samples spread over K metrics. Viewers run in separate processes (asyncio + websockets) and
+R/100 samples spread over K metrics. Viewers run in separate processes (asyncio + picows, a C WebSocket client) and
 measure, per sample batch, receipt time minus the sample's timestamp (the oldest sample of each
 batch: a conservative latency), count samples and duplicates. Loss = samples produced x viewers
 - unique samples received after a drain period; for Pulseboard that includes back-fills, so it is
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import picows
 import psutil
 import websockets
 
@@ -284,57 +285,114 @@ class ViewerStats:
                 self.latencies_ms[slot] = ms
 
 
+class Viewer(picows.WSListener):
+    """One viewer's protocol handling, called by picows for each frame (no task or coroutine per message).
+
+    The load client shares the 2 cores with the server under test, so it must
+    be cheap per message: with the pure-Python `websockets` client, reading
+    10,000 messages a second took a whole core and the client, not the
+    server, set every ceiling. picows parses frames in C; what is left per
+    message is json.loads and the bookkeeping below, the same for every
+    system under test.
+    """
+
+    def __init__(self, spec: dict[str, Any], stats: ViewerStats, ready: asyncio.Future) -> None:
+        self.spec, self.stats, self.ready = spec, stats, ready
+        self.state = "hello" if spec["subscribe"] else "live"
+        self.last: dict[str, int] = {}
+        self.frames = self.acked = 0
+        self.parts: list[bytes] = []
+        self.closed_code: int | None = None
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        self.transport = transport
+        if self.state == "live" and not self.ready.done():
+            self.ready.set_result(True)
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        code = self.closed_code or 1006
+        self.stats.closed[code] = self.stats.closed.get(code, 0) + 1
+        if not self.ready.done():
+            self.ready.set_result(False)
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        if frame.msg_type == picows.WSMsgType.CLOSE:
+            self.closed_code = int(frame.get_close_code())
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+            return
+        if frame.msg_type == picows.WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
+            return
+        if not frame.fin or self.parts:  # a fragmented message: assemble it
+            self.parts.append(frame.get_payload_as_bytes())
+            if not frame.fin:
+                return
+            payload, self.parts = b"".join(self.parts), []
+        else:
+            payload = frame.get_payload_as_bytes()
+        received_at = now_us()
+        message = json.loads(payload)
+        if self.state != "live":
+            if self.state == "hello":
+                transport.send(picows.WSMsgType.TEXT, self.spec["subscribe"].encode())
+                self.state = "subscribing"
+            elif message.get("type") == "subscribed":
+                self.state = "live"
+                self.ready.set_result(True)
+            return
+        self.on_message(message, received_at)
+
+    def on_message(self, frame: dict, received_at: int) -> None:
+        if frame.get("type") != "data":
+            return
+        stats, last = self.stats, self.last
+        self.frames += 1
+        for batch in frame["batches"]:
+            t = batch["t"]
+            if t[-1] < stats.lo:
+                continue
+            key = batch["k"]
+            previous = last.get(key, 0)
+            if self.spec["ack"]:  # Pulseboard promises order and no duplicates per key: check it
+                fresh = [x for x in t if x > previous and x >= stats.lo] if t[0] <= previous or t[0] < stats.lo else t
+                stats.duplicates += sum(1 for x in t if x <= previous)
+            else:  # the others promise nothing; concurrent publishes may reorder (not a loss)
+                fresh = [x for x in t if x >= stats.lo] if t[0] < stats.lo else t
+            stats.received += len(fresh)
+            if fresh:
+                last[key] = max(previous, fresh[-1])
+                if not frame.get("replay"):
+                    stats.latency((received_at - fresh[0]) / 1000)
+        if self.spec["ack"] and self.frames - self.acked >= ACK_EVERY:
+            self.acked = self.frames
+            self.transport.send(picows.WSMsgType.TEXT, b'{"type":"ack","frame":%d}' % self.frames)
+
+
 async def run_viewer(spec: dict[str, Any], stats: ViewerStats, ready: asyncio.Queue) -> None:
+    loop = asyncio.get_running_loop()
     for attempt in range(5):  # a burst of handshakes can overflow a listen backlog
+        subscribed = loop.create_future()
         try:
-            ws = await websockets.connect(
-                spec["url"], additional_headers=spec["headers"], open_timeout=60, max_size=2**24
+            transport, _ = await picows.ws_connect(
+                lambda subscribed=subscribed: Viewer(spec, stats, subscribed),
+                spec["url"],
+                extra_headers=spec["headers"],
+                websocket_handshake_timeout=60,
+                max_frame_size=2**24,
             )
             break
-        except (OSError, EOFError, websockets.InvalidHandshake, TimeoutError):
+        except (OSError, EOFError, picows.WSError, TimeoutError):
             if attempt == 4:
                 await ready.put(False)
                 return
             await asyncio.sleep(0.5 + random.random())
-    last: dict[str, int] = {}
-    frames = acked = 0
+    ok = await asyncio.wait_for(subscribed, 60)
+    await ready.put(ok)
     try:
-        if spec["subscribe"]:
-            await ws.recv()  # hello
-            await ws.send(spec["subscribe"])
-            while json.loads(await ws.recv())["type"] != "subscribed":
-                pass
-        await ready.put(True)
-        async for message in ws:
-            received_at = now_us()
-            frame = json.loads(message)
-            if frame.get("type") != "data":
-                continue
-            frames += 1
-            for batch in frame["batches"]:
-                t = batch["t"]
-                if t[-1] < stats.lo:
-                    continue
-                key = batch["k"]
-                previous = last.get(key, 0)
-                if spec["ack"]:  # Pulseboard promises order and no duplicates per key: check it
-                    fresh = (
-                        [x for x in t if x > previous and x >= stats.lo] if t[0] <= previous or t[0] < stats.lo else t
-                    )
-                    stats.duplicates += sum(1 for x in t if x <= previous)
-                else:  # the others promise nothing; concurrent publishes may reorder (not a loss)
-                    fresh = [x for x in t if x >= stats.lo] if t[0] < stats.lo else t
-                stats.received += len(fresh)
-                if fresh:
-                    last[key] = max(previous, fresh[-1])
-                    if not frame.get("replay"):
-                        stats.latency((received_at - fresh[0]) / 1000)
-            if spec["ack"] and frames - acked >= ACK_EVERY:
-                acked = frames
-                await ws.send(f'{{"type":"ack","frame":{frames}}}')
-    except websockets.ConnectionClosed as closed:
-        code = closed.rcvd.code if closed.rcvd else 1006
-        stats.closed[code] = stats.closed.get(code, 0) + 1
+        await transport.wait_disconnected()
+    finally:
+        transport.disconnect()
 
 
 async def client_main(conn, spec: dict[str, Any], viewers: int) -> None:
