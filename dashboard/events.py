@@ -8,10 +8,13 @@ calls group_send.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
 import uuid
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +26,25 @@ log = logging.getLogger(__name__)
 # sequence numbers and detect messages lost in the channel layer.
 PUBLISHER_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 _seq: dict[str, int] = {}  # group -> last sequence number sent by this process
+
+# The hub of each event loop in this process, as a callable taking (group,
+# message). publish hands a message to it directly, so a viewer on the
+# process that ingested the sample does not wait for the round trip through
+# Redis; the hub then ignores the copy the layer brings back (its publisher
+# is local_publisher()).
+_local_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Callable[[str, dict], None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def local_publisher() -> str:
+    """Return the publisher id of the running event loop (one per loop: each loop has its own hub)."""
+    return f"{PUBLISHER_ID}-{id(asyncio.get_running_loop()):x}"
+
+
+def set_local_hub(deliver: Callable[[str, dict], None]) -> None:
+    """Register the running loop's hub to receive this loop's publications directly."""
+    _local_hubs[asyncio.get_running_loop()] = deliver
 
 
 def source_group(source_id: int) -> str:
@@ -98,13 +120,20 @@ async def publish(group: str, event: Event) -> bool:
     back-fill from the database.
     """
     if isinstance(event, SampleBatch):
-        event.publisher = PUBLISHER_ID
+        event.publisher = local_publisher()
         event.seq = _seq[group] = _seq.get(group, 0) + 1
+    message = event.as_message()
+    deliver = _local_hubs.get(asyncio.get_running_loop())
+    if deliver is not None:
+        try:
+            deliver(group, message)
+        except Exception:
+            log.exception("local delivery of %s failed", event.type)
     layer = get_channel_layer()
     if layer is None:
         return False
     try:
-        await layer.group_send(group, event.as_message())
+        await layer.group_send(group, message)
     except Exception:
         log.exception("publish to %s failed; viewers will back-fill from the database", group)
         return False

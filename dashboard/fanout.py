@@ -404,6 +404,7 @@ class Hub:
     def __init__(self) -> None:
         self.layer = get_channel_layer()
         self.channel: str | None = None
+        self.local_publisher = ""  # publications of this loop, delivered by deliver_local, not by the layer
         self.groups: dict[str, set[Session]] = {}
         self.sessions: set[Session] = set()
         self._last_seq: dict[tuple[str, str], int] = {}
@@ -417,6 +418,8 @@ class Hub:
         async with self._start_lock:
             if self.channel is None:
                 self.channel = await self.layer.new_channel("hub.")
+                self.local_publisher = events.local_publisher()
+                events.set_local_hub(self.deliver_local)
                 await self.layer.group_add(events.ALERTS_GROUP, self.channel)
                 loop = asyncio.get_running_loop()
                 self._tasks = [
@@ -457,6 +460,9 @@ class Hub:
         members.discard(session)
         if not members:
             del self.groups[group]
+            # Publications go unseen while the group is left: a later rejoin must not read that as a gap.
+            for seq_key in [k for k in self._last_seq if k[1] == group]:
+                del self._last_seq[seq_key]
             try:
                 await self.layer.group_discard(group, self.channel)
             except Exception:
@@ -472,10 +478,20 @@ class Hub:
                 log.exception("channel layer receive failed; retrying in 1 s")
                 await asyncio.sleep(1)
                 continue
+            if message.get("publisher") == self.local_publisher:
+                continue  # delivered by deliver_local when it was published
             try:
                 self.dispatch(message)
             except Exception:
                 log.exception("bad message on the channel layer: %.200r", message)
+
+    def deliver_local(self, group: str, message: dict) -> None:
+        """Dispatch a publication of this loop at once, without the round trip through the layer.
+
+        Only groups this hub has joined are delivered, as the layer would.
+        """
+        if group in self.groups or group == events.ALERTS_GROUP:
+            self.dispatch(message)
 
     async def _refresh_loop(self) -> None:
         while True:

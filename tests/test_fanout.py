@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -179,6 +180,30 @@ async def test_sockets_wanting_different_keys_of_a_batch_get_different_frames() 
     assert sorted(b["k"] for b in both.data()[0]["batches"]) == ["iot.a.hum", "iot.a.temp"]
     first.close()
     second.close()
+
+
+async def test_a_publication_reaches_local_sessions_directly_and_once() -> None:
+    """The ingesting process's viewers skip the layer round trip; the layer's copy is then ignored."""
+    hub = Hub()
+    await hub._ensure_started()
+    transport = Transport()
+    session = subscribed_session(transport, key="iot.a.temp")
+    await hub.join(session, 1)
+    try:
+        batch = events.SampleBatch(source=1, series={"iot.a.temp": [[now_us()], [21.5]]})
+        dispatched: list[dict] = []
+        dispatch = hub.dispatch
+        hub.dispatch = lambda message: (dispatched.append(message), dispatch(message))
+        assert await events.publish(events.source_group(1), batch)
+        assert len(dispatched) == 1  # handed over during publish, not after a trip through the layer
+        await asyncio.sleep(0.3)  # the layer's copy arrives meanwhile and is ignored
+        assert len(dispatched) == 1
+        assert [b["v"] for frame in transport.data() for b in frame["batches"]] == [[21.5]]
+        assert batch.publisher == hub.local_publisher
+    finally:
+        await hub.unregister(session)
+        for task in hub._tasks:
+            task.cancel()
 
 
 # --- Over a WebSocket ----------------------------------------------------------
