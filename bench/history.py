@@ -58,14 +58,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def fill_rollup(conn: psycopg.Connection, table: str, width: int, metric_id: int | None = None) -> None:
-    """Compute one rollup tier from the raw rows in SQL, with the definition the writer maintains."""
-    where = "" if metric_id is None else f"WHERE metric_id = {metric_id:d} "
+def fill_rollup(conn: psycopg.Connection, table: str, width: int) -> None:
+    """Compute one rollup tier from the raw rows in SQL, with the definition the writer maintains.
+
+    Rows go in in (metric, bucket) order, as migration 0003 fills a new tier,
+    so every tier has the same physical layout and the ranges compare fairly.
+    """
     conn.execute(
         f'INSERT INTO {table} (metric_id, bucket, "min", "max", "sum", "count", "first", first_ts, "last", last_ts) '
         f"SELECT metric_id, ts - ts % {width}, MIN(value), MAX(value), SUM(value), COUNT(*), "
         "(array_agg(value ORDER BY ts))[1], MIN(ts), (array_agg(value ORDER BY ts DESC))[1], MAX(ts) "
-        f"FROM dashboard_sample {where}GROUP BY 1, 2"
+        "FROM dashboard_sample GROUP BY 1, 2 ORDER BY 1, 2"
     )
     conn.commit()
 

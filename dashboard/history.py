@@ -180,11 +180,11 @@ def _series_sql(table: str, column: str, raw: bool) -> str:
     else:
         stats = 'MIN("min") AS mn, MAX("max") AS mx, SUM("sum") AS s, CAST(SUM("count") AS BIGINT) AS c'
         first, last = '"first"', '"last"'
-    # One pass aggregates each chart bucket and notes its first and last row;
-    # open and close are then read by their unique (metric, time) key: two
-    # index probes per bucket, as correlated subqueries so that no estimate
-    # can turn them into hash joins over the whole range. The repeated range
-    # lets PostgreSQL prune partitions at plan time.
+    # SQLite (PostgreSQL: _series_sql_postgresql). One pass aggregates each
+    # chart bucket and notes its first and last row; open and close are then
+    # read by their unique (metric, time) key: two index probes per bucket, as
+    # correlated subqueries so that no estimate can turn them into joins over
+    # the whole range.
     open_sql = f"(SELECT f.{first} FROM {table} f WHERE f.metric_id = %s AND f.{column} = g.t0 AND f.{in_range})"
     close_sql = f"(SELECT l.{last} FROM {table} l WHERE l.metric_id = %s AND l.{column} = g.t1 AND l.{in_range})"
     if raw:
@@ -199,10 +199,32 @@ def _series_sql(table: str, column: str, raw: bool) -> str:
     )
 
 
+def _series_sql_postgresql(table: str, column: str, raw: bool) -> str:
+    if raw:
+        stats = "MIN(value) AS mn, MAX(value) AS mx, SUM(value) AS s, COUNT(*) AS c"
+        first, last = "value", "value"
+    else:
+        stats = 'MIN("min") AS mn, MAX("max") AS mx, SUM("sum") AS s, CAST(SUM("count") AS BIGINT) AS c'
+        first, last = '"first"', '"last"'
+    # Open and close in the same pass: the smallest [time, first] pair of a
+    # bucket holds the open, the largest [time, last] pair the close. Times
+    # are unique per metric and exact in float8 (µs stay below 2^53 until
+    # 2255), so no other pair can tie. This costs less than the two index
+    # probes per bucket of the portable query (a 30-day chart has 865
+    # buckets) and less than ordered aggregates, which sort each bucket.
+    return (
+        f"SELECT ({column} - CAST(%s AS BIGINT)) / CAST(%s AS BIGINT) AS k, {stats}, "
+        f"(MIN(ARRAY[CAST({column} AS float8), {first}]))[2], (MAX(ARRAY[CAST({column} AS float8), {last}]))[2] "
+        f"FROM {table} WHERE metric_id = %s AND {column} >= %s AND {column} < %s GROUP BY 1 ORDER BY 1"
+    )
+
+
 def series_query(
     table: str, column: str, raw: bool, metric_id: int, origin: int, step: int, to_us: int
 ) -> tuple[str, list]:
     """Return the SQL and parameters that bucket one metric's rows of a tier (also used by EXPLAIN tests)."""
+    if connection.vendor == "postgresql":
+        return _series_sql_postgresql(table, column, raw), [origin, step, metric_id, origin, to_us]
     params = [origin, step, metric_id, origin, to_us, metric_id, origin, to_us, metric_id, origin, to_us]
     return _series_sql(table, column, raw), params
 
