@@ -663,7 +663,7 @@ async def main() -> None:
     parser.add_argument("--scale-rate", type=float, default=200.0, help="R for the scale scenario")
     parser.add_argument("--viewers", default="100,1000,2000", help="N values for the scale scenario")
     parser.add_argument("--ceiling-viewers", type=int, default=1000)
-    parser.add_argument("--ceiling-rates", default="100,300,1000,3000,10000,30000")
+    parser.add_argument("--ceiling-rates", default="10,20,50,100,200,500,1000,2000,5000,10000,20000")
     parser.add_argument("--out", type=Path, help="append results as JSON lines here")
     parser.add_argument(
         "--ingest",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from dashboard import stats
@@ -67,7 +67,7 @@ class CloseConnection(Exception):
         self.reason = reason
 
 
-@sync_to_async
+@database_sync_to_async
 def resolve_metrics(user, patterns: list[str]) -> tuple[list[Metric], list[dict[str, str]]]:
     """Return the metrics the user may read for keys/globs, and an error entry for each that gives nothing."""
     found: dict[str, Metric] = {}
@@ -91,7 +91,7 @@ def resolve_metrics(user, patterns: list[str]) -> tuple[list[Metric], list[dict[
     return list(found.values()), errors
 
 
-@sync_to_async
+@database_sync_to_async
 def load_samples(cursors: dict[int, int]) -> dict[int, tuple[list[int], list[float], bool]]:
     """Return, per metric id, samples newer than its cursor (at most MAX_REPLAY_POINTS, the newest ones)."""
     out: dict[int, tuple[list[int], list[float], bool]] = {}
@@ -108,7 +108,7 @@ def load_samples(cursors: dict[int, int]) -> dict[int, tuple[list[int], list[flo
     return out
 
 
-@sync_to_async
+@database_sync_to_async
 def alert_sources(user) -> set[int] | None:
     """Return the ids of the sources whose alerts the user may see (None: every source, for staff)."""
     if getattr(user, "share_link", None) is None and (user.is_staff or user.is_superuser):
