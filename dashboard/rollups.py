@@ -59,13 +59,17 @@ def aggregate(rows: Iterable[tuple[int, int, float]], width_us: int) -> dict[tup
 
 
 def _upsert_sql(table: str, vendor: str, n_rows: int) -> str:
+    values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * n_rows)
+    cols = ", ".join(f'"{c}"' for c in COLUMNS)
+    return f"INSERT INTO {table} ({cols}) VALUES {values} {_on_conflict_sql(table, vendor)}"
+
+
+def _on_conflict_sql(table: str, vendor: str) -> str:
+    """Return the ON CONFLICT clause that merges a bucket into the stored one."""
     # Quoted names: min/max/sum/count/first/last are function names or keywords.
     least, greatest = ("LEAST", "GREATEST") if vendor == "postgresql" else ("MIN", "MAX")
     t = table
-    values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * n_rows)
-    cols = ", ".join(f'"{c}"' for c in COLUMNS)
     return (
-        f"INSERT INTO {t} ({cols}) VALUES {values} "
         'ON CONFLICT ("metric_id", "bucket") DO UPDATE SET '
         f'"min" = {least}({t}."min", excluded."min"), '
         f'"max" = {greatest}({t}."max", excluded."max"), '
@@ -88,6 +92,51 @@ def merge(cursor: CursorWrapper, vendor: str, table: str, buckets: dict[tuple[in
         for (metric_id, bucket), b in chunk:
             params += [metric_id, bucket, *b]
         cursor.execute(_upsert_sql(table, vendor, len(chunk)), params)
+
+
+def _floor_sql(column: str, width_us: int) -> str:
+    # Rounds down for negative times too, like Python's % in aggregate(): SQL's % truncates toward zero.
+    return f"({column} - ((({column}) % {width_us:d}) + {width_us:d}) % {width_us:d})"
+
+
+def upsert_ctes(new_rows: str) -> str:
+    """Return WITH-clause items that fold the rows of CTE `new_rows` (metric_id, ts, value) into every tier.
+
+    PostgreSQL only: each tier is aggregated in SQL, the finest from the new
+    rows and each coarser one from the tier below it (a few hundred buckets,
+    not thousands of rows), and merged with the same ON CONFLICT clause as
+    merge(). Buckets are fed in (metric, bucket) order so that concurrent
+    writers lock them in the same order. The caller appends these to a WITH
+    that defines `new_rows`; data-modifying CTEs always run to completion.
+    """
+    cols = ", ".join(f'"{c}"' for c in COLUMNS)
+    parts = []
+    source = None
+    for i, (model, width_us, _) in enumerate(TIERS):
+        agg = f"pulseboard_agg{i}"
+        if source is None:
+            parts.append(
+                f"{agg} AS (SELECT metric_id, {_floor_sql('ts', width_us)} AS bucket, "
+                'MIN(value) AS "min", MAX(value) AS "max", SUM(value) AS "sum", COUNT(*) AS "count", '
+                '(array_agg(value ORDER BY ts))[1] AS "first", MIN(ts) AS first_ts, '
+                '(array_agg(value ORDER BY ts DESC))[1] AS "last", MAX(ts) AS last_ts '
+                f"FROM {new_rows} GROUP BY 1, 2)"
+            )
+        else:
+            parts.append(
+                f"{agg} AS (SELECT metric_id, {_floor_sql('bucket', width_us)} AS bucket, "
+                'MIN("min") AS "min", MAX("max") AS "max", SUM("sum") AS "sum", SUM("count") AS "count", '
+                '(array_agg("first" ORDER BY first_ts))[1] AS "first", MIN(first_ts) AS first_ts, '
+                '(array_agg("last" ORDER BY last_ts DESC))[1] AS "last", MAX(last_ts) AS last_ts '
+                f"FROM {source} GROUP BY 1, 2)"
+            )
+        table = model._meta.db_table
+        parts.append(
+            f"pulseboard_up{i} AS (INSERT INTO {table} ({cols}) SELECT {cols} FROM {agg} "
+            f"ORDER BY metric_id, bucket {_on_conflict_sql(table, 'postgresql')})"
+        )
+        source = agg
+    return ", ".join(parts)
 
 
 def apply(cursor: CursorWrapper, vendor: str, rows: list[tuple[int, int, float]]) -> None:

@@ -128,13 +128,15 @@ def store(readings: list[Reading]) -> StoredBatch:
         with connection.cursor() as cursor:
             if items:
                 if connection.vendor == "postgresql":
+                    # Rollups are folded in by the same statement, in SQL.
                     new = _insert_by_copy(cursor, items)
                 else:
                     new = _insert_by_values(cursor, items)
             for key, (ref, value) in items:
                 if key in new:
                     batch.inserted.append((ref, key[1], value))
-            rollups.apply(cursor, connection.vendor, [(ref.id, ts, value) for ref, ts, value in batch.inserted])
+            if connection.vendor != "postgresql":
+                rollups.apply(cursor, connection.vendor, [(ref.id, ts, value) for ref, ts, value in batch.inserted])
         _update_latest(batch.inserted)
 
     seen: set[tuple[int, int]] = set()
@@ -168,7 +170,7 @@ def _insert_by_values(
 def _insert_by_copy(
     cursor: CursorWrapper, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]
 ) -> set[tuple[int, int]]:
-    """COPY rows into the staging table, move the new ones into dashboard_sample and return their keys."""
+    """COPY rows into the staging table, move the new ones into dashboard_sample and the rollups, return their keys."""
     cursor.execute(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} "
         "(metric_id bigint NOT NULL, ts bigint NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS"
@@ -177,14 +179,18 @@ def _insert_by_copy(
         copy.set_types(["int8", "int8", "float8"])
         for (metric_id, ts), (_, value) in items:
             copy.write_row((metric_id, ts, value))
+    # One statement, one round trip: empty the staging table (ON COMMIT would,
+    # but a caller's outer transaction may store twice before committing),
+    # insert what is new, fold exactly those rows into every rollup tier, and
+    # report their keys.
     cursor.execute(
-        f"INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM {STAGE_TABLE} "
-        "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts"
+        f"WITH staged AS (DELETE FROM {STAGE_TABLE} RETURNING metric_id, ts, value), "
+        "new_rows AS (INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM staged "
+        "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts, value), "
+        f"{rollups.upsert_ctes('new_rows')} "
+        "SELECT metric_id, ts FROM new_rows"
     )
-    new = {(int(m), int(t)) for m, t in cursor.fetchall()}
-    # ON COMMIT empties the table, but a caller's outer transaction may store twice before committing.
-    cursor.execute(f"DELETE FROM {STAGE_TABLE}")
-    return new
+    return {(int(m), int(t)) for m, t in cursor.fetchall()}
 
 
 def _update_latest(inserted: list[tuple[MetricRef, int, float]]) -> None:

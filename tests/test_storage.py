@@ -180,3 +180,29 @@ def test_the_ten_minute_migration_fills_the_new_tier_from_minute_rollups_then_fr
     (old,) = TenMinuteRollup.objects.filter(bucket__lt=HOUR_START)
     assert old.bucket == old_hour
     assert rollup_tuple(old) == (3.0, 7.0, 10.0, 2, 7.0, old_hour + 20 * MINUTE_US, 3.0, old_hour + 40 * MINUTE_US)
+
+
+@pytest.mark.django_db
+def test_deleting_a_metric_deletes_its_samples_and_rollups_without_a_database_foreign_key() -> None:
+    from dashboard.models import Metric
+
+    storage.store([reading(1.0, HOUR_START), reading(2.0, HOUR_START, "load")])
+    Metric.objects.get(key="web-01.cpu").delete()
+    storage.clear_cache()  # as the admin does
+    assert list(Sample.objects.values_list("metric__key", flat=True)) == ["web-01.load"]
+    assert MinuteRollup.objects.count() == TenMinuteRollup.objects.count() == HourRollup.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the foreign keys are checked at a real commit
+def test_a_writer_with_a_deleted_metric_cached_fails_at_the_rollup_foreign_key_and_not_silently() -> None:
+    from django.db import DatabaseError
+
+    from dashboard.models import Metric
+
+    storage.store([reading(1.0, HOUR_START)])
+    Metric.objects.get(key="web-01.cpu").delete()  # the cache still holds its id
+    with pytest.raises(DatabaseError):
+        storage.store([reading(2.0, HOUR_START + MINUTE_US)])
+    assert Sample.objects.count() == 0
+    storage.clear_cache()  # as the writer does after a database error
+    assert storage.store([reading(2.0, HOUR_START + MINUTE_US)]).outcomes == ["new"]
