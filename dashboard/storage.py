@@ -13,6 +13,7 @@ transaction: see dashboard/rollups.py).
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -32,6 +33,12 @@ LATEST_CHUNK = 5000  # metrics per "latest value" UPDATE: 15,000 parameters
 # Temporary, so invisible to other sessions and never WAL-logged; its rows
 # are deleted at commit, and the table itself lives as long as the connection.
 STAGE_TABLE = "pulseboard_sample_stage"
+# PostgreSQL's binary COPY format: a signature, flags and header extension
+# length, then per row the field count and each field's length and bytes
+# (int8, int8, float8, big-endian), then -1 as the end marker.
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+COPY_ROW = struct.Struct(">hiqiqid")
+COPY_TRAILER = struct.pack(">h", -1)
 
 
 @dataclass(slots=True, frozen=True)
@@ -108,19 +115,24 @@ def store(readings: list[Reading]) -> StoredBatch:
     """Store readings in one transaction and report which were new, duplicate or refused."""
     create = settings.PULSEBOARD["UNKNOWN_METRICS"] == "create"
     batch = StoredBatch()
+    # (metric id, ts) -> (ref, value) of the first reading of each key, in input order.
     rows: dict[tuple[int, int], tuple[MetricRef, float]] = {}
-    keys: list[tuple[int, int] | None] = []
+    # Per reading: its key, or the error that refused it. This loop runs for
+    # every reading of the batch, hence the inlined cache lookup.
+    keys: list[tuple[int, int] | UnknownMetric] = []
+    cached = _metric_cache.get
     for reading in readings:
-        try:
-            ref = resolve_metric(reading, create)
-        except UnknownMetric as exc:
-            batch.outcomes.append(exc)
-            keys.append(None)
-            continue
+        ref = cached(f"{reading.source}.{reading.metric}")
+        if ref is None:
+            try:
+                ref = resolve_metric(reading, create)
+            except UnknownMetric as exc:
+                keys.append(exc)
+                continue
         key = (ref.id, reading.ts)
         keys.append(key)
-        batch.outcomes.append("duplicate")
-        rows.setdefault(key, (ref, reading.value))
+        if key not in rows:
+            rows[key] = (ref, reading.value)
 
     new: set[tuple[int, int]] = set()
     items = list(rows.items())
@@ -132,18 +144,23 @@ def store(readings: list[Reading]) -> StoredBatch:
                     new = _insert_by_copy(cursor, items)
                 else:
                     new = _insert_by_values(cursor, items)
-            for key, (ref, value) in items:
-                if key in new:
-                    batch.inserted.append((ref, key[1], value))
+            if len(new) == len(items):  # the common case: nothing was there before
+                batch.inserted = [(ref, key[1], value) for key, (ref, value) in items]
+            else:
+                batch.inserted = [(ref, key[1], value) for key, (ref, value) in items if key in new]
             if connection.vendor != "postgresql":
                 rollups.apply(cursor, connection.vendor, [(ref.id, ts, value) for ref, ts, value in batch.inserted])
         _update_latest(batch.inserted)
 
-    seen: set[tuple[int, int]] = set()
-    for i, key in enumerate(keys):
-        if key is not None and key in new and key not in seen:
-            batch.outcomes[i] = "new"
-            seen.add(key)
+    # The first reading of each new key is "new"; repeats and old keys are duplicates.
+    outcomes: list[str | UnknownMetric] = []
+    for key in keys:
+        if type(key) is tuple and key in new:
+            new.discard(key)
+            outcomes.append("new")
+        else:
+            outcomes.append(key if isinstance(key, UnknownMetric) else "duplicate")
+    batch.outcomes = outcomes
     return batch
 
 
@@ -176,9 +193,9 @@ def _insert_by_copy(
         "(metric_id bigint NOT NULL, ts bigint NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS"
     )
     with cursor.cursor.copy(f"COPY {STAGE_TABLE} (metric_id, ts, value) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(["int8", "int8", "float8"])
-        for (metric_id, ts), (_, value) in items:
-            copy.write_row((metric_id, ts, value))
+        # One buffer in PostgreSQL's binary COPY format instead of a write_row() call per row.
+        rows = b"".join([COPY_ROW.pack(3, 8, m, 8, t, 8, v) for (m, t), (_, v) in items])
+        copy.write(COPY_HEADER + rows + COPY_TRAILER)
     # One statement, one round trip: empty the staging table (ON COMMIT would,
     # but a caller's outer transaction may store twice before committing),
     # insert what is new, fold exactly those rows into every rollup tier, and
@@ -190,7 +207,7 @@ def _insert_by_copy(
         f"{rollups.upsert_ctes('new_rows')} "
         "SELECT metric_id, ts FROM new_rows"
     )
-    return {(int(m), int(t)) for m, t in cursor.fetchall()}
+    return set(cursor.fetchall())
 
 
 def _update_latest(inserted: list[tuple[MetricRef, int, float]]) -> None:
