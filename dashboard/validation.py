@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from dashboard.exceptions import InvalidReading
 from dashboard.models import KEY_CHARSET_HELP, KEY_RE, Metric, Source
@@ -28,6 +30,12 @@ MAX_LABEL_LEN = Source._meta.get_field("name").max_length  # 200: the "name" lab
 PRECISION_US = {"s": US, "ms": 1000, "us": 1, "ns": 0.001}
 SOURCE_KINDS = set(Source.Kind.values)
 METRIC_KINDS = set(Metric.Kind.values)
+# (source, metric) pairs that passed the key rules. A fleet sends the same few
+# thousand keys over and over, and the regular expressions and length checks
+# were a fifth of the time an ingest request spent validating (each reading is
+# checked when parsed and again by the ingest action). Bounded: emptied when full.
+_VALID_KEYS: set[tuple[str, str]] = set()
+VALID_KEYS_MAX = 100_000
 
 
 @dataclass(slots=True)
@@ -110,10 +118,29 @@ def parse_ts(value: Any, precision: str = "ms") -> int:
     raise InvalidReading(f"ts must be a number or an ISO 8601 string, got {type(value).__name__}", field="ts")
 
 
+_conf: dict[str, Any] | None = None
+
+
+def _pulseboard_settings() -> dict[str, Any]:
+    # settings.PULSEBOARD costs a LazySettings lookup (~1 µs), and check_ts
+    # runs for every reading, twice: kept until the setting changes.
+    global _conf
+    if _conf is None:
+        _conf = settings.PULSEBOARD
+    return _conf
+
+
+@receiver(setting_changed)
+def _forget_settings(*, setting: str, **kwargs: Any) -> None:
+    global _conf
+    if setting == "PULSEBOARD":
+        _conf = None
+
+
 def check_ts(ts: int, now: int | None = None) -> int:
     """Return ts if it lies inside the accepted window (not older than retention, not too far ahead)."""
     now = now if now is not None else now_us()
-    conf = settings.PULSEBOARD
+    conf = _pulseboard_settings()
     if ts < now - conf["MAX_AGE_S"] * US:
         raise InvalidReading(f"ts is older than the {conf['MAX_AGE_S']} s accepted window (raw retention)", field="ts")
     if ts > now + conf["MAX_FUTURE_S"] * US:
@@ -123,21 +150,38 @@ def check_ts(ts: int, now: int | None = None) -> int:
     return ts
 
 
-def check_reading(reading: Reading, now: int | None = None) -> Reading:
-    """Validate a Reading built by trusted code (collectors) with the same rules as untrusted input."""
-    check_key(reading.source, "source")
-    if len(reading.source) > MAX_SOURCE_LEN:
+def check_keys(source: Any, metric: Any) -> None:
+    """Check a reading's source and metric names (type, charset, lengths); remember pairs that pass."""
+    if type(source) is str and type(metric) is str and (source, metric) in _VALID_KEYS:
+        return
+    check_key(source, "source")
+    if len(source) > MAX_SOURCE_LEN:
         # Longer slugs would fail the whole group-commit batch in the database, not just this reading.
         raise InvalidReading(f"source is longer than {MAX_SOURCE_LEN} characters", field="source")
-    check_key(reading.metric, "metric")
-    if len(reading.key) > 200:
+    check_key(metric, "metric")
+    if len(source) + 1 + len(metric) > 200:
         raise InvalidReading("source and metric together are longer than 200 characters", field="metric")
+    if type(source) is str and type(metric) is str:  # not a str subclass with its own __hash__
+        if len(_VALID_KEYS) >= VALID_KEYS_MAX:
+            _VALID_KEYS.clear()
+        _VALID_KEYS.add((source, metric))
+
+
+def check_reading(reading: Reading, now: int | None = None) -> Reading:
+    """Validate a Reading built by trusted code (collectors) with the same rules as untrusted input."""
+    check_keys(reading.source, reading.metric)
     reading.value = check_value(reading.value)
     if isinstance(reading.ts, bool) or not isinstance(reading.ts, int):
         raise InvalidReading("ts must be integer microseconds", field="ts")
     check_ts(reading.ts, now)
-    if len(reading.labels) > MAX_LABELS or any(
-        len(k) > MAX_LABEL_LEN or len(v) > MAX_LABEL_LEN for k, v in reading.labels.items()
+    return _check_details(reading)
+
+
+def _check_details(reading: Reading) -> Reading:
+    """Check what is optional on a reading: labels, unit, kinds."""
+    if reading.labels and (
+        len(reading.labels) > MAX_LABELS
+        or any(len(k) > MAX_LABEL_LEN or len(v) > MAX_LABEL_LEN for k, v in reading.labels.items())
     ):
         raise InvalidReading(
             f"labels: at most {MAX_LABELS}, keys and values at most {MAX_LABEL_LEN} characters", field="labels"
@@ -155,30 +199,81 @@ def reading_from_dict(item: Any, defaults: dict[str, Any], precision: str, now: 
     """Build a Reading from one JSON sample, falling back to batch-level defaults (source, unit...)."""
     if not isinstance(item, dict):
         raise InvalidReading("each sample must be a JSON object", field=None)
-    merged = {**defaults, **item}
+    # A field of the sample overrides the batch's default. Looked up field by
+    # field rather than by merging two dicts: this runs for every sample.
     for name in ("metric", "value", "ts"):
-        if name not in merged:
+        if name not in item and name not in defaults:
             raise InvalidReading(f"{name} is required", field=name)
-    source = merged.get("source")
+    get = item.get
+    source = get("source", defaults.get("source"))
     if source is None:
         raise InvalidReading("source is required (on the sample or the batch)", field="source")
-    unit = merged.get("unit", "") or ""
-    kind = merged.get("kind", "") or ""
-    source_kind = merged.get("source_kind", "") or ""
-    labels = merged.get("labels") or {}
+    unit = get("unit", defaults.get("unit")) or ""
+    kind = get("kind", defaults.get("kind")) or ""
+    source_kind = get("source_kind", defaults.get("source_kind")) or ""
+    labels = get("labels", defaults.get("labels")) or {}
     for name, text in (("unit", unit), ("kind", kind), ("source_kind", source_kind)):
         if not isinstance(text, str):
             raise InvalidReading(f"{name} must be a string", field=name)
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+    if labels and (
+        not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+    ):
         raise InvalidReading("labels must be an object of strings", field="labels")
-    reading = Reading(
-        source=check_key(source, "source"),
-        metric=check_key(merged["metric"], "metric"),
-        ts=parse_ts(merged["ts"], precision),
-        value=check_value(merged["value"]),
-        unit=unit,
-        kind=kind,
-        source_kind=source_kind,
-        labels=labels,
-    )
-    return check_reading(reading, now)
+    metric = get("metric", defaults.get("metric"))
+    if not (type(source) is str and type(metric) is str and (source, metric) in _VALID_KEYS):
+        # In this order, so that a sample with several faults is refused for the same one as always.
+        check_key(source, "source")
+        check_key(metric, "metric")
+    ts = parse_ts(get("ts", defaults.get("ts")), precision)
+    value = check_value(get("value", defaults.get("value")))
+    check_keys(source, metric)
+    check_ts(ts, now)
+    reading = Reading(source, metric, ts, value, unit, kind, source_kind, labels)
+    return _check_details(reading)
+
+
+def readings_from_dicts(
+    samples: list[Any], defaults: dict[str, Any], precision: str, now: int
+) -> list[Reading | Rejection]:
+    """Build a Reading or a Rejection (with its index) for each JSON sample of a batch.
+
+    The same rules and the same messages as reading_from_dict, which it falls
+    back to for any sample off the common path: an object with a known-good
+    source and metric, an integer ts, a finite float value and no per-sample
+    unit, kind or labels. The accepted time window and the defaults are
+    looked up once per batch instead of once per sample, which made
+    validating a 5,000-sample body about twice as fast.
+    """
+    conf = _pulseboard_settings()
+    oldest, newest = now - conf["MAX_AGE_S"] * US, now + conf["MAX_FUTURE_S"] * US
+    scale = PRECISION_US[precision]
+    int_scale = scale if type(scale) is int else None
+    source_default = defaults.get("source")
+    simple_defaults = not (defaults.keys() - {"source"})
+    out: list[Reading | Rejection] = []
+    append = out.append
+    for index, item in enumerate(samples):
+        if type(item) is dict and simple_defaults and len(item) <= 4:
+            source = item.get("source", source_default)
+            metric = item.get("metric")
+            ts = item.get("ts")
+            value = item.get("value")
+            if (
+                int_scale is not None
+                and type(source) is str
+                and type(metric) is str
+                and type(ts) is int
+                and type(value) is float
+                and (source, metric) in _VALID_KEYS
+                and -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE
+                and len(item) == 3 + ("source" in item)
+            ):
+                ts *= int_scale
+                if oldest <= ts <= newest:
+                    append(Reading(source, metric, ts, value))
+                    continue
+        try:
+            append(reading_from_dict(item, defaults, precision, now))
+        except InvalidReading as exc:
+            append(Rejection(index, exc.field, exc.message, exc.code))
+    return out
