@@ -1,0 +1,356 @@
+"""Memory per idle viewer connection: Pulseboard, a raw `websockets` server and the naive Channels app, side by side.
+
+For each system: start the server alone (Pulseboard: Daphne + monitor.asgi +
+Redis pub/sub layer + a fresh SQLite file, PULSEBOARD_BACKGROUND=0), open a
+few warm-up connections and close them (so first-use costs such as imports,
+the hub's tasks and the database connection are not charged to the
+connections), take the baseline, open N idle viewers from a separate client
+process (Pulseboard: session cookie, protocol v1 `subscribe` to 10 metrics
+that exist, history_s 0), wait for the server to settle, and report
+
+  RSS delta / N    what the operating system sees (psutil, the server process)
+  heap delta / N   what Python allocated (tracemalloc, in a second run of the
+                   server with tracing on, since tracing itself costs memory)
+
+plus, with --top, the allocation sites and object types that grew most per
+connection. The server runs under this script (`--serve`), which starts
+tracemalloc when asked and installs a SIGUSR1 handler that collects garbage
+and dumps a snapshot and object counts; nothing in the project changes.
+
+Usage:
+    python bench/connmem.py                          # 1,000 viewers, all three systems
+    python bench/connmem.py --systems pulseboard --top 25
+    python bench/connmem.py --env MALLOC_ARENA_MAX=2  # extra server environment
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import free_port, login_cookies, manage  # noqa: E402
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+VIEWER, PASSWORD = "bench", "bench-pass-123"
+METRICS = 10  # per viewer, as in bench/fanout.py
+WARMUP_CONNECTIONS = 20
+SETTLE_S = 3.0  # after the last viewer is subscribed, before measuring
+DUMP_TIMEOUT_S = 60.0
+
+
+# --- The server side: run a server with a dump-on-SIGUSR1 hook ------------------------
+
+
+def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
+    """Run a server in this process; SIGUSR1 writes gc'd object counts (and a tracemalloc snapshot) to dump_dir."""
+    import tracemalloc
+
+    if trace:
+        tracemalloc.start(trace)
+    counter = [0]
+
+    def type_name(o: object) -> str:
+        kind = type(o)
+        return f"{kind.__dict__.get('__module__', '?')}.{kind.__qualname__}"
+
+    def dump(signum: int, frame: Any) -> None:
+        gc.collect()
+        rss = psutil.Process().memory_info().rss  # before this handler allocates anything
+        counter[0] += 1
+        path = dump_dir / f"dump{counter[0]}"
+        if tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(str(path) + ".snapshot")
+        info = {"rss": rss, "types": Counter(type_name(o) for o in gc.get_objects())}
+        (Path(str(path) + ".json.tmp")).write_text(json.dumps(info))
+        os.replace(str(path) + ".json.tmp", str(path) + ".json")
+
+    signal.signal(signal.SIGUSR1, dump)
+    if argv[0] == "raw":
+        import runpy
+
+        sys.argv = [str(ROOT / "bench" / "raw_server.py"), *argv[1:]]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    else:
+        from daphne.cli import CommandLineInterface
+
+        CommandLineInterface().run(argv[1:])
+
+
+# --- The client side: N idle viewers in another process --------------------------------
+
+
+async def open_viewer(spec: dict[str, Any], held: list) -> bool:
+    for attempt in range(5):  # a burst of handshakes can overflow a listen backlog
+        try:
+            ws = await websockets.connect(spec["url"], additional_headers=spec["headers"], open_timeout=60)
+            break
+        except (OSError, EOFError, websockets.InvalidHandshake, TimeoutError):
+            if attempt == 4:
+                return False
+            await asyncio.sleep(0.5 + attempt)
+    if spec["subscribe"]:
+        hello = json.loads(await ws.recv())
+        assert hello["type"] == "hello", hello
+        await ws.send(spec["subscribe"])
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "subscribed":
+                assert len(frame["metrics"]) == METRICS, frame
+                break
+            if frame["type"] == "error":
+                raise RuntimeError(f"subscribe failed: {frame}")
+    held.append(ws)
+    return True
+
+
+async def client_main(conn, spec: dict[str, Any]) -> None:
+    held: list = []
+    while True:
+        command, n = await asyncio.to_thread(conn.recv)
+        if command == "open":
+            results = []
+            for wave in range(0, n, 50):
+                results += await asyncio.gather(*(open_viewer(spec, held) for _ in range(min(50, n - wave))))
+            conn.send(sum(results))
+        elif command == "close":
+            await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
+            held.clear()
+            conn.send(0)
+        else:
+            return
+
+
+def client_process(conn, spec: dict[str, Any]) -> None:
+    asyncio.run(client_main(conn, spec))
+
+
+# --- One system ------------------------------------------------------------------------
+
+
+def wait_port(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}") from None
+            time.sleep(0.2)
+
+
+def request_dump(process: subprocess.Popen, dump_dir: Path, number: int) -> dict[str, Any]:
+    process.send_signal(signal.SIGUSR1)
+    path = dump_dir / f"dump{number}.json"
+    deadline = time.monotonic() + DUMP_TIMEOUT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server wrote no dump")
+        time.sleep(0.1)
+    return json.loads(path.read_text())
+
+
+def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int) -> dict[str, Any]:
+    """Start one system, connect n idle viewers, return RSS (and heap) growth per connection."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"connmem-{name}-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="monitor.settings",
+        PULSEBOARD_VAR_DIR=str(tmp),
+        SQLITE_PATH=str(tmp / "db.sqlite3"),
+        DEBUG="0",
+        SECRET_KEY="bench-" + "x" * 40,
+        LOG_LEVEL="WARNING",
+        PULSEBOARD_RATE_LIMIT_PER_S="0",
+        PULSEBOARD_BACKGROUND="0",
+        REDIS_URL=REDIS_URL,
+        CHANNEL_LAYER_PREFIX=f"connmem{uuid.uuid4().hex[:8]}",
+        **extra_env,
+    )
+    token = ""
+    if name == "pulseboard":
+        manage(env, "migrate", "--noinput", "-v", "0")
+        manage(
+            env,
+            "shell",
+            "-c",
+            "from django.contrib.auth import get_user_model\n"
+            f"get_user_model().objects.create_user({VIEWER!r}, password={PASSWORD!r})",
+        )
+        manage(env, "issuetoken", "connmem", "--output", str(tmp / "token"))
+        token = (tmp / "token").read_text().strip()
+    if name == "raw":
+        target = ["raw", str(port)]
+    else:
+        app = "monitor.asgi:application" if name == "pulseboard" else "bench.naive_app:application"
+        target = ["daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    log = tmp / "server.log"
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(tmp), str(trace), *target],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),
+    )
+    client = None
+    try:
+        wait_port(port, process, log)
+        base = f"http://127.0.0.1:{port}"
+        if name == "pulseboard":
+            old = (time.time_ns() // 1000) - 10_000_000
+            body = {
+                "source": "bench.src",
+                "precision": "us",
+                "samples": [{"metric": f"m{i}", "ts": old, "value": 0.0} for i in range(METRICS)],
+            }
+            response = httpx.post(
+                base + "/api/v1/ingest", json=body, headers={"Authorization": f"Token {token}"}, timeout=30
+            )
+            assert response.status_code == 200 and not response.json()["rejected"], response.text
+
+            class _Server:  # what login_cookies needs
+                url = base
+
+            cookies = "; ".join(f"{k}={v}" for k, v in login_cookies(_Server, VIEWER, PASSWORD).items())
+            spec = {
+                "url": f"ws://127.0.0.1:{port}/ws/live/",
+                "headers": {"Cookie": cookies, "Origin": base},
+                "subscribe": json.dumps({"type": "subscribe", "metrics": ["bench.src.*"], "history_s": 0}),
+            }
+        else:
+            spec = {
+                "url": f"ws://127.0.0.1:{port}{'/ws/' if name == 'naive' else '/'}",
+                "headers": {},
+                "subscribe": None,
+            }
+        parent, child = mp.get_context("spawn").Pipe()
+        client = mp.get_context("spawn").Process(target=client_process, args=(child, spec), daemon=True)
+        client.start()
+        parent.send(("open", WARMUP_CONNECTIONS))
+        assert parent.recv() == WARMUP_CONNECTIONS, "warm-up connections failed"
+        parent.send(("close", 0))
+        parent.recv()
+        time.sleep(SETTLE_S)
+        before = request_dump(process, tmp, 1)
+        parent.send(("open", n))
+        connected = parent.recv()
+        time.sleep(SETTLE_S)
+        after = request_dump(process, tmp, 2)
+        result: dict[str, Any] = {
+            "system": name,
+            "connected": connected,
+            "rss_mb_after": round(after["rss"] / 2**20, 1),
+            "rss_kb_per_conn": round((after["rss"] - before["rss"]) / connected / 1024, 1),
+            "tracemalloc": trace,
+        }
+        types = Counter(after["types"])
+        types.subtract(before["types"])
+        result["objects_per_conn"] = round(sum(types.values()) / connected, 1)
+        if trace:
+            import tracemalloc
+
+            first = tracemalloc.Snapshot.load(str(tmp / "dump1.snapshot"))
+            second = tracemalloc.Snapshot.load(str(tmp / "dump2.snapshot"))
+            diff = second.compare_to(first, "traceback")
+            result["heap_kb_per_conn"] = round(sum(d.size_diff for d in diff) / connected / 1024, 1)
+            if top:
+                print(f"\n## {name}: top allocation sites, bytes per connection (of {connected})")
+                for stat in diff[:top]:
+                    if stat.size_diff <= 0:
+                        continue
+                    print(f"{stat.size_diff / connected:8.0f} B {stat.count_diff / connected:6.1f} blocks")
+                    for line in stat.traceback.format(limit=trace)[-2 * trace :]:
+                        print("        " + line.strip())
+        if top:
+            print(f"\n## {name}: object types that grew, per connection (gc-tracked objects only)")
+            for type_name, count in types.most_common(top):
+                if count > 0:
+                    print(f"{count / connected:8.2f}  {type_name}")
+        return result
+    finally:
+        if client is not None:
+            parent.send(("exit", 0))
+            client.join(10)
+            if client.is_alive():
+                client.kill()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--viewers", "-n", type=int, default=1000)
+    parser.add_argument("--systems", default="pulseboard,raw,naive")
+    parser.add_argument("--frames", type=int, default=8, help="traceback depth for tracemalloc (0: no heap run)")
+    parser.add_argument("--top", type=int, default=0, help="print the N biggest allocation sites and object types")
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for the servers, e.g. MALLOC_ARENA_MAX=2"
+    )
+    args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.env)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: {psutil.cpu_count()} CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.1f} GiB, Python {platform.python_version()}, "
+        f"load {tuple(round(x, 2) for x in os.getloadavg())}, {args.viewers} idle viewers"
+        + (f", server env {extra}" if extra else ""),
+        flush=True,
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for name in args.systems.split(","):
+        row = measure(name, args.viewers, 0, extra, 0 if args.frames else args.top)
+        if args.frames:
+            heap = measure(name, args.viewers, args.frames, extra, args.top)
+            row["heap_kb_per_conn"] = heap["heap_kb_per_conn"]
+        rows[name] = row
+        print(json.dumps(row), flush=True)
+    print("\n| system | connected | RSS KB/conn | Python heap KB/conn | gc objects/conn | RSS after MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows.values():
+        print(
+            f"| {r['system']} | {r['connected']} | {r['rss_kb_per_conn']} | {r.get('heap_kb_per_conn', '-')} | "
+            f"{r['objects_per_conn']} | {r['rss_mb_after']} |"
+        )
+    if "pulseboard" in rows:
+        p = rows["pulseboard"]
+        for other in ("raw", "naive"):
+            if other in rows and rows[other]["rss_kb_per_conn"] > 0:
+                o = rows[other]
+                line = f"pulseboard / {other}: RSS {p['rss_kb_per_conn'] / o['rss_kb_per_conn']:.2f}x"
+                if o.get("heap_kb_per_conn"):
+                    line += f", heap {p['heap_kb_per_conn'] / o['heap_kb_per_conn']:.2f}x"
+                print(line)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        serve(Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])
+    else:
+        main()
