@@ -1,13 +1,26 @@
-"""The WebSocket transport of protocol v1: one socket per browser tab carries every subscription."""
+"""The WebSocket transport of protocol v1: one socket per browser tab carries every subscription.
+
+This is a plain ASGI app, not a Channels consumer behind AuthMiddlewareStack:
+an idle socket must stay small (≤ 32 KB, bench/connmem.py). The middleware
+stack kept, for the whole life of each socket, three more copies of the scope,
+the session object with its decoded data, the lazy user and a suspended
+coroutine per layer; a Channels consumer adds a second task per socket (its
+receive loop) and an `asyncio.wait` on it. Here the session is read once at
+connect and dropped, and one coroutine per socket reads its messages.
+"""
 
 from __future__ import annotations
 
 import logging
+from importlib import import_module
+from types import SimpleNamespace
+from typing import Any
 
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
+from django.http.cookie import parse_cookie
 
 from dashboard.live import CLOSE_NOT_AUTHENTICATED, CloseConnection, LiveClient, error_frame
 from dashboard.models import ShareLink, SharePrincipal
@@ -22,61 +35,94 @@ def share_principal(secret: str) -> SharePrincipal | AnonymousUser:
     return link.principal() if link is not None else AnonymousUser()
 
 
-class LiveConsumer(AsyncWebsocketConsumer):
-    """Serve /ws/live/: authenticate by session, then hand every message to a LiveClient."""
+@database_sync_to_async
+def session_user(headers: list[tuple[bytes, bytes]]):
+    """Return the user signed in with the request's session cookie (Django's own checks), or an anonymous user."""
+    cookies: dict[str, str] = {}
+    for name, value in headers:
+        if name == b"cookie":
+            cookies.update(parse_cookie(value.decode("latin1")))
+    key = cookies.get(settings.SESSION_COOKIE_NAME)
+    if not key:
+        return AnonymousUser()
+    store = import_module(settings.SESSION_ENGINE).SessionStore(key)
+    # get_user verifies the session's auth hash (a changed password signs the socket out) like a request.
+    return get_user(SimpleNamespace(session=store))
 
-    # No per-socket channel: the process hub (dashboard/fanout.py) is the only
-    # reader of the channel layer. An alias that names no layer makes Channels
-    # skip new_channel() for each socket.
-    channel_layer_alias = "__hub_only__"
 
-    client: LiveClient | None = None
+class LiveConsumer:
+    """Serve /ws/live/ (and /ws/share/<secret>/): authenticate once, then hand every message to a LiveClient.
 
-    async def dispatch(self, message: dict) -> None:
-        """Handle one ASGI message without Channels' close_old_connections() hop before it.
+    The user comes from scope["user"] when something set it (tests, an auth
+    middleware), from the share link in the path, or else from the session
+    cookie. The connection has no channel on the layer: the process hub
+    (dashboard/fanout.py) is its only reader.
+    """
 
-        AsyncConsumer.dispatch runs close_old_connections in a thread before
-        every message, acks included: with 1,000 viewers acking, those thread
-        hops cost more server CPU than sending the data (py-spy, bench/README.md).
-        Our handlers touch the database only through database_sync_to_async,
-        which closes stale connections on its own thread hop.
-        """
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+    __slots__ = ("send", "client")
 
-    async def connect(self) -> None:
-        user = self.scope.get("user")
-        secret = self.scope.get("url_route", {}).get("kwargs", {}).get("secret")
+    @classmethod
+    def as_asgi(cls):
+        """Return the ASGI app: one LiveConsumer and one coroutine per socket."""
+
+        async def app(scope: dict[str, Any], receive, send) -> None:
+            await cls(send).run(scope, receive)
+
+        return app
+
+    def __init__(self, send) -> None:
+        self.send = send
+        self.client: LiveClient | None = None
+
+    async def run(self, scope: dict[str, Any], receive) -> None:
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    await self.receive(message)
+                elif kind == "websocket.connect":
+                    await self.connect(scope)
+                elif kind == "websocket.disconnect":
+                    return
+        finally:
+            await self.disconnect()
+
+    async def connect(self, scope: dict[str, Any]) -> None:
+        secret = scope.get("url_route", {}).get("kwargs", {}).get("secret")
         if secret is not None:
             # A share link replaces whoever is signed in: it grants one dashboard's metrics only.
             user = await share_principal(secret)
-        await self.accept()
-        if user is None or not user.is_authenticated:
-            await self.send(text_data=error_frame("not_authenticated", "sign in at /accounts/login/ first"))
-            await self.close(code=CLOSE_NOT_AUTHENTICATED)
+        else:
+            user = scope.get("user")
+            if user is None:
+                user = await session_user(scope.get("headers", []))
+        await self.send({"type": "websocket.accept"})
+        if not user.is_authenticated:
+            await self._send_text(error_frame("not_authenticated", "sign in at /accounts/login/ first"))
+            await self._close_with(CLOSE_NOT_AUTHENTICATED)
             return
         self.client = LiveClient(user, self._send_text, close=self._close_with)
         await self.client.start()
 
     async def _send_text(self, frame: str) -> None:
-        # The hot path (once per frame per socket): straight to the server, past send()'s argument checks.
-        await self.base_send({"type": "websocket.send", "text": frame})
+        await self.send({"type": "websocket.send", "text": frame})
 
     async def _close_with(self, code: int) -> None:
         """Close from the server side (a reader too slow to keep up gets 4008)."""
-        await self.close(code=code)
+        await self.send({"type": "websocket.close", "code": code})
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    async def receive(self, message: dict[str, Any]) -> None:
         if self.client is None:
             return
+        text = message.get("text")
         try:
-            await self.client.handle(text_data if text_data is not None else bytes_data or b"")
+            await self.client.handle(text if text is not None else message.get("bytes") or b"")
         except CloseConnection as exc:
-            await self.close(code=exc.code)
+            await self._close_with(exc.code)
 
-    async def disconnect(self, code: int) -> None:
+    async def disconnect(self) -> None:
+        """Release the connection's subscriptions (the socket is closed, or the app is ending)."""
         if self.client is not None:
-            await self.client.stop()
-            self.client = None
+            client, self.client = self.client, None
+            await client.stop()

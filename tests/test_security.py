@@ -121,6 +121,39 @@ async def test_a_forged_session_cookie_is_treated_as_signed_out() -> None:
     assert await communicator.receive_output() == {"type": "websocket.close", "code": 4001}
 
 
+async def session_socket(user) -> WebsocketCommunicator:
+    """A socket through the production ASGI stack, carrying the session cookie of a user signed in over HTTP."""
+    from asgiref.sync import sync_to_async
+    from django.test import Client
+
+    client = Client()
+    await sync_to_async(client.force_login)(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}; csrftoken=x".encode()
+    headers = [(b"origin", b"http://localhost"), (b"cookie", cookie)]
+    return WebsocketCommunicator(application, "/ws/live/", headers=headers)
+
+
+@TRANSACTIONAL
+async def test_a_socket_with_a_session_cookie_is_greeted_as_that_user(viewer) -> None:
+    communicator = await session_socket(viewer)
+    connected, _ = await communicator.connect()
+    assert connected
+    assert json.loads(await communicator.receive_from())["type"] == "hello"
+    await communicator.disconnect()
+
+
+@TRANSACTIONAL
+async def test_a_session_from_before_a_password_change_is_treated_as_signed_out(viewer) -> None:
+    from asgiref.sync import sync_to_async
+
+    communicator = await session_socket(viewer)
+    viewer.set_password("a-new-pass-456")
+    await sync_to_async(viewer.save)()
+    await communicator.connect()
+    assert json.loads(await communicator.receive_from())["code"] == "not_authenticated"
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 4001}
+
+
 # --- Limits ------------------------------------------------------------------------
 
 
