@@ -134,40 +134,45 @@ def store(readings: list[Reading]) -> StoredBatch:
         if key not in rows:
             rows[key] = (ref, reading.value)
 
-    new: set[tuple[int, int]] = set()
-    items = list(rows.items())
+    # Keys that were stored before this batch (a retry, a replay): usually none.
+    old: set[tuple[int, int]] = set()
     with transaction.atomic():
         with connection.cursor() as cursor:
-            if items:
+            if rows:
                 if connection.vendor == "postgresql":
                     # Rollups are folded in by the same statement, in SQL.
-                    new = _insert_by_copy(cursor, items)
+                    old = _insert_by_copy(cursor, rows)
                 else:
-                    new = _insert_by_values(cursor, items)
-            if len(new) == len(items):  # the common case: nothing was there before
-                batch.inserted = [(ref, key[1], value) for key, (ref, value) in items]
+                    old = _insert_by_values(cursor, rows)
+            if old:
+                batch.inserted = [(ref, key[1], value) for key, (ref, value) in rows.items() if key not in old]
             else:
-                batch.inserted = [(ref, key[1], value) for key, (ref, value) in items if key in new]
+                batch.inserted = [(ref, key[1], value) for key, (ref, value) in rows.items()]
             if connection.vendor != "postgresql":
                 rollups.apply(cursor, connection.vendor, [(ref.id, ts, value) for ref, ts, value in batch.inserted])
         _update_latest(batch.inserted)
 
     # The first reading of each new key is "new"; repeats and old keys are duplicates.
-    outcomes: list[str | UnknownMetric] = []
+    if len(keys) == len(rows):  # no repeats and no refusals: no need to track what was seen
+        batch.outcomes = ["duplicate" if key in old else "new" for key in keys]
+        return batch
+    seen = old
     for key in keys:
-        if type(key) is tuple and key in new:
-            new.discard(key)
-            outcomes.append("new")
+        if type(key) is not tuple:
+            batch.outcomes.append(key)
+        elif key in seen:
+            batch.outcomes.append("duplicate")
         else:
-            outcomes.append(key if isinstance(key, UnknownMetric) else "duplicate")
-    batch.outcomes = outcomes
+            seen.add(key)
+            batch.outcomes.append("new")
     return batch
 
 
 def _insert_by_values(
-    cursor: CursorWrapper, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]
+    cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[MetricRef, float]]
 ) -> set[tuple[int, int]]:
-    """Insert rows with multi-row VALUES statements and return the (metric id, ts) keys that were new."""
+    """Insert rows with multi-row VALUES statements and return the (metric id, ts) keys that were already there."""
+    items = list(rows.items())
     new: set[tuple[int, int]] = set()
     for start in range(0, len(items), INSERT_CHUNK):
         chunk = items[start : start + INSERT_CHUNK]
@@ -181,31 +186,35 @@ def _insert_by_values(
             params,
         )
         new.update((int(m), int(t)) for m, t in cursor.fetchall())
-    return new
+    return rows.keys() - new
 
 
 def _insert_by_copy(
-    cursor: CursorWrapper, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]
+    cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[MetricRef, float]]
 ) -> set[tuple[int, int]]:
-    """COPY rows into the staging table, move the new ones into dashboard_sample and the rollups, return their keys."""
+    """COPY rows into the staging table, move the new ones into dashboard_sample and the rollups.
+
+    Return the keys that were already stored: RETURNING every new key would
+    send and parse one row per sample, when almost always none is old.
+    """
     cursor.execute(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} "
         "(metric_id bigint NOT NULL, ts bigint NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS"
     )
     with cursor.cursor.copy(f"COPY {STAGE_TABLE} (metric_id, ts, value) FROM STDIN (FORMAT BINARY)") as copy:
         # One buffer in PostgreSQL's binary COPY format instead of a write_row() call per row.
-        rows = b"".join([COPY_ROW.pack(3, 8, m, 8, t, 8, v) for (m, t), (_, v) in items])
-        copy.write(COPY_HEADER + rows + COPY_TRAILER)
+        data = b"".join([COPY_ROW.pack(3, 8, m, 8, t, 8, v) for (m, t), (_, v) in rows.items()])
+        copy.write(COPY_HEADER + data + COPY_TRAILER)
     # One statement, one round trip: empty the staging table (ON COMMIT would,
     # but a caller's outer transaction may store twice before committing),
     # insert what is new, fold exactly those rows into every rollup tier, and
-    # report their keys.
+    # report the staged keys that were not inserted.
     cursor.execute(
         f"WITH staged AS (DELETE FROM {STAGE_TABLE} RETURNING metric_id, ts, value), "
         "new_rows AS (INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM staged "
         "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts, value), "
         f"{rollups.upsert_ctes('new_rows')} "
-        "SELECT metric_id, ts FROM new_rows"
+        "SELECT metric_id, ts FROM staged EXCEPT ALL SELECT metric_id, ts FROM new_rows"
     )
     return set(cursor.fetchall())
 
