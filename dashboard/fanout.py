@@ -40,6 +40,7 @@ STALL_S = 30.0  # default of settings LIVE_STALL_S: a connection whose window st
 MAX_SHEDS = 3  # buffer overflows within SHED_WINDOW_S before a connection counts as hopelessly slow
 SHED_WINDOW_S = 60.0
 WATCHDOG_S = 1.0  # how often the hub looks for stalled connections
+NO_KEYS: frozenset[str] = frozenset()  # shared by idle sessions: an empty set() is 216 B, a used one keeps its table
 
 
 @dataclass(slots=True)
@@ -98,7 +99,37 @@ class Session:
     slow reader costs at most `window` frames in the server's transport buffer
     plus MAX_BUFFER_SAMPLES here. Daphne's send never blocks, so without
     acknowledgements nothing would stop its transport buffer from growing.
+
+    There is one per connection, so an idle one must stay small
+    (bench/connmem.py): slots, and nothing allocated before it is needed.
     """
+
+    __slots__ = (
+        "_send",
+        "max_rate",
+        "window",
+        "on_stuck",
+        "cursors",
+        "delivered",
+        "sources",
+        "_buffer",
+        "_buffered",
+        "_held",
+        "_last_send",
+        "_flush_handle",
+        "_sending",
+        "_queued",
+        "frames_sent",
+        "frames_acked",
+        "_full_since",
+        "_window_open",
+        "_sheds",
+        "dropped",
+        "on_gap",
+        "closed",
+        "alert_sources",
+        "__weakref__",
+    )
 
     def __init__(
         self,
@@ -116,7 +147,7 @@ class Session:
         self.sources: dict[int, set[str]] = {}  # source id -> subscribed keys of it
         self._buffer: list[Fragment] = []
         self._buffered = 0
-        self._held: set[str] = set()  # keys being back-filled: live fragments wait
+        self._held: frozenset[str] | set[str] = NO_KEYS  # keys being back-filled: live fragments wait
         self._last_send = 0.0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sending = False
@@ -126,12 +157,12 @@ class Session:
         self._full_since: float | None = None  # when the ack window last filled up
         # Made only when a replay waits for room: an idle connection should cost little (deques are ~600 B).
         self._window_open: asyncio.Event | None = None
-        self._sheds: list[float] = []  # when the buffer last overflowed, at most MAX_SHEDS
+        self._sheds: list[float] | None = None  # when the buffer last overflowed, at most MAX_SHEDS
         self.dropped = 0
         self.on_gap: Callable[[set[str]], None] | None = None
         self.closed = False
         # Ids of the sources whose alerts this viewer may see; None: all (staff).
-        self.alert_sources: set[int] | None = None
+        self.alert_sources: frozenset[int] | None = None
 
     # --- Subscriptions --------------------------------------------------
     def add(self, source_id: int, key: str, cursor: int) -> None:
@@ -153,11 +184,11 @@ class Session:
 
     def hold(self, keys: set[str]) -> None:
         """Keep live fragments of these keys buffered while their history is being sent."""
-        self._held |= keys
+        self._held = self._held | keys
 
     def release(self, keys: set[str]) -> None:
         """Let held keys flow again, dropping buffered samples already covered by the history sent."""
-        self._held -= keys
+        self._held = self._held - keys or NO_KEYS  # a new set: one emptied in place keeps its table
         self._buffer = [self._trim(f) for f in self._buffer]
         self._buffer = [f for f in self._buffer if f is not None]
         self._buffered = sum(f.count for f in self._buffer)
@@ -250,7 +281,7 @@ class Session:
         self.dropped += count
         stats.SAMPLES_DROPPED.inc(count)
         now = time.monotonic()
-        self._sheds = [*self._sheds[-(MAX_SHEDS - 1) :], now] if MAX_SHEDS > 1 else [now]
+        self._sheds = [*(self._sheds or ())[-(MAX_SHEDS - 1) :], now] if MAX_SHEDS > 1 else [now]
         if len(self._sheds) == MAX_SHEDS and now - self._sheds[0] <= SHED_WINDOW_S:
             self.stuck(f"shed its buffer {MAX_SHEDS} times within {SHED_WINDOW_S:.0f} s")
             return

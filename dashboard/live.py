@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -87,6 +88,8 @@ def resolve_metrics(user, patterns: list[str]) -> tuple[list[Metric], list[dict[
                 }
             )
         for metric in matches:
+            # Interned: every connection subscribed to a key then holds the same string, not its own copy.
+            metric.key = sys.intern(metric.key)
             found[metric.key] = metric
     return list(found.values()), errors
 
@@ -108,16 +111,31 @@ def load_samples(cursors: dict[int, int]) -> dict[int, tuple[list[int], list[flo
     return out
 
 
+_shared_source_sets: dict[frozenset[int], frozenset[int]] = {}
+SHARED_SOURCE_SETS_MAX = 1024  # distinct visibility sets kept for sharing; beyond that the cache starts over
+
+
 @database_sync_to_async
-def alert_sources(user) -> set[int] | None:
-    """Return the ids of the sources whose alerts the user may see (None: every source, for staff)."""
+def alert_sources(user) -> frozenset[int] | None:
+    """Return the ids of the sources whose alerts the user may see (None: every source, for staff).
+
+    Viewers who see the same sources share one frozenset rather than a set per connection.
+    """
     if getattr(user, "share_link", None) is None and (user.is_staff or user.is_superuser):
         return None
-    return set(Source.objects.visible_to(user).values_list("id", flat=True))
+    ids = frozenset(Source.objects.visible_to(user).values_list("id", flat=True))
+    if len(_shared_source_sets) >= SHARED_SOURCE_SETS_MAX:
+        _shared_source_sets.clear()
+    return _shared_source_sets.setdefault(ids, ids)
 
 
 class LiveClient:
-    """One connection's side of protocol v1: subscriptions, history, resume and live frames."""
+    """One connection's side of protocol v1: subscriptions, history, resume and live frames.
+
+    One per connection: slots, and no task or set made before it is needed (bench/connmem.py).
+    """
+
+    __slots__ = ("user", "_send", "_close", "session", "hub", "metrics", "_tokens", "_tokens_at", "_tasks", "_gap_keys")
 
     def __init__(
         self,
@@ -141,8 +159,8 @@ class LiveClient:
         self.metrics: dict[str, int] = {}  # subscribed key -> metric id (not the model: ~2 KB each per connection)
         self._tokens = float(MESSAGE_BURST)
         self._tokens_at = time.monotonic()
-        self._tasks: set[asyncio.Task] = set()
-        self._gap_keys: set[str] = set()
+        self._tasks: set[asyncio.Task] | None = None
+        self._gap_keys: frozenset[str] = frozenset()  # being back-filled after a loss
 
     async def start(self) -> None:
         """Register with the hub and greet the client."""
@@ -172,7 +190,7 @@ class LiveClient:
 
     async def stop(self) -> None:
         """Release everything this connection held."""
-        for task in list(self._tasks):
+        for task in list(self._tasks or ()):
             task.cancel()
         stats.SUBSCRIPTIONS.dec(len(self.metrics))
         stats.CONNECTIONS.dec()
@@ -196,6 +214,8 @@ class LiveClient:
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -404,7 +424,7 @@ class LiveClient:
         keys = keys & set(self.metrics) - self._gap_keys
         if not keys:
             return
-        self._gap_keys |= keys
+        self._gap_keys = self._gap_keys | keys
         self.session.hold(keys)
         self.session.send_now(encode({"type": "lag", "metrics": sorted(keys), "dropped": self.session.dropped}))
 
@@ -413,6 +433,6 @@ class LiveClient:
             try:
                 await self._replay(keys)
             finally:
-                self._gap_keys -= keys
+                self._gap_keys = self._gap_keys - keys
 
         self._spawn(refill())
