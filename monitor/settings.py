@@ -218,6 +218,8 @@ PULSEBOARD = {
     "LIVE_STALL_S": env_float("PULSEBOARD_LIVE_STALL_S", 30.0, minimum=0.5),
     # Bytes one Server-Sent Events response carries before it ends and the browser resumes.
     "SSE_RESPONSE_BYTES": env_int("PULSEBOARD_SSE_RESPONSE_BYTES", 1024 * 1024, minimum=4096),
+    # Send live frames straight to the socket when nothing is queued (dashboard/writethrough.py).
+    "WRITE_THROUGH": env_bool("PULSEBOARD_WRITE_THROUGH", True),
     # How long each history tier is kept, in days; a metric's own
     # raw/minute/ten_minute/hour_retention_days override these (docs/history.md).
     "RETENTION_RAW_DAYS": env_int("PULSEBOARD_RETENTION_RAW_DAYS", 7, minimum=1),

@@ -1,0 +1,65 @@
+"""Write-through for Twisted TCP transports under Daphne: send at once when nothing is queued.
+
+Twisted's transport.write() never sends: it queues the bytes and registers
+the socket for writability (an epoll_ctl), the reactor later calls doWrite()
+to send, and unregisters it (a second epoll_ctl). Under Daphne's asyncio
+reactor each registration also rebuilds a selector key. For a live frame
+fanned out to 1,000 sockets that bookkeeping cost more than the send itself:
+py-spy put 43 % of the server's time in the write path, of which the send
+syscall was less than half (bench/README.md, Fan-out).
+
+With this installed, a write to a plain-TCP connection whose queue is empty
+tries socket.send() directly; whatever the kernel does not take (a slow
+reader's full buffer) is queued the usual way, and errors are left to the
+usual path, which reports them as a lost connection. Order is kept because
+bytes are only sent directly when nothing is waiting before them. A
+registered producer (Daphne's HTTP channel stays registered after the
+WebSocket upgrade) is paused by the usual path as soon as bytes queue up,
+which they do only when the kernel buffer is full. TLS connections are
+untouched.
+
+Installed once per process by monitor/asgi.py (PULSEBOARD_WRITE_THROUGH=0
+turns it off); a no-op where Twisted is not imported.
+"""
+
+from __future__ import annotations
+
+import sys
+
+_installed = False
+
+
+def install() -> bool:
+    """Make Twisted's TCP connections write through; return whether that is (now) the case."""
+    global _installed
+    if not _installed and "twisted.internet.reactor" in sys.modules:  # else: not running under Daphne
+        from twisted.internet import tcp
+
+        patch(tcp.Connection)
+        _installed = True
+    return _installed
+
+
+def patch(connection_class: type) -> None:
+    """Replace connection_class.write with a write-through version of it."""
+    queued_write = connection_class.write
+
+    def write(self, data: bytes) -> None:
+        if (
+            not self.TLS
+            and self.connected
+            and not self._writeDisconnected
+            and not self.dataBuffer
+            and not self._tempDataBuffer
+            and type(data) is bytes
+            and data
+        ):
+            sent = self.writeSomeData(data)
+            if type(sent) is int:  # else the connection is lost: the queued path finds out and reports it
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        queued_write(self, data)
+
+    write.__doc__ = queued_write.__doc__
+    connection_class.write = write

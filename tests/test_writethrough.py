@@ -1,0 +1,73 @@
+"""Write-through on a real Twisted TCP connection over a real socket pair (dashboard/writethrough.py)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from dashboard import writethrough
+
+tcp = pytest.importorskip("twisted.internet.tcp")
+
+
+class Reactor:
+    """Records what the connection asks of the reactor: registering for writability is the cost avoided."""
+
+    def __init__(self) -> None:
+        self.writers: list[object] = []
+
+    def addWriter(self, writer) -> None:  # noqa: N802 (Twisted's name)
+        self.writers.append(writer)
+
+    def removeWriter(self, writer) -> None:  # noqa: N802
+        self.writers.remove(writer)
+
+
+class Connection(tcp.Connection):
+    pass
+
+
+writethrough.patch(Connection)
+
+
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    reactor = Reactor()
+    connection = Connection(ours, None, reactor)
+    connection.connected = 1
+    yield connection, theirs, reactor
+    ours.close()
+    theirs.close()
+
+
+def read_all(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        data += sock.recv(size - len(data))
+    return data
+
+
+def test_a_write_the_kernel_takes_is_sent_at_once_without_registering_for_writability(pair) -> None:
+    connection, theirs, reactor = pair
+    connection.write(b"frame one")
+    connection.write(b"frame two")
+    assert reactor.writers == []
+    assert read_all(theirs, 18) == b"frame oneframe two"
+
+
+def test_what_the_kernel_refuses_is_queued_and_later_bytes_wait_behind_it(pair) -> None:
+    connection, theirs, reactor = pair
+    big = bytes(range(256)) * 40_000  # 10 MB: more than the socket buffers hold
+    connection.write(big)
+    assert reactor.writers == [connection]  # the rest waits for writability, as without the patch
+    connection.write(b"after")  # must not overtake the queued bytes
+    received = bytearray()
+    while len(received) < len(big) + 5:
+        connection.doWrite()
+        received += theirs.recv(1 << 20)
+    assert bytes(received) == big + b"after"
+    connection.doWrite()  # finds the queue empty
+    assert reactor.writers == []  # drained: unregistered
