@@ -75,15 +75,31 @@ def data_frame(fragments: list[str], replay: bool = False) -> str:
     return head + ",".join(fragments) + "]}"
 
 
-def shared_frame(fragments: list[Fragment]) -> str:
-    """Return the live frame for these fragments, built once per hub message when they all come from one."""
+def shared_frame(fragments: list[Fragment], cache: dict | None = None) -> str:
+    """Return the live frame for these fragments, built once for every session that sends the same ones.
+
+    Fragments all from one hub message share that message's frames (in any
+    order: sessions may buffer them differently). Fragments coalesced from
+    several messages are looked up in `cache`, the flusher's frames of its
+    current pass: sessions due in the same slot usually hold the same ones.
+    """
     frames = fragments[0].frames
     if frames is not None and all(f.frames is frames for f in fragments):
-        key = frozenset(f.key for f in fragments)  # sessions may buffer the same fragments in another order
+        key = frozenset(f.key for f in fragments)
         frame = frames.get(key)
         if frame is None:
             frame = frames[key] = data_frame([f.json for f in fragments])
             stats.FRAMES_ENCODED.inc()
+        return frame
+    if cache is not None:
+        # Keyed by identity; the entry keeps its fragments alive, so no id is reused while it is cached.
+        ident = tuple(map(id, fragments))
+        hit = cache.get(ident)
+        if hit is not None:
+            return hit[1]
+        frame = data_frame([f.json for f in fragments])
+        cache[ident] = (tuple(fragments), frame)
+        stats.FRAMES_ENCODED.inc()
         return frame
     stats.FRAMES_ENCODED.inc()
     return data_frame([f.json for f in fragments])
@@ -115,7 +131,7 @@ class Session:
         "_buffer",
         "_buffered",
         "_held",
-        "_last_send",
+        "_last_slot",
         "_flush_handle",
         "_sending",
         "_queued",
@@ -148,7 +164,7 @@ class Session:
         self._buffer: list[Fragment] = []
         self._buffered = 0
         self._held: frozenset[str] | set[str] = NO_KEYS  # keys being back-filled: live fragments wait
-        self._last_send = 0.0
+        self._last_slot = 0.0  # start (monotonic s) of the grid slot of the last data frame
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sending = False
         self._queued = False  # waiting in the loop's Flusher
@@ -302,12 +318,19 @@ class Session:
     def _schedule(self) -> None:
         if self._flush_handle is not None or self._queued or self._sending or self.closed or self.window_full():
             return
-        if not any(f.key not in self._held for f in self._buffer):
+        if not self._buffer or (self._held and all(f.key in self._held for f in self._buffer)):
             return
-        loop = asyncio.get_running_loop()
-        wait = self._last_send + 1.0 / self.max_rate - time.monotonic()
-        # call_soon even when idle so every fragment of the current batch joins one frame.
-        self._flush_handle = loop.call_later(max(wait, 0.0), self._start_flush)
+        # Frames go out on a grid of 1/max_rate slots of the process clock, at
+        # most one per slot: sessions held back by the rate become due at the
+        # same instant with the same buffered fragments, so they share one frame.
+        wait = self._last_slot + 1.0 / self.max_rate - time.monotonic()
+        if wait <= 0:
+            # Due now: the flusher runs on the next loop iteration, after the
+            # hub has offered every fragment of the current batch, so they all
+            # join one frame. No timer: 1,000 sessions would make 1,000.
+            self._start_flush()
+            return
+        self._flush_handle = asyncio.get_running_loop().call_later(wait, self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush_handle = None
@@ -338,7 +361,7 @@ class Session:
                     self.cursors[fragment.key] = fragment.last_ts
                 if fragment.last_ts > self.delivered.get(fragment.key, 0):
                     self.delivered[fragment.key] = fragment.last_ts
-            frame = shared_frame(ready)
+            frame = shared_frame(ready, Flusher.get().frames)
             self._count_sent()
             await self._send(frame)
             now = now_us()
@@ -349,7 +372,7 @@ class Session:
             log.debug("send failed; the connection is closing", exc_info=True)
             self.closed = True
         finally:
-            self._last_send = time.monotonic()
+            self._last_slot = int(time.monotonic() * self.max_rate) / self.max_rate
             self._sending = False
         self._schedule()
 
@@ -396,6 +419,7 @@ class Flusher:
     def __init__(self) -> None:
         self._due: list[Session] = []
         self._running = False
+        self.frames: dict[tuple[int, ...], tuple[tuple[Fragment, ...], str]] = {}  # this pass's frames
 
     def add(self, session: Session) -> None:
         self._due.append(session)
@@ -407,6 +431,7 @@ class Flusher:
         try:
             while self._due:
                 due, self._due = self._due, []
+                self.frames = {}
                 for session in due:
                     session._queued = False
                     try:
@@ -415,6 +440,7 @@ class Flusher:
                         log.exception("flushing a live connection failed")
         finally:
             self._running = False
+            self.frames = {}
 
 
 class Hub:

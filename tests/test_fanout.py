@@ -162,6 +162,26 @@ async def test_sockets_receiving_the_same_batch_share_one_frame_string() -> None
         session.close()
 
 
+async def test_sessions_due_together_share_one_frame_coalesced_from_several_batches() -> None:
+    """Under load a frame carries several batches; sessions flushed in the same pass still share its string."""
+    hub = Hub()
+    transports = [Transport() for _ in range(3)]
+    sessions = [subscribed_session(t, key="iot.a.temp") for t in transports]
+    hub.groups[events.source_group(1)] = set(sessions)
+    now = now_us()
+    for seq in (1, 2):  # two layer messages before the flusher runs
+        batch = events.SampleBatch(source=1, series={"iot.a.temp": [[now + seq], [float(seq)]]}, publisher="p", seq=seq)
+        hub.dispatch(batch.as_message())
+    before_encoded = stats.FRAMES_ENCODED._value.get()
+    await asyncio.sleep(0.01)  # the flusher's pass
+    frames = [t.frames[0] for t in transports]
+    assert all(frame is frames[0] for frame in frames)
+    assert stats.FRAMES_ENCODED._value.get() == before_encoded + 1
+    assert [b["v"] for b in json.loads(frames[0])["batches"]] == [[1.0], [2.0]]
+    for session in sessions:
+        session.close()
+
+
 async def test_sockets_wanting_different_keys_of_a_batch_get_different_frames() -> None:
     hub = Hub()
     one, both = Transport(), Transport()
