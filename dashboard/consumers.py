@@ -22,6 +22,7 @@ from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 
+from dashboard import writethrough
 from dashboard.live import CLOSE_NOT_AUTHENTICATED, CloseConnection, LiveClient, error_frame
 from dashboard.models import ShareLink, SharePrincipal
 
@@ -103,6 +104,7 @@ class LiveConsumer:
             await self._close_with(CLOSE_NOT_AUTHENTICATED)
             return
         self.client = LiveClient(user, self._send_text, close=self._close_with)
+        self.client.session.send_wire = writethrough.wire_sender(self.send)  # None unless under Daphne
         await self.client.start()
 
     async def _send_text(self, frame: str) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from dashboard import background, events, stats
+from dashboard import background, events, stats, writethrough
 from dashboard.timeutil import now_us
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ class Session:
         "on_gap",
         "closed",
         "alert_sources",
+        "send_wire",
         "__weakref__",
     )
 
@@ -155,6 +156,10 @@ class Session:
         on_stuck: Callable[[str], None] | None = None,
     ) -> None:
         self._send = send
+        # Where the server allows it (Daphne: dashboard/writethrough.py), writes a data
+        # frame's wire bytes, framed once per pass for every socket; returns False
+        # when it cannot, and the frame goes through `send`.
+        self.send_wire: Callable[[bytes], bool] | None = None
         self.max_rate = max_rate
         self.window = window
         self.on_stuck = on_stuck
@@ -337,7 +342,7 @@ class Session:
         self._queued = True
         Flusher.get().add(self)
 
-    async def flush(self) -> None:
+    async def flush(self, flusher: Flusher | None = None) -> None:
         """Send what is buffered (except held keys) as one frame of at most MAX_FRAME_SAMPLES samples."""
         if self._sending or self.closed or self.window_full():
             return
@@ -361,9 +366,11 @@ class Session:
                     self.cursors[fragment.key] = fragment.last_ts
                 if fragment.last_ts > self.delivered.get(fragment.key, 0):
                     self.delivered[fragment.key] = fragment.last_ts
-            frame = shared_frame(ready, Flusher.get().frames)
+            flusher = flusher or Flusher.get()
+            frame = shared_frame(ready, flusher.frames)
             self._count_sent()
-            await self._send(frame)
+            if self.send_wire is None or not self.send_wire(flusher.wire(frame)):
+                await self._send(frame)
             now = now_us()
             stats.FRAMES_SENT.inc()
             stats.SAMPLES_SENT.inc(samples)
@@ -420,6 +427,16 @@ class Flusher:
         self._due: list[Session] = []
         self._running = False
         self.frames: dict[tuple[int, ...], tuple[tuple[Fragment, ...], str]] = {}  # this pass's frames
+        self._wire: dict[int, tuple[str, bytes]] = {}  # id(frame) -> (frame, its WebSocket frame bytes)
+
+    def wire(self, frame: str) -> bytes:
+        """Return the frame as WebSocket wire bytes, framed once per pass however many sockets send it."""
+        hit = self._wire.get(id(frame))
+        if hit is not None and hit[0] is frame:
+            return hit[1]
+        data = writethrough.websocket_text_frame(frame)
+        self._wire[id(frame)] = (frame, data)  # holding the frame keeps its id unique in this pass
+        return data
 
     def add(self, session: Session) -> None:
         self._due.append(session)
@@ -432,15 +449,17 @@ class Flusher:
             while self._due:
                 due, self._due = self._due, []
                 self.frames = {}
+                self._wire = {}
                 for session in due:
                     session._queued = False
                     try:
-                        await session.flush()
+                        await session.flush(self)
                     except Exception:
                         log.exception("flushing a live connection failed")
         finally:
             self._running = False
             self.frames = {}
+            self._wire = {}
 
 
 class Hub:

@@ -24,7 +24,10 @@ turns it off); a no-op where Twisted is not imported.
 
 from __future__ import annotations
 
+import functools
+import struct
 import sys
+from collections.abc import Callable
 
 _installed = False
 
@@ -63,3 +66,44 @@ def patch(connection_class: type) -> None:
 
     write.__doc__ = queued_write.__doc__
     connection_class.write = write
+
+
+def websocket_text_frame(text: str) -> bytes:
+    """Return an unmasked, unfragmented WebSocket text frame (RFC 6455, 5.2) carrying `text`."""
+    payload = text.encode()
+    n = len(payload)
+    if n <= 125:
+        head = struct.pack("!BB", 0x81, n)
+    elif n <= 0xFFFF:
+        head = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, n)
+    return head + payload
+
+
+def wire_sender(send) -> Callable[[bytes], bool] | None:
+    """Return a function writing ready-made WebSocket frames to the Daphne connection behind `send`, or None.
+
+    A live frame shared by 1,000 sockets would otherwise go through Daphne's
+    reply handling and autobahn's framing (and a UTF-8 encode) once per
+    socket; framed once (websocket_text_frame) it is one transport write each.
+    Daphne hands every application `functools.partial(server.handle_reply,
+    protocol)` as its send; anything else (another server, the test
+    communicator) gets None and keeps the ASGI path. The function returns
+    False, so the caller falls back to `send`, unless the connection is open
+    with nothing queued in autobahn and no compression negotiated.
+    """
+    if not isinstance(send, functools.partial) or getattr(send.func, "__name__", "") != "handle_reply":
+        return None
+    protocol = send.args[0] if send.args else None
+    if protocol is None or not hasattr(protocol, "sendPreparedMessage") or not hasattr(protocol, "STATE_OPEN"):
+        return None
+    state_open = protocol.STATE_OPEN
+
+    def send_wire(data: bytes) -> bool:
+        if protocol.state != state_open or protocol.send_queue or protocol._perMessageCompress is not None:
+            return False
+        protocol.transport.write(data)
+        return True
+
+    return send_wire

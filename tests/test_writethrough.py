@@ -71,3 +71,19 @@ def test_what_the_kernel_refuses_is_queued_and_later_bytes_wait_behind_it(pair) 
     assert bytes(received) == big + b"after"
     connection.doWrite()  # finds the queue empty
     assert reactor.writers == []  # drained: unregistered
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 300_000])
+def test_a_frame_framed_once_is_byte_for_byte_what_autobahn_would_send(size: int) -> None:
+    from autobahn.websocket.protocol import PreparedMessage
+
+    text = ("é" * size)[:size] if size % 2 else "x" * size  # multi-byte UTF-8 too
+    expected = PreparedMessage(text.encode(), isBinary=False, applyMask=False, doNotCompress=True).payloadHybi
+    assert writethrough.websocket_text_frame(text) == expected
+
+
+def test_only_daphne_connections_get_the_wire_path() -> None:
+    async def some_send(message: dict) -> None:
+        pass
+
+    assert writethrough.wire_sender(some_send) is None
