@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from dashboard import ratelimit
@@ -253,3 +254,33 @@ def test_a_token_is_read_from_the_database_once_then_from_the_process_cache() ->
     refused, _ = post(ts_ms + 2)
     assert refused.status_code == 401
     assert "revoked" in refused.json()["error"]["message"]
+
+
+async def test_a_big_batch_is_parsed_off_the_event_loop_and_reports_each_refused_sample_by_index(
+    agent_token: tuple[AgentToken, str],
+) -> None:
+    from dashboard import api
+
+    ts = now_us() // 1000
+    samples: list[dict] = [{"metric": f"m{i % 20}", "ts": ts - i, "value": float(i)} for i in range(3000)]
+    samples[10]["value"] = "hot"
+    samples[2500]["ts"] = ts + 3_600_000
+    samples.append(dict(samples[0]))  # a repeat within the batch
+    body = {"source": "iot.api-test", "samples": samples}
+    assert len(str(body)) > api.PARSE_ON_LOOP_MAX_BYTES
+    status, payload, _ = await post_json(agent_token[1], body)
+    assert status == 200
+    assert (payload["accepted"], payload["duplicates"]) == (2998, 1)
+    assert [(r["index"], r["field"]) for r in payload["rejected"]] == [(10, "value"), (2500, "ts")]
+    assert await Sample.objects.acount() == 2998
+
+
+async def test_a_big_batch_writing_one_source_out_of_scope_is_refused_whole() -> None:
+    _, secret = await sync_to_async(AgentToken.issue)("fleet", "iot.*")
+    ts = now_us() // 1000
+    samples = [{"source": "iot.a", "metric": "m", "ts": ts - i, "value": 1.0} for i in range(2000)]
+    samples[1500]["source"] = "billing.a"
+    status, payload, _ = await post_json(secret, {"samples": samples})
+    assert status == 403
+    assert payload["error"]["field"] == "source" and "billing.a" in payload["error"]["message"]
+    assert await Sample.objects.acount() == 0
