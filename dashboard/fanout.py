@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from dashboard import background, events, stats, writethrough
+from dashboard import background, events, gcpolicy, stats, writethrough
 from dashboard.timeutil import now_us
 
 log = logging.getLogger(__name__)
@@ -590,6 +590,7 @@ class Hub:
         while True:
             await asyncio.sleep(WATCHDOG_S)
             self.reap_stalled(time.monotonic())
+            gcpolicy.maybe_refreeze(len(self.sessions))
 
     def reap_stalled(self, now: float) -> None:
         """Close connections whose ack window has stayed full for LIVE_STALL_S (clients that stopped reading)."""

@@ -41,3 +41,8 @@ if settings.PULSEBOARD["WRITE_THROUGH"]:
     from dashboard import writethrough
 
     writethrough.install()
+
+# Few, planned full garbage collections instead of a 100 ms pause every few seconds.
+from dashboard import gcpolicy  # noqa: E402
+
+gcpolicy.configure()
