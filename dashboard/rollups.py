@@ -2,8 +2,9 @@
 
 Charts over days or years read these tables instead of raw samples. They are
 maintained incrementally in the writer's transaction: the new rows of a batch
-are pre-aggregated per (metric, bucket) in Python and merged into the stored
-buckets with one upsert per chunk. Only rows that were actually inserted are
+are pre-aggregated per (metric, bucket), in SQL within the insert's statement
+on PostgreSQL (upsert_ctes) and in Python on SQLite (apply), and merged into
+the stored buckets by upsert. Only rows that were actually inserted are
 counted, so a retried batch (all duplicates) changes nothing, and a late
 sample merges into its old bucket: min/max widen, sum/count add, and
 first/last move only when the new sample is earlier/later than the stored

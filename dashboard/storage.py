@@ -2,12 +2,13 @@
 
 Sources and metrics are resolved through a per-process cache. On PostgreSQL
 the rows are streamed with COPY into a per-connection temporary staging table
-and moved with one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING
-(COPY itself cannot skip duplicates); on SQLite they go in as multi-row
-INSERT ... ON CONFLICT DO NOTHING RETURNING. Either way a retried batch stores
-nothing twice and the caller learns exactly which rows are new (only those
-are published live and folded into the minute/hour rollups, in the same
-transaction: see dashboard/rollups.py).
+and moved by one statement that inserts them with ON CONFLICT DO NOTHING
+(COPY itself cannot skip duplicates) and folds exactly the inserted rows into
+the rollup tiers in SQL; on SQLite they go in as multi-row INSERT ... ON
+CONFLICT DO NOTHING RETURNING and the rollups are aggregated in Python.
+Either way a retried batch stores nothing twice and the caller learns exactly
+which rows are new (only those are published live and counted in the
+rollups, in the same transaction: see dashboard/rollups.py).
 """
 
 from __future__ import annotations
