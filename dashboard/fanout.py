@@ -165,7 +165,8 @@ class Session:
         self.on_stuck = on_stuck
         self.cursors: dict[str, int] = {}  # metric key -> newest ts delivered or promised
         self.delivered: dict[str, int] = {}  # metric key -> newest ts handed to the transport
-        self.sources: dict[int, set[str]] = {}  # source id -> subscribed keys of it
+        # source id -> subscribed keys of it; a tuple (120 B for 10 keys, a set 730 B): the hub only iterates it.
+        self.sources: dict[int, tuple[str, ...]] = {}
         self._buffer: list[Fragment] = []
         self._buffered = 0
         self._held: frozenset[str] | set[str] = NO_KEYS  # keys being back-filled: live fragments wait
@@ -187,7 +188,9 @@ class Session:
 
     # --- Subscriptions --------------------------------------------------
     def add(self, source_id: int, key: str, cursor: int) -> None:
-        self.sources.setdefault(source_id, set()).add(key)
+        keys = self.sources.get(source_id, ())
+        if key not in keys:
+            self.sources[source_id] = (*keys, key)
         self.cursors[key] = max(cursor, self.cursors.get(key, 0))
 
     def remove(self, key: str) -> int | None:
@@ -196,10 +199,11 @@ class Session:
         self.delivered.pop(key, None)
         for source_id, keys in self.sources.items():
             if key in keys:
-                keys.discard(key)
-                if not keys:
+                rest = tuple(k for k in keys if k != key)
+                if not rest:
                     del self.sources[source_id]
                     return source_id
+                self.sources[source_id] = rest
                 return None
         return None
 
