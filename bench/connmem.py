@@ -76,6 +76,10 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
         return f"{kind.__dict__.get('__module__', '?')}.{kind.__qualname__}"
 
     def dump(signum: int, frame: Any) -> None:
+        # The server freezes long-lived objects (dashboard/gcpolicy.py); frozen ones are neither collected
+        # nor listed by gc.get_objects(), so thaw, collect and count, then freeze again as the policy would.
+        frozen = gc.get_freeze_count() > 0
+        gc.unfreeze()
         gc.collect()
         rss = psutil.Process().memory_info().rss  # before this handler allocates anything
         counter[0] += 1
@@ -83,6 +87,8 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
         if tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(str(path) + ".snapshot")
         info = {"rss": rss, "types": Counter(type_name(o) for o in gc.get_objects())}
+        if frozen:
+            gc.freeze()
         (Path(str(path) + ".json.tmp")).write_text(json.dumps(info))
         os.replace(str(path) + ".json.tmp", str(path) + ".json")
 
