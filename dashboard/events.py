@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import uuid
@@ -55,12 +56,20 @@ def source_group(source_id: int) -> str:
 ALERTS_GROUP = "alerts"
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 @dataclass(slots=True)
 class Event:
     type: ClassVar[str] = "event"
 
     def as_message(self) -> dict[str, Any]:
-        return {"type": self.type, **dataclasses.asdict(self)}
+        # Shallow: dataclasses.asdict deep-copied every series list, ~8% of a busy server's time.
+        message = {name: getattr(self, name) for name in _field_names(type(self))}
+        message["type"] = self.type
+        return message
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Event:
@@ -123,7 +132,8 @@ async def publish(group: str, event: Event) -> bool:
         event.publisher = local_publisher()
         event.seq = _seq[group] = _seq.get(group, 0) + 1
     message = event.as_message()
-    deliver = _local_hubs.get(asyncio.get_running_loop())
+    # Sample batches only: they carry the publisher id the hub uses to ignore the layer's copy.
+    deliver = _local_hubs.get(asyncio.get_running_loop()) if isinstance(event, SampleBatch) else None
     if deliver is not None:
         try:
             deliver(group, message)

@@ -570,7 +570,7 @@ class Hub:
 
         Only groups this hub has joined are delivered, as the layer would.
         """
-        if group in self.groups or group == events.ALERTS_GROUP:
+        if group in self.groups:
             self.dispatch(message)
 
     async def _refresh_loop(self) -> None:
