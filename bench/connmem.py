@@ -18,7 +18,7 @@ tracemalloc when asked and installs a SIGUSR1 handler that collects garbage
 and dumps a snapshot and object counts; nothing in the project changes.
 
 Usage:
-    python bench/connmem.py                          # 1,000 viewers, all three systems
+    python bench/connmem.py                          # 1,000 viewers, all three systems (+ raw-nodeflate)
     python bench/connmem.py --systems pulseboard --top 25
     python bench/connmem.py --env MALLOC_ARENA_MAX=2  # extra server environment
 """
@@ -110,7 +110,9 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
 async def open_viewer(spec: dict[str, Any], held: list) -> bool:
     for attempt in range(5):  # a burst of handshakes can overflow a listen backlog
         try:
-            ws = await websockets.connect(spec["url"], additional_headers=spec["headers"], open_timeout=60)
+            ws = await websockets.connect(
+                spec["url"], additional_headers=spec["headers"], open_timeout=60, compression=spec["compression"]
+            )
             break
         except (OSError, EOFError, websockets.InvalidHandshake, TimeoutError):
             if attempt == 4:
@@ -211,7 +213,7 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int) 
         )
         manage(env, "issuetoken", "connmem", "--output", str(tmp / "token"))
         token = (tmp / "token").read_text().strip()
-    if name == "raw":
+    if name.startswith("raw"):
         target = ["raw", str(port)]
     else:
         app = "monitor.asgi:application" if name == "pulseboard" else "bench.naive_app:application"
@@ -255,6 +257,9 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int) 
                 "headers": {},
                 "subscribe": None,
             }
+        # Viewers offer permessage-deflate as browsers do: Daphne declines it, the raw server accepts it and
+        # keeps ~46 KB of zlib state per socket. raw-nodeflate is the raw server with viewers that do not offer it.
+        spec["compression"] = None if name == "raw-nodeflate" else "deflate"
         parent, child = mp.get_context("spawn").Pipe()
         client = mp.get_context("spawn").Process(target=client_process, args=(child, spec), daemon=True)
         client.start()
@@ -317,7 +322,7 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viewers", "-n", type=int, default=1000)
-    parser.add_argument("--systems", default="pulseboard,raw,naive")
+    parser.add_argument("--systems", default="pulseboard,raw,raw-nodeflate,naive")
     parser.add_argument("--frames", type=int, default=8, help="traceback depth for tracemalloc (0: no heap run)")
     parser.add_argument("--top", type=int, default=0, help="print the N biggest allocation sites and object types")
     parser.add_argument(
@@ -349,7 +354,7 @@ def main() -> None:
         )
     if "pulseboard" in rows:
         p = rows["pulseboard"]
-        for other in ("raw", "naive"):
+        for other in ("raw", "raw-nodeflate", "naive"):
             if other in rows and rows[other]["rss_kb_per_conn"] > 0:
                 o = rows[other]
                 line = f"pulseboard / {other}: RSS {p['rss_kb_per_conn'] / o['rss_kb_per_conn']:.2f}x"
