@@ -170,7 +170,7 @@ class Session:
         self._buffer: list[Fragment] = []
         self._buffered = 0
         self._held: frozenset[str] | set[str] = NO_KEYS  # keys being back-filled: live fragments wait
-        self._last_slot = 0.0  # start (monotonic s) of the grid slot of the last data frame
+        self._last_slot = 0.0  # when (monotonic s) the flusher pass that sent the last data frame began
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sending = False
         self._queued = False  # waiting in the loop's Flusher
@@ -329,9 +329,11 @@ class Session:
             return
         if not self._buffer or (self._held and all(f.key in self._held for f in self._buffer)):
             return
-        # Frames go out on a grid of 1/max_rate slots of the process clock, at
-        # most one per slot: sessions held back by the rate become due at the
-        # same instant with the same buffered fragments, so they share one frame.
+        # At most one data frame per 1/max_rate, counted from the start of the
+        # flusher pass that sent the last one: every session of a pass becomes
+        # due again at the same instant with the same buffered fragments, so
+        # they share one frame, and a session late in a long pass is not held
+        # back longer than one early in it.
         wait = self._last_slot + 1.0 / self.max_rate - time.monotonic()
         if wait <= 0:
             # Due now: the flusher runs on the next loop iteration, after the
@@ -380,7 +382,8 @@ class Session:
             log.debug("send failed; the connection is closing", exc_info=True)
             self.closed = True
         finally:
-            self._last_slot = int(time.monotonic() * self.max_rate) / self.max_rate
+            in_pass = flusher is not None and flusher._running
+            self._last_slot = flusher.pass_started if in_pass else time.monotonic()
             self._sending = False
         self._schedule()
 
@@ -437,6 +440,7 @@ class Flusher:
         self._wire: dict[int, tuple[str, bytes]] = {}  # id(frame) -> (frame, its WebSocket frame bytes)
         self._frames_sent = self._samples_sent = 0
         self._observed: str | None = None
+        self.pass_started = 0.0  # monotonic s
 
     def count(self, frame: str, samples: int, newest_ts: int) -> None:
         """Count a data frame sent; the Prometheus counters are updated once per pass, not per socket.
@@ -478,6 +482,7 @@ class Flusher:
         try:
             while self._due:
                 due, self._due = self._due, []
+                self.pass_started = time.monotonic()
                 self.frames = {}
                 self._wire = {}
                 self._publish_counts()
