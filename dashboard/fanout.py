@@ -171,7 +171,7 @@ class Session:
         self._buffered = 0
         self._held: frozenset[str] | set[str] = NO_KEYS  # keys being back-filled: live fragments wait
         self._last_slot = 0.0  # when (monotonic s) the flusher pass that sent the last data frame began
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: float | None = None  # when a flusher timer will make this session due
         self._sending = False
         self._queued = False  # waiting in the loop's Flusher
         self.frames_sent = 0  # data frames handed to the transport
@@ -341,7 +341,7 @@ class Session:
             # join one frame. No timer: 1,000 sessions would make 1,000.
             self._start_flush()
             return
-        self._flush_handle = asyncio.get_running_loop().call_later(wait, self._start_flush)
+        self._flush_handle = Flusher.get().due_in(wait, self._last_slot + 1.0 / self.max_rate, self)
 
     def _start_flush(self) -> None:
         self._flush_handle = None
@@ -402,9 +402,7 @@ class Session:
         self.closed = True
         if self._window_open is not None:
             self._window_open.set()  # wake replays waiting for room so they end
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._flush_handle = None  # a flusher timer that still lists this session skips it: it is closed
         self._buffer.clear()
         self._buffered = 0
 
@@ -441,6 +439,25 @@ class Flusher:
         self._frames_sent = self._samples_sent = 0
         self._observed: str | None = None
         self.pass_started = 0.0  # monotonic s
+        self._timers: dict[float, list[Session]] = {}  # due time -> sessions waiting for their next slot
+
+    def due_in(self, wait: float, key: float, session: Session) -> float:
+        """Make the session due in `wait` seconds, on one timer for every session with the same `key`.
+
+        The sessions of one pass share their last-pass start and rate, and so
+        their next due time (`key`): one timer for all of them, not 1,000.
+        """
+        waiting = self._timers.get(key)
+        if waiting is None:
+            waiting = self._timers[key] = []
+            asyncio.get_running_loop().call_later(wait, self._fire, key)
+        waiting.append(session)
+        return key
+
+    def _fire(self, key: float) -> None:
+        for session in self._timers.pop(key, ()):
+            if session._flush_handle == key and not session.closed:
+                session._start_flush()
 
     def count(self, frame: str, samples: int, newest_ts: int) -> None:
         """Count a data frame sent; the Prometheus counters are updated once per pass, not per socket.
@@ -667,12 +684,26 @@ class Hub:
             return
         fragments: dict[str, Fragment] = {}
         frames: dict[frozenset[str], str] = {}  # frames built from this message, shared by sessions
+        batch = event.series
+
+        def fragment_for(key: str) -> Fragment:
+            fragment = fragments.get(key)
+            if fragment is None:
+                series = batch[key]
+                fragment = fragments[key] = encode_fragment(key, series[0], series[1], frames)
+            return fragment
+
         for session in members:
-            for key in session.sources.get(event.source, ()):
-                series = event.series.get(key)
-                if series is None:
-                    continue
-                fragment = fragments.get(key)
-                if fragment is None:
-                    fragment = fragments[key] = encode_fragment(key, series[0], series[1], frames)
-                session.offer(fragment)
+            # Walk the shorter of the batch's keys and the session's keys of this
+            # source: a busy source sends one or two keys per batch to sessions
+            # that watch ten, and this runs once per session per batch.
+            wanted = session.sources.get(event.source, ())
+            if len(batch) <= len(wanted):
+                cursors = session.cursors
+                for key in batch:
+                    if key in cursors:
+                        session.offer(fragment_for(key))
+            else:
+                for key in wanted:
+                    if key in batch:
+                        session.offer(fragment_for(key))
