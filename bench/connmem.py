@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import free_port, login_cookies, manage  # noqa: E402
+from tests.servers import bench_env, free_port, login_cookies, manage  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 VIEWER, PASSWORD = "bench", "bench-pass-123"
@@ -187,20 +186,7 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int) 
     """Start one system, connect n idle viewers, return RSS (and heap) growth per connection."""
     tmp = Path(tempfile.mkdtemp(prefix=f"connmem-{name}-"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(
-        DJANGO_SETTINGS_MODULE="monitor.settings",
-        PULSEBOARD_VAR_DIR=str(tmp),
-        SQLITE_PATH=str(tmp / "db.sqlite3"),
-        DEBUG="0",
-        SECRET_KEY="bench-" + "x" * 40,
-        LOG_LEVEL="WARNING",
-        PULSEBOARD_RATE_LIMIT_PER_S="0",
-        PULSEBOARD_BACKGROUND="0",
-        REDIS_URL=REDIS_URL,
-        CHANNEL_LAYER_PREFIX=f"connmem{uuid.uuid4().hex[:8]}",
-        **extra_env,
-    )
+    env = bench_env(tmp, REDIS_URL, prefix="connmem", SQLITE_PATH=str(tmp / "db.sqlite3"), **extra_env)
     token = ""
     if name == "pulseboard":
         manage(env, "migrate", "--noinput", "-v", "0")

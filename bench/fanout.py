@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import free_port, login_cookies, manage  # noqa: E402
+from tests.servers import bench_env, free_port, login_cookies, manage  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -101,17 +100,9 @@ class System:
 
     def start(self, metrics: int) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        env.update(
-            DJANGO_SETTINGS_MODULE="monitor.settings",
-            PULSEBOARD_VAR_DIR=str(self.tmp),
-            DEBUG="0",
-            SECRET_KEY="bench-" + "x" * 40,
-            LOG_LEVEL="WARNING",
-            PULSEBOARD_RATE_LIMIT_PER_S="0",
-            PULSEBOARD_BACKGROUND="0",
-            REDIS_URL=REDIS_URL,
-            CHANNEL_LAYER_PREFIX=f"bench{uuid.uuid4().hex[:8]}",
+        env = bench_env(
+            self.tmp,
+            REDIS_URL,
             DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB
             if os.environ.get("BENCH_DB", "sqlite") == "postgres"
             else "",

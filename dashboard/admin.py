@@ -155,17 +155,7 @@ class AgentTokenAdmin(SecretShownOnceAdmin):
         "samples_accepted",
         "samples_rejected",
     ]
-    fields = [
-        "name",
-        "source_patterns",
-        "lookup",
-        "created",
-        "created_by",
-        "last_used",
-        "revoked_at",
-        "samples_accepted",
-        "samples_rejected",
-    ]
+    fields = ["name", "source_patterns", *readonly_fields]
     search_fields = ["name", "lookup"]
     created_message = "Token created. Copy the secret now, it is never shown again: <code id='{}'>{}</code>"
     element_id = "agent-token-secret"

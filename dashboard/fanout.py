@@ -132,7 +132,7 @@ class Session:
         "_buffered",
         "_held",
         "_last_slot",
-        "_flush_handle",
+        "_due_at",
         "_sending",
         "_queued",
         "frames_sent",
@@ -171,7 +171,7 @@ class Session:
         self._buffered = 0
         self._held: frozenset[str] | set[str] = NO_KEYS  # keys being back-filled: live fragments wait
         self._last_slot = 0.0  # when (monotonic s) the flusher pass that sent the last data frame began
-        self._flush_handle: float | None = None  # when a flusher timer will make this session due
+        self._due_at: float | None = None  # when a flusher timer will make this session due
         self._sending = False
         self._queued = False  # waiting in the loop's Flusher
         self.frames_sent = 0  # data frames handed to the transport
@@ -325,7 +325,7 @@ class Session:
             on_stuck(reason)
 
     def _schedule(self) -> None:
-        if self._flush_handle is not None or self._queued or self._sending or self.closed or self.window_full():
+        if self._due_at is not None or self._queued or self._sending or self.closed or self.window_full():
             return
         if not self._buffer or (self._held and all(f.key in self._held for f in self._buffer)):
             return
@@ -341,10 +341,10 @@ class Session:
             # join one frame. No timer: 1,000 sessions would make 1,000.
             self._start_flush()
             return
-        self._flush_handle = Flusher.get().due_in(wait, self._last_slot + 1.0 / self.max_rate, self)
+        self._due_at = Flusher.get().due_in(wait, self._last_slot + 1.0 / self.max_rate, self)
 
     def _start_flush(self) -> None:
-        self._flush_handle = None
+        self._due_at = None
         self._queued = True
         Flusher.get().add(self)
 
@@ -402,7 +402,7 @@ class Session:
         self.closed = True
         if self._window_open is not None:
             self._window_open.set()  # wake replays waiting for room so they end
-        self._flush_handle = None  # a flusher timer that still lists this session skips it: it is closed
+        self._due_at = None  # a flusher timer that still lists this session skips it: it is closed
         self._buffer.clear()
         self._buffered = 0
 
@@ -456,7 +456,7 @@ class Flusher:
 
     def _fire(self, key: float) -> None:
         for session in self._timers.pop(key, ()):
-            if session._flush_handle == key and not session.closed:
+            if session._due_at == key and not session.closed:
                 session._start_flush()
 
     def count(self, frame: str, samples: int, newest_ts: int) -> None:

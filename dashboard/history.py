@@ -172,14 +172,17 @@ def grid(from_us: int, to_us: int, points: int, width: int) -> tuple[int, int]:
     return origin, max(1, per_bucket) * width
 
 
+def _bucket_columns(raw: bool) -> tuple[str, str, str]:
+    """Return (min/max/sum/count aggregates, open column, close column) for raw rows or rollup rows."""
+    if raw:
+        return "MIN(value) AS mn, MAX(value) AS mx, SUM(value) AS s, COUNT(*) AS c", "value", "value"
+    stats = 'MIN("min") AS mn, MAX("max") AS mx, SUM("sum") AS s, CAST(SUM("count") AS BIGINT) AS c'
+    return stats, '"first"', '"last"'
+
+
 def _series_sql(table: str, column: str, raw: bool) -> str:
     in_range = f"{column} >= %s AND {column} < %s"
-    if raw:
-        stats = "MIN(value) AS mn, MAX(value) AS mx, SUM(value) AS s, COUNT(*) AS c"
-        first, last = "value", "value"
-    else:
-        stats = 'MIN("min") AS mn, MAX("max") AS mx, SUM("sum") AS s, CAST(SUM("count") AS BIGINT) AS c'
-        first, last = '"first"', '"last"'
+    stats, first, last = _bucket_columns(raw)
     # SQLite (PostgreSQL: _series_sql_postgresql). One pass aggregates each
     # chart bucket and notes its first and last row; open and close are then
     # read by their unique (metric, time) key: two index probes per bucket, as
@@ -200,12 +203,7 @@ def _series_sql(table: str, column: str, raw: bool) -> str:
 
 
 def _series_sql_postgresql(table: str, column: str, raw: bool) -> str:
-    if raw:
-        stats = "MIN(value) AS mn, MAX(value) AS mx, SUM(value) AS s, COUNT(*) AS c"
-        first, last = "value", "value"
-    else:
-        stats = 'MIN("min") AS mn, MAX("max") AS mx, SUM("sum") AS s, CAST(SUM("count") AS BIGINT) AS c'
-        first, last = '"first"', '"last"'
+    stats, first, last = _bucket_columns(raw)
     # Open and close in the same pass: the smallest [time, first] pair of a
     # bucket holds the open, the largest [time, last] pair the close. Times
     # are unique per metric and exact in float8 (µs stay below 2^53 until

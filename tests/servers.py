@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,6 +92,20 @@ def project_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def bench_env(tmp_path: Path, redis_url: str, prefix: str = "bench", **extra: str) -> dict[str, str]:
+    """project_env for a benchmark server: DEBUG off, no rate limit or background jobs, its own layer prefix."""
+    return project_env(
+        tmp_path,
+        DEBUG="0",
+        SECRET_KEY="bench-" + "x" * 40,
+        PULSEBOARD_RATE_LIMIT_PER_S="0",
+        PULSEBOARD_BACKGROUND="0",
+        REDIS_URL=redis_url,
+        CHANNEL_LAYER_PREFIX=f"{prefix}{uuid.uuid4().hex[:8]}",
+        **extra,
+    )
 
 
 @contextmanager
