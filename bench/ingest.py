@@ -8,6 +8,13 @@ stored samples / wall time, checked against the "accepted" counts. The same
 rows are then COPYed with psycopg into a bare table (no index, no constraint)
 on PostgreSQL, one transaction per batch, as the ceiling; ratios are printed.
 
+A third PostgreSQL row, "storage SQL alone", runs the storage layer's own SQL
+(dashboard.storage.insert_by_copy and update_latest: staging COPY, the insert
+that skips duplicates and folds new rows into the rollup tiers, the "latest"
+updates, commit) on the same rows in this process, one transaction per batch,
+with no HTTP, JSON, validation or writer thread: the database's share of an
+ingest, and so the best the API could do.
+
     python bench/ingest.py [--samples 200000] [--concurrency 4]
 
 Needs PostgreSQL at --pg (trust auth); creates and drops database pulseboard_bench_ingest.
@@ -202,6 +209,46 @@ def bench_copy(args: argparse.Namespace, now_us: int) -> list[Result]:
     return results
 
 
+def bench_storage_sql(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
+    """Time the storage layer's SQL on pre-built rows, one transaction per batch: the API's floor on PostgreSQL."""
+    os.environ.update(backend_env("postgresql", args.pg, tmp / "unused.sqlite3"))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "monitor.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.db import connection, transaction
+
+    from dashboard import storage
+    from dashboard.models import Metric, Source
+
+    results = []
+    for batch in BATCH_SIZES:
+        source = Source.objects.create(slug=f"bench-sql-{batch}", name=f"bench-sql-{batch}")
+        refs = {}
+        for i in range(METRICS):
+            metric = Metric.objects.create(source=source, key=f"{source.slug}.m{i:03d}", name=f"m{i:03d}")
+            refs[metric.name] = storage.MetricRef(metric.id, source.id, metric.key)
+        batches = [
+            (
+                {(refs[name].id, ts): (refs[name], value) for name, ts, value in rows},
+                [(refs[n], t, v) for n, t, v in rows],
+            )
+            for rows in make_rows(args.samples, batch, "sql", now_us)
+        ]
+        started = time.perf_counter()
+        for rows, inserted in batches:
+            with transaction.atomic(), connection.cursor() as cursor:
+                if storage.insert_by_copy(cursor, rows):
+                    raise SystemExit("storage SQL alone: rows were already stored")
+                storage.update_latest(inserted)
+        elapsed = time.perf_counter() - started
+        results.append(Result("SQL", batch, args.samples, elapsed))
+        print(f"  {'postgresql':10s} SQL   batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
+    connection.close()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=200_000, help="samples per batch size and backend")
@@ -219,10 +266,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         api = bench_api("postgresql", args, now_us, Path(tmp)) + bench_api("sqlite", args, now_us, Path(tmp))
         copy = {r.batch: r for r in bench_copy(args, now_us)}
+        floor = bench_storage_sql(args, now_us, Path(tmp))
+    names = {
+        "COPY": "psycopg COPY, bare table (PostgreSQL)",
+        "SQL": "storage SQL alone, no HTTP/JSON/validation (PostgreSQL)",
+    }
     print("\n| Path | Batch | Samples/s | vs. bare COPY on PostgreSQL |")
     print("|---|---:|---:|---:|")
-    for r in [*copy.values(), *api]:
-        name = "psycopg COPY, bare table (PostgreSQL)" if r.backend == "COPY" else f"HTTP ingest API ({r.backend})"
+    for r in [*copy.values(), *floor, *api]:
+        name = names.get(r.backend, f"HTTP ingest API ({r.backend})")
         print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {r.rate / copy[r.batch].rate:.2f}× |")
     with psycopg.connect(f"{args.pg.rstrip('/')}/postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")

@@ -142,7 +142,7 @@ def store(readings: list[Reading]) -> StoredBatch:
             if rows:
                 if connection.vendor == "postgresql":
                     # Rollups are folded in by the same statement, in SQL.
-                    old = _insert_by_copy(cursor, rows)
+                    old = insert_by_copy(cursor, rows)
                 else:
                     old = _insert_by_values(cursor, rows)
             if old:
@@ -151,7 +151,7 @@ def store(readings: list[Reading]) -> StoredBatch:
                 batch.inserted = [(ref, key[1], value) for key, (ref, value) in rows.items()]
             if connection.vendor != "postgresql":
                 rollups.apply(cursor, connection.vendor, [(ref.id, ts, value) for ref, ts, value in batch.inserted])
-        _update_latest(batch.inserted)
+        update_latest(batch.inserted)
 
     # The first reading of each new key is "new"; repeats and old keys are duplicates.
     if len(keys) == len(rows):  # no repeats and no refusals: no need to track what was seen
@@ -190,13 +190,13 @@ def _insert_by_values(
     return rows.keys() - new
 
 
-def _insert_by_copy(
-    cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[MetricRef, float]]
-) -> set[tuple[int, int]]:
+def insert_by_copy(cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[MetricRef, float]]) -> set[tuple[int, int]]:
     """COPY rows into the staging table, move the new ones into dashboard_sample and the rollups.
 
-    Return the keys that were already stored: RETURNING every new key would
-    send and parse one row per sample, when almost always none is old.
+    PostgreSQL only. Return the keys that were already stored: RETURNING
+    every new key would send and parse one row per sample, when almost always
+    none is old. bench/ingest.py times this and update_latest on their own,
+    as the database's share of an ingest.
     """
     cursor.execute(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} "
@@ -220,7 +220,7 @@ def _insert_by_copy(
     return set(cursor.fetchall())
 
 
-def _update_latest(inserted: list[tuple[MetricRef, int, float]]) -> None:
+def update_latest(inserted: list[tuple[MetricRef, int, float]]) -> None:
     """Keep each metric's newest value and each source's last-seen time and counters."""
     latest: dict[int, tuple[int, float]] = {}
     per_source: dict[int, int] = {}
