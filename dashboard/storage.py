@@ -191,33 +191,55 @@ def _insert_by_values(
 
 
 def insert_by_copy(cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[MetricRef, float]]) -> set[tuple[int, int]]:
-    """COPY rows into the staging table, move the new ones into dashboard_sample and the rollups.
+    """COPY rows into dashboard_sample and the staging table, fold the new ones into the rollups.
 
-    PostgreSQL only. Return the keys that were already stored: RETURNING
-    every new key would send and parse one row per sample, when almost always
-    none is old. bench/ingest.py times this and update_latest on their own,
-    as the database's share of an ingest.
+    PostgreSQL only. Return the keys that were already stored (almost always
+    none). The rows are COPYed straight into dashboard_sample, in a
+    savepoint: COPY writes whole pages at once where INSERT ... SELECT ... ON
+    CONFLICT writes (and WAL-logs) row by row, and a COPY that succeeds
+    proves every row new. One that fails on the unique (metric_id, ts)
+    (a retry, a replay) is rolled back and the staged rows go in with ON
+    CONFLICT DO NOTHING instead. bench/ingest.py times this and
+    update_latest on their own, as the database's share of an ingest.
     """
     cursor.execute(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} "
         "(metric_id bigint NOT NULL, ts bigint NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS"
     )
-    with cursor.cursor.copy(f"COPY {STAGE_TABLE} (metric_id, ts, value) FROM STDIN (FORMAT BINARY)") as copy:
-        # One buffer in PostgreSQL's binary COPY format instead of a write_row() call per row.
-        data = b"".join([COPY_ROW.pack(3, 8, m, 8, t, 8, v) for (m, t), (_, v) in rows.items()])
-        copy.write(COPY_HEADER + data + COPY_TRAILER)
-    # One statement, one round trip: empty the staging table (ON COMMIT would,
-    # but a caller's outer transaction may store twice before committing),
-    # insert what is new, fold exactly those rows into every rollup tier, and
-    # report the staged keys that were not inserted.
-    cursor.execute(
-        f"WITH staged AS (DELETE FROM {STAGE_TABLE} RETURNING metric_id, ts, value), "
-        "new_rows AS (INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM staged "
-        "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts, value), "
-        f"{rollups.upsert_ctes('new_rows')} "
-        "SELECT metric_id, ts FROM staged EXCEPT ALL SELECT metric_id, ts FROM new_rows"
+    # One buffer in PostgreSQL's binary COPY format instead of a write_row() call per row.
+    data = (
+        COPY_HEADER + b"".join([COPY_ROW.pack(3, 8, m, 8, t, 8, v) for (m, t), (_, v) in rows.items()]) + COPY_TRAILER
     )
-    return set(cursor.fetchall())
+    _copy(cursor, STAGE_TABLE, data)
+    try:
+        with transaction.atomic():
+            _copy(cursor, "dashboard_sample", data)
+    except IntegrityError:
+        # One statement, one round trip: empty the staging table (ON COMMIT
+        # would, but a caller's outer transaction may store twice before
+        # committing), insert what is new, fold exactly those rows into every
+        # rollup tier, and report the staged keys that were not inserted.
+        cursor.execute(
+            f"WITH staged AS (DELETE FROM {STAGE_TABLE} RETURNING metric_id, ts, value), "
+            "new_rows AS (INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM staged "
+            "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts, value), "
+            f"{rollups.upsert_ctes('new_rows')} "
+            "SELECT metric_id, ts FROM staged EXCEPT ALL SELECT metric_id, ts FROM new_rows"
+        )
+        return set(cursor.fetchall())
+    # Every staged row is new: fold them into the rollups and empty the staging table.
+    cursor.execute(
+        f"WITH new_rows AS (DELETE FROM {STAGE_TABLE} RETURNING metric_id, ts, value), "
+        f"{rollups.upsert_ctes('new_rows')} SELECT 1"
+    )
+    return set()
+
+
+def _copy(cursor: CursorWrapper, table: str, data: bytes) -> None:
+    """COPY a binary buffer of (metric_id, ts, value) rows into a table, with Django's exception classes."""
+    with connection.wrap_database_errors:
+        with cursor.cursor.copy(f"COPY {table} (metric_id, ts, value) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(data)
 
 
 def update_latest(inserted: list[tuple[MetricRef, int, float]]) -> None:

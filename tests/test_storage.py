@@ -115,6 +115,31 @@ def test_it_stages_rows_with_copy_on_postgresql() -> None:
         assert cursor.fetchone()[0] == 0
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_it_copies_new_rows_straight_in_and_takes_the_on_conflict_path_only_when_a_key_is_stored() -> None:
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        fresh = storage.store([reading(1.0, HOUR_START), reading(2.0, HOUR_START + US)])
+        assert not any("ON CONFLICT (metric_id, ts)" in sql for sql in statements)
+        mixed = storage.store([reading(1.0, HOUR_START), reading(3.0, HOUR_START + 2 * US)])
+        assert any("ON CONFLICT (metric_id, ts)" in sql for sql in statements)
+    assert (fresh.outcomes, mixed.outcomes) == (["new", "new"], ["duplicate", "new"])
+    # The failed COPY was rolled back to its savepoint: nothing of it is left, the transaction goes on.
+    assert sorted(Sample.objects.values_list("ts", "value")) == [
+        (HOUR_START, 1.0), (HOUR_START + US, 2.0), (HOUR_START + 2 * US, 3.0),
+    ]  # fmt: skip
+    assert (minute("web-01.cpu", HOUR_START).count, minute("web-01.cpu", HOUR_START).sum) == (3, 6.0)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {storage.STAGE_TABLE}")
+        assert cursor.fetchone()[0] == 0
+
+
 def partition_of(metric_key: str, ts: int) -> str:
     with connection.cursor() as cursor:
         cursor.execute(
