@@ -14,7 +14,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -32,7 +32,7 @@ from dashboard.exceptions import (
 )
 from dashboard.models import AgentToken, Metric
 from dashboard.timeutil import now_us
-from dashboard.validation import PRECISION_US, Reading, Rejection, readings_from_dicts
+from dashboard.validation import PRECISION_US, Reading, Rejection, readings_from_dicts, readings_from_json
 
 # Bodies above this are unzipped, decoded and validated on a worker thread,
 # so that a big batch (5,000 samples, ~350 KB: ~20 ms of parsing) does not
@@ -51,6 +51,22 @@ def error_response(exc: PulseboardError, **extra: Any) -> JsonResponse:
     return response
 
 
+def _find_token(secret: str) -> AgentToken | None:
+    """AgentToken.find on the shared sync thread, which keeps its connection; a broken one is dropped.
+
+    The agent handler sends no request_started/finished signals
+    (dashboard/agenthandler.py), so close_old_connections never runs for
+    this thread: like the writer, it keeps one connection and closes it only
+    after an error, so the next lookup reconnects.
+    """
+    try:
+        return AgentToken.find(secret)
+    except DatabaseError:
+        if not connection.in_atomic_block:  # never inside a test's transaction
+            connection.close()
+        raise
+
+
 async def authenticate_agent(request: HttpRequest) -> AgentToken:
     """Return the live agent token named by the Authorization header ("Token x" or "Bearer x").
 
@@ -67,7 +83,7 @@ async def authenticate_agent(request: HttpRequest) -> AgentToken:
     if token is None:
         try:
             # last_used is set by the writer, in the transaction that stores the token's readings.
-            token = await sync_to_async(AgentToken.find)(secret)
+            token = await sync_to_async(_find_token)(secret)
         except DatabaseError as exc:
             # An outage is a 503 with Retry-After (the agent keeps its spool), not a 500.
             raise StorageUnavailable(f"the database is unavailable ({type(exc).__name__}); retry later") from None
@@ -98,6 +114,9 @@ def read_body(request: HttpRequest) -> bytes:
 
 def parse_json_batch(body: bytes) -> list[Reading | Rejection]:
     """Turn a JSON ingest body into readings and per-sample rejections (docs/ingest.md)."""
+    items = readings_from_json(body, now_us(), settings.PULSEBOARD["MAX_SAMPLES_PER_REQUEST"])
+    if items is not None:  # the common shape, decoded and checked in one pass
+        return items
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -154,7 +173,7 @@ async def ingest(request: HttpRequest) -> JsonResponse:
         else:
             items = parse_json_batch(read_body(request))
         check_scope(token, items)
-        result = await actions.ingest(items, token=token)
+        result = await actions.ingest(items, token=token, checked=True)
     except PulseboardError as exc:
         return error_response(exc)
     return ingest_response(result)
