@@ -3,12 +3,13 @@
 Each event has a dotted type (`sample.batch`) that Channels maps to a handler
 name (`sample_batch`). Events travel on the channel layer to per-process hubs
 (dashboard/fanout.py), never to individual sockets. Nothing but `publish`
-calls group_send.
+and `publish_soon` (through its loop's Outbox) calls group_send.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import logging
@@ -122,12 +123,8 @@ def parse(message: dict[str, Any]) -> Event:
     return cls.from_message(message)
 
 
-async def publish(group: str, event: Event) -> bool:
-    """Send an event to a group after its data is committed; return False (and count) if the layer failed.
-
-    A failed publish loses nothing durable: hubs see the sequence gap and
-    back-fill from the database.
-    """
+def _number_and_deliver(group: str, event: Event) -> dict[str, Any]:
+    """Number a sample batch, hand it to this loop's hub, and return the message for the layer."""
     if isinstance(event, SampleBatch):
         event.publisher = local_publisher()
         event.seq = _seq[group] = _seq.get(group, 0) + 1
@@ -139,6 +136,10 @@ async def publish(group: str, event: Event) -> bool:
             deliver(group, message)
         except Exception:
             log.exception("local delivery of %s failed", event.type)
+    return message
+
+
+async def _send(group: str, message: dict[str, Any]) -> bool:
     layer = get_channel_layer()
     if layer is None:
         return False
@@ -148,3 +149,89 @@ async def publish(group: str, event: Event) -> bool:
         log.exception("publish to %s failed; viewers will back-fill from the database", group)
         return False
     return True
+
+
+async def publish(group: str, event: Event) -> bool:
+    """Send an event to a group after its data is committed; return False (and count) if the layer failed.
+
+    A failed publish loses nothing durable: hubs see the sequence gap and
+    back-fill from the database.
+    """
+    message = _number_and_deliver(group, event)
+    await drain()  # after what publish_soon queued before it: one order per group
+    return await _send(group, message)
+
+
+def publish_soon(group: str, event: Event) -> None:
+    """Publish without waiting for the layer: this process's hub gets it now, the layer in order, soon.
+
+    The writer publishes every committed batch. Awaiting group_send there put
+    a Redis round trip into each commit cycle, and with 1,000 viewers the
+    busy loop made that round trip 10-60 ms, which delayed the next batch's
+    commit and so its live latency (bench/README.md, Fan-out). Viewers on
+    this process get the batch at once from the hub; the layer's copy for
+    other processes goes out from the loop's Outbox, in publication order.
+    """
+    message = _number_and_deliver(group, event)
+    Outbox.get().put(group, message)
+
+
+async def drain() -> None:
+    """Wait until what publish_soon queued on this loop has gone to the layer (tests, shutdown)."""
+    outbox = Outbox.of_running_loop()
+    if outbox is not None:
+        await outbox.drain()
+
+
+class Outbox:
+    """One event loop's layer sends, in order, off the publisher's path.
+
+    At most MAX_BACKLOG messages wait; beyond that a message is dropped and
+    counted (pulseboard_publish_failures), and hubs elsewhere see the
+    sequence gap and back-fill from the database, as for any loss in the layer.
+    """
+
+    MAX_BACKLOG = 10_000
+    _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Outbox] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def get(cls) -> Outbox:
+        loop = asyncio.get_running_loop()
+        outbox = cls._instances.get(loop)
+        if outbox is None:
+            outbox = cls._instances[loop] = cls()
+        return outbox
+
+    @classmethod
+    def of_running_loop(cls) -> Outbox | None:
+        return cls._instances.get(asyncio.get_running_loop())
+
+    def __init__(self) -> None:
+        self._queue: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._task: asyncio.Task | None = None
+
+    def put(self, group: str, message: dict[str, Any]) -> None:
+        from dashboard import stats
+
+        if len(self._queue) >= self.MAX_BACKLOG:
+            stats.PUBLISH_FAILURES.inc()
+            log.warning(
+                "the channel layer is %d messages behind; dropping one for %s (hubs back-fill)", len(self._queue), group
+            )
+            return
+        self._queue.append((group, message))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pulseboard-outbox")
+
+    async def _run(self) -> None:
+        from dashboard import stats
+
+        while self._queue:
+            group, message = self._queue[0]
+            if not await _send(group, message):
+                stats.PUBLISH_FAILURES.inc()
+            self._queue.popleft()
+
+    async def drain(self) -> None:
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)

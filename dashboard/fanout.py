@@ -39,7 +39,8 @@ ACK_WINDOW_FRAMES = 8  # data frames a WebSocket client may leave unacknowledged
 STALL_S = 30.0  # default of settings LIVE_STALL_S: a connection whose window stays full this long makes no progress: close it with 4008
 MAX_SHEDS = 3  # buffer overflows within SHED_WINDOW_S before a connection counts as hopelessly slow
 SHED_WINDOW_S = 60.0
-WATCHDOG_S = 1.0  # how often the hub looks for stalled connections
+WATCHDOG_S = 1.0
+PASS_SLICE_S = 0.002  # a flusher pass gives the event loop a turn this often (a pass over 1,000 sockets is ~20 ms)  # how often the hub looks for stalled connections
 NO_KEYS: frozenset[str] = frozenset()  # shared by idle sessions: an empty set() is 216 B, a used one keeps its table
 
 
@@ -503,12 +504,16 @@ class Flusher:
                 self.frames = {}
                 self._wire = {}
                 self._publish_counts()
-                for session in due:
+                yielded = time.perf_counter()
+                for index, session in enumerate(due):
                     session._queued = False
                     try:
                         await session.flush(self)
                     except Exception:
                         log.exception("flushing a live connection failed")
+                    if index & 31 == 31 and time.perf_counter() - yielded > PASS_SLICE_S:
+                        await asyncio.sleep(0)  # let ingest, acks and the hub run; the pass goes on after
+                        yielded = time.perf_counter()
         finally:
             self._running = False
             self.frames = {}

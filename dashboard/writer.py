@@ -194,7 +194,7 @@ class Writer:
                 return
         stats.WRITE_BATCH_SECONDS.observe(time.perf_counter() - started)
         stats.WRITE_BATCH_SIZE.observe(len(readings))
-        await publish_inserted(batch)
+        publish_inserted(batch)
         # Alerting (#6): evaluate rules on the committed rows; a failure must never cost the writers.
         try:
             await alerts.evaluate(batch.inserted)
@@ -208,7 +208,7 @@ class Writer:
                 job.future.set_result(outcomes)
 
 
-async def publish_inserted(batch: storage.StoredBatch) -> None:
+def publish_inserted(batch: storage.StoredBatch) -> None:
     """Publish one sample.batch event per source for the rows this batch added."""
     by_source: dict[int, dict[str, list[list]]] = {}
     for ref, ts, value in batch.inserted:
@@ -221,6 +221,5 @@ async def publish_inserted(batch: storage.StoredBatch) -> None:
                 order = sorted(range(len(ts_list)), key=ts_list.__getitem__)
                 ts_list[:] = [ts_list[i] for i in order]
                 values[:] = [values[i] for i in order]
-        ok = await events.publish(events.source_group(source_id), events.SampleBatch(source=source_id, series=series))
-        if not ok:
-            stats.PUBLISH_FAILURES.inc()
+        # This process's viewers get it now; other processes' through the layer, in order (events.Outbox).
+        events.publish_soon(events.source_group(source_id), events.SampleBatch(source=source_id, series=series))

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from dashboard import actions, events, fanout, stats
@@ -285,3 +286,49 @@ async def test_an_ack_beyond_the_frames_sent_is_a_bad_message(viewer) -> None:
     error = await next_frame(ws, "error")
     assert error["code"] == "bad_message" and "not sent yet" in error["message"]
     await ws.disconnect()
+
+
+async def test_publish_soon_delivers_locally_at_once_and_to_the_layer_in_order() -> None:
+    """The writer does not wait for the layer; other processes still get every batch, numbered, in order."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel("other-process.")
+    await layer.group_add(events.source_group(7), channel)
+    delivered: list[dict] = []
+    events.set_local_hub(lambda group, message: delivered.append(message))
+    try:
+        for value in range(5):
+            events.publish_soon(
+                events.source_group(7), events.SampleBatch(source=7, series={"a.b": [[value + 1], [value]]})
+            )
+        assert [m["series"]["a.b"][1] for m in delivered] == [[0], [1], [2], [3], [4]]  # before any await
+        await events.drain()
+        received = [await asyncio.wait_for(layer.receive(channel), 1) for _ in range(5)]
+        assert [m["series"]["a.b"][1] for m in received] == [[0], [1], [2], [3], [4]]
+        seqs = [m["seq"] for m in received]
+        assert seqs == list(range(seqs[0], seqs[0] + 5))
+    finally:
+        events._local_hubs.pop(asyncio.get_running_loop(), None)
+        await layer.group_discard(events.source_group(7), channel)
+
+
+async def test_a_layer_too_far_behind_drops_and_counts_what_it_cannot_queue(monkeypatch) -> None:
+    """Bounded memory: beyond MAX_BACKLOG the outbox drops a message and counts it; hubs see the gap and back-fill."""
+    layer = get_channel_layer()
+    release = asyncio.Event()
+    sent: list[int] = []
+
+    async def slow_group_send(group: str, message: dict) -> None:
+        await release.wait()
+        sent.append(message["seq"])
+
+    monkeypatch.setattr(layer, "group_send", slow_group_send)
+    monkeypatch.setattr(events.Outbox, "MAX_BACKLOG", 2)
+    failures = stats.PUBLISH_FAILURES._value.get()
+    for value in range(5):
+        events.publish_soon(
+            events.source_group(8), events.SampleBatch(source=8, series={"a.c": [[value + 1], [value]]})
+        )
+    assert stats.PUBLISH_FAILURES._value.get() - failures == 3
+    release.set()
+    await events.drain()
+    assert len(sent) == 2 and sent[1] == sent[0] + 1
