@@ -35,11 +35,17 @@ class IngestResult:
         }
 
 
-async def ingest(items: Sequence[Reading | Rejection], *, token: AgentToken | None = None) -> IngestResult:
+async def ingest(
+    items: Sequence[Reading | Rejection], *, token: AgentToken | None = None, checked: bool = False
+) -> IngestResult:
     """Validate, store (durably) and publish readings; items that are already Rejections are reported as given.
 
     The position of each item in `items` is the index reported for it.
-    Raises StorageUnavailable when the database cannot take the batch.
+    `checked` says the readings were built by dashboard.validation's parsers
+    (readings_from_json, readings_from_dicts), which apply check_reading's
+    rules: they are not checked a second time (a sixth of the Python time of
+    a 5,000-sample request). Raises StorageUnavailable when the database
+    cannot take the batch.
     """
     result = IngestResult()
     good: list[Reading] = []
@@ -51,7 +57,7 @@ async def ingest(items: Sequence[Reading | Rejection], *, token: AgentToken | No
             result.rejected.append(item)
             continue
         try:
-            good.append(check_reading(item, now))
+            good.append(item if checked else check_reading(item, now))
             positions.append(index)
         except InvalidReading as exc:
             result.rejected.append(Rejection(index, exc.field, exc.message, exc.code))

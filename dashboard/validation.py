@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
@@ -274,6 +275,71 @@ def readings_from_dicts(
                     continue
         try:
             append(reading_from_dict(item, defaults, precision, now))
+        except InvalidReading as exc:
+            append(Rejection(index, exc.field, exc.message, exc.code))
+    return out
+
+
+class _PlainSample(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A JSON sample of the common shape: metric, integer ts, number value, and maybe its own source."""
+
+    metric: str
+    ts: int
+    value: float
+    source: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class _PlainBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """An ingest body with no batch defaults but the source: what agents send."""
+
+    samples: list[_PlainSample]
+    source: str | msgspec.UnsetType = msgspec.UNSET
+    precision: str = "ms"
+
+
+_plain_batch = msgspec.json.Decoder(_PlainBatch)
+
+
+def readings_from_json(body: bytes, now: int, max_samples: int) -> list[Reading | Rejection] | None:
+    """Decode and validate a common ingest body in one pass; None when it needs the general path.
+
+    msgspec decodes the body straight into typed samples (in C, 5-6x faster
+    than json.loads into dicts), so what is left per sample is the accepted
+    time window, the value's range and a lookup of its known-good key. A body
+    of another shape (batch defaults other than source, per-sample unit,
+    kind or labels, a string or float ts, a null, a NaN or an integer too big
+    for a float, anything json.loads reads differently) fails to decode here
+    and goes the general way: the caller's json.loads and
+    readings_from_dicts. A sample that decodes but fails a check is handed
+    to reading_from_dict as the object it was, so it is refused with the
+    same reason as on the general path.
+    """
+    try:
+        batch = _plain_batch.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    scale = PRECISION_US.get(batch.precision)
+    if type(scale) is not int or len(batch.samples) > max_samples:
+        return None
+    conf = _pulseboard_settings()
+    oldest, newest = now - conf["MAX_AGE_S"] * US, now + conf["MAX_FUTURE_S"] * US
+    source_default = batch.source
+    defaults = {} if source_default is msgspec.UNSET else {"source": source_default}
+    unset = msgspec.UNSET
+    valid_keys = _VALID_KEYS
+    out: list[Reading | Rejection] = []
+    append = out.append
+    for index, sample in enumerate(batch.samples):
+        source = source_default if sample.source is unset else sample.source
+        metric, ts, value = sample.metric, sample.ts * scale, sample.value
+        if (source, metric) in valid_keys and oldest <= ts <= newest and -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+            append(Reading(source, metric, ts, value))
+            continue
+        item: dict[str, Any] = {"metric": metric, "ts": sample.ts, "value": value}
+        if sample.source is not unset:
+            item["source"] = sample.source
+        try:
+            append(reading_from_dict(item, defaults, batch.precision, now))
         except InvalidReading as exc:
             append(Rejection(index, exc.field, exc.message, exc.code))
     return out
