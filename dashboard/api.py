@@ -35,7 +35,7 @@ from dashboard.timeutil import now_us
 from dashboard.validation import PRECISION_US, Reading, Rejection, readings_from_dicts, readings_from_json
 
 # Bodies above this are unzipped, decoded and validated on a worker thread,
-# so that a big batch (5,000 samples, ~350 KB: ~20 ms of parsing) does not
+# so that a big batch (5,000 samples, ~350 KB: 2-3 ms of parsing) does not
 # hold up the event loop, and with it every live socket of the process,
 # while small ones (an agent's usual post) skip the thread hop (~0.1 ms).
 PARSE_ON_LOOP_MAX_BYTES = 16 * 1024
