@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 from channels.layers import get_channel_layer
@@ -34,8 +34,12 @@ HEARTBEAT_S = 25  # proxies drop idle sockets at 30-60 s; one loop per process b
 GROUP_REFRESH_S = 3600  # the in-memory and core Redis layers forget members after group_expiry (1 day)
 DEFAULT_MAX_RATE = 20.0  # frames per second per socket under load
 MAX_BUFFER_SAMPLES = 50_000  # per socket; beyond this the oldest are dropped and back-filled later
-MAX_FRAME_SAMPLES = 10_000  # per data frame (~250 KB of JSON), so a full ack window stays a few MB
-ACK_WINDOW_FRAMES = 8  # data frames a WebSocket client may leave unacknowledged; then its data waits here
+MAX_FRAME_SAMPLES = 2_500  # per data frame (~60 KB of JSON), so a full ack window stays a few MB
+# Data frames a WebSocket client may leave unacknowledged; then its data waits here. Clients ack
+# every ack_window/2 frames: with 8, acks from 1,000 viewers were a fifth of the server's time, and
+# arriving together they stalled the loop for 10-20 ms (bench/README.md, Fan-out). 32 x 2,500
+# samples in flight is the same bound as 8 x 10,000 was.
+ACK_WINDOW_FRAMES = 32
 STALL_S = 30.0  # default of settings LIVE_STALL_S: a connection whose window stays full this long makes no progress: close it with 4008
 MAX_SHEDS = 3  # buffer overflows within SHED_WINDOW_S before a connection counts as hopelessly slow
 SHED_WINDOW_S = 60.0
@@ -351,40 +355,73 @@ class Session:
 
     async def flush(self, flusher: Flusher | None = None) -> None:
         """Send what is buffered (except held keys) as one frame of at most MAX_FRAME_SAMPLES samples."""
+        pending = self.flush_now(flusher or Flusher.get())
+        if pending is not None:
+            await pending
+
+    def flush_now(self, flusher: Flusher) -> Coroutine[None, None, None] | None:
+        """Flush without suspending where the frame can be written straight to the socket.
+
+        Returns the coroutine to await when the frame must go through the
+        ASGI send instead (no wire sender, or the connection has something
+        queued). The flusher calls this for every due session of a pass:
+        creating and awaiting a coroutine per session was a measurable part
+        of a pass over 1,000 sockets.
+        """
         if self._sending or self.closed or self.window_full():
-            return
-        ready: list[Fragment] = []
-        rest: list[Fragment] = []
-        samples = 0
-        for fragment in self._buffer:
-            if fragment.key in self._held or (ready and samples + fragment.count > MAX_FRAME_SAMPLES):
-                rest.append(fragment)
-            else:
-                ready.append(fragment)
-                samples += fragment.count
-        if not ready:
-            return
-        self._buffer = rest
+            return None
+        held = self._held
+        if not held and self._buffered <= MAX_FRAME_SAMPLES:
+            ready, samples = self._buffer, self._buffered  # the common case: all of it
+            if not ready:
+                return None
+            self._buffer = []
+        else:
+            ready, rest, samples = [], [], 0
+            for fragment in self._buffer:
+                if fragment.key in held or (ready and samples + fragment.count > MAX_FRAME_SAMPLES):
+                    rest.append(fragment)
+                else:
+                    ready.append(fragment)
+                    samples += fragment.count
+            if not ready:
+                return None
+            self._buffer = rest
         self._buffered -= samples
+        cursors, delivered = self.cursors, self.delivered
+        for fragment in ready:
+            last = fragment.last_ts
+            if last > cursors.get(fragment.key, 0):
+                cursors[fragment.key] = last
+            if last > delivered.get(fragment.key, 0):
+                delivered[fragment.key] = last
+        frame = shared_frame(ready, flusher.frames)
+        self._count_sent()
+        send_wire = self.send_wire
+        if send_wire is not None:
+            try:
+                sent = send_wire(flusher.wire(frame))
+            except Exception:
+                log.debug("send failed; the connection is closing", exc_info=True)
+                self.closed = True
+                return None
+            if sent:
+                flusher.count(frame, samples, ready[-1].last_ts)
+                self._last_slot = flusher.pass_started if flusher._running else time.monotonic()
+                self._schedule()
+                return None
         self._sending = True
+        return self._send_frame(frame, samples, ready[-1].last_ts, flusher)
+
+    async def _send_frame(self, frame: str, samples: int, newest_ts: int, flusher: Flusher) -> None:
         try:
-            for fragment in ready:
-                if fragment.last_ts > self.cursors.get(fragment.key, 0):
-                    self.cursors[fragment.key] = fragment.last_ts
-                if fragment.last_ts > self.delivered.get(fragment.key, 0):
-                    self.delivered[fragment.key] = fragment.last_ts
-            flusher = flusher or Flusher.get()
-            frame = shared_frame(ready, flusher.frames)
-            self._count_sent()
-            if self.send_wire is None or not self.send_wire(flusher.wire(frame)):
-                await self._send(frame)
-            flusher.count(frame, samples, ready[-1].last_ts)
+            await self._send(frame)
+            flusher.count(frame, samples, newest_ts)
         except Exception:
             log.debug("send failed; the connection is closing", exc_info=True)
             self.closed = True
         finally:
-            in_pass = flusher is not None and flusher._running
-            self._last_slot = flusher.pass_started if in_pass else time.monotonic()
+            self._last_slot = flusher.pass_started if flusher._running else time.monotonic()
             self._sending = False
         self._schedule()
 
@@ -508,7 +545,9 @@ class Flusher:
                 for index, session in enumerate(due):
                     session._queued = False
                     try:
-                        await session.flush(self)
+                        pending = session.flush_now(self)
+                        if pending is not None:
+                            await pending
                     except Exception:
                         log.exception("flushing a live connection failed")
                     if index & 31 == 31 and time.perf_counter() - yielded > PASS_SLICE_S:

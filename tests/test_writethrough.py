@@ -73,6 +73,14 @@ def test_what_the_kernel_refuses_is_queued_and_later_bytes_wait_behind_it(pair) 
     assert reactor.writers == []  # drained: unregistered
 
 
+def test_a_write_to_a_closed_peer_is_queued_and_the_usual_path_reports_the_loss(pair) -> None:
+    connection, theirs, reactor = pair
+    theirs.close()
+    connection.write(b"x" * 1000)  # EPIPE or ECONNRESET: not raised here
+    assert reactor.writers == [connection]  # queued: Twisted's own doWrite meets the error
+    assert connection.doWrite() is not None  # and returns the loss, which the reactor turns into connectionLost
+
+
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 300_000])
 def test_a_frame_framed_once_is_byte_for_byte_what_autobahn_would_send(size: int) -> None:
     from autobahn.websocket.protocol import PreparedMessage
