@@ -59,7 +59,6 @@ DRAIN_S = 6.0  # longest wait for stragglers (and Pulseboard back-fills) after a
 WARMUP_S = 3.0  # after connecting: the server refreezes its garbage collector once (dashboard/gcpolicy.py)
 P99_LIMIT_MS = 100.0  # "sustainable": p99 at or under this and no unrepaired loss
 LATENCY_RESERVOIR = 20_000  # latency samples kept per client process
-ACK_EVERY = 4  # frames; half of Pulseboard's ack window of 8
 VIEWER, PASSWORD = "bench", "bench-pass-123"
 
 
@@ -292,6 +291,7 @@ class Viewer(picows.WSListener):
         self.state = "hello" if spec["subscribe"] else "live"
         self.last: dict[str, int] = {}
         self.frames = self.acked = 0
+        self.ack_every = 1  # half of hello's limits.ack_window, as docs/protocol.md asks
         self.parts: list[bytes] = []
         self.closed_code: int | None = None
 
@@ -326,6 +326,11 @@ class Viewer(picows.WSListener):
         message = json.loads(payload)
         if self.state != "live":
             if self.state == "hello":
+                self.ack_every = max(1, message.get("limits", {}).get("ack_window", 0) // 2)
+                # Viewers that connected at different times acknowledge on different frames; these
+                # all connected within seconds and get the same frames, so each gets its own phase
+                # (else all 1,000 would ack in the same pass, every ack_every-th one).
+                self.acked = -random.randrange(self.ack_every)
                 transport.send(picows.WSMsgType.TEXT, self.spec["subscribe"].encode())
                 self.state = "subscribing"
             elif message.get("type") == "subscribed":
@@ -355,7 +360,7 @@ class Viewer(picows.WSListener):
                 last[key] = max(previous, fresh[-1])
                 if not frame.get("replay"):
                     stats.latency((received_at - fresh[0]) / 1000)
-        if self.spec["ack"] and self.frames - self.acked >= ACK_EVERY:
+        if self.spec["ack"] and self.frames - self.acked >= self.ack_every:
             self.acked = self.frames
             self.transport.send(picows.WSMsgType.TEXT, b'{"type":"ack","frame":%d}' % self.frames)
 

@@ -38,7 +38,9 @@ def fragment(key: str, ts: int, value: float = 1.0) -> Fragment:
     return encode_fragment(key, [ts], [value])
 
 
-def subscribed_session(transport: Transport, key: str = "s.m", window: int | None = 8) -> Session:
+def subscribed_session(
+    transport: Transport, key: str = "s.m", window: int | None = fanout.ACK_WINDOW_FRAMES
+) -> Session:
     session = Session(transport.send, max_rate=100, window=window, on_stuck=transport.stuck)
     session.add(1, key, cursor=0)
     return session
@@ -47,7 +49,7 @@ def subscribed_session(transport: Transport, key: str = "s.m", window: int | Non
 async def test_a_reader_that_acknowledges_nothing_is_sent_at_most_the_window_of_frames() -> None:
     transport = Transport()
     session = subscribed_session(transport)
-    for i in range(1, 21):
+    for i in range(1, fanout.ACK_WINDOW_FRAMES + 13):
         session.offer(fragment("s.m", i))
         await session.flush()
     assert len(transport.frames) == fanout.ACK_WINDOW_FRAMES
@@ -58,7 +60,7 @@ async def test_a_reader_that_acknowledges_nothing_is_sent_at_most_the_window_of_
 
 async def test_data_held_back_by_a_full_window_goes_out_coalesced_after_an_ack() -> None:
     transport = Transport()
-    session = subscribed_session(transport)
+    session = subscribed_session(transport, window=8)
     for i in range(1, 21):
         session.offer(fragment("s.m", i))
         await session.flush()
@@ -266,7 +268,8 @@ async def test_a_websocket_client_that_stops_acknowledging_stops_receiving_until
     await next_frame(ws, "subscribed")
     start = now_us()
     received: list[int] = []
-    for i in range(1, 13):
+    total = fanout.ACK_WINDOW_FRAMES + 4
+    for i in range(1, total + 1):
         await actions.ingest([temp(float(i), start + i)])
         if i <= fanout.ACK_WINDOW_FRAMES:
             frame = await next_frame(ws, "data")
@@ -275,7 +278,7 @@ async def test_a_websocket_client_that_stops_acknowledging_stops_receiving_until
     await ws.send_json_to({"type": "ack", "frame": fanout.ACK_WINDOW_FRAMES})
     frame = await next_frame(ws, "data")
     received += [t for b in frame["batches"] for t in b["t"]]
-    assert received == [start + i for i in range(1, 13)]
+    assert received == [start + i for i in range(1, total + 1)]
     await ws.disconnect()
 
 

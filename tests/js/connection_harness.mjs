@@ -32,7 +32,7 @@ const { LiveConnection, describeState } = await import(process.argv[2]);
 const tick = () => new Promise((resolve) => realSetTimeout(resolve, 5));
 const out = {};
 
-// 1. Acks: frames are counted per socket and acknowledged, a burst with one ack.
+// 1. Acks: frames are counted per socket and acknowledged every ack_window/2 frames, a burst with one ack.
 const conn = new LiveConnection();
 const states = [];
 conn.on("state", (s) => states.push(describeState(s)));
@@ -40,11 +40,13 @@ conn.subscribe(["iot.*"], { historyS: 60 });
 conn.start();
 const ws = sockets[0];
 ws.open();
-ws.deliver({ type: "hello", protocol: 1, limits: { ack_window: 8 } });
+ws.deliver({ type: "hello", protocol: 1, limits: { ack_window: 4 } });
 ws.deliver({ type: "subscribed", id: 1, metrics: [] });
 ws.deliver({ type: "data", batches: [{ k: "iot.a.t", t: [10, 20], v: [1, 2] }] });
 ws.deliver({ type: "data", batches: [{ k: "iot.a.t", t: [30], v: [3] }] });
 await tick();
+ws.deliver({ type: "data", batches: [{ k: "iot.a.t", t: [40], v: [4] }] });
+await tick(); // frame 3: one unacknowledged, under half the window
 ws.deliver({ type: "data", batches: [{ k: "iot.a.t", t: [40], v: [4] }] });
 await tick();
 out.sentOnFirstSocket = ws.sent;
@@ -54,7 +56,7 @@ ws.drop(1006);
 await tick();
 const again = sockets[1];
 again.open();
-again.deliver({ type: "hello", protocol: 1, limits: { ack_window: 8 } });
+again.deliver({ type: "hello", protocol: 1, limits: { ack_window: 4 } });
 out.resumeSubscribe = again.sent[0];
 again.deliver({ type: "data", replay: true, batches: [{ k: "iot.a.t", t: [50, 60, 70], v: [5, 6, 7] }] });
 out.stateAfterBackfill = states[states.length - 1];

@@ -27,6 +27,8 @@ export class LiveConnection extends EventTarget {
     this.backfilled = 0; // samples replayed since the last reconnect or lag
     this.backfilledAt = 0;
     this.framesReceived = 0; // data frames on the current socket (acks count these)
+    this.framesAcked = 0;
+    this.ackEvery = 1; // half of hello's limits.ack_window
     this.ackPending = false;
     this.nextId = 1;
     setInterval(() => this.checkStale(), 5000);
@@ -43,6 +45,7 @@ export class LiveConnection extends EventTarget {
     let greeted = false; // some proxies accept the upgrade and then drop it: only a hello counts
     this.ws = ws;
     this.framesReceived = 0;
+    this.framesAcked = 0;
     ws.onmessage = (msg) => {
       const event = JSON.parse(msg.data);
       if (event.type === "hello" && !greeted) { greeted = true; this.attempt = 0; this.wsFailures = 0; }
@@ -144,12 +147,15 @@ export class LiveConnection extends EventTarget {
     this.send(msg);
   }
 
-  // Acknowledge what has arrived once per task, so a burst of frames costs one ack.
+  // Acknowledge once half the server's window is unacknowledged (docs/protocol.md): an ack per
+  // frame from every tab was a large part of a busy server's time. A burst of frames in one
+  // task costs one ack.
   ack() {
-    if (this.ackPending || !this.ws) return;
+    if (this.ackPending || !this.ws || this.framesReceived - this.framesAcked < this.ackEvery) return;
     this.ackPending = true;
     queueMicrotask(() => {
       this.ackPending = false;
+      this.framesAcked = this.framesReceived;
       this.send({ type: "ack", frame: this.framesReceived });
     });
   }
@@ -163,6 +169,7 @@ export class LiveConnection extends EventTarget {
     this.lastFrameAt = Date.now();
     switch (event.type) {
       case "hello": {
+        this.ackEvery = Math.max(1, Math.floor((event.limits?.ack_window || 0) / 2));
         if (this.staleSince) this.backfilled = 0; // a new episode: count what this resume brings back
         if (this.transport === "websocket") {
           const resume = this.cursors.size > 0;
