@@ -152,6 +152,25 @@ def partition_of(metric_key: str, ts: int) -> str:
 
 @pytest.mark.postgres
 @pytest.mark.django_db
+def test_samples_are_indexed_by_metric_and_time_and_by_a_brin_on_id_only() -> None:
+    storage.store([reading(1.0, now_us())])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indexrelid::regclass::text, am.amname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam "
+            "WHERE i.indrelid = 'dashboard_sample'::regclass ORDER BY 1"
+        )
+        indexes = cursor.fetchall()
+    assert [(am, definition.split(" USING ")[1]) for _, am, definition in indexes] == [
+        ("brin", "brin (id)"),
+        ("btree", "btree (metric_id, ts)"),
+    ]
+    sample = Sample.objects.get()
+    assert Sample.objects.get(pk=sample.pk).value == 1.0  # the admin's lookup by id
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
 def test_it_puts_todays_samples_in_todays_partition() -> None:
     ts = now_us()
     storage.store([reading(1.0, ts)])
