@@ -9,8 +9,8 @@ rows are then COPYed with psycopg into a bare table (no index, no constraint)
 on PostgreSQL, one transaction per batch, as the ceiling; ratios are printed.
 
 A third PostgreSQL row, "storage SQL alone", runs the storage layer's own SQL
-(dashboard.storage.insert_by_copy and update_latest: staging COPY, the insert
-that skips duplicates and folds new rows into the rollup tiers, the "latest"
+(dashboard.storage.insert_by_copy and update_latest: the COPY into
+dashboard_sample and the staging table, the rollup tiers, the "latest"
 updates, commit) on the same rows in this process, one transaction per batch,
 with no HTTP, JSON, validation or writer thread: the database's share of an
 ingest, and so the best the API could do.

@@ -1,11 +1,13 @@
 """How a batch of validated readings lands in the tables.
 
 Sources and metrics are resolved through a per-process cache. On PostgreSQL
-the rows are streamed with COPY into a per-connection temporary staging table
-and moved by one statement that inserts them with ON CONFLICT DO NOTHING
-(COPY itself cannot skip duplicates) and folds exactly the inserted rows into
-the rollup tiers in SQL; on SQLite they go in as multi-row INSERT ... ON
-CONFLICT DO NOTHING RETURNING and the rollups are aggregated in Python.
+the rows are streamed with COPY into dashboard_sample (in a savepoint) and
+into a per-connection temporary staging table, from which one statement
+folds them into the rollup tiers in SQL; a COPY cannot skip duplicates, so
+when it fails on a stored key the staged rows go in with ON CONFLICT DO
+NOTHING instead and only the inserted ones are folded in (insert_by_copy).
+On SQLite they go in as multi-row INSERT ... ON CONFLICT DO NOTHING
+RETURNING and the rollups are aggregated in Python.
 Either way a retried batch stores nothing twice and the caller learns exactly
 which rows are new (only those are published live and counted in the
 rollups, in the same transaction: see dashboard/rollups.py).
