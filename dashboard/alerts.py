@@ -94,12 +94,15 @@ class _Cache:
     def __init__(self) -> None:
         self.rules: list[CachedRule] | None = None
         self.loaded_at = 0.0
+        self.generation = 0  # bumped by every rule change: a reload started before it is discarded
+        self.refreshing = False
         self.by_key: dict[str, list[CachedRule]] = {}
         self.instances: dict[tuple[int, int], CachedInstance] = {}
         self.previous: dict[int, tuple[int, float]] = {}  # metric id -> (ts, value), for rate rules
 
     def clear(self) -> None:
         self.rules = None
+        self.generation += 1
         self.by_key.clear()
         self.instances.clear()
         self.previous.clear()
@@ -121,6 +124,7 @@ def clear_cache() -> None:
 
 def _rule_changed(sender, **kwargs) -> None:
     _cache.rules = None
+    _cache.generation += 1
     _cache.by_key.clear()
 
 
@@ -134,16 +138,43 @@ def _load_rules() -> list[CachedRule]:
 
 
 async def _ensure_rules() -> list[CachedRule]:
-    if _cache.rules is None or time.monotonic() - _cache.loaded_at > RULES_REFRESH_S:
+    """Return the enabled rules: loaded now the first time and after a change made here, else reloaded in the background.
+
+    The writer evaluates rules after every commit. Reloading stale rules
+    there put a thread hop into one commit every RULES_REFRESH_S, and so a
+    spike into live latency; the cached rules serve until the reload is in.
+    """
+    for _ in range(3):  # again if a rule changed while loading
+        if _cache.rules is not None:
+            break
+        await _reload_rules()
+    if _cache.rules is not None and time.monotonic() - _cache.loaded_at > RULES_REFRESH_S and not _cache.refreshing:
+        _cache.refreshing = True
+        _spawn(_reload_rules(in_background=True))
+    return _cache.rules or []
+
+
+async def _reload_rules(in_background: bool = False) -> None:
+    generation = _cache.generation
+    try:
         rules = await _load_rules()
-        if _cache.rules is None or rules != _cache.rules:
-            _cache.by_key.clear()
-            _cache.instances.clear()  # a changed rule restarts from what the database says
-        _cache.rules = rules
-        _cache.loaded_at = time.monotonic()
-        if rules and asyncio.get_running_loop() not in _clients:
-            _spawn(_client())  # ready before the first webhook is due
-    return _cache.rules
+    except Exception:
+        if not in_background:
+            raise
+        log.warning("reloading alert rules failed; the cached rules stay in use", exc_info=True)
+        return
+    finally:
+        if in_background:
+            _cache.refreshing = False
+    if generation != _cache.generation:
+        return  # a rule changed meanwhile: the next call loads again
+    if _cache.rules is None or rules != _cache.rules:
+        _cache.by_key.clear()
+        _cache.instances.clear()  # a changed rule restarts from what the database says
+    _cache.rules = rules
+    _cache.loaded_at = time.monotonic()
+    if rules and asyncio.get_running_loop() not in _clients:
+        _spawn(_client())  # ready before the first webhook is due
 
 
 def breaches(rule: CachedRule, value: float, previous: tuple[int, float] | None, ts: int) -> bool | None:

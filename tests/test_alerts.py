@@ -267,3 +267,18 @@ async def test_a_notification_left_pending_by_a_stopped_process_is_sent_by_anoth
     assert [m.to for m in mail.outbox] == [["ops@example.com"]]
     assert (await NotificationDelivery.objects.aget(pk=stale.id)).status == "sent"
     assert (await NotificationDelivery.objects.aget(pk=fresh.id)).status == "pending"
+
+
+async def test_stale_rules_serve_while_they_reload_in_the_background_and_a_change_here_applies_at_once() -> None:
+    """The writer evaluates rules after every commit; a reload there was a latency spike every 5 s."""
+    rule = await make_rule(threshold=30.0)
+    assert [r.threshold for r in await alerts._ensure_rules()] == [30.0]
+    # Another process's admin edits the rule (no signal here), and the cache goes stale.
+    await AlertRule.objects.filter(pk=rule.pk).aupdate(threshold=40.0)
+    alerts._cache.loaded_at -= alerts.RULES_REFRESH_S + 1
+    assert [r.threshold for r in await alerts._ensure_rules()] == [30.0]  # served at once, not awaited
+    await alerts.drain()
+    assert [r.threshold for r in await alerts._ensure_rules()] == [40.0]  # the reload is in
+    rule.threshold = 50.0
+    await rule.asave()  # a change made in this process: the next evaluation loads it first
+    assert [r.threshold for r in await alerts._ensure_rules()] == [50.0]
