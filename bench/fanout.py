@@ -57,6 +57,7 @@ TICK_S = 0.01  # the producer flushes every 10 ms (100 requests a second at most
 STEP_S = 8.0  # measured producing time per step
 DRAIN_S = 6.0  # longest wait for stragglers (and Pulseboard back-fills) after a step
 WARMUP_S = 3.0  # after connecting: the server refreezes its garbage collector once (dashboard/gcpolicy.py)
+SETTLED_CPU_PCT = 15.0  # machine-wide, before each system starts
 P99_LIMIT_MS = 100.0  # "sustainable": p99 at or under this and no unrepaired loss
 LATENCY_RESERVOIR = 20_000  # latency samples kept per client process
 VIEWER, PASSWORD = "bench", "bench-pass-123"
@@ -592,6 +593,16 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
     }
 
 
+def settle(limit_s: float = 60.0) -> None:
+    """Wait until the machine is quiet: the previous system's leftovers (a naive server draining
+    seconds of backlog, its Redis messages) once ran into the next system's measurements."""
+    deadline = time.monotonic() + limit_s
+    while (busy := psutil.cpu_percent(interval=1.0)) > SETTLED_CPU_PCT:
+        if time.monotonic() > deadline:
+            print(f"# the machine is still {busy:.0f} % busy after {limit_s:.0f} s; measuring anyway", flush=True)
+            return
+
+
 def sustainable(result: dict[str, Any]) -> bool:
     return result["loss"] == 0 and result["p99_ms"] <= P99_LIMIT_MS and result["alive"] == result["viewers"]
 
@@ -600,6 +611,7 @@ async def run_system(
     name: str, viewers: int, metrics: int, rates: list[float], stop_when_failing: bool, ingest: str = "http"
 ) -> list[dict]:
     """Start one server, connect the viewers, run one step per rate; return the steps' results."""
+    await asyncio.to_thread(settle)
     system = System(name, ingest=ingest)
     system.start(metrics)
     client = None
