@@ -396,9 +396,15 @@ class Session:
                 return None
             self._buffer = []
         else:
-            ready, rest, samples = [], [], 0
+            # A prefix of what is not held: once a fragment does not fit, nothing
+            # after it may go ahead of it (a later fragment of the same key would
+            # reach the client first, and the earlier one would look old).
+            ready, rest, samples, full = [], [], 0, False
             for fragment in self._buffer:
-                if fragment.key in held or (ready and samples + fragment.count > MAX_FRAME_SAMPLES):
+                if fragment.key in held or full:
+                    rest.append(fragment)
+                elif ready and samples + fragment.count > MAX_FRAME_SAMPLES:
+                    full = True
                     rest.append(fragment)
                 else:
                     ready.append(fragment)

@@ -58,6 +58,23 @@ async def test_a_reader_that_acknowledges_nothing_is_sent_at_most_the_window_of_
     session.close()
 
 
+async def test_a_frame_cut_at_its_sample_limit_never_lets_a_later_fragment_overtake() -> None:
+    """Frames of at most MAX_FRAME_SAMPLES go out in buffer order: per key, oldest first, nothing duplicated."""
+    transport = Transport()
+    session = subscribed_session(transport, key="s.a")
+    session.add(1, "s.b", cursor=0)
+    big = fanout.MAX_FRAME_SAMPLES - 100
+    session.offer(encode_fragment("s.a", list(range(1, big + 1)), [1.0] * big))
+    session.offer(encode_fragment("s.b", list(range(1, 201)), [1.0] * 200))  # does not fit: the frame is full
+    session.offer(encode_fragment("s.b", [500], [1.0]))  # would fit, but must not go before the 200
+    await session.flush()
+    await session.flush()
+    frames = transport.data()
+    assert [[b["k"] for b in f["batches"]] for f in frames] == [["s.a"], ["s.b", "s.b"]]
+    assert [t for b in frames[1]["batches"] for t in b["t"]] == [*range(1, 201), 500]
+    session.close()
+
+
 async def test_data_held_back_by_a_full_window_goes_out_coalesced_after_an_ack() -> None:
     transport = Transport()
     session = subscribed_session(transport, window=8)
