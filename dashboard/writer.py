@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -28,6 +29,7 @@ from dashboard.validation import Reading
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (0.05, 0.25, 1.0)  # then the callers get 503 and retry themselves
+_STOP = object()  # tells the writer thread to finish
 
 
 @dataclass
@@ -131,70 +133,97 @@ class Writer:
         cls._instances.clear()
 
     def close(self) -> None:
-        """Stop the writer task and release its thread and connection."""
-        if not self._loop.is_closed():
-            self._task.cancel()
-        self._executor.submit(_close_connection).result()
-        self._executor.shutdown(wait=True)
+        """Stop the writer thread once it has written what it took, and close its connection."""
+        self._jobs.put(_STOP)
+        self._thread.join(timeout=30)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pending: list[_Job] = []
-        self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pulseboard-writer")
-        self._task = loop.create_task(self._run(), name="pulseboard-writer")
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._answering: asyncio.Task | None = None  # the last batch's alerts-then-answer step
+        self._thread = threading.Thread(target=self._work, name="pulseboard-writer", daemon=True)
+        self._thread.start()
 
     async def write(self, readings: list[Reading], bookkeeping: Bookkeeping | None = None) -> list[str | Exception]:
         """Store readings and return, per reading, "new", "duplicate" or the error that refused it."""
         if not readings and bookkeeping is None:
             return []
         future = self._loop.create_future()
-        self._pending.append(_Job(readings, future, bookkeeping))
-        self._wakeup.set()
+        self._jobs.put(_Job(readings, future, bookkeeping))
         return await future
 
-    async def _run(self) -> None:
-        cap = settings.PULSEBOARD["WRITE_BATCH_MAX"]
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                jobs, size = [], 0
-                while self._pending and (not jobs or size + len(self._pending[0].readings) <= cap):
-                    job = self._pending.pop(0)
-                    jobs.append(job)
-                    size += len(job.readings)
-                await self._commit(jobs)
+    # --- On the writer thread ---------------------------------------------------
+    def _work(self) -> None:
+        """Take what is waiting (up to WRITE_BATCH_MAX readings), commit it, hand it back; repeat.
 
-    async def _commit(self, jobs: list[_Job]) -> None:
-        readings = [r for job in jobs for r in job.readings]
+        The thread takes the next jobs itself as soon as a commit is done.
+        When the event loop handed them over (run_in_executor), each commit
+        also waited for the loop's turn twice, and with 1,000 viewers that
+        turn took 4-12 ms: at 100 ingest requests a second the commits fell
+        behind and requests queued for 30-50 ms (bench/README.md, Fan-out).
+        """
+        cap = settings.PULSEBOARD["WRITE_BATCH_MAX"]
+        carried: _Job | object | None = None
+        while True:
+            job, carried = carried or self._jobs.get(), None
+            if job is _STOP:
+                break
+            jobs, size = [job], len(job.readings)
+            while True:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP or size + len(more.readings) > cap:
+                    carried = more
+                    break
+                jobs.append(more)
+                size += len(more.readings)
+            outcome = self._store(jobs)
+            try:
+                self._loop.call_soon_threadsafe(self._committed, jobs, outcome)
+            except RuntimeError:
+                break  # the loop is closed: nobody waits for an answer
+        _close_connection()
+
+    def _store(self, jobs: list[_Job]) -> storage.StoredBatch | Exception:
+        """Commit the jobs' readings, retrying database errors; return the batch or the error for the callers."""
+        readings = sum(len(job.readings) for job in jobs)
         started = time.perf_counter()
-        batch = None
         for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
             try:
-                batch = await self._loop.run_in_executor(self._executor, _store_on_writer_thread, jobs)
-                break
+                batch = _store_on_writer_thread(jobs)
             except DatabaseError as exc:
                 if delay is None:
                     stats.WRITE_FAILURES.inc()
-                    log.error("write of %d readings failed after %d attempts: %s", len(readings), attempt + 1, exc)
-                    error = StorageUnavailable(f"the database is unavailable ({exc.__class__.__name__}); retry later")
-                    for job in jobs:
-                        if not job.future.done():
-                            job.future.set_exception(error)
-                    return
+                    log.error("write of %d readings failed after %d attempts: %s", readings, attempt + 1, exc)
+                    return StorageUnavailable(f"the database is unavailable ({exc.__class__.__name__}); retry later")
                 stats.WRITE_RETRIES.inc()
-                log.warning("write of %d readings failed (%s); retrying in %.2f s", len(readings), exc, delay)
-                await asyncio.sleep(delay)
+                log.warning("write of %d readings failed (%s); retrying in %.2f s", readings, exc, delay)
+                time.sleep(delay)
             except Exception as exc:  # a bug, not an outage: fail these callers, keep the writer alive
-                log.exception("write of %d readings failed", len(readings))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                return
-        stats.WRITE_BATCH_SECONDS.observe(time.perf_counter() - started)
-        stats.WRITE_BATCH_SIZE.observe(len(readings))
-        publish_inserted(batch)
+                log.exception("write of %d readings failed", readings)
+                return exc
+            else:
+                stats.WRITE_BATCH_SECONDS.observe(time.perf_counter() - started)
+                stats.WRITE_BATCH_SIZE.observe(readings)
+                return batch
+        raise AssertionError("unreachable")
+
+    # --- Back on the event loop, in commit order ----------------------------------
+    def _committed(self, jobs: list[_Job], outcome: storage.StoredBatch | Exception) -> None:
+        if isinstance(outcome, Exception):
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(outcome)
+            return
+        publish_inserted(outcome)  # at once and in commit order: live viewers do not wait for alerting
+        # Alerts are evaluated batch after batch (a rule's state depends on the order), then the callers answered.
+        self._answering = self._loop.create_task(self._answer(self._answering, jobs, outcome))
+
+    async def _answer(self, previous: asyncio.Task | None, jobs: list[_Job], batch: storage.StoredBatch) -> None:
+        if previous is not None:
+            await previous
         # Alerting (#6): evaluate rules on the committed rows; a failure must never cost the writers.
         try:
             await alerts.evaluate(batch.inserted)

@@ -89,3 +89,31 @@ async def test_it_counts_a_tokens_readings_and_marks_it_used_in_the_same_commit(
     await token.arefresh_from_db()
     assert (token.samples_accepted, token.samples_rejected) == (1, 1)
     assert token.last_used is not None
+
+
+async def test_the_writer_thread_commits_without_waiting_for_a_busy_event_loop() -> None:
+    """A long fan-out pass holds the loop; a queued batch is committed meanwhile, not after it."""
+    import asyncio
+    import threading
+    import time
+
+    from django.db import connection
+
+    from dashboard.writer import Writer
+
+    await actions.ingest([reading(ts=now_us() - 1000)])  # the writer and its metric exist
+    ts = now_us()
+    pending = asyncio.ensure_future(Writer.get().write([reading(ts=ts)]))
+    await asyncio.sleep(0)  # the job is queued
+    time.sleep(0.5)  # the loop is busy: no turn for anything on it
+    counted: list[int] = []
+
+    def count() -> None:
+        counted.append(Sample.objects.filter(ts=ts).count())
+        connection.close()
+
+    reader = threading.Thread(target=count)
+    reader.start()
+    reader.join()
+    assert counted == [1]
+    assert await pending == ["new"]
