@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 from channels.layers import get_channel_layer
 
+from dashboard import stats
+
 log = logging.getLogger(__name__)
 
 # Identifies this process as a publisher so hubs can follow each publisher's
@@ -211,8 +213,6 @@ class Outbox:
         self._task: asyncio.Task | None = None
 
     def put(self, group: str, message: dict[str, Any]) -> None:
-        from dashboard import stats
-
         if len(self._queue) >= self.MAX_BACKLOG:
             stats.PUBLISH_FAILURES.inc()
             log.warning(
@@ -224,8 +224,6 @@ class Outbox:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="pulseboard-outbox")
 
     async def _run(self) -> None:
-        from dashboard import stats
-
         while self._queue:
             group, message = self._queue[0]
             if not await _send(group, message):
