@@ -15,7 +15,8 @@ test: setup static  ## Run the suite on SQLite and on PostgreSQL (with Redis, Mo
 lint: setup
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
 
-bench: setup
+bench: setup  ## Benchmarks against their baselines (InfluxDB, bare COPY, raw websockets); results in bench/README.md
+	bash scripts/bench-deps.sh
 	$(PY) bench/ingest.py && $(PY) bench/history.py && $(PY) bench/fanout.py
 
 fuzz: setup  ## The long fuzzing run of the live protocol, 100,000 inputs (docs/security.md); not in CI

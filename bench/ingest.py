@@ -1,12 +1,21 @@
-"""Ingest throughput: samples/s stored through the real HTTP API, next to a bare COPY.
+"""Ingest throughput: samples/s stored through the real HTTP API, next to InfluxDB and a bare COPY.
+
+The headline is the ratio to InfluxDB 1.6 (`influxd` from the Debian package
+`influxdb`), the store a user would otherwise point Telegraf at: this starts a
+private `influxd` on a loopback port with a temporary data directory and
+writes it the very same line-protocol bodies, with the same HTTP client and
+the same number of requests in flight. Without `influxd` that row is skipped
+with the reason.
 
 For each database (PostgreSQL, then SQLite) this migrates a fresh database,
-issues an agent token, starts Daphne on a loopback port and POSTs JSON batches
-of 1,000 and 5,000 samples to /api/v1/ingest from a few concurrent clients
-(so the writer's group commit is exercised as in production). Throughput is
-stored samples / wall time, checked against the "accepted" counts. The same
-rows are then COPYed with psycopg into a bare table (no index, no constraint)
-on PostgreSQL, one transaction per batch, as the ceiling; ratios are printed.
+issues an agent token, starts Daphne on a loopback port and POSTs batches
+of 1,000 and 5,000 samples from a few concurrent clients (so the writer's
+group commit is exercised as in production), as JSON to /api/v1/ingest and
+as line protocol to /api/v2/write. Throughput is stored samples / wall time,
+checked against the "accepted" counts (JSON) or the 204 answers (line
+protocol). The same rows are then COPYed with psycopg into a bare table (no
+index, no constraint) on PostgreSQL, one transaction per batch, as the floor
+of what any store on PostgreSQL could do.
 
 A third PostgreSQL row, "storage SQL alone", runs the storage layer's own SQL
 (dashboard.storage.insert_by_copy and update_latest: the COPY into
@@ -15,9 +24,10 @@ updates, commit) on the same rows in this process, one transaction per batch,
 with no HTTP, JSON, validation or writer thread: the database's share of an
 ingest, and so the best the API could do.
 
-    python bench/ingest.py [--samples 200000] [--concurrency 4]
+    python bench/ingest.py [--samples 200000] [--concurrency 4] [--formats json,lp]
 
 Needs PostgreSQL at --pg (trust auth); creates and drops database pulseboard_bench_ingest.
+`influxd` is installed by `make bench` (scripts/bench-deps.sh) when run as root.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,6 +63,7 @@ class Result:
     batch: int
     samples: int
     seconds: float
+    fmt: str = "json"
 
     @property
     def rate(self) -> float:
@@ -76,6 +88,11 @@ def payload(source: str, rows: list[tuple[str, int, float]]) -> bytes:
     return json.dumps(
         {"source": source, "precision": "us", "samples": [{"metric": m, "ts": ts, "value": v} for m, ts, v in rows]}
     ).encode()
+
+
+def lp_body(source: str, rows: list[tuple[str, int, float]]) -> bytes:
+    """Return the rows as line protocol: one point per sample, field `value`, timestamps in µs."""
+    return "".join(f"{m},source={source} value={v!r} {ts}\n" for m, ts, v in rows).encode()
 
 
 def run(cmd: list[str], env: dict[str, str]) -> str:
@@ -105,19 +122,29 @@ def reset_postgres(pg_url: str) -> None:
         conn.execute(f"CREATE DATABASE {DB_NAME}")
 
 
-async def post_all(url: str, secret: str, bodies: list[bytes], concurrency: int) -> int:
-    """POST every body with `concurrency` clients in flight and return the accepted count."""
-    headers = {"Authorization": f"Token {secret}", "Content-Type": "application/json"}
-    queue = list(reversed(bodies))
+async def post_all(
+    url: str, secret: str | None, bodies: list[bytes], concurrency: int, counts: list[int] | None = None
+) -> int:
+    """POST every body with `concurrency` clients in flight and return the accepted count.
+
+    JSON answers carry their "accepted" count; a line-protocol body answered
+    204 counts all its lines (`counts`, one per body), since a partial write
+    is answered 400 and stops the run.
+    """
+    fmt = "json" if counts is None else "lp"
+    headers = {"Content-Type": "application/json" if fmt == "json" else "text/plain; charset=utf-8"}
+    if secret:
+        headers["Authorization"] = f"Token {secret}"
+    queue = list(reversed(list(zip(bodies, counts or [0] * len(bodies), strict=True))))
     accepted = 0
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal accepted
         while queue:
-            body = queue.pop()
+            body, lines = queue.pop()
             response = await client.post(url, content=body, headers=headers)
             response.raise_for_status()
-            accepted += response.json()["accepted"]
+            accepted += response.json()["accepted"] if fmt == "json" else lines
 
     async with httpx.AsyncClient(timeout=120) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
@@ -169,17 +196,86 @@ def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) ->
                 for i, name in enumerate(f"m{j:03d}" for j in range(METRICS))
             ]
             asyncio.run(post_all(f"{base}/api/v1/ingest", secret, [payload(source, warm)], 1))
-            bodies = [payload(source, rows) for rows in batches]
-            started = time.perf_counter()
-            accepted = asyncio.run(post_all(f"{base}/api/v1/ingest", secret, bodies, args.concurrency))
-            elapsed = time.perf_counter() - started
-            if accepted != args.samples:
-                raise SystemExit(f"{backend}: {accepted} of {args.samples} samples accepted")
-            results.append(Result(backend, batch, accepted, elapsed))
-            print(f"  {backend:10s} API   batch {batch:5d}: {accepted / elapsed:10,.0f} samples/s", flush=True)
+            if "json" in args.formats:
+                bodies = [payload(source, rows) for rows in batches]
+                started = time.perf_counter()
+                accepted = asyncio.run(post_all(f"{base}/api/v1/ingest", secret, bodies, args.concurrency))
+                elapsed = time.perf_counter() - started
+                if accepted != args.samples:
+                    raise SystemExit(f"{backend}: {accepted} of {args.samples} samples accepted")
+                results.append(Result(backend, batch, accepted, elapsed))
+                print(f"  {backend:10s} JSON  batch {batch:5d}: {accepted / elapsed:10,.0f} samples/s", flush=True)
+            if "lp" in args.formats:
+                # Another source, so the same (metric, ts) pairs are new rows, not duplicates.
+                lp_source = f"{source}-lp"
+                url = f"{base}/api/v2/write?org=bench&bucket=bench&precision=us"
+                asyncio.run(post_all(url, secret, [lp_body(lp_source, warm)], 1, [len(warm)]))
+                bodies = [lp_body(lp_source, rows) for rows in batches]
+                started = time.perf_counter()
+                asyncio.run(post_all(url, secret, bodies, args.concurrency, [len(rows) for rows in batches]))
+                elapsed = time.perf_counter() - started
+                results.append(Result(backend, batch, args.samples, elapsed, "lp"))
+                print(f"  {backend:10s} LP    batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=10)
+    return results
+
+
+def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
+    """Write the same line-protocol bodies to a private influxd 1.x: the store a Telegraf user would pick."""
+    binary = shutil.which("influxd")
+    if binary is None:
+        print("  influxdb   skipped: influxd is not installed (Debian package `influxdb`; `make bench` installs it)")
+        return []
+    data = tmp / "influxdb"
+    port, rpc = free_port(), free_port()
+    env = dict(
+        os.environ,
+        INFLUXDB_REPORTING_DISABLED="true",
+        INFLUXDB_BIND_ADDRESS=f"127.0.0.1:{rpc}",
+        INFLUXDB_HTTP_BIND_ADDRESS=f"127.0.0.1:{port}",
+        INFLUXDB_HTTP_LOG_ENABLED="false",
+        INFLUXDB_META_DIR=str(data / "meta"),
+        INFLUXDB_DATA_DIR=str(data / "data"),
+        INFLUXDB_DATA_WAL_DIR=str(data / "wal"),
+        INFLUXDB_DATA_QUERY_LOG_ENABLED="false",
+        INFLUXDB_MONITOR_STORE_ENABLED="false",
+    )
+    server = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    results = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{base}/ping", timeout=1).status_code == 204:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"influxd did not start on port {port}")
+            time.sleep(0.2)
+        for batch in BATCH_SIZES:
+            db = f"bench{batch}"
+            httpx.post(f"{base}/query", params={"q": f"CREATE DATABASE {db}"}, timeout=30).raise_for_status()
+            batches = make_rows(args.samples, batch, "influx", now_us)
+            bodies = [lp_body(f"bench-in-{batch}", rows) for rows in batches]
+            url = f"{base}/write?db={db}&precision=u"
+            started = time.perf_counter()
+            asyncio.run(post_all(url, None, bodies, args.concurrency, [len(rows) for rows in batches]))
+            elapsed = time.perf_counter() - started
+            answer = httpx.get(
+                f"{base}/query", params={"db": db, "q": "SELECT count(value) FROM /.*/"}, timeout=60
+            ).json()
+            stored = sum(s["values"][0][1] for s in answer["results"][0].get("series", []))
+            if stored != args.samples:
+                raise SystemExit(f"influxdb: {stored} of {args.samples} points stored")
+            results.append(Result("influxdb", batch, stored, elapsed, "lp"))
+            print(f"  {'influxdb':10s} LP    batch {batch:5d}: {stored / elapsed:10,.0f} samples/s", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     return results
 
 
@@ -256,7 +352,11 @@ def main() -> None:
     parser.add_argument(
         "--pg", default="postgres://postgres@127.0.0.1:5432", help="PostgreSQL server URL (no database)"
     )
+    parser.add_argument(
+        "--formats", default="json,lp", help="Pulseboard endpoints: json (/api/v1/ingest), lp (/api/v2/write)"
+    )
     args = parser.parse_args()
+    args.formats = set(args.formats.split(","))
     now_us = time.time_ns() // 1000
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, {os.cpu_count()} CPUs, "
@@ -264,18 +364,25 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
+        influx = {r.batch: r for r in bench_influxdb(args, now_us, Path(tmp))}
         api = bench_api("postgresql", args, now_us, Path(tmp)) + bench_api("sqlite", args, now_us, Path(tmp))
         copy = {r.batch: r for r in bench_copy(args, now_us)}
         floor = bench_storage_sql(args, now_us, Path(tmp))
     names = {
+        "influxdb": "InfluxDB 1.6 `/write`, line protocol",
         "COPY": "psycopg COPY, bare table (PostgreSQL)",
         "SQL": "storage SQL alone, no HTTP/JSON/validation (PostgreSQL)",
     }
-    print("\n| Path | Batch | Samples/s | vs. bare COPY on PostgreSQL |")
-    print("|---|---:|---:|---:|")
-    for r in [*copy.values(), *floor, *api]:
-        name = names.get(r.backend, f"HTTP ingest API ({r.backend})")
-        print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {r.rate / copy[r.batch].rate:.2f}× |")
+    endpoints = {"json": "JSON `/api/v1/ingest`", "lp": "line protocol `/api/v2/write`"}
+
+    def ratio(r: Result, base: dict[int, Result]) -> str:
+        return f"{r.rate / base[r.batch].rate:.2f}×" if r.batch in base else "n/a"
+
+    print("\n| Path | Batch | Samples/s | vs. InfluxDB | vs. bare COPY on PostgreSQL |")
+    print("|---|---:|---:|---:|---:|")
+    for r in [*influx.values(), *copy.values(), *floor, *api]:
+        name = names.get(r.backend, f"Pulseboard {endpoints[r.fmt]} ({r.backend})")
+        print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {ratio(r, influx)} | {ratio(r, copy)} |")
     with psycopg.connect(f"{args.pg.rstrip('/')}/postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
