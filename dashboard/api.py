@@ -219,12 +219,16 @@ async def write_line_protocol(request: HttpRequest) -> HttpResponse:
     try:
         token = await authenticate_agent(request)
         ratelimit.check_rate(token.pk)
-        parsed = lineprotocol.parse_body(read_body(request), request.GET.get("precision", "ns"), now_us())
+        precision = request.GET.get("precision", "ns")
+        if len(request.body) > PARSE_ON_LOOP_MAX_BYTES or request.headers.get("Content-Encoding"):
+            parsed = await asyncio.to_thread(lambda: lineprotocol.parse_body(read_body(request), precision, now_us()))
+        else:
+            parsed = lineprotocol.parse_body(read_body(request), precision, now_us())
         limit = settings.PULSEBOARD["MAX_SAMPLES_PER_REQUEST"]
         if len(parsed.items) > limit:
             raise PayloadTooLarge(f"{len(parsed.items)} fields is over the limit of {limit} per request", field="body")
         check_scope(token, parsed.items)
-        result = await actions.ingest(parsed.items, token=token)
+        result = await actions.ingest(parsed.items, token=token, checked=True)
     except PulseboardError as exc:
         return error_response(exc, code=exc.code, message=exc.message)
     if not result.rejected:

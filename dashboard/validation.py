@@ -157,6 +157,12 @@ def check_ts(ts: int, now: int | None = None) -> int:
     return ts
 
 
+def accepted_window(now: int) -> tuple[int, int]:
+    """Return the oldest and newest µs timestamps check_ts accepts at `now`, for parsers that check in bulk."""
+    conf = _pulseboard_settings()
+    return now - conf["MAX_AGE_S"] * US, now + conf["MAX_FUTURE_S"] * US
+
+
 def check_keys(source: Any, metric: Any) -> None:
     """Check a reading's source and metric names (type, charset, lengths); remember pairs that pass."""
     if type(source) is str and type(metric) is str and (source, metric) in _VALID_KEYS:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 from django.test import AsyncClient
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from dashboard import ratelimit
 from dashboard.lineprotocol import parse_body
@@ -89,14 +92,14 @@ def test_it_rejects_non_numeric_fields_with_the_reason_and_keeps_the_others(fiel
 
 
 def test_it_unescapes_measurements_tags_fields_and_strings() -> None:
-    body = r'weather\ station,loc=us\,mid\=west,ho\ st=x temp\=c=82,note="say \"hi\" \\o/" 1'
+    body = r'weather\ station,loc=us\,mid\=west,ho\ st=x temp\=c=82,note="say \"hi\" \\o/" 1700000000'
     items = parse(body, "s")
     reading = items[0][1]
     assert isinstance(reading, Reading)
     assert reading.source == "weather-station"
     assert reading.labels == {"loc": "us,mid=west", "ho st": "x"}
     assert reading.metric == "x.us-mid-west.temp-c"
-    assert reading.ts == US
+    assert reading.ts == NOW
     assert "string" in items[1][1].reason
 
 
@@ -343,3 +346,51 @@ async def test_influxdb_client_writes_unchanged_and_points_appear_live(
         assert json.loads(refused.value.body)["rejected"][0]["line"] == 1
     finally:
         server.stop()
+
+
+# Bodies without escapes or quotes take the per-series fast path; its answer must be the
+# line-by-line parser's, item for item, for well-formed and broken lines alike.
+_token = st.sampled_from(["cpu", "m", "Host-1", "web.1", "a_b", "x:y", "é", "-", "0", "ok"])
+_value = st.sampled_from(
+    [
+        "1",
+        "-1.5",
+        "1e3",
+        "1.",
+        ".5",
+        "42i",
+        "-7i",
+        "-0i",
+        "-0",
+        "+3",
+        "42u",
+        "1e400",
+        "inf",
+        "nan",
+        "1_0",
+        "t",
+        "",
+        "9" * 20 + "i",
+    ]
+)
+_ts = st.sampled_from(["", " 1700000000000000000", " 1699999999", " -5", " 12x", " 1 2", "  1700000000000000000"])
+_line = st.one_of(
+    st.builds(
+        lambda m, tags, fields, ts: m + "".join(f",{k}={v}" for k, v in tags) + " " + fields + ts,
+        _token,
+        st.lists(st.tuples(_token, _token), max_size=3),
+        st.lists(st.tuples(_token, _value), min_size=1, max_size=3).map(lambda fs: ",".join(f"{k}={v}" for k, v in fs)),
+        _ts,
+    ),
+    st.text(alphabet="m ,=1v\t#\r", max_size=12),
+)
+
+
+@given(lines=st.lists(_line, max_size=8), precision=st.sampled_from(["ns", "us", "ms", "s"]))
+@hsettings(max_examples=3000, deadline=None)
+def test_the_plain_fast_path_answers_exactly_as_the_line_by_line_parser(lines: list[str], precision: str) -> None:
+    body = "\n".join(lines).encode()
+    fast = parse_body(body, precision, NOW)
+    slow = parse_body(body, precision, NOW, plain=False)
+    assert fast.lines == slow.lines
+    assert [repr(item) for item in fast.items] == [repr(item) for item in slow.items]
