@@ -189,6 +189,7 @@ class PrometheusCollector(Collector):
         name: str | None = None,
         interval_s: float | None = None,
         targets: list[str | dict[str, str]] | None = None,
+        source: str | None = None,
         job: str | None = None,
         source_kind: str = "other",
         timeout_s: float | None = None,
@@ -232,6 +233,10 @@ class PrometheusCollector(Collector):
         self.deny = [NamePattern.parse(p) for p in metrics_deny or []]
         self.headers = self._headers(bearer_token_env, basic_auth_user, basic_auth_password_env, headers, headers_env)
         self.transport = transport  # tests may hand in a transport; agents use the network
+        if source is not None:
+            if len(targets) != 1:
+                raise ValueError(f"{self.name}: 'source' names the source of a single target; give each target its own")
+            targets = [{"url": targets[0], "source": source} if isinstance(targets[0], str) else targets[0]]
         self.targets = [self._target(spec) for spec in targets]
         sources = [t.source for t in self.targets]
         duplicated = sorted({s for s in sources if sources.count(s) > 1})
