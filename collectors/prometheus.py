@@ -176,6 +176,7 @@ class ScrapeResult:
     samples: int = 0
     series: int = 0
     filtered: int = 0
+    keys: set[str] = field(default_factory=set)  # metrics written by this scrape: a repeated series is refused
 
 
 class PrometheusCollector(Collector):
@@ -467,7 +468,7 @@ class PrometheusCollector(Collector):
                 continue
             label_items = tuple(sorted(sample.labels.items()))
             metric = fit_metric(target.source, series_metric(sample.name, sample.labels))
-            if not self._claim(target, metric, sample.name, label_items):
+            if not self._claim(target, result, metric, sample.name, label_items):
                 continue
             result.series += 1
             counter = role in ("counter", "bucket", "count", "sum")
@@ -514,7 +515,7 @@ class PrometheusCollector(Collector):
         if observed <= 0:
             return
         metric = fit_metric(target.source, series_metric(family.name, labels)) + ".mean"
-        if self._claim(target, metric, family.name + ".mean", tuple(sorted(labels.items()))):
+        if self._claim(target, result, metric, family.name + ".mean", tuple(sorted(labels.items()))):
             mean = added / observed
             result.readings.append(
                 Reading(target.source, metric, ts, mean, unit, "gauge", self.source_kind, target.labels)
@@ -527,13 +528,27 @@ class PrometheusCollector(Collector):
             return False
         return not self.allow or any(p.test(n) for p in self.allow for n in names)
 
-    def _claim(self, target: Target, metric: str, name: str, label_items: tuple[tuple[str, str], ...]) -> bool:
-        """Return whether this series may write metric (no other series of the target owns it)."""
+    def _claim(
+        self, target: Target, result: ScrapeResult, metric: str, name: str, label_items: tuple[tuple[str, str], ...]
+    ) -> bool:
+        """Return whether this series may write metric: no other series of the target owns it, not yet written."""
         owner = target.owners.setdefault(metric, (name, label_items))
-        if owner == (name, label_items):
+        if owner == (name, label_items) and metric not in result.keys:
+            result.keys.add(metric)
             return True
         target.collisions += 1
-        if not target.collision_logged:
+        if not target.collision_logged and owner == (name, label_items):
+            target.collision_logged = True
+            log.warning(
+                "%s: %s exposes %s%s twice in one scrape; the repeat is refused and counted in "
+                "%s.scrape.collisions (logged once per target)",
+                self.name,
+                target.url,
+                name,
+                dict(label_items),
+                target.source,
+            )
+        elif not target.collision_logged:
             target.collision_logged = True
             log.warning(
                 "%s: %s: %s%s and %s%s both map to the key %s.%s; the later is refused and counted in "

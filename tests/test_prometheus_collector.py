@@ -16,12 +16,23 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 
 from collectors import prometheus
 from collectors.prometheus import PrometheusCollector, fit_metric, series_metric
 from collectors.registry import build
 from dashboard import validation
 from dashboard.models import KEY_RE
+from dashboard.timeutil import now_us
 from dashboard.validation import Reading, check_reading
 from tests.servers import ROOT, Server, login_cookies, manage, project_env, running_server
 
@@ -350,6 +361,94 @@ async def test_two_series_that_map_to_one_key_are_refused_and_counted_not_merged
     assert second["odd_labels.path:_a_b"].value == first["odd_labels.path:_a_b"].value  # the same owner each time
     assert first["scrape.collisions"].value == 1 and second["scrape.collisions"].value == 2
     assert sum("both map to the key" in r.getMessage() for r in caplog.records) == 1
+
+
+# --- Hostile expositions: every sample is kept or counted, every reading is storable ----------------
+
+label_names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,6}", fullmatch=True).filter(lambda n: not n.startswith("__"))
+metric_names = st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,10}", fullmatch=True)
+label_values = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(["/a/b", "/a.b", "0.99", ""])
+sample_values = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**70), 2**70)
+FAMILY_KINDS = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
+
+
+@st.composite
+def expositions(draw: st.DrawFn) -> bytes:
+    """A text exposition written by prometheus_client itself, from families with hostile names and values."""
+    registry = CollectorRegistry()
+    families = []
+    for name in draw(st.lists(metric_names, min_size=1, max_size=5, unique_by=lambda n: n.removesuffix("_total"))):
+        kind = draw(st.sampled_from([*FAMILY_KINDS, "histogram", "summary"]))
+        labels = draw(st.lists(label_names, max_size=3, unique=True))
+        if kind == "histogram":
+            family = HistogramMetricFamily(name, "h", labels=labels)
+            for _ in range(draw(st.integers(0, 3))):
+                family.add_metric(
+                    [draw(label_values) for _ in labels], [("0.5", 1.0), ("+Inf", 2.0)], draw(sample_values)
+                )
+        elif kind == "summary":
+            family = SummaryMetricFamily(name, "s", labels=labels)
+            for _ in range(draw(st.integers(0, 3))):
+                family.add_metric([draw(label_values) for _ in labels], draw(st.integers(0, 9)), draw(sample_values))
+        else:
+            family = FAMILY_KINDS[kind](name, "x", labels=labels)
+            for _ in range(draw(st.integers(0, 4))):
+                stamp = draw(st.none() | st.floats(0, 4e9))
+                family.add_metric([draw(label_values) for _ in labels], draw(sample_values), timestamp=stamp)
+        families.append(family)
+
+    class Fixed:
+        def collect(self):
+            return families
+
+    registry.register(Fixed())
+    return generate_latest(registry)
+
+
+def assert_storable_and_accounted(collector: PrometheusCollector, body: bytes) -> None:
+    target = collector.targets[0]
+    lost_before = target.cut + target.collisions + target.skipped
+    try:
+        result = collector.readings(target, body, "text/plain", now_us())
+    except Exception:
+        return  # scrape() counts it as a failed scrape; nothing of the body is stored
+    metrics = [r.metric for r in result.readings]
+    assert len(metrics) == len(set(metrics)), "two readings of one key in one scrape"
+    for reading in result.readings:
+        validation.check_keys(reading.source, reading.metric)
+        validation.check_value(reading.value)
+    lost = target.cut + target.collisions + target.skipped - lost_before
+    assert result.samples == result.series + result.filtered + lost, "a sample neither kept nor counted"
+
+
+@pytest.mark.sqlite_only  # no database: the PostgreSQL pass would only repeat it
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(expositions(), min_size=1, max_size=3), st.integers(1, 12), st.booleans())
+def test_generated_expositions_give_storable_readings_and_count_every_sample_left_out(
+    bodies: list[bytes], max_series: int, buckets: bool
+) -> None:
+    collector = PrometheusCollector(
+        targets=[{"url": "http://127.0.0.1:1/metrics", "source": "s" * 60}], max_series=max_series, buckets=buckets
+    )
+    for body in bodies:  # consecutive scrapes: rates, means, resets and collisions across them
+        assert_storable_and_accounted(collector, body)
+
+
+@pytest.mark.sqlite_only
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.sampled_from(
+            ["# TYPE a counter", "# TYPE a histogram", "# HELP a x", "a_total 1", 'a{le="1"} 2', "a_count 3"]
+        )
+        | st.text(st.sampled_from(list('ab_{}="=, #\\n\t0.9eE+-InfNaN\xff')), max_size=30),
+        max_size=12,
+    ).map(lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass"))
+    | st.binary(max_size=200)
+)
+def test_junk_bodies_are_refused_whole_or_give_storable_readings(body: bytes) -> None:
+    collector = PrometheusCollector(targets=["http://127.0.0.1:1/metrics"], buckets=True)
+    assert_storable_and_accounted(collector, body)
 
 
 # --- Failures: bad servers, hanging servers ----------------------------------------------------------------
@@ -690,3 +789,12 @@ def test_serve_shows_pulseboards_own_metrics_without_any_configuration(tmp_path:
     finally:
         serve.terminate()
         serve.wait(30)
+
+
+async def test_a_series_repeated_in_one_exposition_is_kept_once_and_the_repeat_counted() -> None:
+    # Found by the generated expositions above: two readings of one key in one batch.
+    body = b'# TYPE a gauge\na{x="1"} 1\na{x="1"} 2\n# TYPE c counter\nc_total 5\nc_total 6\n'
+    async with TinyHttp(body=body).running() as server:
+        found = by_metric(await PrometheusCollector(targets=[server.url]).scrape_once())
+    assert found["a.x:1"].value == 1 and found["c_total"].value == 5
+    assert found["scrape.collisions"].value == 2 and found["scrape.series"].value == 2
