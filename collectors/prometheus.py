@@ -600,7 +600,13 @@ class PrometheusCollector(Collector):
     ) -> None:
         while True:
             started = time.monotonic()
-            await queue.put(await self.scrape(target, client))
+            try:
+                batch = await self.scrape(target, client)
+            except Exception:  # a bug here, not a bad exporter (scrape() absorbs those): keep this target going
+                self._failed(target, "internal error (logged with its traceback)")
+                log.exception("%s: scraping %s raised; trying again at the next interval", self.name, target.url)
+                batch = []
+            await queue.put(batch)
             await asyncio.sleep(max(0.0, self.next_delay(target) - (time.monotonic() - started)))
 
 
