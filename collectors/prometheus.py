@@ -60,6 +60,7 @@ MAX_KEY_LEN = 200
 MAX_SOURCE_LEN = 120
 MAX_ABS_VALUE = 1e300
 KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+SOURCE_KINDS = {"host", "device", "feed", "agent", "other"}
 
 DEFAULT_INTERVAL_S = 10.0
 DEFAULT_TIMEOUT_S = 10.0  # Prometheus' default scrape_timeout; never longer than the interval
@@ -205,7 +206,6 @@ class PrometheusCollector(Collector):
         buckets: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
-        transport: httpx.AsyncBaseTransport | None = None,
         **options: Any,
     ) -> None:
         secrets_given = OPTION_NAMES_WITH_SECRETS & set(options)
@@ -220,6 +220,8 @@ class PrometheusCollector(Collector):
         self.job = job or self.name
         if not targets:
             raise ValueError(f"{self.name}: give at least one target URL in 'targets'")
+        if source_kind not in SOURCE_KINDS:
+            raise ValueError(f"{self.name}: source_kind must be one of {', '.join(sorted(SOURCE_KINDS))}")
         self.source_kind = source_kind
         self.timeout_s = float(timeout_s if timeout_s is not None else min(DEFAULT_TIMEOUT_S, self.interval_s))
         if not 0 < self.timeout_s <= self.interval_s:
@@ -228,16 +230,19 @@ class PrometheusCollector(Collector):
             raise ValueError(f"{self.name}: max_series must be a whole number of at least 1")
         self.max_series = max_series
         self.buckets = bool(buckets)
-        self.max_body_bytes = int(max_body_bytes)
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+            raise ValueError(f"{self.name}: max_body_bytes must be a whole number of at least 1")
+        self.max_body_bytes = max_body_bytes
         self.max_backoff_s = max(float(max_backoff_s), self.interval_s)
         self.allow = [NamePattern.parse(p) for p in metrics_allow or []]
         self.deny = [NamePattern.parse(p) for p in metrics_deny or []]
         self.headers = self._headers(bearer_token_env, basic_auth_user, basic_auth_password_env, headers, headers_env)
-        self.transport = transport  # tests may hand in a transport; agents use the network
         if source is not None:
             if len(targets) != 1:
                 raise ValueError(f"{self.name}: 'source' names the source of a single target; give each target its own")
-            targets = [{"url": targets[0], "source": source} if isinstance(targets[0], str) else targets[0]]
+            only = {"url": targets[0]} if isinstance(targets[0], str) else dict(targets[0])
+            only.setdefault("source", source)
+            targets = [only]
         self.targets = [self._target(spec) for spec in targets]
         sources = [t.source for t in self.targets]
         duplicated = sorted({s for s in sources if sources.count(s) > 1})
@@ -318,9 +323,7 @@ class PrometheusCollector(Collector):
 
     def client(self) -> httpx.AsyncClient:
         """Return the HTTP client scrapes share (connections are kept alive between scrapes)."""
-        return httpx.AsyncClient(
-            headers=self.headers, timeout=self.timeout_s, follow_redirects=True, transport=self.transport
-        )
+        return httpx.AsyncClient(headers=self.headers, timeout=self.timeout_s, follow_redirects=True)
 
     async def scrape(self, target: Target, client: httpx.AsyncClient) -> list[Reading]:
         """Scrape one target once; return its readings and scrape.* series. Never raises (but for cancellation)."""

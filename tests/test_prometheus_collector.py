@@ -175,6 +175,7 @@ def test_the_collector_copies_of_the_ingest_limits_match_the_validation_module()
     assert prometheus.MAX_SOURCE_LEN == validation.MAX_SOURCE_LEN
     assert prometheus.MAX_ABS_VALUE == validation.MAX_ABS_VALUE
     assert prometheus.KEY_RE.pattern == KEY_RE.pattern
+    assert prometheus.SOURCE_KINDS == validation.SOURCE_KINDS
     with pytest.raises(validation.InvalidReading):
         validation.check_keys("s", "x" * 199)  # and the 200-character key limit is what fit_metric assumes
 
@@ -195,6 +196,8 @@ def test_the_registry_builds_it_and_the_default_source_is_the_job_and_instance()
         }
     )
     assert [t.source for t in named.targets] == ["node.web-01.example.org:9100", "db.main"]
+    single = build({"kind": "prometheus", "source": "pulseboard", "targets": [{"url": "http://a:1/metrics"}]})
+    assert single.targets[0].source == "pulseboard"
 
 
 @pytest.mark.parametrize(
@@ -213,6 +216,9 @@ def test_the_registry_builds_it_and_the_default_source_is_the_job_and_instance()
         ({"metrics_allow": ["re:(unclosed"]}, "bad regular expression"),
         ({"metric_allow": ["typo"]}, "unknown options metric_allow"),
         ({"targets": [{"url": "http://a:1/m", "source": ".bad"}]}, "not starting with"),
+        ({"source": "one", "targets": ["http://a:1/m", "http://b:1/m"]}, "single target"),
+        ({"source_kind": "exporter"}, "source_kind must be one of"),
+        ({"max_body_bytes": 0}, "max_body_bytes"),
     ],
 )
 def test_bad_or_secret_bearing_configuration_is_refused_with_a_reason(options: dict, message: str) -> None:
