@@ -319,12 +319,12 @@ async def test_histograms_and_summaries_reduce_to_count_sum_mean_and_quantiles(e
 
 
 async def test_an_exporter_timestamp_is_kept_and_missing_ones_are_the_scrape_time(exporter: Exporter) -> None:
-    stamped_s = time.time() - 30.5
+    stamped_s = int(time.time()) - 30 + 0.125  # exact in binary: the exporter truncates seconds * 1000 to an int
     exporter.do("state", stamped=[7.0, stamped_s])
     collector = PrometheusCollector(targets=[exporter.url])
     before = time.time_ns() // 1000
     found = by_metric(await collector.scrape_once())
-    assert found["stamped_value"].ts == round(stamped_s * 1000) * 1000  # the exposition carries whole ms
+    assert found["stamped_value"].ts == int(stamped_s * 1000) * 1000  # the exposition carries whole ms
     assert before <= found["app_temperature_celsius"].ts == found["scrape.up"].ts <= time.time_ns() // 1000
 
 
