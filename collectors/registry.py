@@ -20,6 +20,7 @@ COLLECTORS: dict[str, str] = {
     "mqtt": "collectors.mqtt.MqttCollector",
     "ticker": "collectors.ticker.TickerCollector",
     "replay": "collectors.replay.ReplayCollector",
+    "prometheus": "collectors.prometheus.PrometheusCollector",
 }
 
 

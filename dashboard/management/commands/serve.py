@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,7 +20,8 @@ class Command(BaseCommand):
     help = (
         "Run the whole embedded Pulseboard: apply migrations, make sure the admin account and a local agent "
         "token exist, then start Daphne on HOST:PORT and a collector agent that posts this host's metrics, "
-        "the IoT simulator and the market simulator to it. Ctrl-C or SIGTERM stops both cleanly."
+        "the IoT simulator, the market simulator and Pulseboard's own /metrics (source `pulseboard`) to it. "
+        "Ctrl-C or SIGTERM stops both cleanly."
     )
 
     def add_arguments(self, parser) -> None:
@@ -38,6 +41,10 @@ class Command(BaseCommand):
         call_command("issuetoken", "local agent", output=token_file)
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if not env.get("METRICS_TOKEN"):
+            # The built-in agent scrapes /metrics with it. Random per start and only in the children's
+            # environment: nobody else learns it, so /metrics stays closed to everyone but staff.
+            env["METRICS_TOKEN"] = secrets.token_urlsafe(32)
         children: list[subprocess.Popen] = [
             subprocess.Popen(
                 [
@@ -61,8 +68,7 @@ class Command(BaseCommand):
         if not no_collectors:
             _wait_for_port(host, port)
             command = [sys.executable, "manage.py", "runcollectors", "--server", url, "--token-file", str(token_file)]
-            if collectors_config:
-                command += ["--config", str(collectors_config)]
+            command += ["--config", str(collectors_config or write_default_agent_config(url))]
             children.append(subprocess.Popen(command, env=env, cwd=settings.BASE_DIR))
 
         user = os.environ.get("ADMIN_USERNAME", "admin")
@@ -93,6 +99,30 @@ class Command(BaseCommand):
         failed = [c for c in children if c.returncode not in (0, -signal.SIGTERM, None)]
         if failed and not stopping:
             raise SystemExit(f"a Pulseboard process exited with code {failed[0].returncode}")
+
+
+def write_default_agent_config(url: str) -> Path:
+    """Write the built-in agent's config: runcollectors' default set plus a scrape of this server's /metrics."""
+    from dashboard.management.commands.runcollectors import DEFAULT_COLLECTORS
+
+    tables = [*DEFAULT_COLLECTORS, SELF_SCRAPE | {"targets": [url.rstrip("/") + "/metrics"]}]
+    lines = ["# Written by `manage.py serve` at each start; pass --collectors-config to use your own."]
+    for table in tables:
+        lines += ["", "[[collectors]]"] + [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+    path = settings.VAR_DIR / "serve-agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# Pulseboard's own health on its own boards (docs/ingest.md, "Prometheus exporters"): about 40 series
+# and their rates every 10 s. The token comes from the environment, never from the file.
+SELF_SCRAPE = {
+    "kind": "prometheus",
+    "name": "self",
+    "interval_s": 10.0,
+    "source": "pulseboard",
+    "bearer_token_env": "METRICS_TOKEN",
+}
 
 
 def _wait_for_port(host: str, port: int, timeout_s: float = 20.0) -> None:
