@@ -19,11 +19,16 @@ import glob
 import os
 import re
 
+from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
 
+if MULTIPROC_DIR and not os.path.isdir(MULTIPROC_DIR):
+    raise ImproperlyConfigured(
+        f"PROMETHEUS_MULTIPROC_DIR={MULTIPROC_DIR!r} is not a directory: create it (empty) before the workers start."
+    )
 if MULTIPROC_DIR:
     # A pid is reused after a worker dies: start this process's gauges from zero, not from its predecessor's.
     multiprocess.mark_process_dead(os.getpid(), MULTIPROC_DIR)
