@@ -423,3 +423,14 @@ async def test_a_rule_disabled_without_signals_is_resolved_by_the_periodic_sweep
     assert (await AlertInstance.objects.aget()).state == "resolved"
     assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]
     assert await alerts.retire_disabled_rules() == []
+
+
+async def test_a_process_that_has_not_seen_the_rule_disabled_yet_does_not_fire_it() -> None:
+    rule = await make_rule()
+    await feed((20, 0))
+    # Disabled in another process: this one's cached rules still hold it for up to RULES_REFRESH_S.
+    await AlertRule.objects.filter(pk=rule.pk).aupdate(enabled=False)
+    assert [r.id for r in await alerts._ensure_rules()] == [rule.pk]
+    await feed((35, 1))
+    assert await AlertEvent.objects.acount() == 0
+    assert (await AlertInstance.objects.aget()).state == "ok"
