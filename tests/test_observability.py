@@ -229,3 +229,17 @@ def test_two_workers_sharing_a_multiprocess_dir_each_answer_the_sum_of_both(tmp_
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_dead_workers_live_gauge_files_are_removed_and_a_live_ones_kept(tmp_path, monkeypatch) -> None:
+    from dashboard import stats
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    monkeypatch.setattr(stats, "MULTIPROC_DIR", str(tmp_path))
+    for name in (f"gauge_livesum_{dead.pid}.db", f"gauge_livesum_{os.getpid()}.db", f"counter_{dead.pid}.db"):
+        (tmp_path / name).write_bytes(b"")
+    stats._forget_dead_processes()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    # The dead worker's gauges leave the sum; its counters stay in the totals.
+    assert left == sorted([f"counter_{dead.pid}.db", f"gauge_livesum_{os.getpid()}.db"])
