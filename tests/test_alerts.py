@@ -434,3 +434,17 @@ async def test_a_process_that_has_not_seen_the_rule_disabled_yet_does_not_fire_i
     await feed((35, 1))
     assert await AlertEvent.objects.acount() == 0
     assert (await AlertInstance.objects.aget()).state == "ok"
+
+
+async def test_the_admin_action_disabling_several_rules_resolves_their_alerts(receiver: str, admin_client) -> None:
+    rule = await firing_rule(receiver)
+    other = await make_rule(name="Cold", condition="below", threshold=0.0)
+    response = await sync_to_async(admin_client.post)(
+        "/admin/dashboard/alertrule/",
+        {"action": "disable_rules", "_selected_action": [rule.pk, other.pk], "index": 0},
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    await alerts.drain()
+    assert not await AlertRule.objects.filter(enabled=True).aexists()
+    assert (await AlertInstance.objects.aget(rule=rule)).state == "resolved"
+    assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]
