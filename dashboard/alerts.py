@@ -16,24 +16,38 @@ resolved when the condition stops holding; pending -> ok; any -> nodata when
 the metric is silent for `nodata_s` (checked by `nodata_loop`).
 Notifications (webhook, email) go out on firing, nodata and resolved, off the
 hot path, with retries and exponential backoff; each attempt is recorded.
+
+Switching a rule off ends its alerts: `retire_rule` resolves every active
+instance ("rule disabled" / "rule deleted"), notifies through the rule's own
+targets and publishes the state to open pages. It runs from Django signals on
+AlertRule (post_save with enabled off, pre_delete) because they are the one
+hook that the admin's save and delete, its bulk delete action, `rule.save()`
+and `QuerySet.delete()` all pass through; `QuerySet.update(enabled=False)` and
+raw SQL send no signal, so `nodata_loop` also retires what a disabled rule
+left active, within NODATA_CHECK_S. A deleted rule's events and deliveries are
+deleted with it (foreign keys cascade), so its resolved notices are sent from
+memory and not recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import os
 import ssl
 import time
 import weakref
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 import httpx
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_save, pre_delete
 from django.utils import timezone
 
 from dashboard import events
@@ -49,6 +63,8 @@ BACKOFF_BASE_S = 1.0  # webhook retries wait 1, 2, 4, 8 ... seconds
 NOTIFY_STATES = {AlertInstance.State.FIRING, AlertInstance.State.NODATA, AlertInstance.State.RESOLVED}
 ACTIVE_STATES = (AlertInstance.State.PENDING, AlertInstance.State.FIRING, AlertInstance.State.NODATA)
 MAX_TRACKED = 100_000  # (rule, metric) states cached per process; beyond this the cache is rebuilt from the DB
+RULE_DISABLED = "rule disabled"
+RULE_DELETED = "rule deleted"
 
 State = AlertInstance.State
 Condition = AlertRule.Condition
@@ -128,7 +144,18 @@ def _rule_changed(sender, **kwargs) -> None:
     _cache.by_key.clear()
 
 
-post_save.connect(_rule_changed, sender=AlertRule, dispatch_uid="alerts-rule-saved")
+def _rule_saved(sender, instance: AlertRule, raw: bool = False, **kwargs) -> None:
+    _rule_changed(sender)
+    if not instance.enabled and not raw:  # raw: loaddata, whose instances come from the same fixture
+        retire_rule(instance, RULE_DISABLED)
+
+
+def _rule_deleting(sender, instance: AlertRule, **kwargs) -> None:
+    retire_rule(instance, RULE_DELETED)
+
+
+post_save.connect(_rule_saved, sender=AlertRule, dispatch_uid="alerts-rule-saved")
+pre_delete.connect(_rule_deleting, sender=AlertRule, dispatch_uid="alerts-rule-deleting")
 post_delete.connect(_rule_changed, sender=AlertRule, dispatch_uid="alerts-rule-deleted")
 
 
@@ -239,7 +266,30 @@ class Change:
     """One stored state change, ready to publish and notify."""
 
     event: events.AlertState
-    deliveries: list[NotificationDelivery]  # created with their event, rule and metric loaded
+    # Created with their event, rule and metric loaded; DetachedDelivery for a deleted rule.
+    deliveries: list[NotificationDelivery | DetachedDelivery]
+
+
+@dataclass(slots=True)
+class DetachedDelivery:
+    """A notification with no row behind it (its rule is being deleted): sent from memory, attempts not recorded."""
+
+    channel: str
+    target: str
+    payload: dict
+    id: int = 0
+
+
+def _targets(rule: AlertRule) -> list[tuple[str, str]]:
+    targets = [("webhook", rule.webhook_url)] if rule.webhook_url else []
+    return targets + [("email", a.strip()) for a in rule.email_to.splitlines() if a.strip()]
+
+
+def _notifies(inst: AlertInstance, from_state: str, to_state: str, now) -> bool:
+    silenced = inst.silenced_until is not None and inst.silenced_until > now
+    return (
+        to_state in NOTIFY_STATES and not silenced and not (to_state == State.RESOLVED and from_state == State.PENDING)
+    )
 
 
 def _load_instance(rule_id: int, metric_id: int) -> CachedInstance:
@@ -254,9 +304,17 @@ def _apply(
     to_state: str,
     pending_since_ts: int | None,
     value: float | None,
-    ts: int,
+    ts: int | None,
+    *,
+    message: str | None = None,
+    rule_enabled: bool = True,
 ) -> Change | CachedInstance:
-    """Store one state change if the row is still in the state we saw; else return the row as it is now."""
+    """Store one state change if the row is still in the state we saw; else return the row as it is now.
+
+    A change from the stream needs the rule still enabled (another process may
+    evaluate a rule it has not yet seen disabled); retire_rule passes
+    rule_enabled=False for the change that ends a disabled rule's alert.
+    """
     now = timezone.now()
     with transaction.atomic():
         fields: dict = {"state": to_state, "pending_since_ts": pending_since_ts, "last_value": value, "last_ts": ts}
@@ -266,26 +324,22 @@ def _apply(
             fields.update(acknowledged_by=None, acknowledged_at=None)
         if seen.state == State.PENDING and to_state == State.FIRING:
             pass  # 'since' becomes the firing time; pending_since_ts keeps when it began
-        moved = AlertInstance.objects.filter(pk=seen.id, state=seen.state).update(**fields)
+        moved = AlertInstance.objects.filter(pk=seen.id, state=seen.state, rule__enabled=rule_enabled).update(**fields)
         if not moved:
-            inst = AlertInstance.objects.get(pk=seen.id)
+            inst = AlertInstance.objects.filter(pk=seen.id).first()
+            if inst is None:  # its rule was deleted meanwhile
+                return CachedInstance(seen.id, seen.state, seen.pending_since_ts)
             return CachedInstance(inst.id, inst.state, inst.pending_since_ts)
         inst = AlertInstance.objects.select_related("rule", "metric", "acknowledged_by").get(pk=seen.id)
         rule, metric = inst.rule, inst.metric
-        message = describe(rule, metric.key, metric.unit, to_state, value)
+        if message is None:
+            message = describe(rule, metric.key, metric.unit, to_state, value)
         event = AlertEvent.objects.create(
             rule=rule, metric=metric, from_state=seen.state, to_state=to_state, value=value, at=now, message=message
         )
-        deliveries: list[NotificationDelivery] = []
-        silenced = inst.silenced_until is not None and inst.silenced_until > now
-        if (
-            to_state in NOTIFY_STATES
-            and not silenced
-            and not (to_state == State.RESOLVED and seen.state == State.PENDING)
-        ):
-            targets = [("webhook", rule.webhook_url)] if rule.webhook_url else []
-            targets += [("email", a.strip()) for a in rule.email_to.splitlines() if a.strip()]
-            for channel, target in targets:
+        deliveries: list[NotificationDelivery | DetachedDelivery] = []
+        if _notifies(inst, seen.state, to_state, now):
+            for channel, target in _targets(rule):
                 deliveries.append(NotificationDelivery.objects.create(event=event, channel=channel, target=target))
     return Change(state_event(inst, event), deliveries)
 
@@ -372,12 +426,136 @@ async def _announce(change: Change) -> None:
         _spawn(deliver(delivery))
 
 
+# --- Rules switched off ------------------------------------------------------------
+
+
+def _retired_message(key: str, reason: str) -> str:
+    return f"{key}: {reason}, alert resolved"
+
+
+def _end_instance(rule: AlertRule, inst: AlertInstance, reason: str) -> Change | None:
+    """Resolve one active instance of a disabled rule (pending goes back to ok, quietly) and store the event."""
+    seen = CachedInstance(inst.id, inst.state, inst.pending_since_ts)
+    for _ in range(3):  # the stream may move it meanwhile: resolve whatever active state it is in now
+        if seen.state not in ACTIVE_STATES:
+            return None
+        to = State.OK if seen.state == State.PENDING else State.RESOLVED
+        message = _retired_message(inst.metric.key, reason)
+        result = _apply(
+            rule.id, inst.metric_id, seen, to, None, inst.last_value, inst.last_ts, message=message, rule_enabled=False
+        )
+        if isinstance(result, Change):
+            return result
+        seen = result
+    return None
+
+
+def _detached_end(rule: AlertRule, inst: AlertInstance, reason: str) -> Change:
+    """Return the resolved state and notices of an instance whose rule is being deleted (nothing is stored)."""
+    now = timezone.now()
+    from_state = inst.state
+    inst.state = State.OK if from_state == State.PENDING else State.RESOLVED
+    message = _retired_message(inst.metric.key, reason)
+    event = AlertEvent(
+        rule=rule,
+        metric=inst.metric,
+        from_state=from_state,
+        to_state=inst.state,
+        value=inst.last_value,
+        at=now,
+        message=message,
+    )
+    payload = {
+        "rule": rule.name,
+        "rule_id": rule.id,
+        "metric": inst.metric.key,
+        "state": inst.state,
+        "previous": from_state,
+        "severity": rule.severity,
+        "value": inst.last_value,
+        "at": now.isoformat(),
+        "message": message,
+        "event_id": None,
+    }
+    deliveries: list[NotificationDelivery | DetachedDelivery] = []
+    if _notifies(inst, from_state, inst.state, now):
+        deliveries = [DetachedDelivery(channel, target, payload) for channel, target in _targets(rule)]
+    return Change(state_event(inst, event), deliveries)
+
+
+def retire_rule(rule: AlertRule, reason: str) -> list[Change]:
+    """End every active alert of a rule that was disabled or is being deleted; publish and notify after commit.
+
+    The one action for a rule switched off, whatever the path (admin, ORM,
+    the no-data loop's sweep): each firing or no-data instance becomes
+    resolved with the reason, a pending one goes back to ok; the events are
+    published to open pages and the rule's webhook and emails are notified.
+    On delete nothing is stored (the rows cascade away with the rule).
+    """
+    deleting = reason == RULE_DELETED
+    changes: list[Change] = []
+    with transaction.atomic():
+        active = AlertInstance.objects.filter(rule_id=rule.pk, state__in=ACTIVE_STATES).select_related(
+            "metric", "acknowledged_by"
+        )
+        for inst in active:
+            inst.rule = rule
+            change = _detached_end(rule, inst, reason) if deleting else _end_instance(rule, inst, reason)
+            if change is not None:
+                changes.append(change)
+        if changes:
+            transaction.on_commit(partial(_announce_from_sync, changes))
+    return changes
+
+
+def _on_server_loop() -> bool:
+    """Return whether this sync code runs on behalf of a long-lived event loop (a server's, a test's)."""
+    # The same test async_to_sync makes to choose the loop it runs on.
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    pid = getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None)
+    return loop is not None and pid == os.getpid() and loop.is_running()
+
+
+def _announce_from_sync(changes: list[Change]) -> None:
+    # Inside a server, async_to_sync runs on the server's loop and deliveries go on in the background;
+    # from a plain script it runs on a private loop that ends on return, so deliveries finish first.
+    async_to_sync(_announce_all)(changes, not _on_server_loop())
+
+
+async def _announce_all(changes: list[Change], wait: bool) -> None:
+    for change in changes:
+        if not wait:
+            await _announce(change)
+            continue
+        await events.publish(events.ALERTS_GROUP, change.event)
+        await asyncio.gather(*(deliver(d) for d in change.deliveries), return_exceptions=True)
+
+
+def _rules_left_active() -> list[AlertRule]:
+    ids = AlertInstance.objects.filter(state__in=ACTIVE_STATES, rule__enabled=False).values_list("rule_id", flat=True)
+    return list(AlertRule.objects.filter(pk__in=set(ids)))
+
+
+async def retire_disabled_rules() -> list[Change]:
+    """Resolve what rules disabled without a signal (QuerySet.update, raw SQL, another tool) left active."""
+    changes: list[Change] = []
+    for rule in await sync_to_async(_rules_left_active)():
+        changes += await sync_to_async(_retire_quietly)(rule)
+    return changes
+
+
+def _retire_quietly(rule: AlertRule) -> list[Change]:
+    return retire_rule(rule, RULE_DISABLED)
+
+
 _tasks: set[asyncio.Task] = set()
 
 
 def _spawn(coro) -> None:
     """Run a notification off the hot path; keep a reference so the task is not collected mid-flight."""
-    task = asyncio.get_running_loop().create_task(coro)
+    # A fresh context: spawned from inside async_to_sync (a rule disabled in the admin), the task
+    # would inherit that request thread's executor, which is gone by the time it calls sync_to_async.
+    task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
 
@@ -431,6 +609,7 @@ async def nodata_loop() -> None:
     while True:
         await asyncio.sleep(NODATA_CHECK_S)
         try:
+            await retire_disabled_rules()
             await check_nodata()
             await retry_stale_deliveries()
         except Exception:
@@ -580,14 +759,21 @@ async def retry_stale_deliveries() -> list[int]:
     return claimed
 
 
-async def deliver(delivery: NotificationDelivery | int) -> None:
+async def deliver(delivery: NotificationDelivery | DetachedDelivery | int) -> None:
     """Send one notification, retrying with exponential backoff; record every attempt and the outcome."""
     attempts = settings.PULSEBOARD["NOTIFY_ATTEMPTS"]
     if isinstance(delivery, int):
         delivery, payload = await sync_to_async(_load_delivery)(delivery)
+    elif isinstance(delivery, DetachedDelivery):
+        payload = delivery.payload
     else:
         payload = _payload(delivery)
     delivery_id = delivery.id
+
+    async def record(ok: bool, error: str, final: bool) -> None:
+        if not isinstance(delivery, DetachedDelivery):
+            await sync_to_async(_record)(delivery_id, ok, error, final)
+
     for attempt in range(attempts):
         final = attempt == attempts - 1
         try:
@@ -598,7 +784,7 @@ async def deliver(delivery: NotificationDelivery | int) -> None:
             else:
                 await sync_to_async(_send_email)(delivery, payload)
         except Exception as exc:
-            await sync_to_async(_record)(delivery_id, False, f"attempt {attempt + 1}: {exc}", final)
+            await record(False, f"attempt {attempt + 1}: {exc}", final)
             if final:
                 log.warning(
                     "notification %d to %s failed after %d attempts: %s", delivery_id, delivery.target, attempts, exc
@@ -606,5 +792,5 @@ async def deliver(delivery: NotificationDelivery | int) -> None:
                 return
             await asyncio.sleep(settings.PULSEBOARD["NOTIFY_BACKOFF_S"] * 2**attempt)
             continue
-        await sync_to_async(_record)(delivery_id, True, "", final)
+        await record(True, "", final)
         return

@@ -1,7 +1,9 @@
 """Periodic jobs that run inside each server process (retention, no-data alert checks).
 
-Daphne has no start-up hook, so the jobs start with the first ingest or live
-connection of each event loop (Writer.get and Hub.get call ensure_started).
+Daphne has no start-up hook, so the jobs start with the first request of any
+kind on each event loop: monitor/asgi.py wraps the application in
+`starting()`, so a load balancer's first /healthz probe is enough (Writer.get
+and Hub.get call ensure_started too).
 Each job is an async function that loops forever; a crash is logged and the
 job restarted after a pause, never taking the server down. Jobs must be safe
 to run in several processes at once (several Daphne workers).
@@ -18,7 +20,7 @@ from importlib import import_module
 log = logging.getLogger(__name__)
 
 # Dotted paths of `async def job() -> None` loops.
-JOBS: list[str] = ["dashboard.alerts.nodata_loop"]
+JOBS: list[str] = ["dashboard.alerts.nodata_loop", "dashboard.retention.retention_loop"]
 
 RESTART_DELAY_S = 10.0
 _started: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -34,6 +36,17 @@ def ensure_started() -> None:
     _started.add(loop)
     for path in JOBS:
         loop.create_task(_supervise(path), name=f"background:{path}")
+
+
+def starting(app):
+    """Wrap an ASGI application so every scope first makes sure the jobs run on this event loop."""
+
+    async def application(scope, receive, send):
+        if scope["type"] != "lifespan":
+            ensure_started()
+        return await app(scope, receive, send)
+
+    return application
 
 
 async def _supervise(path: str) -> None:

@@ -112,6 +112,11 @@ def _create_partition(start: int) -> None:
         cursor.execute("SELECT to_regclass(%s)", [name])
         if cursor.fetchone()[0] is not None:
             return  # another process made it while we waited for the lock
+        # Hold inserts into DEFAULT until commit: a row of this day committed there between the check
+        # (or the move) below and the CREATE/ATTACH, which re-scan DEFAULT, would fail the pass every
+        # time under steady ingest. A waiting insert is then re-routed or refused and retried by the
+        # writer; nothing is lost either way. DEFAULT rarely takes rows, so it rarely waits.
+        cursor.execute(f"LOCK TABLE {DEFAULT_PARTITION} IN SHARE ROW EXCLUSIVE MODE")
         cursor.execute(f"SELECT 1 FROM {DEFAULT_PARTITION} WHERE ts >= %s AND ts < %s LIMIT 1", [start, end])
         if cursor.fetchone() is None:
             cursor.execute(f"CREATE TABLE {name} PARTITION OF {PARENT} FOR VALUES FROM ({start:d}) TO ({end:d})")

@@ -13,7 +13,13 @@ longer override are kept, and the other metrics' rows in them are deleted in
 batches. Raw cutoffs there are rounded down to midnight UTC, so raw rows live
 between N and N+1 days instead of being deleted an hour at a time.
 
-`manage.py prune` runs one pass; the server runs retention_loop(), hourly.
+`manage.py prune` runs one pass; each server process runs retention_loop()
+(dashboard/background.py) every PULSEBOARD_RETENTION_INTERVAL_S (an hour by
+default). With several workers on PostgreSQL only the one holding a session
+advisory lock (the leader) runs the pass, so each interval sees one pass, not
+one per worker; when the leader dies its connection closes, the lock is freed
+and another worker takes over at its next interval. On SQLite the server is one
+process and simply runs it.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 
 from dashboard import partitions
 from dashboard.models import Metric
@@ -37,6 +43,9 @@ DAY_US = 86_400 * US
 PRUNE_INTERVAL_S = 3600  # cutoffs move by an hour; more often would mostly find nothing
 RETRY_AFTER_ERROR_S = 300  # a failed pass (database down) is retried sooner than the next hour
 DELETE_BATCH = 5000  # rows per DELETE: short transactions, so the writer never waits long
+# Session advisory lock held by the one worker that runs retention (partitions.py uses another key).
+LEADER_LOCK_KEY = 0x5075_6C73_6552  # "PulseR"
+CLOSE_WAIT_S = 5.0  # on cancel, how long to wait for a pass in progress before leaving its thread behind
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +101,15 @@ def prune(*, now: int | None = None, dry_run: bool = False, progress: Progress =
     report = PruneReport(dry_run=dry_run)
     partitioned = partitions.is_partitioned()
     if partitioned and not dry_run:
-        report.created_partitions = partitions.ensure_partitions(end_us=now + partitions.DAYS_AHEAD * DAY_US)
+        # From the oldest day the writer accepts (but not a day this pass would drop again) to DAYS_AHEAD
+        # from now: after days of downtime this catches up every missing day in one pass.
+        raw = next(t for t in TIERS if t.name == "raw")
+        default, overrides = retention_groups(raw)
+        oldest_kept = partitions.day_start(now - max([default, *overrides]) * DAY_US)
+        report.created_partitions = partitions.ensure_partitions(
+            start_us=max(now - settings.PULSEBOARD["MAX_AGE_S"] * US, oldest_kept),
+            end_us=now + partitions.DAYS_AHEAD * DAY_US,
+        )
         for name in report.created_partitions:
             progress(f"created partition {name}")
     for tier in TIERS:
@@ -184,30 +201,72 @@ def _delete_in_batches(table: str, condition: str, args: list, progress: Callabl
             return total
 
 
-def _prune_once() -> PruneReport:
-    close_old_connections()
+def _holds_leader_lock() -> bool:
+    """Return whether this process runs retention now: take (or keep) the leader's session advisory lock."""
+    if connection.vendor != "postgresql":
+        return True  # SQLite: one server process
+    with connection.cursor() as cursor:
+        # A session lock is re-entrant: ask pg_locks first so the count never grows past one.
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+            "AND granted AND classid = %s AND objid = %s AND objsubid = 1)",
+            [(LEADER_LOCK_KEY >> 32) & 0xFFFF_FFFF, LEADER_LOCK_KEY & 0xFFFF_FFFF],
+        )
+        if cursor.fetchone()[0]:
+            return True
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK_KEY])
+        return bool(cursor.fetchone()[0])
+
+
+def _prune_if_leader() -> PruneReport | None:
+    """Run one pass if this process is the leader; runs on the loop's own thread, which keeps its connection."""
     try:
+        if not connection.is_usable():
+            connection.close()  # the server restarted or the link broke: the lock went with it
+        if not _holds_leader_lock():
+            return None
         return prune()
+    except Exception:
+        connection.close()  # a fresh connection (and a fresh try for the lock) next time
+        raise
+
+
+async def retention_loop(interval_s: float | None = None) -> None:
+    """Prune now and then every interval_s seconds until cancelled; a failed pass is logged and retried.
+
+    The database work runs on one dedicated thread whose connection is kept
+    between passes: on PostgreSQL it carries the leader's session lock.
+    """
+    if interval_s is None:
+        interval_s = settings.PULSEBOARD["RETENTION_INTERVAL_S"]
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retention")
+    try:
+        while True:
+            delay = interval_s
+            try:
+                report = await loop.run_in_executor(executor, _prune_if_leader)
+                if report is None:
+                    log.debug("retention: another worker holds the leader lock; skipping this pass")
+                else:
+                    log.info(
+                        "retention: created %d partitions, dropped %d partitions, deleted %s",
+                        len(report.created_partitions),
+                        len(report.dropped_partitions),
+                        report.deleted,
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = min(interval_s, RETRY_AFTER_ERROR_S)
+                log.exception("retention pass failed; retrying in %.0f s", delay)
+            await asyncio.sleep(delay)
     finally:
-        # This runs on a pool thread that may not come back to us; don't leak its connection.
-        connection.close()
+        # Close the thread's own connection (resolved on that thread), which releases the leader lock.
+        closing = loop.run_in_executor(executor, _close_connection)
+        executor.shutdown(wait=False)
+        await asyncio.wait({closing}, timeout=CLOSE_WAIT_S)
 
 
-async def retention_loop(interval_s: float = PRUNE_INTERVAL_S) -> None:
-    """Prune now and then every interval_s seconds until cancelled; a failed pass is logged and retried."""
-    while True:
-        delay = interval_s
-        try:
-            report = await sync_to_async(_prune_once, thread_sensitive=False)()
-            log.info(
-                "retention: dropped %d partitions, deleted %s, created %d partitions",
-                len(report.dropped_partitions),
-                report.deleted,
-                len(report.created_partitions),
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("retention pass failed; retrying in %d s", RETRY_AFTER_ERROR_S)
-            delay = min(interval_s, RETRY_AFTER_ERROR_S)
-        await asyncio.sleep(delay)
+def _close_connection() -> None:
+    connection.close()

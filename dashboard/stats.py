@@ -2,11 +2,36 @@
 
 Counters are how Pulseboard keeps its promise that nothing is lost silently:
 every rejected, duplicate, dropped or coalesced item increments one of these.
+
+With several workers, set PROMETHEUS_MULTIPROC_DIR (the same directory for
+every worker of one deployment, emptied before the first one starts; see
+docs/deployment.md) and every worker answers /metrics with the sum over all
+of them: prometheus_client keeps each process's values in files there
+(multiprocess mode). Counters and histograms of a stopped worker stay in the
+sum (totals never go back); gauges count live workers only (`livesum`): the
+files of a process that is gone are removed at the next scrape, and a new
+process removes what a dead one with its pid left behind before it writes.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import glob
+import os
+import re
+
+from django.core.exceptions import ImproperlyConfigured
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
+
+if MULTIPROC_DIR and not os.path.isdir(MULTIPROC_DIR):
+    raise ImproperlyConfigured(
+        f"PROMETHEUS_MULTIPROC_DIR={MULTIPROC_DIR!r} is not a directory: create it (empty) before the workers start."
+    )
+if MULTIPROC_DIR:
+    # A pid is reused after a worker dies: start this process's gauges from zero, not from its predecessor's.
+    multiprocess.mark_process_dead(os.getpid(), MULTIPROC_DIR)
 
 INGEST_ACCEPTED = Counter("pulseboard_ingest_accepted", "Samples stored by the ingest action")
 INGEST_DUPLICATES = Counter("pulseboard_ingest_duplicates", "Samples ignored because (metric, ts) was already stored")
@@ -22,8 +47,11 @@ WRITE_BATCH_SIZE = Histogram(
 WRITE_RETRIES = Counter("pulseboard_write_retries", "Batches retried after a database error")
 WRITE_FAILURES = Counter("pulseboard_write_failures", "Batches given up after retries (callers got 503)")
 PUBLISH_FAILURES = Counter("pulseboard_publish_failures", "Channel-layer publishes that failed after commit")
-CONNECTIONS = Gauge("pulseboard_connections", "Open live connections (WebSocket and SSE)")
-SUBSCRIPTIONS = Gauge("pulseboard_subscriptions", "Metric subscriptions over all live connections")
+# Summed over the live workers in multiprocess mode (ignored otherwise).
+CONNECTIONS = Gauge("pulseboard_connections", "Open live connections (WebSocket and SSE)", multiprocess_mode="livesum")
+SUBSCRIPTIONS = Gauge(
+    "pulseboard_subscriptions", "Metric subscriptions over all live connections", multiprocess_mode="livesum"
+)
 FRAMES_SENT = Counter("pulseboard_frames_sent", "Data frames sent to live connections")
 SAMPLES_SENT = Counter("pulseboard_samples_sent", "Samples delivered to live connections")
 SAMPLES_DROPPED = Counter(
@@ -43,3 +71,29 @@ SLOW_CLOSES = Counter("pulseboard_slow_closes", "Connections closed with 4008 be
 SSE_RESPONSES_ENDED = Counter(
     "pulseboard_sse_budget_ends", "Server-Sent Events responses ended at their byte budget (clients resume)"
 )
+
+
+def _forget_dead_processes() -> None:
+    """Remove the live-gauge files of workers that are gone (killed, crashed, restarted under a new pid)."""
+    pids = set()
+    for path in glob.glob(os.path.join(MULTIPROC_DIR, "gauge_live*_*.db")):
+        match = _LIVE_GAUGE_FILE.search(os.path.basename(path))
+        if match:
+            pids.add(int(match.group(1)))
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, MULTIPROC_DIR)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def exposition() -> bytes:
+    """Return this process's metrics, or every worker's summed in multiprocess mode, as Prometheus text."""
+    if not MULTIPROC_DIR:
+        return generate_latest(REGISTRY)
+    _forget_dead_processes()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, MULTIPROC_DIR)
+    return generate_latest(registry)

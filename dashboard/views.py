@@ -12,8 +12,10 @@ from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
+from dashboard import stats
 from dashboard.models import Metric, ShareLink, Source
 
 
@@ -98,20 +100,34 @@ async def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def _agent_gauges() -> bytes:
-    """Return the agents' self-reported spool depth and last-success age as Prometheus text."""
-    registry = CollectorRegistry()
-    depth = Gauge("pulseboard_agent_spool_depth", "Readings waiting in an agent's spool", ["agent"], registry=registry)
-    age = Gauge(
+    """Return the agents' self-reported spool depth and last-success age as Prometheus text.
+
+    Built as metric families, not Gauge objects: in multiprocess mode a Gauge
+    writes a file per process, and these values come from the database.
+    """
+    depth = GaugeMetricFamily("pulseboard_agent_spool_depth", "Readings waiting in an agent's spool", labels=["agent"])
+    age = GaugeMetricFamily(
         "pulseboard_agent_last_success_age_seconds",
         "Seconds since an agent's last accepted batch, as it last reported",
-        ["agent"],
-        registry=registry,
+        labels=["agent"],
     )
     rows = Metric.objects.filter(source__kind=Source.Kind.AGENT, name__in=["spool.depth", "last_success_age"])
     for source_slug, name, value in rows.values_list("source__slug", "name", "last_value"):
         if value is not None:
-            (depth if name == "spool.depth" else age).labels(agent=source_slug.removeprefix("agent.")).set(value)
+            (depth if name == "spool.depth" else age).add_metric([source_slug.removeprefix("agent.")], value)
+    registry = CollectorRegistry()
+    registry.register(_Families([depth, age]))
     return generate_latest(registry)
+
+
+class _Families:
+    """A collector that yields ready-made metric families once."""
+
+    def __init__(self, families: list) -> None:
+        self.families = families
+
+    def collect(self):
+        return self.families
 
 
 def metrics_allowed(request: HttpRequest) -> bool:
@@ -125,14 +141,14 @@ def metrics_allowed(request: HttpRequest) -> bool:
 
 
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
-    """GET /metrics: the process's counters (prometheus-client default registry) and the agents' spool gauges."""
+    """GET /metrics: the counters (this process's, or all workers' in multiprocess mode) and the agents' gauges."""
     if not metrics_allowed(request):
         response = HttpResponse(
             "Forbidden: sign in as staff or send 'Authorization: Bearer <METRICS_TOKEN>'.\n", status=403
         )
         response["Content-Type"] = "text/plain; charset=utf-8"
         return response
-    body = generate_latest(REGISTRY) + _agent_gauges()
+    body = stats.exposition() + _agent_gauges()
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 

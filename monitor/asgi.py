@@ -18,6 +18,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from dashboard import background  # noqa: E402
 from dashboard.agenthandler import AgentAPIHandler, route  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 
@@ -28,13 +29,16 @@ if settings.SERVE_STATIC:
 
     http_app = ASGIStaticFilesHandler(http_app)
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_app,
-        # No AuthMiddlewareStack: the live consumer reads the session cookie once at
-        # connect; the stack kept the session, the user and three scope copies per socket.
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
-    }
+# Daphne has no start-up hook: the first request of any kind starts the periodic jobs.
+application = background.starting(
+    ProtocolTypeRouter(
+        {
+            "http": http_app,
+            # No AuthMiddlewareStack: the live consumer reads the session cookie once at
+            # connect; the stack kept the session, the user and three scope copies per socket.
+            "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        }
+    )
 )
 
 if settings.PULSEBOARD["WRITE_THROUGH"]:

@@ -226,6 +226,8 @@ PULSEBOARD = {
     "RETENTION_MINUTE_DAYS": env_int("PULSEBOARD_RETENTION_MINUTE_DAYS", 90, minimum=1),
     "RETENTION_TEN_MINUTE_DAYS": env_int("PULSEBOARD_RETENTION_TEN_MINUTE_DAYS", 365, minimum=1),
     "RETENTION_HOUR_DAYS": env_int("PULSEBOARD_RETENTION_HOUR_DAYS", 5 * 365, minimum=1),
+    # Seconds between retention passes in the server (which also create the coming days' partitions).
+    "RETENTION_INTERVAL_S": env_float("PULSEBOARD_RETENTION_INTERVAL_S", 3600.0, minimum=1.0),
     # Alert notifications: attempts per webhook or email, first retry delay
     # (doubling after each failure). See docs/dashboards.md.
     "NOTIFY_ATTEMPTS": env_int("PULSEBOARD_NOTIFY_ATTEMPTS", 5, minimum=1),

@@ -282,3 +282,169 @@ async def test_stale_rules_serve_while_they_reload_in_the_background_and_a_chang
     rule.threshold = 50.0
     await rule.asave()  # a change made in this process: the next evaluation loads it first
     assert [r.threshold for r in await alerts._ensure_rules()] == [50.0]
+
+
+# --- Rules switched off: their alerts end, notify and reach open pages --------------
+
+
+@pytest.fixture
+def admin_client(django_user_model):
+    from django.test import Client
+
+    user = django_user_model.objects.create_superuser("root", password="root-pass-123")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+async def open_live_socket():
+    from channels.testing import WebsocketCommunicator
+    from django.contrib.auth import get_user_model
+
+    from dashboard.consumers import LiveConsumer
+
+    communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
+    communicator.scope["user"] = await get_user_model().objects.aget(username="root")
+    assert (await communicator.connect())[0]
+    assert json.loads(await communicator.receive_from())["type"] == "hello"
+    return communicator
+
+
+async def next_alert_frame(communicator) -> dict:
+    while True:
+        frame = json.loads(await communicator.receive_from(5))
+        if frame["type"] == "alert":
+            return frame
+
+
+def rule_form(rule: AlertRule, **changes) -> dict:
+    """The admin change form of a rule as the browser posts it (the instances inline is read-only)."""
+    count = AlertInstance.objects.filter(rule=rule).count()
+    data = {
+        "name": rule.name,
+        "metric_pattern": rule.metric_pattern,
+        "condition": rule.condition,
+        "threshold": rule.threshold,
+        "threshold_high": "",
+        "for_s": rule.for_s,
+        "nodata_s": rule.nodata_s,
+        "severity": rule.severity,
+        "webhook_url": rule.webhook_url,
+        "email_to": rule.email_to,
+        "created_0": rule.created.strftime("%Y-%m-%d"),
+        "created_1": rule.created.strftime("%H:%M:%S"),
+        "instances-TOTAL_FORMS": count,
+        "instances-INITIAL_FORMS": count,
+        "instances-MIN_NUM_FORMS": 0,
+        "instances-MAX_NUM_FORMS": 1000,
+    }
+    for index, inst in enumerate(AlertInstance.objects.filter(rule=rule).order_by("pk")):
+        data[f"instances-{index}-id"] = inst.pk
+        data[f"instances-{index}-rule"] = rule.pk
+    if rule.enabled:
+        data["enabled"] = "on"
+    data.update(changes)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+async def firing_rule(receiver: str) -> AlertRule:
+    rule = await make_rule(webhook_url=receiver)
+    await feed((35, 0))
+    await alerts.drain()
+    assert [body["state"] for _, body in Receiver.received] == ["firing"]
+    return rule
+
+
+async def test_disabling_a_firing_rule_in_the_admin_resolves_notifies_and_tells_open_pages(
+    receiver: str, admin_client
+) -> None:
+    rule = await firing_rule(receiver)
+    communicator = await open_live_socket()
+    try:
+        data = await sync_to_async(rule_form)(rule)
+        del data["enabled"]
+        response = await sync_to_async(admin_client.post)(f"/admin/dashboard/alertrule/{rule.pk}/change/", data)
+        assert response.status_code == 302, response.content.decode()[:3000]
+        frame = await next_alert_frame(communicator)
+        assert (frame["metric"], frame["state"], frame["previous"]) == (KEY, "resolved", "firing")
+        assert "rule disabled" in frame["message"]
+    finally:
+        await communicator.disconnect()
+    await alerts.drain()
+    assert (await AlertInstance.objects.aget()).state == "resolved"
+    assert await states() == [("ok", "firing"), ("firing", "resolved")]
+    last = await AlertEvent.objects.order_by("-at", "-id").afirst()
+    assert "rule disabled" in last.message
+    assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]
+    assert "rule disabled" in Receiver.received[-1][1]["message"]
+    assert (await NotificationDelivery.objects.filter(event=last).aget()).status == "sent"
+    # The stream no longer fires it, here or in a process that has not yet seen the change.
+    await feed((40, 1))
+    assert (await AlertInstance.objects.aget()).state == "resolved"
+
+
+async def test_deleting_a_firing_rule_in_the_admin_resolves_notifies_and_tells_open_pages(
+    receiver: str, admin_client
+) -> None:
+    rule = await firing_rule(receiver)
+    communicator = await open_live_socket()
+    try:
+        response = await sync_to_async(admin_client.post)(
+            f"/admin/dashboard/alertrule/{rule.pk}/delete/", {"post": "yes"}
+        )
+        assert response.status_code == 302, response.content.decode()[:3000]
+        frame = await next_alert_frame(communicator)
+        assert (frame["metric"], frame["state"], frame["previous"]) == (KEY, "resolved", "firing")
+        assert "rule deleted" in frame["message"]
+    finally:
+        await communicator.disconnect()
+    await alerts.drain()
+    assert not await AlertRule.objects.aexists() and not await AlertInstance.objects.aexists()
+    assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]
+    assert "rule deleted" in Receiver.received[-1][1]["message"]
+
+
+def test_disabling_a_rule_from_a_script_notifies_before_it_returns(receiver: str) -> None:
+    from asgiref.sync import async_to_sync
+
+    rule = async_to_sync(firing_rule)(receiver)
+    rule.enabled = False
+    rule.save()  # no server loop here: the notification is sent before save() returns
+    assert AlertInstance.objects.get().state == "resolved"
+    assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]
+
+
+async def test_a_rule_disabled_without_signals_is_resolved_by_the_periodic_sweep(receiver: str) -> None:
+    rule = await firing_rule(receiver)
+    await AlertRule.objects.filter(pk=rule.pk).aupdate(enabled=False)  # QuerySet.update sends no signal
+    changes = await alerts.retire_disabled_rules()
+    await alerts.drain()
+    assert [c.event.state for c in changes] == ["resolved"]
+    assert (await AlertInstance.objects.aget()).state == "resolved"
+    assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]
+    assert await alerts.retire_disabled_rules() == []
+
+
+async def test_a_process_that_has_not_seen_the_rule_disabled_yet_does_not_fire_it() -> None:
+    rule = await make_rule()
+    await feed((20, 0))
+    # Disabled in another process: this one's cached rules still hold it for up to RULES_REFRESH_S.
+    await AlertRule.objects.filter(pk=rule.pk).aupdate(enabled=False)
+    assert [r.id for r in await alerts._ensure_rules()] == [rule.pk]
+    await feed((35, 1))
+    assert await AlertEvent.objects.acount() == 0
+    assert (await AlertInstance.objects.aget()).state == "ok"
+
+
+async def test_the_admin_action_disabling_several_rules_resolves_their_alerts(receiver: str, admin_client) -> None:
+    rule = await firing_rule(receiver)
+    other = await make_rule(name="Cold", condition="below", threshold=0.0)
+    response = await sync_to_async(admin_client.post)(
+        "/admin/dashboard/alertrule/",
+        {"action": "disable_rules", "_selected_action": [rule.pk, other.pk], "index": 0},
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    await alerts.drain()
+    assert not await AlertRule.objects.filter(enabled=True).aexists()
+    assert (await AlertInstance.objects.aget(rule=rule)).state == "resolved"
+    assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]

@@ -56,3 +56,52 @@ def test_it_falls_back_to_server_sent_events_when_websocket_never_opens(run: dic
 
 def test_a_lost_connection_shows_since_when_data_is_stale(run: dict) -> None:
     assert run["stale"].startswith("reconnecting · stale since ")
+
+
+@pytest.fixture(scope="module")
+def reconnect() -> dict:
+    if NODE is None:
+        pytest.skip("needs Node.js (node) to run the front-end module")
+    module = (ROOT / "dashboard" / "static" / "dashboard" / "connection.js").as_uri()
+    result = subprocess.run(
+        [NODE, str(ROOT / "tests" / "js" / "connection_reconnect_harness.mjs"), module],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+SIGN_IN_BACK_HERE = "/accounts/login/?next=%2Fdashboards%2Fops%2F%3Frange%3D6h%26panel%3D2"
+
+
+def test_on_sse_it_probes_websocket_with_backoff_from_one_second(reconnect: dict) -> None:
+    assert reconnect["transportAfterOutage"] == "sse"
+    assert reconnect["probeDelays"] == [1000, 2000, 4000, 8000]  # was one probe a minute
+
+
+def test_the_first_greeted_probe_becomes_the_connection_and_resumes_from_the_sse_cursors(reconnect: dict) -> None:
+    assert reconnect["transportAfterProbe"] == "websocket"
+    assert reconnect["streamClosed"] and reconnect["probeIsTheConnection"]
+    assert reconnect["socketsLater"] == reconnect["socketsAfterProbe"], "no second socket after the probe"
+    resume = reconnect["resumeOnProbe"]
+    assert resume["type"] == "subscribe" and resume["metrics"] == ["iot.*"]
+    assert resume["since"] == {"iot.a.t": 30}  # the newest sample SSE delivered
+
+
+def test_close_4001_goes_to_sign_in_with_next_back_to_the_page_and_its_query(reconnect: dict) -> None:
+    assert reconnect["hrefAfter4001"] == SIGN_IN_BACK_HERE
+    assert reconnect["stateAfter4001"] == "signed-out"
+
+
+def test_a_401_on_the_sse_stream_goes_to_sign_in_instead_of_retrying_forever(reconnect: dict) -> None:
+    assert reconnect["fetchedOn401"].startswith("/api/v1/stream?")
+    assert reconnect["hrefAfter401"] == SIGN_IN_BACK_HERE
+    assert reconnect["stateAfter401"] == "signed-out"
+    assert reconnect["streamsOpenedAfter401"] == 0
+
+
+def test_a_stream_refused_for_another_reason_keeps_retrying(reconnect: dict) -> None:
+    assert reconnect["hrefAfter502"] == ""
+    assert reconnect["streamsOpenedAfter502"] == 1

@@ -126,3 +126,120 @@ def test_a_bad_log_format_is_refused_at_start(tmp_path) -> None:
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode != 0 and "LOG_FORMAT" in done.stderr
+
+
+def scrape(url: str, token: str) -> str:
+    response = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert response.status_code == 200, response.text[:500]
+    return response.text
+
+
+def sample_value(text: str, name: str) -> float:
+    """Return the value of an unlabelled sample in Prometheus text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def promtool_errors(text: str) -> list[str]:
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode in (0, 1), checked.stderr
+    return [line for line in (checked.stdout + checked.stderr).splitlines() if "error" in line.lower()]
+
+
+def wait_for(check, timeout: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@RUN_ONCE
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("promtool") is None and os.environ.get("CI") != "true",
+    reason="needs promtool (apt install prometheus)",
+)
+def test_two_workers_sharing_a_multiprocess_dir_each_answer_the_sum_of_both(tmp_path) -> None:
+    import asyncio
+
+    import websockets
+
+    from tests.faultkit import prepare_database
+    from tests.servers import Server
+
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    env = project_env(tmp_path, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), METRICS_TOKEN="scrape-secret-123")
+    token, session = prepare_database(env, tmp_path)
+    first, second = Server(env).start(), Server(env).start()
+    try:
+        sent = {first.url: 3, second.url: 5}
+        for url, batches in sent.items():
+            for index in range(batches):
+                body = {
+                    "precision": "us",
+                    "samples": [{"source": "mp.probe", "metric": "m", "ts": now_us() + index, "value": index}],
+                }
+                answer = httpx.post(
+                    url + "/api/v1/ingest", json=body, headers={"Authorization": f"Token {token}"}, timeout=10
+                )
+                assert answer.status_code == 200, answer.text
+        texts = [scrape(server.url, "scrape-secret-123") for server in (first, second) for _ in range(2)]
+        accepted = [sample_value(text, "pulseboard_ingest_accepted_total") for text in texts]
+        print(f"[multiprocess /metrics] accepted per scrape: {accepted} (sent 3 to one worker, 5 to the other)")
+        assert accepted == [8.0] * 4
+        assert all(text.count("# TYPE pulseboard_ingest_accepted_total counter") <= 1 for text in texts)
+        assert "pulseboard_write_batch_seconds_bucket" in texts[0]
+        assert not promtool_errors(texts[0]), texts[0][-2000:]
+
+        async def open_sockets() -> None:
+            # One live socket on each worker: the gauge is the sum over live workers.
+            headers = {"Cookie": f"sessionid={session}"}
+            a = await websockets.connect(first.ws_url, additional_headers={**headers, "Origin": first.url})
+            b = await websockets.connect(second.ws_url, additional_headers={**headers, "Origin": second.url})
+            await a.recv(), await b.recv()  # hello
+            both = await asyncio.to_thread(
+                wait_for,
+                lambda: sample_value(scrape(first.url, "scrape-secret-123"), "pulseboard_connections") == 2,
+                10,
+                "both workers' connections in one scrape",
+            )
+            assert both
+            second.process.kill()  # a worker dies without a goodbye: its live gauge must leave the sum
+            second.process.wait()
+            await asyncio.to_thread(
+                wait_for,
+                lambda: sample_value(scrape(first.url, "scrape-secret-123"), "pulseboard_connections") == 1,
+                10,
+                "the dead worker's connections to leave the sum",
+            )
+            await a.close()
+
+        asyncio.run(open_sockets())
+        after = scrape(first.url, "scrape-secret-123")
+        # The dead worker's counters stay in the sum: totals never go back.
+        assert sample_value(after, "pulseboard_ingest_accepted_total") == 8.0
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_dead_workers_live_gauge_files_are_removed_and_a_live_ones_kept(tmp_path, monkeypatch) -> None:
+    from dashboard import stats
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    monkeypatch.setattr(stats, "MULTIPROC_DIR", str(tmp_path))
+    for name in (f"gauge_livesum_{dead.pid}.db", f"gauge_livesum_{os.getpid()}.db", f"counter_{dead.pid}.db"):
+        (tmp_path / name).write_bytes(b"")
+    stats._forget_dead_processes()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    # The dead worker's gauges leave the sum; its counters stay in the totals.
+    assert left == sorted([f"counter_{dead.pid}.db", f"gauge_livesum_{os.getpid()}.db"])

@@ -12,7 +12,8 @@ from django.core.management.base import BaseCommand
 class Command(BaseCommand):
     help = (
         "Create the superuser ADMIN_USERNAME (default 'admin') if missing. Its password is ADMIN_PASSWORD, "
-        "or generated and printed once. With ADMIN_PASSWORD set, an existing account's password is reset to it."
+        "or generated and printed once. With ADMIN_PASSWORD set, an existing account's password is set to it "
+        "when it differs (an unchanged password keeps everyone signed in)."
     )
 
     def handle(self, *args, **options) -> None:
@@ -21,7 +22,10 @@ class Command(BaseCommand):
         password = os.environ.get("ADMIN_PASSWORD", "")
         user = User.objects.filter(username=username).first()
         if user is not None:
-            if password:
+            if password and user.check_password(password):
+                # Setting it again would store a new salt, which ends every session of the account.
+                self.stdout.write(f"Admin {username!r} exists; its password is ADMIN_PASSWORD already.")
+            elif password:
                 user.set_password(password)
                 user.save(update_fields=["password"])
                 self.stdout.write(f"Admin {username!r} exists; password set from ADMIN_PASSWORD.")

@@ -14,7 +14,7 @@ class Command(BaseCommand):
         "tier keeps them (defaults PULSEBOARD_RETENTION_RAW_DAYS, PULSEBOARD_RETENTION_MINUTE_DAYS, "
         "PULSEBOARD_RETENTION_TEN_MINUTE_DAYS, PULSEBOARD_RETENTION_HOUR_DAYS; per-metric overrides in the admin). On PostgreSQL whole daily "
         "partitions of raw samples are dropped and the partitions of the coming days are created. The "
-        "server does this hourly by itself; run it by hand after changing retention, or with --dry-run "
+        "server does this every PULSEBOARD_RETENTION_INTERVAL_S (hourly by default) by itself; run it by hand after changing retention, or with --dry-run "
         "to see what would go."
     )
 

@@ -2,13 +2,18 @@
 // (docs/protocol.md). It acknowledges data frames (the server's flow control),
 // reconnects with backoff and resumes from the last cursor of each metric, so
 // a reconnect back-fills instead of leaving a gap. When WebSocket keeps
-// failing (a proxy that blocks upgrades) it falls back to Server-Sent Events
-// and probes WebSocket again now and then.
+// failing (a proxy that blocks upgrades, or the server is down for more than
+// ~3.5 s) it falls back to Server-Sent Events and probes WebSocket again with
+// backoff (1, 2, 4 ... 60 s), switching back on the first probe the server
+// greets; the probe becomes the connection and resumes from the cursors.
+// Signed out (close 4001, or 401 on the Server-Sent Events stream), it goes to
+// the sign-in page with `next` back to this page.
 
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const STALE_AFTER_MS = 60000; // two missed heartbeats (25 s) and some slack
 const WS_FAILURES_BEFORE_SSE = 3; // sockets in a row that closed before the server's hello
-const WS_PROBE_MS = 60000; // how often to try WebSocket again while on SSE
+const WS_PROBE_MS = [1000, 2000, 4000, 8000, 16000, 32000, 60000]; // WebSocket probes while on SSE, then every 60 s
+const WS_PROBE_GIVE_UP_MS = 10000; // a probe the server has not greeted by then has failed
 const BACKFILL_SHOWN_MS = 10000; // how long "back-filled N samples" stays in the status
 
 export class LiveConnection extends EventTarget {
@@ -22,6 +27,8 @@ export class LiveConnection extends EventTarget {
     this.cursors = new Map(); // metric key -> newest ts (µs) received
     this.attempt = 0;
     this.wsFailures = 0;
+    this.probeAttempt = 0;
+    this.lastProbeDelay = null; // for tests: the delay before the latest WebSocket probe
     this.lastFrameAt = Date.now();
     this.staleSince = null; // when data stopped being current (lost connection or silence)
     this.backfilled = 0; // samples replayed since the last reconnect or lag
@@ -39,27 +46,33 @@ export class LiveConnection extends EventTarget {
   start() { this.open(); return this; }
 
   open() {
+    if (this.state === "signed-out") return; // on the way to the sign-in page
     if (this.transport === "sse") return this.openSse();
     this.setState(this.attempt ? "reconnecting" : "connecting");
-    const ws = new WebSocket(this.url);
-    let greeted = false; // some proxies accept the upgrade and then drop it: only a hello counts
+    this.attach(new WebSocket(this.url));
+  }
+
+  // Make ws the connection: a new socket, or a probe the server has already greeted (`greeted`).
+  attach(ws, greeted = false) {
     this.ws = ws;
     this.framesReceived = 0;
     this.framesAcked = 0;
     ws.onmessage = (msg) => {
       const event = JSON.parse(msg.data);
+      // some proxies accept the upgrade and then drop it: only a hello counts
       if (event.type === "hello" && !greeted) { greeted = true; this.attempt = 0; this.wsFailures = 0; }
       this.dispatch(event);
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      if (ev.code === 4001) { this.setState("signed-out"); window.location.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname); return; }
+      if (ev.code === 4001) { this.signIn(); return; }
       if (ev.code === 4003 || ev.code === 4009) { this.setState("refused"); return; }
       if (!greeted) this.wsFailures += 1;
       this.lostConnection();
       if (this.sseUrl && this.wsFailures >= WS_FAILURES_BEFORE_SSE) {
         this.transport = "sse";
+        this.probeAttempt = 0;
         this.openSse();
         this.scheduleProbe();
         return;
@@ -69,6 +82,16 @@ export class LiveConnection extends EventTarget {
       this.attempt += 1;
       setTimeout(() => this.open(), delay);
     };
+  }
+
+  // The session is gone (password changed, signed out elsewhere): sign in again and come back here.
+  signIn() {
+    if (this.state === "signed-out") return;
+    this.setState("signed-out");
+    clearTimeout(this.probeTimer);
+    if (this.es) this.es.close();
+    this.es = null;
+    window.location.href = "/accounts/login/?next=" + encodeURIComponent(location.pathname + location.search);
   }
 
   // --- Server-Sent Events fallback --------------------------------------
@@ -84,6 +107,7 @@ export class LiveConnection extends EventTarget {
   }
 
   openSse() {
+    if (this.state === "signed-out") return;
     if (this.es) this.es.close();
     this.es = null;
     if (!this.subscriptions.size) { this.setState("live"); return; } // nothing to stream yet
@@ -101,32 +125,59 @@ export class LiveConnection extends EventTarget {
       this.lostConnection();
       const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
       this.attempt += 1;
-      setTimeout(() => { if (this.transport === "sse") this.openSse(); }, delay);
+      // EventSource hides the status of a refused stream: retry only if it was not 401.
+      this.checkSignedIn(es.url).then((signedIn) => {
+        if (signedIn) setTimeout(() => { if (this.transport === "sse") this.openSse(); }, delay);
+      });
     };
+  }
+
+  // A refused stream: 401 means the session ended, so sign in instead of retrying forever.
+  // Resolves false when it went to the sign-in page.
+  async checkSignedIn(url) {
+    const abort = new AbortController();
+    try {
+      const response = await fetch(url, { credentials: "same-origin", signal: abort.signal, headers: { Accept: "text/event-stream" } });
+      abort.abort(); // only the status was wanted, not the stream
+      if (response.status === 401) { this.signIn(); return false; }
+    } catch {
+      // the server is unreachable: the retries go on
+    }
+    return this.state !== "signed-out";
   }
 
   scheduleProbe() {
     clearTimeout(this.probeTimer);
-    this.probeTimer = setTimeout(() => this.probeWebSocket(), WS_PROBE_MS);
+    const delay = WS_PROBE_MS[Math.min(this.probeAttempt, WS_PROBE_MS.length - 1)];
+    this.probeAttempt += 1;
+    this.lastProbeDelay = delay;
+    this.probeTimer = setTimeout(() => this.probeWebSocket(), delay);
   }
 
-  // While on SSE, try a WebSocket now and then; switch back once one says hello.
+  // While on SSE, try a WebSocket with backoff; the first one the server greets becomes the connection.
   probeWebSocket() {
-    if (this.transport !== "sse") return;
+    if (this.transport !== "sse" || this.state === "signed-out") return;
     const probe = new WebSocket(this.url);
-    const giveUp = setTimeout(() => probe.close(), 10000);
+    const giveUp = setTimeout(() => probe.close(), WS_PROBE_GIVE_UP_MS);
     probe.onmessage = (msg) => {
-      if (JSON.parse(msg.data).type !== "hello") return;
+      const event = JSON.parse(msg.data);
+      if (event.type !== "hello" || this.transport !== "sse") return;
       clearTimeout(giveUp);
-      probe.onclose = null;
-      probe.close();
       if (this.es) this.es.close();
       this.es = null;
       this.transport = "websocket";
       this.wsFailures = 0;
-      this.open();
+      this.attempt = 0;
+      this.probeAttempt = 0;
+      // Its hello subscribes again with `since` = the cursors SSE advanced: nothing between is lost.
+      this.attach(probe, true);
+      this.dispatch(event);
     };
-    probe.onclose = () => { clearTimeout(giveUp); this.scheduleProbe(); };
+    probe.onclose = (ev) => {
+      clearTimeout(giveUp);
+      if (ev?.code === 4001) { this.signIn(); return; }
+      this.scheduleProbe();
+    };
   }
 
   // --- Messages ---------------------------------------------------------
