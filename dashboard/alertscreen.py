@@ -59,7 +59,7 @@ class InvalidRule(BadRequest):
 class PatternMatchesNothing(InvalidRule):
     """The rule's metric pattern matches no metric the author may read, and they did not allow that."""
 
-    code = EMPTY_MATCH_CODE
+    code = "pattern_matches_nothing"  # alertrules.EMPTY_MATCH_CODE
 
 
 # --- Rights ---------------------------------------------------------------------
@@ -144,8 +144,7 @@ def _instance_json(inst: AlertInstance) -> dict[str, Any]:
     }
 
 
-def _rule_json(rule: AlertRule, instances: list[AlertInstance], matched: int, can_change: bool, now) -> dict:
-    unit = instances[0].metric.unit if instances else ""
+def _rule_json(rule: AlertRule, instances: list[AlertInstance], matched: int, unit: str, can_change: bool, now) -> dict:
     body: dict[str, Any] = {
         "id": rule.id,
         "name": rule.name,
@@ -167,8 +166,8 @@ def _rule_json(rule: AlertRule, instances: list[AlertInstance], matched: int, ca
     return body
 
 
-def visible_rules(user) -> list[tuple[AlertRule, int]]:
-    """Return (rule, readable matches) for every rule the user may see.
+def visible_rules(user) -> list[tuple[AlertRule, list[str]]]:
+    """Return (rule, the readable keys it matches) for every rule the user may see.
 
     A rule is visible when its pattern matches a metric the user may read;
     a rule that matches no metric at all yet is visible to those who may
@@ -179,7 +178,7 @@ def visible_rules(user) -> list[tuple[AlertRule, int]]:
     every_key: list[str] | None = None
     found = []
     for rule in AlertRule.objects.order_by("name", "id"):
-        matched = len(matching_keys(rule.metric_pattern, keys))
+        matched = matching_keys(rule.metric_pattern, keys)
         if not matched:
             if not editor:
                 continue
@@ -205,9 +204,17 @@ def rules_payload(user) -> dict[str, Any]:
     )
     for inst in active:
         instances[inst.rule_id].append(inst)
+    # The unit of the first matching metric reads the threshold in the operator's terms ("above 28 °C").
+    firsts = {keys[0] for _, keys in found if keys}
+    units = dict(Metric.objects.filter(key__in=firsts).values_list("key", "unit"))
     now = timezone.now()
     return {
-        "rules": [_rule_json(rule, instances[rule.id], n, can["can_change"], now) for rule, n in found],
+        "rules": [
+            _rule_json(
+                rule, instances[rule.id], len(keys), units.get(keys[0], "") if keys else "", can["can_change"], now
+            )
+            for rule, keys in found
+        ],
         **can,
     }
 
@@ -341,7 +348,7 @@ def _one(user, rule: AlertRule) -> dict[str, Any]:
             return body
     # Saved on metrics the author may not read (allowed for a pattern matching nothing yet that
     # now matches another's metrics): answer what was stored, without instances.
-    return _rule_json(rule, [], 0, rights(user)["can_change"], timezone.now())
+    return _rule_json(rule, [], 0, "", rights(user)["can_change"], timezone.now())
 
 
 @require_GET

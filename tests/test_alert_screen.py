@@ -74,7 +74,7 @@ def test_rules_on_metrics_the_user_may_not_read_are_not_listed(owner, viewer, me
     bob = signed_in(viewer)
     listed = bob.get("/api/v1/alert-rules").json()
     assert [r["name"] for r in listed["rules"]] == ["Sensors"]
-    assert listed["rules"][0]["matches"] == 2 and listed["rules"][0]["condition_text"] == "above 28"
+    assert listed["rules"][0]["matches"] == 2 and listed["rules"][0]["condition_text"] == "above 28 °C"
     assert "webhook_url" not in listed["rules"][0]  # targets are for editors only
     assert bob.get(f"/api/v1/alert-rules/{vault.id}").status_code == 404
     assert bob.get(f"/api/v1/alert-rules/{vault.id}/history").json()["error"]["code"] == "not_found"
@@ -118,10 +118,10 @@ def test_an_editor_creates_edits_disables_and_deletes_a_rule(viewer, metrics) ->
     created = client.post("/api/v1/alert-rules", RULE, content_type="application/json")
     assert created.status_code == 201, created.content
     body = created.json()
-    assert body["state"] == "ok" and body["matches"] == 2 and body["condition_text"] == "above 28 for 30 s"
+    assert body["state"] == "ok" and body["matches"] == 2 and body["condition_text"] == "above 28 °C for 30 s"
     rule_id = body["id"]
     changed = client.patch(f"/api/v1/alert-rules/{rule_id}", {"threshold": 30.5}, content_type="application/json")
-    assert changed.json()["condition_text"] == "above 30.5 for 30 s"
+    assert changed.json()["condition_text"] == "above 30.5 °C for 30 s"
     disabled = client.patch(f"/api/v1/alert-rules/{rule_id}", {"enabled": False}, content_type="application/json")
     assert disabled.json()["state"] == "disabled" and not AlertRule.objects.get(pk=rule_id).enabled
     assert client.delete(f"/api/v1/alert-rules/{rule_id}").json() == {"deleted": rule_id}
