@@ -167,3 +167,13 @@ def test_an_operator_writes_a_rule_watches_it_fire_acknowledges_and_disables_it(
     path = JOURNEYS / "alerts.png"
     page.screenshot(path=str(path), full_page=True)
     print(f"\nscreenshot {path}")
+
+    # On a phone: one column, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    card.locator("button.edit-rule").click()
+    lefts = page.evaluate(
+        "() => [...document.querySelectorAll('#rule-form .field')].map((f) => Math.round(f.getBoundingClientRect().left))"
+    )
+    assert len(set(lefts)) == 1, f"the editor's fields are not in one column: {lefts}"
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(JOURNEYS / "alerts-phone.png"), full_page=True)

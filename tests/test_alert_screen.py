@@ -9,6 +9,7 @@ from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.utils import timezone
 
+from dashboard import alerts
 from dashboard.models import AlertEvent, AlertInstance, AlertRule, Metric, Source
 from dashboard.timeutil import US
 
@@ -126,6 +127,21 @@ def test_an_editor_creates_edits_disables_and_deletes_a_rule(viewer, metrics) ->
     assert disabled.json()["state"] == "disabled" and not AlertRule.objects.get(pk=rule_id).enabled
     assert client.delete(f"/api/v1/alert-rules/{rule_id}").json() == {"deleted": rule_id}
     assert not AlertRule.objects.exists()
+
+
+@pytest.mark.skipif(not hasattr(alerts, "retire_rule"), reason="needs helper ops' alerts.retire_rule (branch ops)")
+def test_disabling_or_deleting_a_rule_from_the_page_resolves_its_alerts(owner, metrics) -> None:
+    staff = grant(owner, "change_alertrule", "delete_alertrule")
+    rule = AlertRule.objects.create(name="Sensors", metric_pattern="iot.*.temperature", threshold=28)
+    inst = AlertInstance.objects.create(
+        rule=rule, metric=metrics["iot.sensor-01.temperature"], state="firing", last_value=31
+    )
+    client = signed_in(staff)
+    body = client.patch(f"/api/v1/alert-rules/{rule.id}", {"enabled": False}, content_type="application/json").json()
+    assert body["state"] == "disabled" and body["instances"] == []
+    inst.refresh_from_db()
+    assert inst.state == "resolved"
+    assert AlertEvent.objects.filter(rule=rule, to_state="resolved", message__contains="rule disabled").exists()
 
 
 def test_a_pattern_that_matches_nothing_is_refused_with_close_keys(viewer, metrics) -> None:
