@@ -245,11 +245,11 @@ def save_rule(user, data: dict[str, Any], rule: AlertRule | None = None) -> Aler
     """
     # Fields left out keep their value (a change) or take the model's default (a new rule).
     merged = {name: getattr(rule or AlertRule(), name) for name in AlertRuleForm.Meta.fields}
-    if rule is not None and data.get("metric_pattern", rule.metric_pattern) == rule.metric_pattern:
-        # Disabling a rule whose metrics are gone must not fail on its (unchanged) pattern.
-        merged["allow_empty_match"] = True
     _form_data(data)  # unknown fields and wrong types are refused before they are merged
     merged.update(data)
+    if rule is not None and merged["metric_pattern"] == rule.metric_pattern:
+        # Disabling a rule whose metrics are gone must not fail on its (unchanged) pattern.
+        merged["allow_empty_match"] = True
     data = merged
     form = AlertRuleForm(_form_data(data), instance=rule, user=user)
     if not form.is_valid():

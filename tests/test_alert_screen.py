@@ -125,6 +125,18 @@ def test_an_editor_creates_edits_disables_and_deletes_a_rule(viewer, metrics) ->
     assert changed.json()["condition_text"] == "above 30.5 °C for 30 s"
     disabled = client.patch(f"/api/v1/alert-rules/{rule_id}", {"enabled": False}, content_type="application/json")
     assert disabled.json()["state"] == "disabled" and not AlertRule.objects.get(pk=rule_id).enabled
+    # Its metrics gone, the rule still saves as long as its pattern is unchanged (the editor sends every field).
+    Metric.objects.filter(key__startswith="iot.").delete()
+    again = client.patch(
+        f"/api/v1/alert-rules/{rule_id}",
+        {**RULE, "threshold": 29, "enabled": True, "allow_empty_match": False},
+        content_type="application/json",
+    )
+    assert again.status_code == 200 and again.json()["matches"] == 0, again.content
+    moved = client.patch(
+        f"/api/v1/alert-rules/{rule_id}", {"metric_pattern": "iot.*.temp"}, content_type="application/json"
+    )
+    assert moved.json()["error"]["code"] == "pattern_matches_nothing"
     assert client.delete(f"/api/v1/alert-rules/{rule_id}").json() == {"deleted": rule_id}
     assert not AlertRule.objects.exists()
 
