@@ -36,23 +36,51 @@ RULE_FIELDS = [
 ]
 
 
-def readable_keys(user) -> list[str]:
+class KeySet:
+    """Metric keys, sorted, with a glob search that scans them all in one regex pass (keys have no newline).
+
+    Matching key by key in Python cost ~10 ms per rule over 10,000 keys (the
+    alerts screen matches every rule on every reload); one `re.findall` over
+    the joined keys does the same in C.
+    """
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.text = "\n".join(keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def matching(self, pattern: str) -> list[str]:
+        """Return the keys a glob matches ('*' any run, '?' one character, [...] a set, as fnmatch), in order."""
+        if not pattern or "\n" in pattern or not self.keys:
+            return []
+        if "[" in pattern:  # sets are rare in rules; fnmatch's own rules for them, key by key
+            compiled = re.compile(fnmatch.translate(pattern))
+            return [k for k in self.keys if compiled.match(k)]
+        return re.findall(glob_regex(pattern), self.text)
+
+
+def glob_regex(pattern: str) -> str:
+    """Return a multiline regex for whole lines fitting a glob of '*' and '?' (no sets: see KeySet.matching)."""
+    parts = ("[^\n]*" if c == "*" else "[^\n]" if c == "?" else re.escape(c) for c in pattern)
+    return "(?m)^" + "".join(parts) + "$"
+
+
+def readable_keys(user) -> KeySet:
     """Return the keys of every metric the user may read (all of them for None: the admin, staff only)."""
     metrics = Metric.objects.all() if user is None else Metric.objects.visible_to(user)
-    return list(metrics.order_by("key").values_list("key", flat=True))
+    return KeySet(list(metrics.order_by("key").values_list("key", flat=True)))
 
 
-def matching_keys(pattern: str, keys: list[str]) -> list[str]:
+def matching_keys(pattern: str, keys: KeySet) -> list[str]:
     """Return the keys a glob matches, in order."""
-    if not pattern:
-        return []
-    compiled = re.compile(fnmatch.translate(pattern))
-    return [k for k in keys if compiled.match(k)]
+    return keys.matching(pattern)
 
 
-def suggest(pattern: str, keys: list[str]) -> list[str]:
+def suggest(pattern: str, keys: KeySet) -> list[str]:
     """Return up to SUGGESTIONS keys close to a pattern (for a glob, compared part by part with '*' taken from the key)."""
-    candidates = keys[:SUGGEST_FROM_MAX]
+    candidates = keys.keys[:SUGGEST_FROM_MAX]
     found = difflib.get_close_matches(pattern, candidates, n=SUGGESTIONS, cutoff=0.6)
     if "*" in pattern or "?" in pattern:
         # iot.*.temprature: fill each wildcard part from a real key, then compare.

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import fnmatch
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.utils import timezone
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dashboard import alerts
+from dashboard.alertrules import KeySet
 from dashboard.models import AlertEvent, AlertInstance, AlertRule, Metric, Source
 from dashboard.timeutil import US
 
@@ -307,3 +311,13 @@ def test_the_admin_form_refuses_the_same_typo(admin_user, metrics) -> None:
     assert not AlertRule.objects.exists()
     response = client.post("/admin/dashboard/alertrule/add/", {**form, "allow_empty_match": "on"})
     assert response.status_code == 302 and AlertRule.objects.get().metric_pattern == "iot.*.temprature"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.lists(st.text(alphabet="ab1._:-", min_size=1, max_size=6), max_size=40, unique=True),
+    pattern=st.text(alphabet="ab1._:-*?[]!", min_size=0, max_size=7),
+)
+def test_the_one_pass_glob_search_matches_exactly_what_fnmatch_matches(keys: list[str], pattern: str) -> None:
+    found = KeySet(sorted(keys)).matching(pattern)
+    assert found == [k for k in sorted(keys) if pattern and fnmatch.fnmatchcase(k, pattern)]
