@@ -1,9 +1,11 @@
 """The alerts screen (issue #13 item 8): rules with their state and instances, history, and a rule editor.
 
 Views read; every change goes through the actions `save_rule` and
-`delete_rule` below (validated by dashboard/alertrules.py's one form), whose
-model signals (dashboard/alerts.py) resolve, notify and push the alerts of a
-rule that is disabled or deleted. Acknowledge and silence use the existing
+`delete_rule` below (validated by dashboard/alertrules.py's one form). Their
+save and delete pass through AlertRule's signals, which run the one action
+for a rule switched off, `alerts.retire_rule`: it resolves, notifies and
+pushes the alerts of a rule that is disabled or deleted (not called here a
+second time). Acknowledge and silence use the existing
 /api/v1/alerts/<instance>/ack and /silence endpoints (dashboard/pages.py).
 
 Every JSON error has the one shape of dashboard.api.error_response. Writes
@@ -241,7 +243,7 @@ def save_rule(user, data: dict[str, Any], rule: AlertRule | None = None) -> Aler
     """Validate and store a new or changed rule (a partial change keeps the other fields).
 
     Saving a rule with enabled off resolves its active alerts, notifies and
-    pushes them (dashboard/alerts.py, on AlertRule's post_save signal).
+    pushes them (`alerts.retire_rule`, run by AlertRule's post_save signal).
     """
     # Fields left out keep their value (a change) or take the model's default (a new rule).
     merged = {name: getattr(rule or AlertRule(), name) for name in AlertRuleForm.Meta.fields}
@@ -259,7 +261,7 @@ def save_rule(user, data: dict[str, Any], rule: AlertRule | None = None) -> Aler
 
 
 def delete_rule(rule: AlertRule) -> None:
-    """Delete a rule; its active alerts are resolved, notified and pushed (AlertRule's pre_delete signal)."""
+    """Delete a rule; its active alerts are resolved, notified and pushed (`alerts.retire_rule`, on pre_delete)."""
     with transaction.atomic():
         rule.delete()
 
