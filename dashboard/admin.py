@@ -10,6 +10,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.html import format_html
 
+from dashboard.alertrules import AlertRuleForm
 from dashboard.models import (
     AgentToken,
     AlertEvent,
@@ -209,6 +210,7 @@ class AlertInstanceInline(admin.TabularInline):
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
+    form = AlertRuleForm  # the one rule validation, shared with the alerts screen (dashboard/alertrules.py)
     list_display = [
         "name",
         "metric_pattern",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import pages
+from dashboard import alertscreen, pages
 
 urlpatterns = [
     path("d/", pages.dashboard_list, name="dashboards"),
@@ -14,4 +14,10 @@ urlpatterns = [
     path("api/v1/alerts", pages.active_alerts, name="api-alerts"),
     path("api/v1/alerts/<int:pk>/ack", pages.acknowledge_alert, name="api-alert-ack"),
     path("api/v1/alerts/<int:pk>/silence", pages.silence_alert, name="api-alert-silence"),
+    # The alerts screen (#13 item 8).
+    path("alerts/", alertscreen.alerts_page, name="alerts"),
+    path("api/v1/alert-rules", alertscreen.rule_collection, name="api-alert-rules"),
+    path("api/v1/alert-rules/preview", alertscreen.rule_preview, name="api-alert-rule-preview"),
+    path("api/v1/alert-rules/<int:pk>", alertscreen.rule_detail, name="api-alert-rule"),
+    path("api/v1/alert-rules/<int:pk>/history", alertscreen.rule_history, name="api-alert-rule-history"),
 ]
