@@ -64,3 +64,34 @@ def test_the_url_holds_live_history_custom_and_paused_states(run: dict) -> None:
     assert bogus["range"] == "15m"
     assert run["written"] == "/d/host/?from=1000&to=5000"
     assert run["bounds"] == [700_000, 1_000_000]
+
+
+def test_a_2_s_sensor_in_sub_second_buckets_is_one_line_not_isolated_points(run: dict) -> None:
+    assert run["sensorOldNulls"] > 100, "the old rule (2.5 buckets) broke the line between every two samples"
+    assert run["sensorGap"] == pytest.approx(10.0, abs=1.5), "five of the sensor's own 2 s intervals"
+    assert run["sensorNulls"] == 0
+
+
+def test_the_gap_rule_falls_back_to_the_expected_interval_and_never_undercuts_the_buckets(run: dict) -> None:
+    assert run["fewPointsGap"] == 10, "5 x the source's expected 2 s until the series has 3 samples"
+    assert run["unknownGap"] == 50, "5 x the default expected interval of 10 s"
+    assert run["bucketGap"] == 3000, "5 x the median 600 s spacing, above 2.5 buckets"
+
+
+def test_a_sensor_that_lost_30_s_still_shows_a_gap(run: dict) -> None:
+    assert run["lostNulls"] == 1
+
+
+def test_each_series_breaks_by_its_own_gap(run: dict) -> None:
+    xs, fast, slow = run["perSeries"]
+    assert xs == [0, 1, 2, 3, 4.5, 10, 11]
+    assert fast == [1, 1, 1, 1, None, 1, 1], "the fast series broke after 7 s of silence"
+    assert None not in slow, "10 s is no gap for a series that reports every 10 s"
+
+
+def test_samples_without_a_drawn_neighbour_are_drawn_as_points(run: dict) -> None:
+    single, mixed, with_undefined, joined = run["isolated"]
+    assert single == [0], "a series with one bucket (7 d, recent data only) is one point"
+    assert mixed == [1, 6]
+    assert with_undefined == [0, 4], "undefined (another series' timestamp) neither joins nor breaks"
+    assert joined == []

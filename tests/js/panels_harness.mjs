@@ -6,7 +6,7 @@ globalThis.location = { search: "", pathname: "/d/host/" };
 let replaced = null;
 globalThis.history = { replaceState: (s, t, url) => { replaced = url; } };
 
-const { alignWithGaps, thresholdColor } = await import(panelsUrl);
+const { alignWithGaps, gapSeconds, isolatedPoints, thresholdColor } = await import(panelsUrl);
 const { readTimeState, writeTimeState, bounds } = await import(rangeUrl);
 
 const plain = (data) => data.map((col) => Array.from(col, (v) => (v === undefined ? "u" : v)));
@@ -19,6 +19,26 @@ out.shared = plain(alignWithGaps([
 // Interleaved timestamps, no silences: the lines join across each other's samples.
 out.interleaved = plain(alignWithGaps([{ t: [1, 3, 5], v: [1, 1, 1] }, { t: [2, 4, 6], v: [2, 2, 2] }], 5));
 out.single = plain(alignWithGaps([{ t: [1, 2, 20, 21], v: [1, 2, 3, 4] }], 5));
+// The gap rule: a 2 s sensor in 0.26 s history buckets (centres jitter by a bucket) is one line.
+const sensor = { t: [], v: [] };
+for (let i = 0; i < 120; i++) { sensor.t.push(1000 + i * 2 + (i % 3) * 0.26); sensor.v.push(20 + (i === 60 ? 9 : 0)); }
+out.sensorGap = gapSeconds(sensor.t, { stepS: 0.26, expectedS: 2 });
+out.sensorNulls = alignWithGaps([sensor], out.sensorGap)[1].filter((v) => v === null).length;
+out.sensorOldNulls = alignWithGaps([sensor], 0.26 * 2.5)[1].filter((v) => v === null).length; // the old rule
+out.fewPointsGap = gapSeconds([5], { stepS: 0, expectedS: 2 });
+out.unknownGap = gapSeconds([], {});
+out.bucketGap = gapSeconds([0, 600, 1200, 1800], { stepS: 600, expectedS: 10 });
+// A 2 s sensor that lost 30 s: still a gap.
+const lost = { t: [0, 2, 4, 6, 8, 40, 42, 44], v: [1, 1, 1, 1, 1, 1, 1, 1] };
+out.lostNulls = alignWithGaps([lost], gapSeconds(lost.t, { expectedS: 2 }))[1].filter((v) => v === null).length;
+// Per-series gaps: a fast and a slow series aligned together, each broken by its own interval.
+out.perSeries = plain(alignWithGaps([{ t: [0, 1, 2, 3, 10, 11], v: [1, 1, 1, 1, 1, 1] }, { t: [0, 10], v: [2, 2] }], [3, 50]));
+out.isolated = [
+  isolatedPoints([5]),
+  isolatedPoints([null, 5, null, 1, 2, null, 7]),
+  isolatedPoints([1, undefined, null, undefined, 4, undefined, null]),
+  isolatedPoints([1, undefined, 2]),
+];
 const th = [{ value: 90, color: "red" }, { value: 75, color: "amber" }];
 out.colors = [thresholdColor(50, th, "ok"), thresholdColor(80, th, "ok"), thresholdColor(95, th, "ok")];
 out.states = ["", "?range=1h&paused=1", "?range=7d", "?from=1000&to=5000", "?range=bogus"].map((q) => readTimeState(q));

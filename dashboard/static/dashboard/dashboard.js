@@ -5,7 +5,7 @@
 import { AlertBanner, postJSON } from "./alerts.js";
 import { LiveConnection, showState } from "./connection.js";
 import { LayoutEditor } from "./editor.js";
-import { PANEL_KINDS } from "./panels.js";
+import { BrokenPanel, makePanel } from "./panels.js";
 import { SeriesStore } from "./store.js";
 import { HISTORY_RANGES, LIVE_RANGES, MAX_LIVE_S, bounds, describe, readTimeState, writeTimeState } from "./timerange.js";
 import { viewerTimeZone } from "./format.js";
@@ -65,7 +65,7 @@ class DashboardPage {
 
   annotate(alert) {
     if (alert.previous === alert.state && alert.state !== "firing") return; // acks and silences are not chart events
-    for (const panel of this.panels) panel.annotate(alert);
+    for (const panel of [...this.panels]) { try { panel.annotate(alert); } catch (err) { this.fail(panel, err); } }
   }
 
   rebuild(config) {
@@ -74,22 +74,32 @@ class DashboardPage {
     this.config = config;
     this.grid.replaceChildren();
     this.panelRoots = [];
+    // One panel that cannot be built is drawn as a panel-level error; it never stops the others.
     this.panels = config.panels.map((spec) => {
       const root = document.createElement("section");
       this.grid.append(root);
       this.panelRoots.push(root);
-      const Kind = PANEL_KINDS[spec.kind] || PANEL_KINDS.timeseries;
-      const panel = new Kind(root, spec, this);
+      const panel = makePanel(root, spec, this);
       this.place(root, spec);
       return panel;
     });
-    const keys = [...new Set(config.panels.flatMap((p) => p.series.map((s) => s.key)))].filter((k) => !this.subscribed.has(k));
+    const keys = [...new Set(this.panels.flatMap((p) => p.keys))].filter((k) => !this.subscribed.has(k));
     if (keys.length) {
       keys.forEach((k) => this.subscribed.add(k));
       this.conn.subscribe(keys, { historyS: MAX_LIVE_S, maxRate: 10 });
     }
     this.dirty = true;
     if (this.state && this.state.mode === "history") this.loadHistory();
+  }
+
+  // A panel whose drawing threw: replace it by its error, keep drawing the rest.
+  fail(panel, err) {
+    const i = this.panels.indexOf(panel);
+    if (i < 0 || panel instanceof BrokenPanel) return;
+    console.error("pulseboard: panel", panel.cfg.title, err);
+    try { panel.destroy(); } catch { /* already broken */ }
+    this.panels[i] = new BrokenPanel(this.panelRoots[i], panel.cfg, err.message);
+    this.place(this.panelRoots[i], panel.cfg);
   }
 
   place(root, spec) {
@@ -114,17 +124,18 @@ class DashboardPage {
     const live = this.state.mode === "live";
     if (live && this.state.paused) return;
     const [fromMs, toMs] = bounds(this.state);
-    for (const panel of this.panels) {
-      if (live || !HISTORICAL.has(panel.cfg.kind)) panel.drawLive(this.store, fromMs / 1000, toMs / 1000);
+    for (const panel of [...this.panels]) {
+      if (!live && HISTORICAL.has(panel.cfg.kind)) continue;
+      try { panel.drawLive(this.store, fromMs / 1000, toMs / 1000); } catch (err) { this.fail(panel, err); }
     }
     if (this.statusDirty) this.updateStatus();
   }
 
   updateStatus() {
     this.statusDirty = false;
-    for (const panel of this.panels) {
+    for (const panel of [...this.panels]) {
       const mode = this.state.mode === "history" && HISTORICAL.has(panel.cfg.kind) ? "history" : "live";
-      panel.showStatus(this.conn, this.store, mode, this.state.mode === "live" && this.state.paused);
+      try { panel.showStatus(this.conn, this.store, mode, this.state.mode === "live" && this.state.paused); } catch (err) { this.fail(panel, err); }
     }
   }
 

@@ -182,19 +182,23 @@ function makePlot(panel, container, series, { onZoom, extraHooks = {} }) {
 }
 
 // Align several series on one x axis. Missing points are `undefined` (lines join across them);
-// a silence longer than gapS in a series inserts a `null` (drawn as a gap).
+// a silence longer than gapS in a series inserts a `null` (drawn as a gap). gapS is one number
+// for every series or an array, one per series (each series breaks by its own reporting interval).
 export function alignWithGaps(columns, gapS) {
-  if (columns.length === 1) return oneWithGaps(columns[0], gapS);
+  const gapOf = (k) => (Array.isArray(gapS) ? gapS[k] : gapS);
+  if (columns.length === 1) return oneWithGaps(columns[0], gapOf(0));
   const xsSet = new Set();
-  for (const c of columns) {
+  columns.forEach((c, k) => {
+    const gap = gapOf(k);
     for (let i = 0; i < c.t.length; i++) {
       xsSet.add(c.t[i]);
       // A break point inside every long silence, so the gap shows even where no other series has a sample.
-      if (i > 0 && c.t[i] - c.t[i - 1] > gapS) xsSet.add(c.t[i - 1] + gapS / 2);
+      if (i > 0 && c.t[i] - c.t[i - 1] > gap) xsSet.add(c.t[i - 1] + gap / 2);
     }
-  }
+  });
   const xs = Float64Array.from(xsSet).sort();
-  const ys = columns.map((c) => {
+  const ys = columns.map((c, k) => {
+    const gapS = gapOf(k);
     const out = new Array(xs.length); // undefined: no sample of this series here, the line joins across
     let j = 0; // first own sample at or after xs[i]
     for (let i = 0; i < xs.length; i++) {
@@ -218,13 +222,40 @@ function oneWithGaps(c, gapS) {
   return [xs, ys];
 }
 
-function gapFor(t) {
-  // Five median intervals of the series, at least 5 s: a few lost samples are a gap, jitter is not.
-  if (t.length < 3) return 60;
-  const d = [];
-  for (let i = Math.max(1, t.length - 50); i < t.length; i++) d.push(t[i] - t[i - 1]);
-  d.sort((a, b) => a - b);
-  return Math.max(5, 5 * d[d.length >> 1]);
+const MIN_GAP_S = 5; // shorter pauses are jitter, never a gap
+const DEFAULT_INTERVAL_S = 10; // Source.expected_interval_s's default, for a series the page knows nothing of
+
+// The pause after which a series is drawn broken: five of its own reporting intervals (the median
+// spacing of its last 50 samples, or the source's expected interval until it has 3), and never less
+// than 2.5 buckets of a history answer. A 2 s sensor in 0.26 s buckets is a line; a few lost samples
+// are a gap; jitter and bucketing are not.
+export function gapSeconds(t, { stepS = 0, expectedS = DEFAULT_INTERVAL_S } = {}) {
+  let interval = expectedS || DEFAULT_INTERVAL_S;
+  if (t.length >= 3) {
+    const d = [];
+    for (let i = Math.max(1, t.length - 50); i < t.length; i++) d.push(t[i] - t[i - 1]);
+    d.sort((a, b) => a - b);
+    interval = d[d.length >> 1];
+  }
+  return Math.max(MIN_GAP_S, 5 * interval, 2.5 * stepS);
+}
+
+// Indices of values with no drawn neighbour (a gap or the edge on both sides): a line cannot show
+// them, so they are drawn as points. `undefined` (another series' timestamp) is skipped over.
+export function isolatedPoints(ys) {
+  const out = [];
+  const n = ys.length;
+  const nextDefined = new Array(n); // the next value that is not undefined, null at the end
+  let next = null;
+  for (let i = n - 1; i >= 0; i--) { nextDefined[i] = next; if (ys[i] !== undefined) next = ys[i]; }
+  let prev = null;
+  for (let i = 0; i < n; i++) {
+    const v = ys[i];
+    if (v === undefined) continue;
+    if (v !== null && prev === null && nextDefined[i] === null) out.push(i);
+    prev = v;
+  }
+  return out;
 }
 
 export class TimeSeriesPanel extends Panel {
@@ -240,8 +271,11 @@ export class TimeSeriesPanel extends Panel {
       fill: this.keys.length === 1 ? COLORS[0] + "22" : undefined,
       width: 1.5,
       spanGaps: false,
-      points: { show: false },
+      // No markers on lines; a sample with no neighbour is drawn as a dot, or it would be invisible.
+      points: { show: false, size: 5, fill: COLORS[i % COLORS.length], filter: (u, si) => this.isolated[si - 1] || null },
     }));
+    this.isolated = this.keys.map(() => []);
+    this.expectedS = this.keys.map((k) => (this.cfg.series.find((s) => s.key === k) || {}).interval_s || DEFAULT_INTERVAL_S);
     this.plot = makePlot(this, this.chartBox, series, { onZoom: page.zoomTo });
     this.legendRows = this.keys.map((k, i) => {
       const tr = el("tr");
@@ -272,11 +306,18 @@ export class TimeSeriesPanel extends Panel {
     });
   }
 
+  // Lines broken where each series paused longer than its own gap; isolated samples as dots.
+  setColumns(columns, stepS) {
+    const gaps = columns.map((c, i) => gapSeconds(c.t, { stepS, expectedS: this.expectedS[i] }));
+    const data = alignWithGaps(columns, gaps);
+    this.isolated = data.slice(1).map(isolatedPoints);
+    this.plot.setData(data, false);
+  }
+
   drawLive(store, fromS, toS) {
     if (!this.plot) return;
     const columns = this.keys.map((k) => windowOf(store.get(k), fromS, toS));
-    const gap = Math.max(...columns.map((c) => gapFor(c.t)));
-    this.plot.setData(alignWithGaps(columns, gap), false);
+    this.setColumns(columns, 0);
     this.plot.setScale("x", { min: fromS, max: toS });
     this.fillLegend(columns);
   }
@@ -288,7 +329,7 @@ export class TimeSeriesPanel extends Panel {
       const s = history.series.find((x) => x.key === k);
       return s ? { t: s.t.map((t) => t / 1e6 + stepS / 2), v: s.avg, min: s.min, max: s.max } : { t: [], v: [] };
     });
-    this.plot.setData(alignWithGaps(columns, stepS * 2.5), false);
+    this.setColumns(columns, stepS);
     this.plot.setScale("x", { min: fromS, max: toS });
     this.fillLegend(columns.map((c) => ({ t: c.t, v: c.v, ...(c.min ? {} : {}) })));
     // min/max of a range are the buckets' extremes, not of their averages
@@ -535,6 +576,48 @@ function formatStep(s) {
   if (s >= 3600) return `${s / 3600} h`;
   if (s >= 60) return `${s / 60} min`;
   return `${s} s`;
+}
+
+// A panel that cannot be drawn (it breaks the layout schema, or its code threw): one panel-level
+// error in its grid cell; the board around it stays live. It depends on nothing in its config.
+export class BrokenPanel {
+  constructor(root, cfg, message) {
+    this.cfg = { ...(cfg && typeof cfg === "object" ? cfg : {}), kind: "broken" };
+    this.root = root;
+    this.keys = [];
+    this.error = String(message || "this panel cannot be drawn");
+    root.replaceChildren();
+    root.className = "panel panel-broken";
+    root.dataset.kind = "broken";
+    root.dataset.panelId = this.cfg.id ?? "";
+    const head = el("header", "panel-head");
+    head.append(el("h2", "panel-title", typeof this.cfg.title === "string" ? this.cfg.title : "Untitled panel"));
+    this.status = el("span", "panel-status", "error");
+    this.status.dataset.state = "error";
+    head.append(this.status);
+    const body = el("div", "panel-body");
+    body.append(el("p", "panel-error", "This panel is broken: " + this.error), el("p", "muted", "Fix it in the editor or the admin; the rest of the board is unaffected."));
+    root.append(head, body);
+  }
+
+  showStatus() {}
+  annotate() { return false; }
+  setRange() {}
+  drawLive() {}
+  drawHistory() {}
+  destroy() {}
+}
+
+// Build a panel of its kind; one whose config or code is broken becomes a BrokenPanel instead.
+export function makePanel(root, cfg, page) {
+  if (!cfg || typeof cfg !== "object" || cfg.error || cfg.kind === "broken") return new BrokenPanel(root, cfg, cfg && cfg.error);
+  const Kind = PANEL_KINDS[cfg.kind] || TimeSeriesPanel;
+  try {
+    return new Kind(root, cfg, page);
+  } catch (err) {
+    console.error("pulseboard: panel", cfg.title, err);
+    return new BrokenPanel(root, cfg, err.message);
+  }
 }
 
 export const PANEL_KINDS = { timeseries: TimeSeriesPanel, stat: StatPanel, table: TablePanel, candlestick: CandlestickPanel };
