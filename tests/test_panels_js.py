@@ -90,8 +90,9 @@ def test_each_series_breaks_by_its_own_gap(run: dict) -> None:
 
 
 def test_samples_without_a_drawn_neighbour_are_drawn_as_points(run: dict) -> None:
-    single, mixed, with_undefined, joined = run["isolated"]
+    single, mixed, with_undefined, joined, short_runs = run["isolated"]
     assert single == [0], "a series with one bucket (7 d, recent data only) is one point"
     assert mixed == [1, 6]
     assert with_undefined == [0, 4], "undefined (another series' timestamp) neither joins nor breaks"
     assert joined == []
+    assert short_runs == [1, 2], "two buckets closer than the minimum span are points; a wide run is a line"

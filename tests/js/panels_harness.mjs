@@ -38,6 +38,7 @@ out.isolated = [
   isolatedPoints([null, 5, null, 1, 2, null, 7]),
   isolatedPoints([1, undefined, null, undefined, 4, undefined, null]),
   isolatedPoints([1, undefined, 2]),
+  isolatedPoints([null, 3, 4, null, 5, 6, 7], [0, 600, 1200, 1800, 2400, 3000, 9000], 700),
 ];
 const th = [{ value: 90, color: "red" }, { value: 75, color: "amber" }];
 out.colors = [thresholdColor(50, th, "ok"), thresholdColor(80, th, "ok"), thresholdColor(95, th, "ok")];

@@ -9,6 +9,7 @@ const STATE_COLORS = { firing: "#f3616d", nodata: "#f5a524", pending: "#f5a524",
 const CURRENCIES = new Set(["USD", "EUR", "GBP", "JPY", "CHF", "USDT"]);
 const DEFAULT_STALE_S = 30; // a panel whose newest sample is older than this is marked stale
 const MAX_ANNOTATIONS = 50; // per panel; older ones are dropped so a flapping alert cannot grow memory
+const CURSOR_SYNC_KEY = "pulseboard-board"; // every time-series and candlestick panel of a page shares one cursor
 
 // Colour of a value by the panel's thresholds [{value, color}], the highest threshold reached wins.
 export function thresholdColor(value, thresholds = [], fallback = "var(--text)") {
@@ -166,9 +167,11 @@ function makePlot(panel, container, series, { onZoom, extraHooks = {} }) {
     axes: axes(panel.unit),
     series: [{}, ...series],
     legend: { show: false },
-    cursor: { drag: { x: true, y: false, setScale: false }, points: { size: 6 } },
+    // The crosshair follows the pointer on every chart of the board at the same time (by x value).
+    cursor: { drag: { x: true, y: false, setScale: false }, points: { size: 6 }, sync: { key: CURSOR_SYNC_KEY } },
     hooks: {
       draw: [overlayHook(panel), ...(extraHooks.draw || [])],
+      setCursor: extraHooks.setCursor || [],
       setSelect: [(u) => {
         if (u.select.width > 4 && onZoom) onZoom(u.posToVal(u.select.left, "x") * 1000, u.posToVal(u.select.left + u.select.width, "x") * 1000);
         u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
@@ -240,22 +243,33 @@ export function gapSeconds(t, { stepS = 0, expectedS = DEFAULT_INTERVAL_S } = {}
   return Math.max(MIN_GAP_S, 5 * interval, 2.5 * stepS);
 }
 
-// Indices of values with no drawn neighbour (a gap or the edge on both sides): a line cannot show
-// them, so they are drawn as points. `undefined` (another series' timestamp) is skipped over.
-export function isolatedPoints(ys) {
+// Indices of the samples of every run (samples between gaps) spanning at most minSpan on x: with
+// minSpan 0 the values with no drawn neighbour. A line cannot show them (a lone sample, or two
+// adjacent 10-minute buckets one pixel apart on 7 days), so they are drawn as points.
+// `undefined` (another series' timestamp) neither joins nor breaks a run.
+export function isolatedPoints(ys, xs = null, minSpan = 0) {
   const out = [];
-  const n = ys.length;
-  const nextDefined = new Array(n); // the next value that is not undefined, null at the end
-  let next = null;
-  for (let i = n - 1; i >= 0; i--) { nextDefined[i] = next; if (ys[i] !== undefined) next = ys[i]; }
-  let prev = null;
-  for (let i = 0; i < n; i++) {
+  let run = [];
+  const close = () => {
+    if (run.length && (run.length === 1 || (xs && xs[run[run.length - 1]] - xs[run[0]] <= minSpan))) out.push(...run);
+    run = [];
+  };
+  for (let i = 0; i < ys.length; i++) {
     const v = ys[i];
     if (v === undefined) continue;
-    if (v !== null && prev === null && nextDefined[i] === null) out.push(i);
-    prev = v;
+    if (v === null) close();
+    else run.push(i);
   }
+  close();
   return out;
+}
+
+// uPlot points.filter: the samples a line cannot show, those of runs under 4 CSS pixels wide.
+function lonePoints(u, si) {
+  const span = u.scales.x.max - u.scales.x.min;
+  if (!(span > 0) || !u.bbox.width) return null;
+  const found = isolatedPoints(u.data[si], u.data[0], (4 * devicePixelRatio * span) / u.bbox.width);
+  return found.length ? found : null;
 }
 
 export class TimeSeriesPanel extends Panel {
@@ -272,35 +286,71 @@ export class TimeSeriesPanel extends Panel {
       width: 1.5,
       spanGaps: false,
       // No markers on lines; a sample with no neighbour is drawn as a dot, or it would be invisible.
-      points: { show: false, size: 5, fill: COLORS[i % COLORS.length], filter: (u, si) => this.isolated[si - 1] || null },
+      points: { show: false, size: 5, fill: COLORS[i % COLORS.length], filter: lonePoints },
     }));
-    this.isolated = this.keys.map(() => []);
     this.expectedS = this.keys.map((k) => (this.cfg.series.find((s) => s.key === k) || {}).interval_s || DEFAULT_INTERVAL_S);
-    this.plot = makePlot(this, this.chartBox, series, { onZoom: page.zoomTo });
+    this.plot = makePlot(this, this.chartBox, series, { onZoom: page.zoomTo, extraHooks: { setCursor: [(u) => this.showCursor(u)] } });
     this.legendRows = this.keys.map((k, i) => {
       const tr = el("tr");
+      tr.dataset.key = k;
       const name = el("th");
       name.append(el("i", "swatch"));
       name.firstChild.style.background = COLORS[i % COLORS.length];
       name.append(this.label(k));
+      name.title = "click: show only this series (again: all); Ctrl/Shift-click: hide or show it";
+      name.addEventListener("click", (e) => this.toggleSeries(i, !(e.ctrlKey || e.metaKey || e.shiftKey)));
       const last = el("td", "num"), min = el("td", "num"), max = el("td", "num");
       tr.append(name, last, min, max);
       this.legend.append(tr);
-      return { last, min, max };
+      return { tr, last, min, max };
     });
     const head = el("tr");
     for (const h of ["", "latest", "min", "max"]) head.append(el("td", "legend-head", h));
+    this.lastHead = head.children[1];
     this.legend.prepend(head);
   }
 
+  // Isolate series i (or show all again when it already is alone), or toggle it alone.
+  toggleSeries(i, isolate) {
+    const shown = this.plot.series.slice(1).map((s) => s.show);
+    const alone = shown[i] && shown.every((on, j) => on === (j === i));
+    const next = isolate ? shown.map((_, j) => alone || j === i) : shown.map((on, j) => (j === i ? !on : on));
+    next.forEach((on, j) => {
+      if (this.plot.series[j + 1].show !== on) this.plot.setSeries(j + 1, { show: on });
+      this.legendRows[j].tr.classList.toggle("series-hidden", !on);
+    });
+  }
+
+  // While the pointer is over any chart of the board: the time under it and each series' value then.
+  showCursor(u) {
+    const idx = u.cursor.idx;
+    this.cursorIdx = idx;
+    if (!this.legendRows) return;
+    if (idx == null || !u.data[0].length) {
+      this.lastHead.textContent = "latest";
+      if (this.lastColumns) this.fillLegend(this.lastColumns);
+      return;
+    }
+    this.lastHead.textContent = formatTime(u.data[0][idx] * 1000);
+    this.legendRows.forEach((row, i) => {
+      const v = valueNear(u.data[i + 1], idx);
+      row.last.textContent = formatValue(v, this.unit);
+      row.last.style.color = v === null ? "" : thresholdColor(v, this.cfg.options.thresholds, "");
+    });
+  }
+
   fillLegend(columns) {
+    this.lastColumns = columns;
+    const hovering = this.cursorIdx != null;
     columns.forEach((c, i) => {
       const row = this.legendRows[i];
       let mn = Infinity, mx = -Infinity;
       for (const v of c.v) { if (v < mn) mn = v; if (v > mx) mx = v; }
       const last = c.v.length ? c.v[c.v.length - 1] : null;
-      row.last.textContent = formatValue(last, this.unit);
-      row.last.style.color = last === null ? "" : thresholdColor(last, this.cfg.options.thresholds, "");
+      if (!hovering) {
+        row.last.textContent = formatValue(last, this.unit);
+        row.last.style.color = last === null ? "" : thresholdColor(last, this.cfg.options.thresholds, "");
+      }
       row.min.textContent = c.v.length ? formatValue(mn, this.unit) : "–";
       row.max.textContent = c.v.length ? formatValue(mx, this.unit) : "–";
     });
@@ -309,9 +359,7 @@ export class TimeSeriesPanel extends Panel {
   // Lines broken where each series paused longer than its own gap; isolated samples as dots.
   setColumns(columns, stepS) {
     const gaps = columns.map((c, i) => gapSeconds(c.t, { stepS, expectedS: this.expectedS[i] }));
-    const data = alignWithGaps(columns, gaps);
-    this.isolated = data.slice(1).map(isolatedPoints);
-    this.plot.setData(data, false);
+    this.plot.setData(alignWithGaps(columns, gaps), false);
   }
 
   drawLive(store, fromS, toS) {
@@ -320,6 +368,7 @@ export class TimeSeriesPanel extends Panel {
     this.setColumns(columns, 0);
     this.plot.setScale("x", { min: fromS, max: toS });
     this.fillLegend(columns);
+    if (this.cursorIdx != null) this.showCursor(this.plot);
   }
 
   drawHistory(history, fromS, toS) {
@@ -341,6 +390,17 @@ export class TimeSeriesPanel extends Panel {
   }
 
   annotate(alert) { const hit = super.annotate(alert); if (hit && this.plot) this.plot.redraw(false, false); return hit; }
+}
+
+// The value at idx, or the nearest sample of this series around it (other series' timestamps are undefined).
+export function valueNear(ys, idx, reach = 50) {
+  for (let d = 0; d <= reach; d++) {
+    const a = ys[idx - d], b = ys[idx + d];
+    if (a === null || b === null) { if (a != null) return a; if (b != null) return b; return null; } // a gap: no value here
+    if (a !== undefined) return a;
+    if (b !== undefined) return b;
+  }
+  return null;
 }
 
 function windowOf(s, fromS, toS) {
@@ -490,7 +550,7 @@ export class CandlestickPanel extends Panel {
     const hidden = (label) => ({ label, stroke: "transparent", paths: () => null, points: { show: false } });
     this.plot = makePlot(this, this.chartBox, [hidden("open"), hidden("high"), hidden("low"), hidden("close")], {
       onZoom: page.zoomTo,
-      extraHooks: { draw: [(u) => this.drawCandles(u)] },
+      extraHooks: { draw: [(u) => this.drawCandles(u)], setCursor: [(u) => this.showInfo(u.cursor.idx)] },
     });
   }
 
@@ -530,18 +590,24 @@ export class CandlestickPanel extends Panel {
   set(data, fromS, toS) {
     this.plot.setData(data, false);
     this.plot.setScale("x", { min: fromS, max: toS });
+    this.showInfo(this.plot.cursor.idx);
+  }
+
+  // O/H/L/C of the candle under the cursor (synchronized with the board's other charts), else the latest.
+  showInfo(cursorIdx) {
+    const data = this.plot.data;
     const n = data[0].length;
-    if (n) {
-      const i = n - 1;
-      const up = data[4][i] >= data[1][i];
-      this.info.innerHTML = "";
-      for (const [k, v] of [["O", data[1][i]], ["H", data[2][i]], ["L", data[3][i]], ["C", data[4][i]]]) {
-        const span = el("span", "", `${k} `);
-        span.append(el("b", up ? "up" : "down", axisValue(v, this.unit)));
-        this.info.append(span);
-      }
-      this.info.append(el("span", "muted", `${formatStep(this.step)} candles`));
+    if (!n) return;
+    const i = cursorIdx != null && cursorIdx < n ? cursorIdx : n - 1;
+    const up = data[4][i] >= data[1][i];
+    this.info.replaceChildren();
+    for (const [k, v] of [["O", data[1][i]], ["H", data[2][i]], ["L", data[3][i]], ["C", data[4][i]]]) {
+      const span = el("span", "", `${k} `);
+      span.append(el("b", up ? "up" : "down", axisValue(v, this.unit)));
+      this.info.append(span);
     }
+    const at = cursorIdx != null && cursorIdx < n ? formatTime((data[0][i] - this.step / 2) * 1000) + " · " : "";
+    this.info.append(el("span", "muted", `${at}${formatStep(this.step)} candles`));
   }
 
   drawCandles(u) {

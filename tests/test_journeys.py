@@ -1,0 +1,284 @@
+"""What an operator does in the page, in Debian's Chromium, asserting what they see (issue #13).
+
+Each journey checks the chart canvas's pixels or the values the page shows,
+not only that a request succeeded, and leaves a screenshot of its end state
+in artifacts/journeys/. One server (its own SQLite file and in-memory channel
+layer) and one browser serve the module.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ROOT, Server, manage, project_env, running_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.sqlite_only]
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+SCREENSHOTS = ROOT / "artifacts" / "journeys"
+PASSWORD = "operator-pass-123"
+SENSOR = "iot.sensor-07"  # reports every 2 s
+LONELY = "iot.sensor-09"  # sent one reading, a minute ago
+SPIKE = 35.5
+BLUE, ORANGE = (0x4F, 0x9C, 0xF9), (0xF5, 0xA5, 0x24)  # panels.js COLORS[0] and COLORS[1]
+
+
+class Site:
+    """The running server, its agent token, the spike's time and a share link's secret."""
+
+    def __init__(self, server: Server, token: str, share_secret: str, board_ids: dict[str, int]) -> None:
+        self.server = server
+        self.url = server.url
+        self.share_secret = share_secret
+        self.board_ids = board_ids
+        self.http = httpx.Client(base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=10)
+        self.spike_us = 0
+
+    def ingest(self, samples: list[dict]) -> None:
+        for i in range(0, len(samples), 5000):
+            response = self.http.post("/api/v1/ingest", json={"precision": "us", "samples": samples[i : i + 5000]})
+            assert response.status_code == 200, response.text[:500]
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[Site]:
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's Chromium: apt-get install chromium")
+    pytest.importorskip("playwright.sync_api", reason="needs Playwright (never `playwright install`)")
+    tmp = tmp_path_factory.mktemp("journeys")
+    env = project_env(tmp, PULSEBOARD_RATE_LIMIT_PER_S="1000", PULSEBOARD_RATE_LIMIT_BURST="5000")
+    with running_server(env) as server:
+        manage(env, "demodashboards", "--host", "journey-host")
+        out = manage(
+            env,
+            "shell",
+            "-c",
+            "from django.contrib.auth.models import User; from dashboard.models import Dashboard, Panel, ShareLink\n"
+            f"User.objects.create_superuser('operator', password='{PASSWORD}')\n"
+            "board = Dashboard.objects.create(slug='mixed', title='Mixed')\n"
+            "Panel.objects.create(dashboard=board, title='Sensor temperature', kind='timeseries',"
+            f" metrics=['{SENSOR}.temperature'], x=0, y=0, w=6, h=4)\n"
+            f"Panel.objects.create(dashboard=board, title='Sensor now', kind='stat', metrics=['{SENSOR}.temperature'],"
+            " options={'unit': '°C'}, x=6, y=0, w=6, h=4)\n"
+            "# written straight into the database, as an old admin form let through: metrics is a bare string\n"
+            "Panel.objects.create(dashboard=board, title='Broken one', kind='timeseries', metrics='iot.*',"
+            " x=0, y=4, w=12, h=3)\n"
+            "link, secret = ShareLink.issue(Dashboard.objects.get(slug='host'), 'wall')\n"
+            "print('SECRET', secret)\n"
+            "print('IDS', {b.slug: b.pk for b in Dashboard.objects.all()})\n",
+        )
+        secret = re.search(r"SECRET (\S+)", out).group(1)
+        ids = eval(re.search(r"IDS (\{.*\})", out).group(1))  # noqa: S307 - our own printout
+        token_file = tmp / "token"
+        manage(env, "issuetoken", "journeys", "--output", str(token_file))
+        site = Site(server, token_file.read_text().strip(), secret, ids)
+        end = now_us()
+        samples = []
+        for i in range(360):  # 12 minutes of a sensor reporting every 2 s, one spike 4 minutes ago
+            ts = end - (360 - i) * 2_000_000
+            value = SPIKE if i == 240 else 21 + (i % 30) * 0.05
+            if i == 240:
+                site.spike_us = ts
+            base = {"source": SENSOR, "source_kind": "device", "ts": ts}
+            samples += [
+                {**base, "metric": "temperature", "value": value, "unit": "°C"},
+                {**base, "metric": "humidity", "value": 40 + (i % 20) * 0.1, "unit": "%"},
+            ]
+        samples.append({"source": LONELY, "metric": "humidity", "ts": end - 60_000_000, "value": 55.0, "unit": "%"})
+        site.ingest(samples)
+        yield site
+
+
+@pytest.fixture(scope="module")
+def browser(site: Site):
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def sign_in(page, site: Site) -> None:
+    page.goto(site.url + "/accounts/login/")
+    page.fill("input[name=username]", "operator")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(site.url + "/")
+
+
+@pytest.fixture
+def page(browser, site: Site):
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, device_scale_factor=1, timezone_id="UTC")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    sign_in(page, site)
+    page.errors = errors
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> Path:
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot {path}")
+    return path
+
+
+# Pixels of one colour in a panel's plot area: what the operator sees drawn, not what the data holds.
+COUNT_PIXELS = """([title, rgb, tolerance]) => {
+  const p = window.pulseboard.panels.find((p) => p.cfg.title === title);
+  const { left, top, width, height } = p.plot.bbox;
+  const img = p.plot.ctx.getImageData(left, top, width, height).data;
+  let n = 0;
+  for (let i = 0; i < img.length; i += 4) {
+    if (Math.abs(img[i] - rgb[0]) + Math.abs(img[i + 1] - rgb[1]) + Math.abs(img[i + 2] - rgb[2]) <= tolerance) n++;
+  }
+  return n;
+}"""
+
+
+def pixels(page, title: str, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
+    return page.evaluate(COUNT_PIXELS, [title, list(rgb), tolerance])
+
+
+def wait_drawn(page, title: str, rgb: tuple[int, int, int], at_least: int, timeout_s: float = 10) -> int:
+    """Wait until the panel's canvas shows at least this many pixels of the colour; return the count."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        n = pixels(page, title, rgb)
+        if n >= at_least or time.monotonic() > deadline:
+            return n
+        page.wait_for_timeout(100)
+
+
+def panel(page, title: str):
+    return page.locator(".panel", has=page.locator(".panel-title", has_text=re.compile(f"^{re.escape(title)}$")))
+
+
+def test_zooming_into_a_spike_on_a_2_second_sensor_shows_the_line_and_the_spike_under_the_cursor(site, page) -> None:
+    page.goto(site.url + "/d/iot-fleet/?range=15m")
+    temperature = panel(page, "Temperature")
+    temperature.locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
+    page.wait_for_function(
+        "() => window.pulseboard.panels.find((p) => p.cfg.title === 'Temperature').plot.data[0].length > 300"
+    )
+    over = temperature.locator(".u-over").bounding_box()
+    spike_x = page.evaluate(
+        "(t) => window.pulseboard.panels.find((p) => p.cfg.title === 'Temperature').plot.valToPos(t, 'x')",
+        site.spike_us / 1e6,
+    )
+    y = over["y"] + over["height"] / 2
+    page.mouse.move(over["x"] + spike_x - 110, y)
+    page.mouse.down()
+    page.mouse.move(over["x"] + spike_x + 110, y, steps=8)
+    page.mouse.up()
+    page.wait_for_url("**from=**")
+    span_s = page.evaluate("() => { const s = window.pulseboard.state; return (s.toMs - s.fromMs) / 1000; }")
+    temperature.locator(".panel-status[data-state=history]").wait_for(timeout=10_000)
+    page.wait_for_function(
+        "() => { const p = window.pulseboard.panels.find((p) => p.cfg.title === 'Temperature');"
+        " return p.plot.data[1] && p.plot.data[1].filter((v) => v != null).length > 50; }",
+        timeout=10_000,
+    )
+    step_s = page.evaluate(
+        "() => { const d = window.pulseboard.panels.find((p) => p.cfg.title === 'Temperature').plot.data[0];"
+        " return d[d.length - 1] - d[d.length - 2]; }"
+    )
+    drawn = wait_drawn(page, "Temperature", BLUE, 600)
+    print(f"\nzoomed to {span_s:.0f} s, buckets about {step_s:.2f} s apart; {drawn} px of the sensor's line drawn")
+    assert drawn >= 600, "the 2 s sensor is drawn as a line across the zoomed range, not as hidden points"
+
+    # The value under the cursor: point at the spike, read it in the legend, with its time.
+    spike_x, idx = page.evaluate(
+        "() => { const p = window.pulseboard.panels.find((p) => p.cfg.title === 'Temperature');"
+        " const ys = p.plot.data[1]; let best = 0; ys.forEach((v, i) => { if (v != null && v > (ys[best] ?? -1e9)) best = i; });"
+        " return [p.plot.valToPos(p.plot.data[0][best], 'x'), best]; }"
+    )
+    page.mouse.move(over["x"] + spike_x, y)
+    row = temperature.locator(f"table.legend tr[data-key='{SENSOR}.temperature']")
+    try:
+        row.locator("td.num").first.filter(has_text="35.50 °C").wait_for(timeout=5_000)
+    except Exception:
+        print(temperature.locator("table.legend").inner_text(), idx)
+        raise
+    head = temperature.locator("table.legend td.legend-head").nth(1).inner_text()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", head), f"the legend says when: {head!r}"
+    # The humidity chart below follows the same cursor and shows the same time.
+    humidity_head = panel(page, "Humidity").locator("table.legend td.legend-head").nth(1)
+    assert humidity_head.inner_text() == head
+    shot(page, "zoom-into-a-spike")
+    assert not page.errors, page.errors
+
+
+@pytest.mark.parametrize("minutes", [3, 5, 10])
+def test_a_fixed_short_range_draws_the_lines(site, page, minutes: int) -> None:
+    to_ms = site.spike_us // 1000 + 60_000
+    page.goto(site.url + f"/d/iot-fleet/?from={to_ms - minutes * 60_000}&to={to_ms}")
+    temperature = panel(page, "Temperature")
+    temperature.locator(".panel-status[data-state=history]").wait_for(timeout=10_000)
+    drawn = wait_drawn(page, "Temperature", BLUE, 600)
+    print(f"\n{minutes} min: {drawn} px of line")
+    assert drawn >= 600
+    assert wait_drawn(page, "Humidity", BLUE, 600) >= 600
+    shot(page, f"fixed-{minutes}-minutes")
+
+
+def test_7_days_draws_a_series_that_only_has_recent_data(site, page) -> None:
+    page.goto(site.url + "/d/iot-fleet/?range=7d")
+    humidity = panel(page, "Humidity")
+    humidity.locator(".panel-status[data-state=history]").wait_for(timeout=10_000)
+    # Sensor 09 sent one reading: one bucket of seven days, drawn as a dot; sensor 07's 12 minutes likewise.
+    lonely = wait_drawn(page, "Humidity", ORANGE, 10)
+    recent = wait_drawn(page, "Humidity", BLUE, 10)
+    print(f"\n7 d: sensor 09 {lonely} px, sensor 07 {recent} px")
+    assert lonely >= 10 and recent >= 10, "a series with data in one bucket of 7 days is still drawn"
+    shot(page, "seven-days-recent-data")
+
+
+def test_a_malformed_panel_is_refused_in_the_admin(site, page) -> None:
+    board_id = site.board_ids["iot-fleet"]
+    page.goto(site.url + f"/admin/dashboard/dashboard/{board_id}/change/")
+    before = page.locator("tr.form-row.has_original").count()
+    page.locator(".add-row a").click()
+    row = page.locator("tr.form-row.dynamic-panels").last
+    row.locator("input[name$='-title']").fill("Typed by hand")
+    row.locator("textarea[name$='-metrics']").fill('"iot.*.temperature"')
+    row.locator("input[name$='-y']").fill("20")
+    page.click("input[name=_save]")
+    error = page.locator(".errorlist", has_text="list of 1-20 metric keys or globs")
+    error.first.wait_for(timeout=5_000)
+    shot(page, "admin-refuses-malformed-panel")
+    page.goto(site.url + f"/admin/dashboard/dashboard/{board_id}/change/")
+    assert page.locator("tr.form-row.has_original").count() == before, "nothing was saved"
+
+
+def test_a_broken_panel_in_the_database_is_one_broken_panel_and_the_rest_stays_live(site, page) -> None:
+    site.ingest([{"source": SENSOR, "metric": "temperature", "ts": now_us(), "value": 22.25, "unit": "°C"}])
+    page.goto(site.url + "/d/mixed/?range=15m")
+    broken = page.locator(".panel-broken")
+    broken.wait_for(timeout=10_000)
+    assert broken.count() == 1
+    assert "Broken one" in broken.inner_text() and "metrics" in broken.locator(".panel-error").inner_text()
+    panel(page, "Sensor temperature").locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
+    panel(page, "Sensor now").locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
+    page.locator("#conn-state[data-state=live]").wait_for(timeout=10_000)
+    assert wait_drawn(page, "Sensor temperature", BLUE, 300) >= 300
+    site.ingest([{"source": SENSOR, "metric": "temperature", "ts": now_us(), "value": 23.75, "unit": "°C"}])
+    panel(page, "Sensor now").locator(".stat-value", has_text="23.75").wait_for(timeout=5_000)
+    shot(page, "broken-panel-board-live")
+    assert not page.errors, page.errors
