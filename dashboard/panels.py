@@ -94,6 +94,19 @@ def dashboard_config(dashboard: Dashboard, user) -> dict[str, Any]:
     }
 
 
+def share_config(dashboard: Dashboard, principal, secret: str) -> dict[str, Any]:
+    """Return the page configuration of a shared dashboard: the same panels, read through the share link only."""
+    return {
+        "slug": dashboard.slug,
+        "title": dashboard.title,
+        "can_edit": False,
+        "can_operate_alerts": False,
+        "panels": [panel_config(p, principal) for p in dashboard.panels.all()],
+        "dashboards": [],
+        "share": {"socket": f"/ws/share/{secret}/", "series": f"/share/{secret}/series"},
+    }
+
+
 def save_layout(dashboard: Dashboard, specs: Any) -> None:
     """Replace the dashboard's panels with the edited list: update by id, create new ones, delete the missing.
 

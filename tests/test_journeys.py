@@ -27,6 +27,8 @@ SCREENSHOTS = ROOT / "artifacts" / "journeys"
 PASSWORD = "operator-pass-123"
 SENSOR = "iot.sensor-07"  # reports every 2 s
 LONELY = "iot.sensor-09"  # sent one reading, a minute ago
+HOT = "iot.sensor-08"  # crosses the journey rule's threshold
+HOST = "journey-host"
 SPIKE = 35.5
 BLUE, ORANGE = (0x4F, 0x9C, 0xF9), (0xF5, 0xA5, 0x24)  # panels.js COLORS[0] and COLORS[1]
 
@@ -60,7 +62,7 @@ def site(tmp_path_factory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("journeys")
     env = project_env(tmp, PULSEBOARD_RATE_LIMIT_PER_S="1000", PULSEBOARD_RATE_LIMIT_BURST="5000")
     with running_server(env) as server:
-        manage(env, "demodashboards", "--host", "journey-host")
+        manage(env, "demodashboards", "--host", HOST)
         out = manage(
             env,
             "shell",
@@ -77,7 +79,10 @@ def site(tmp_path_factory) -> Iterator[Site]:
             " x=0, y=4, w=12, h=3)\n"
             "link, secret = ShareLink.issue(Dashboard.objects.get(slug='host'), 'wall')\n"
             "print('SECRET', secret)\n"
-            "print('IDS', {b.slug: b.pk for b in Dashboard.objects.all()})\n",
+            "print('IDS', {b.slug: b.pk for b in Dashboard.objects.all()})\n"
+            "from dashboard.models import AlertRule\n"
+            f"AlertRule.objects.create(name='Sensor 08 too warm', metric_pattern='{HOT}.temperature',"
+            " condition='above', threshold=28, for_s=0, severity='critical')\n",
         )
         secret = re.search(r"SECRET (\S+)", out).group(1)
         ids = eval(re.search(r"IDS (\{.*\})", out).group(1))  # noqa: S307 - our own printout
@@ -97,6 +102,21 @@ def site(tmp_path_factory) -> Iterator[Site]:
                 {**base, "metric": "humidity", "value": 40 + (i % 20) * 0.1, "unit": "%"},
             ]
         samples.append({"source": LONELY, "metric": "humidity", "ts": end - 60_000_000, "value": 55.0, "unit": "%"})
+        for i in range(300):  # five minutes of this host every second
+            ts = end - (300 - i) * 1_000_000
+            base = {"source": f"host.{HOST}", "source_kind": "host", "ts": ts}
+            wave = (i % 60) / 60
+            samples += [
+                {**base, "metric": "cpu.total", "value": 25 + 30 * wave, "unit": "%"},
+                {**base, "metric": "mem.used_pct", "value": 61.5, "unit": "%"},
+                {**base, "metric": "load.1m", "value": 1.1 + wave, "unit": ""},
+                {**base, "metric": "disk.used_pct", "value": 48.0, "unit": "%"},
+                {**base, "metric": "net.rx_bps", "value": 120_000 + 80_000 * wave, "unit": "B/s"},
+                {**base, "metric": "net.tx_bps", "value": 40_000 + 20_000 * wave, "unit": "B/s"},
+            ]
+            samples += [
+                {**base, "metric": f"cpu.core{c}", "value": 20 + 10 * c + 20 * wave, "unit": "%"} for c in range(4)
+            ]
         site.ingest(samples)
         yield site
 
@@ -282,3 +302,145 @@ def test_a_broken_panel_in_the_database_is_one_broken_panel_and_the_rest_stays_l
     panel(page, "Sensor now").locator(".stat-value", has_text="23.75").wait_for(timeout=5_000)
     shot(page, "broken-panel-board-live")
     assert not page.errors, page.errors
+
+
+def set_zone(page, zone: str) -> None:
+    page.evaluate(
+        "(zone) => fetch('/api/v1/preferences', {method: 'POST', headers: {'X-CSRFToken':"
+        " document.cookie.match(/csrftoken=([^;]+)/)[1]}, body: JSON.stringify({timezone: zone})})",
+        zone,
+    )
+
+
+def test_changing_the_time_zone_on_a_7_day_range_keeps_the_range_and_times_follow_the_zone(site, page) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    page.goto(site.url + "/d/host/?range=15m")
+    page.locator(".panel-status[data-state=live]").first.wait_for(timeout=10_000)
+    page.click("[data-range='7d']")
+    page.locator(".panel-status[data-state=history]").first.wait_for(timeout=10_000)
+    try:
+        page.fill("#timezone", "Asia/Tokyo")
+        page.dispatch_event("#timezone", "change")
+        page.wait_for_function("() => document.body.dataset.timezone === 'Asia/Tokyo'")
+        assert "range=7d" in page.url, f"the chosen range survives the zone change: {page.url}"
+        assert page.locator("[data-range='7d'].active").count() == 1
+        page.locator(".panel-status[data-state=history]").first.wait_for(timeout=10_000)
+        shot(page, "zone-change-keeps-7-days")
+        # A custom range is shown and typed in the chosen zone, 24-hour.
+        from_ms, to_ms = 1_780_000_000_000, 1_780_000_000_000 + 3 * 3600_000  # 2026-05-28 20:26 UTC
+        page.goto(site.url + f"/d/host/?from={from_ms}&to={to_ms}")
+        tokyo = ZoneInfo("Asia/Tokyo")
+        expected = datetime.fromtimestamp(from_ms / 1000, UTC).astimezone(tokyo).strftime("%Y-%m-%d %H:%M")
+        assert page.locator("#custom-from").input_value() == expected == "2026-05-29 05:26"
+        assert page.locator("#custom-to").input_value() == "2026-05-29 08:26"
+        page.fill("#custom-from", "2026-05-29 21:00")
+        page.fill("#custom-to", "2026-05-29 23:30")
+        page.click("#custom-apply")
+        page.wait_for_url("**from=**")
+        state = page.evaluate("() => window.pulseboard.state")
+        want = datetime(2026, 5, 29, 21, 0, tzinfo=tokyo).timestamp() * 1000
+        assert (state["fromMs"], state["toMs"] - state["fromMs"]) == (want, 2.5 * 3600_000)
+        label = page.locator("#range-label").inner_text()
+        assert "21:00" in label and "23:30" in label and "PM" not in label, label
+    finally:
+        set_zone(page, "UTC")
+
+
+def test_acknowledge_and_silence_keep_the_alerts_since_time(site, page) -> None:
+    page.goto(site.url + "/d/iot-fleet/?range=15m")
+    page.locator(".panel-status[data-state=live]").first.wait_for(timeout=10_000)
+    site.ingest([{"source": HOT, "metric": "temperature", "ts": now_us(), "value": 29.5, "unit": "°C"}])
+    row = page.locator(".alert-row.state-firing", has_text="Sensor 08 too warm")
+    row.wait_for(timeout=10_000)
+    since = row.locator(".alert-since").inner_text()
+    assert re.fullmatch(r"since \d\d:\d\d:\d\d", since), since
+    # Let the clock move past the firing second, so a reset to the click time would show.
+    page.wait_for_function(
+        "() => [...window.pulseboard.banner.alerts.values()].every((a) => Date.now() - a.at / 1000 > 2000)",
+        timeout=10_000,
+    )
+    row.locator("button.ack").click()
+    row.locator(".ack-by", has_text="operator").wait_for(timeout=5_000)
+    assert row.locator(".alert-since").inner_text() == since
+    row.locator("select.silence").select_option(label="Silence 15 min")
+    row.locator(".silenced").wait_for(timeout=5_000)
+    assert row.locator(".alert-since").inner_text() == since
+    page.reload()
+    assert page.locator(".alert-row.state-firing .alert-since").first.inner_text() == since, "after a reload too"
+    shot(page, "ack-and-silence-keep-since")
+
+
+def fits(page) -> tuple[int, float]:
+    """The page's scroll height and the lowest panel's bottom edge."""
+    return page.evaluate(
+        "() => [document.documentElement.scrollHeight,"
+        " Math.max(...[...document.querySelectorAll('.panel')].map((p) => p.getBoundingClientRect().bottom))]"
+    )
+
+
+def test_the_kiosk_view_of_a_15_row_board_fits_1440_by_900(site, page) -> None:
+    page.goto(site.url + "/d/host/?range=15m&kiosk=1")
+    panel(page, "CPU total").locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
+    rows = page.evaluate("() => Math.max(...window.pulseboard.config.panels.map((p) => p.y + p.h))")
+    assert rows == 15
+    height, bottom = fits(page)
+    print(f"\nkiosk: scroll height {height} px, lowest panel ends at {bottom:.0f} px")
+    assert height <= 900 and bottom <= 900, "the whole board is on the screen"
+    assert wait_drawn(page, "CPU total", BLUE, 300) >= 300
+    shot(page, "kiosk-15-rows")
+
+
+def test_the_share_link_uses_the_dashboard_renderer_and_fits_1440_by_900(site, browser) -> None:
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, device_scale_factor=1, timezone_id="UTC")
+    page = context.new_page()  # a wall screen: nobody signed in
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(site.url + f"/share/{site.share_secret}/")
+        panel(page, "CPU total").locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
+        kinds = page.evaluate("() => window.pulseboard.panels.map((p) => p.cfg.kind)")
+        assert kinds.count("stat") == 4 and kinds.count("timeseries") == 4 and kinds.count("table") == 1
+        assert page.locator(".panel-timeseries table.legend").count() == 4, "the dashboards' legend"
+        assert wait_drawn(page, "CPU total", BLUE, 300) >= 300, "the line is drawn"
+        site.ingest([{"source": f"host.{HOST}", "metric": "cpu.total", "ts": now_us(), "value": 77.25, "unit": "%"}])
+        panel(page, "CPU").locator(".stat-value", has_text="77.25").wait_for(timeout=5_000)
+        # The same 24-hour axis labels as the dashboard: read from the chart's own axis.
+        labels = page.evaluate(
+            "() => { const p = window.pulseboard.panels.find((p) => p.cfg.title === 'CPU total');"
+            " return p.plot.axes[0]._values; }"
+        )
+        assert labels and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", v) for v in labels), labels
+        # History over the share link's own series endpoint.
+        page.evaluate("() => document.querySelector(\"[data-range='7d']\").click()")
+        panel(page, "CPU total").locator(".panel-status[data-state=history]").wait_for(timeout=10_000)
+        assert wait_drawn(page, "CPU total", BLUE, 10) >= 10
+        height, bottom = fits(page)
+        print(f"\nshare: scroll height {height} px, lowest panel ends at {bottom:.0f} px")
+        assert height <= 900 and bottom <= 900
+        shot(page, "share-view")
+        assert not errors, errors
+    finally:
+        context.close()
+
+
+def test_the_editor_never_saves_overlapping_panels(site, page) -> None:
+    page.goto(site.url + "/d/iot-fleet/?range=15m")
+    page.click("#edit-toggle")
+    page.locator(".panel", has_text="Sensor 01 temperature").locator("[data-tool='move right']").click()
+    page.locator(".panel", has_text="Sensor 01 temperature").locator("[data-tool='wider']").click()
+    page.click("#edit-save")
+    page.locator("#edit-status", has_text="saved").wait_for(timeout=5_000)
+    page.reload()
+    import json
+
+    config = json.loads(page.locator("#dashboard-config").text_content())
+    cells = [(p["title"], p["x"], p["y"], p["w"], p["h"]) for p in config["panels"]]
+    moved = next(c for c in cells if c[0] == "Sensor 01 temperature")
+    assert moved[1:4] == (1, 0, 5), "moved right and widened over its neighbour"
+    for i, a in enumerate(cells):
+        for b in cells[i + 1 :]:
+            apart = a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1] or a[2] + a[4] <= b[2] or b[2] + b[4] <= a[2]
+            assert apart, f"{a[0]} overlaps {b[0]}"
+    shot(page, "editor-auto-places")

@@ -44,6 +44,9 @@ export class AlertBanner {
   // Apply one live `alert` frame; return it for the panels to annotate.
   update(alert) {
     const id = `${alert.rule}|${alert.metric}`;
+    const known = this.alerts.get(id);
+    // An acknowledgement or silence (state == previous) does not restart the alert: keep its "since".
+    if (known && alert.previous === alert.state && known.state === alert.state) alert = { ...alert, at: known.at };
     if (ACTIVE.has(alert.state)) this.alerts.set(id, alert);
     else this.alerts.delete(id);
     this.render();

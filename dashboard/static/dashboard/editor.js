@@ -15,6 +15,28 @@ const TOOLS = [
   ["+h", "taller", (p) => { p.h = Math.min(12, p.h + 1); }],
 ];
 
+function overlap(a, b) {
+  return a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+}
+
+// Auto-place after a move or resize: every panel the moved one now covers slides down below it,
+// and so on down the board, so a layout never has two panels in one cell (the server refuses that too).
+// Returns the panels that moved.
+export function settle(panels, moved) {
+  const pushed = new Set();
+  const queue = [moved];
+  while (queue.length) {
+    const p = queue.shift();
+    for (const q of panels) {
+      if (q === p || q === moved || !overlap(p, q)) continue;
+      q.y = p.y + p.h;
+      pushed.add(q);
+      queue.push(q);
+    }
+  }
+  return [...pushed];
+}
+
 export class LayoutEditor {
   constructor(page) {
     this.page = page;
@@ -49,7 +71,12 @@ export class LayoutEditor {
       for (const [text, title, apply] of TOOLS) {
         const b = document.createElement("button");
         b.type = "button"; b.textContent = text; b.title = title; b.dataset.tool = title;
-        b.addEventListener("click", () => { apply(spec); this.page.place(root, spec); this.dirty(); });
+        b.addEventListener("click", () => {
+          apply(spec);
+          for (const other of settle(this.page.config.panels, spec)) this.page.place(this.page.panelRoots[this.page.config.panels.indexOf(other)], other);
+          this.page.place(root, spec);
+          this.dirty();
+        });
         tools.append(b);
       }
       const remove = document.createElement("button");
@@ -73,6 +100,7 @@ export class LayoutEditor {
   }
 
   async save() {
+    for (const p of this.page.config.panels) settle(this.page.config.panels, p); // never send overlaps
     this.status.textContent = "saving…";
     const panels = this.page.config.panels.map(({ id, title, kind, metrics, options, x, y, w, h }) => ({ id, title, kind, metrics, options, x, y, w, h }));
     try {

@@ -123,7 +123,7 @@ function overlayHook(panel) {
 
 // Time labels in the viewer's zone, as short as the tick spacing allows.
 function timeLabels(zone) {
-  const f = (o) => new Intl.DateTimeFormat([], { timeZone: zone, hour12: false, ...o });
+  const f = (o) => new Intl.DateTimeFormat([], { timeZone: zone, hourCycle: "h23", ...o });
   const sec = f({ hour: "2-digit", minute: "2-digit", second: "2-digit" });
   const min = f({ hour: "2-digit", minute: "2-digit" });
   const dayTime = f({ month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
