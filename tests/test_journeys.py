@@ -117,6 +117,13 @@ def site(tmp_path_factory) -> Iterator[Site]:
             samples += [
                 {**base, "metric": f"cpu.core{c}", "value": 20 + 10 * c + 20 * wave, "unit": "%"} for c in range(4)
             ]
+            price = 65000 + 50 * wave
+            market = {"source": "market.btc-usd", "source_kind": "feed", "ts": ts, "unit": "USD", "kind": "price"}
+            samples += [
+                {**market, "metric": "last", "value": price},
+                {**market, "metric": "bid", "value": price - 5},
+                {**market, "metric": "ask", "value": price + 5},
+            ]
         site.ingest(samples)
         yield site
 
@@ -184,6 +191,16 @@ def wait_drawn(page, title: str, rgb: tuple[int, int, int], at_least: int, timeo
         if n >= at_least or time.monotonic() > deadline:
             return n
         page.wait_for_timeout(100)
+
+
+def wait_gone(page, title: str, rgb: tuple[int, int, int], timeout_s: float = 5) -> int:
+    """Wait until the panel's canvas shows none of the colour; return the last count."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        n = pixels(page, title, rgb)
+        if n == 0 or time.monotonic() > deadline:
+            return n
+        page.wait_for_timeout(50)
 
 
 def panel(page, title: str):
@@ -444,3 +461,38 @@ def test_the_editor_never_saves_overlapping_panels(site, page) -> None:
             apart = a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1] or a[2] + a[4] <= b[2] or b[2] + b[4] <= a[2]
             assert apart, f"{a[0]} overlaps {b[0]}"
     shot(page, "editor-auto-places")
+
+
+def test_a_legend_click_isolates_a_series_and_a_modified_click_hides_it(site, page) -> None:
+    site.ingest([{"source": LONELY, "metric": "humidity", "ts": now_us(), "value": 41.0, "unit": "%"}])
+    page.goto(site.url + "/d/iot-fleet/?range=15m")
+    humidity = panel(page, "Humidity")
+    humidity.locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
+    assert wait_drawn(page, "Humidity", ORANGE, 10) >= 10 and wait_drawn(page, "Humidity", BLUE, 300) >= 300
+    names = humidity.locator("table.legend th")
+    names.filter(has_text="sensor-07").click()
+    assert wait_gone(page, "Humidity", ORANGE) == 0, "sensor 07 alone"
+    assert pixels(page, "Humidity", BLUE) >= 300
+    assert humidity.locator("tr.series-hidden").count() == 1
+    names.filter(has_text="sensor-07").click()
+    assert wait_drawn(page, "Humidity", ORANGE, 10) >= 10, "a second click shows all again"
+    names.filter(has_text="sensor-07").click(modifiers=["Control"])
+    assert wait_gone(page, "Humidity", BLUE) == 0, "sensor 07 hidden"
+    assert pixels(page, "Humidity", ORANGE) >= 10
+    shot(page, "legend-hides-a-series")
+
+
+def test_the_cursor_on_a_line_chart_moves_the_candlestick_cursor_too(site, page) -> None:
+    page.goto(site.url + "/d/markets/?range=15m")
+    candles = page.locator(".panel-candlestick")
+    candles.locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
+    page.wait_for_function(
+        "() => window.pulseboard.panels.find((p) => p.cfg.kind === 'candlestick').plot.data[0].length > 10"
+    )
+    assert not re.search(r"\d\d:\d\d:\d\d ·", candles.locator(".ohlc-info").inner_text())
+    over = panel(page, "BTC-USD bid / ask").locator(".u-over").bounding_box()
+    page.mouse.move(over["x"] + over["width"] * 0.85, over["y"] + over["height"] / 2)
+    candles.locator(".ohlc-info", has_text=re.compile(r"\d\d:\d\d:\d\d ·")).wait_for(timeout=5_000)
+    left = page.evaluate("() => window.pulseboard.panels.find((p) => p.cfg.kind === 'candlestick').plot.cursor.left")
+    assert left > 0, "the candlestick chart shows the crosshair at the same moment"
+    shot(page, "cursor-sync-candlestick")

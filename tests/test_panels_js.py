@@ -96,3 +96,18 @@ def test_samples_without_a_drawn_neighbour_are_drawn_as_points(run: dict) -> Non
     assert with_undefined == [0, 4], "undefined (another series' timestamp) neither joins nor breaks"
     assert joined == []
     assert short_runs == [1, 2], "two buckets closer than the minimum span are points; a wide run is a line"
+
+
+def test_times_are_shown_and_read_in_the_chosen_zone_on_a_24_hour_clock(run: dict) -> None:
+    times = run["times"]
+    assert times["input"] == ["2026-07-02 00:05", "2026-07-01 18:05", "2026-07-01 22:05"]
+    assert times["clock"] == ["07:05:09", "00:30:00"], "never AM/PM, never 24:30"
+    assert times["full"] == "2026-07-02 07:05:09"
+    assert times["parsed"] == [True, True, True]
+    assert times["refused"] == [None, None, None]
+
+
+def test_the_editor_pushes_covered_panels_down_instead_of_overlapping(run: dict) -> None:
+    cells = run["settled"]["cells"]
+    assert cells == [["a", 0, 0, 6, 2], ["b", 4, 2, 4, 2], ["c", 0, 4, 8, 5], ["d", 8, 0, 4, 7]]
+    assert run["settled"]["pushed"] == ["b", "c"]

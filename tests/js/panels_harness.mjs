@@ -8,6 +8,8 @@ globalThis.history = { replaceState: (s, t, url) => { replaced = url; } };
 
 const { alignWithGaps, gapSeconds, isolatedPoints, thresholdColor } = await import(panelsUrl);
 const { readTimeState, writeTimeState, bounds } = await import(rangeUrl);
+const { formatInputTime, parseInputTime, formatTime, formatDateTime } = await import(new URL("format.js", panelsUrl).href);
+const { settle } = await import(new URL("editor.js", panelsUrl).href);
 
 const plain = (data) => data.map((col) => Array.from(col, (v) => (v === undefined ? "u" : v)));
 const out = {};
@@ -46,4 +48,25 @@ out.states = ["", "?range=1h&paused=1", "?range=7d", "?from=1000&to=5000", "?ran
 writeTimeState({ mode: "history", range: "custom", fromMs: 1000.4, toMs: 5000 });
 out.written = replaced;
 out.bounds = bounds({ mode: "live", range: "5m", windowS: 300 }, 1_000_000);
+// Times in the chosen zone, 24-hour, both ways (the custom-range inputs, "stale since", the banner).
+const t = Date.UTC(2026, 6, 1, 22, 5, 9); // 2026-07-01 22:05:09 UTC
+out.times = {
+  input: [formatInputTime(t, "Europe/Berlin"), formatInputTime(t, "America/New_York"), formatInputTime(t, "UTC")],
+  clock: [formatTime(t, "Asia/Tokyo"), formatTime(Date.UTC(2026, 0, 1, 0, 30), "UTC")],
+  full: formatDateTime(t, "Asia/Tokyo"),
+  parsed: [
+    parseInputTime("2026-07-02 00:05", "Europe/Berlin") === t - 9000,
+    parseInputTime("2026-07-01 18:05:09", "America/New_York") === t,
+    parseInputTime("2026-03-29 03:30", "Europe/Berlin") === Date.UTC(2026, 2, 29, 1, 30), // the day clocks go forward
+  ],
+  refused: [parseInputTime("2026-02-30 10:00", "UTC"), parseInputTime("07/01/2026 10:00 PM", "UTC"), parseInputTime("2026-07-01 24:00", "UTC")],
+};
+// The editor's auto-placement: a panel widened over its neighbours pushes them (and theirs) down.
+const board = [
+  { title: "a", x: 0, y: 0, w: 4, h: 2 }, { title: "b", x: 4, y: 0, w: 4, h: 2 },
+  { title: "c", x: 0, y: 2, w: 8, h: 5 }, { title: "d", x: 8, y: 0, w: 4, h: 7 },
+];
+board[0].w = 6; // now covers b
+const pushed = settle(board, board[0]);
+out.settled = { cells: board.map((p) => [p.title, p.x, p.y, p.w, p.h]), pushed: pushed.map((p) => p.title) };
 console.log(JSON.stringify(out));

@@ -249,16 +249,18 @@ export function gapSeconds(t, { stepS = 0, expectedS = DEFAULT_INTERVAL_S } = {}
 // `undefined` (another series' timestamp) neither joins nor breaks a run.
 export function isolatedPoints(ys, xs = null, minSpan = 0) {
   const out = [];
-  let run = [];
+  let first = -1, last = -1, count = 0; // the current run, without allocating per sample
   const close = () => {
-    if (run.length && (run.length === 1 || (xs && xs[run[run.length - 1]] - xs[run[0]] <= minSpan))) out.push(...run);
-    run = [];
+    if (count && (count === 1 || (xs && xs[last] - xs[first] <= minSpan))) {
+      for (let j = first; j <= last; j++) if (ys[j] != null) out.push(j);
+    }
+    first = last = -1; count = 0;
   };
   for (let i = 0; i < ys.length; i++) {
     const v = ys[i];
     if (v === undefined) continue;
     if (v === null) close();
-    else run.push(i);
+    else { if (first < 0) first = i; last = i; count++; }
   }
   close();
   return out;
