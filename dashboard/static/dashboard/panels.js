@@ -389,6 +389,7 @@ export class TimeSeriesPanel extends Panel {
       this.legendRows[i].min.textContent = formatValue(Math.min(...c.min), this.unit);
       this.legendRows[i].max.textContent = formatValue(Math.max(...c.max), this.unit);
     });
+    if (this.cursorIdx != null) this.showCursor(this.plot); // new data under a pointer that stayed put
   }
 
   annotate(alert) { const hit = super.annotate(alert); if (hit && this.plot) this.plot.redraw(false, false); return hit; }
