@@ -100,6 +100,8 @@ export class LayoutEditor {
   }
 
   async save() {
+    const broken = this.page.config.panels.find((p) => p.kind === "broken");
+    if (broken) { this.status.textContent = `not saved: remove the broken panel "${broken.title}" (✕) or fix it in the admin first`; return; }
     for (const p of this.page.config.panels) settle(this.page.config.panels, p); // never send overlaps
     this.status.textContent = "saving…";
     const panels = this.page.config.panels.map(({ id, title, kind, metrics, options, x, y, w, h }) => ({ id, title, kind, metrics, options, x, y, w, h }));
