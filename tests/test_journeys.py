@@ -310,6 +310,10 @@ def test_a_broken_panel_in_the_database_is_one_broken_panel_and_the_rest_stays_l
     site.ingest([{"source": SENSOR, "metric": "temperature", "ts": now_us(), "value": 23.75, "unit": "°C"}])
     panel(page, "Sensor now").locator(".stat-value", has_text="23.75").wait_for(timeout=5_000)
     shot(page, "broken-panel-board-live")
+    # The in-page editor says what to do instead of posting a layout the server would refuse.
+    page.click("#edit-toggle")
+    page.click("#edit-save")
+    page.locator("#edit-status", has_text='remove the broken panel "Broken one"').wait_for(timeout=5_000)
     assert not page.errors, page.errors
 
 
