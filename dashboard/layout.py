@@ -162,6 +162,39 @@ def as_fields(panel: PanelSpec) -> dict[str, Any]:
     }
 
 
+FORMAT_VERSION = 1  # of an exported dashboard file; a file of another version is refused
+
+
+class BoardFile(msgspec.Struct, forbid_unknown_fields=True):
+    """A whole dashboard as exported and imported: its identity and its panels (the same PanelSpec)."""
+
+    slug: Annotated[str, msgspec.Meta(pattern=r"^[-a-zA-Z0-9_]{1,100}$")]
+    title: Text
+    panels: list[Any]
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    pulseboard_dashboard: int = FORMAT_VERSION
+
+
+def check_board(data: Any) -> tuple[BoardFile, list[PanelSpec]]:
+    """Return an exported dashboard's header and checked panels, or raise LayoutError naming the field."""
+    if not isinstance(data, dict):
+        raise LayoutError("a dashboard file is a JSON object", "dashboard")
+    try:
+        board = msgspec.convert(data, BoardFile)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _AT.search(text)
+        raise LayoutError(_AT.sub("", text), _field_of(match.group(1)) if match else "dashboard") from None
+    if board.pulseboard_dashboard != FORMAT_VERSION:
+        raise LayoutError(
+            f"this file is format {board.pulseboard_dashboard}; only {FORMAT_VERSION} is read", "pulseboard_dashboard"
+        )
+    for i, spec in enumerate(board.panels):
+        if isinstance(spec, dict) and "id" in spec:
+            raise LayoutError("an exported panel has no id (ids belong to one installation)", f"panels[{i}].id")
+    return board, check_layout(board.panels)
+
+
 def stored_error(panel: Any) -> str | None:
     """Return why a Panel row already in the database breaks the schema, or None when it is sound."""
     spec = {

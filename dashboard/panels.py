@@ -133,6 +133,50 @@ def save_layout(dashboard: Dashboard, specs: Any) -> None:
         dashboard.save(update_fields=["updated"])
 
 
+def export_board(dashboard: Dashboard) -> dict[str, Any]:
+    """Return a dashboard as the JSON file `importdashboard` reads (dashboard/layout.py's BoardFile)."""
+    return {
+        "pulseboard_dashboard": layout.FORMAT_VERSION,
+        "slug": dashboard.slug,
+        "title": dashboard.title,
+        "description": dashboard.description,
+        "panels": [
+            layout.as_fields(layout.check_panel(_stored_spec(p), i)) for i, p in enumerate(dashboard.panels.all())
+        ],
+    }
+
+
+def _stored_spec(panel: Panel) -> dict[str, Any]:
+    fields = ("title", "kind", "metrics", "options", "x", "y", "w", "h")
+    return {name: getattr(panel, name) for name in fields} | {"options": panel.options or {}}
+
+
+def import_board(data: Any, *, replace: bool = False) -> tuple[Dashboard, bool]:
+    """Create (or with replace, overwrite) a dashboard from an exported file; return it and whether it was new.
+
+    The whole file is checked first (layout.check_board); a refusal names the
+    field (`panels[2].metrics`) and changes nothing. Viewer and editor groups
+    and the owner are not part of the file: a new board has none, a replaced
+    board keeps its own.
+    """
+    try:
+        header, checked = layout.check_board(data)
+    except layout.LayoutError as exc:
+        raise BadRequest(exc.message, field=exc.field) from None
+    with transaction.atomic():
+        board = Dashboard.objects.select_for_update().filter(slug=header.slug).first()
+        if board is not None and not replace:
+            raise BadRequest(f"a dashboard {header.slug!r} exists; import with replace to overwrite it", field="slug")
+        created = board is None
+        if created:
+            board = Dashboard(slug=header.slug)
+        board.title, board.description = header.title, header.description
+        board.save()
+        board.panels.all().delete()
+        Panel.objects.bulk_create([Panel(dashboard=board, **layout.as_fields(spec)) for spec in checked])
+    return board, created
+
+
 def valid_timezone(name: Any) -> str:
     """Return a time zone choice ('browser', 'UTC' or an IANA name) or raise BadRequest."""
     if name in ("browser", "UTC"):

@@ -351,3 +351,46 @@ def test_demodashboards_is_idempotent() -> None:
     }
     assert Panel.objects.get(title="CPU").w == 12
     assert any("host.web-01.cpu.total" in m for m in Panel.objects.values_list("metrics", flat=True))
+
+
+def test_a_dashboard_exported_and_imported_elsewhere_is_the_same_board(tmp_path, owner) -> None:
+    import io
+
+    call_command("demodashboards", "--host", "web-01", stdout=io.StringIO())
+    board = Dashboard.objects.get(slug="iot-fleet")
+    before = list(board.panels.values("title", "kind", "metrics", "options", "x", "y", "w", "h"))
+    path = tmp_path / "iot.json"
+    call_command("exportdashboard", "iot-fleet", "--output", str(path), stdout=io.StringIO())
+    exported = json.loads(path.read_text())
+    assert exported["pulseboard_dashboard"] == 1 and "id" not in exported["panels"][0]
+    board.delete()  # another installation: the board does not exist there
+    out = io.StringIO()
+    call_command("importdashboard", str(path), stdout=out)
+    assert "Created dashboard 'iot-fleet' with 6 panels" in out.getvalue()
+    again = Dashboard.objects.get(slug="iot-fleet")
+    assert list(again.panels.values("title", "kind", "metrics", "options", "x", "y", "w", "h")) == before
+    assert again.title == exported["title"]
+
+
+def test_an_import_over_an_existing_slug_needs_replace_and_a_bad_file_changes_nothing(tmp_path, board) -> None:
+    import io
+
+    from django.core.management.base import CommandError
+
+    path = tmp_path / "servers.json"
+    call_command("exportdashboard", "servers", "--output", str(path), stdout=io.StringIO())
+    with pytest.raises(CommandError, match="exists; import with replace"):
+        call_command("importdashboard", str(path))
+    data = json.loads(path.read_text())
+    data["title"] = "Servers (from git)"
+    data["panels"].append({**PANEL, "metrics": "host.*"})
+    path.write_text(json.dumps(data))
+    with pytest.raises(CommandError, match=r"panels\[1\]\.metrics: .*list of 1-20 metric keys"):
+        call_command("importdashboard", str(path), "--replace")
+    assert Dashboard.objects.get(slug="servers").title == "Servers"
+    data["panels"][1]["metrics"] = ["host.*.load.1m"]
+    path.write_text(json.dumps(data))
+    call_command("importdashboard", str(path), "--replace", stdout=io.StringIO())
+    board.refresh_from_db()
+    assert board.title == "Servers (from git)" and board.owner is not None, "the owner stays"
+    assert list(board.panels.order_by("y").values_list("title", flat=True)) == ["CPU", "Load"]
