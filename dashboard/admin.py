@@ -220,6 +220,11 @@ class DashboardAdmin(admin.ModelAdmin):
     inlines = [PanelInline]
     filter_horizontal = ["viewer_groups", "editor_groups"]
 
+    def save_model(self, request, obj: Dashboard, form, change: bool) -> None:
+        if obj.owner_id is None and not change:
+            obj.owner = request.user  # a board made in the admin belongs to whoever made it
+        super().save_model(request, obj, form, change)
+
 
 @admin.register(ShareLink)
 class ShareLinkAdmin(SecretShownOnceAdmin):

@@ -394,3 +394,11 @@ def test_an_import_over_an_existing_slug_needs_replace_and_a_bad_file_changes_no
     board.refresh_from_db()
     assert board.title == "Servers (from git)" and board.owner is not None, "the owner stays"
     assert list(board.panels.order_by("y").values_list("title", flat=True)) == ["CPU", "Load"]
+
+
+def test_a_dashboard_created_in_the_admin_belongs_to_its_creator(superuser) -> None:
+    data = admin_panel_form(Dashboard(title="Lab", slug="lab"), PANEL)
+    response = signed_in(superuser).post("/admin/dashboard/dashboard/add/", data)
+    assert response.status_code == 302, response.content[:2000]
+    board = Dashboard.objects.get(slug="lab")
+    assert board.owner == superuser and board.panels.get().title == "Load"

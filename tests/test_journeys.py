@@ -309,6 +309,9 @@ def test_a_broken_panel_in_the_database_is_one_broken_panel_and_the_rest_stays_l
     assert wait_drawn(page, "Sensor temperature", BLUE, 300) >= 300
     site.ingest([{"source": SENSOR, "metric": "temperature", "ts": now_us(), "value": 23.75, "unit": "°C"}])
     panel(page, "Sensor now").locator(".stat-value", has_text="23.75").wait_for(timeout=5_000)
+    # The chart's text alternative is its legend's current values.
+    alt = panel(page, "Sensor temperature").locator(".chart-box[role=img][aria-label*='temperature 23.75 °C']")
+    alt.wait_for(timeout=5_000)
     shot(page, "broken-panel-board-live")
     # The in-page editor says what to do instead of posting a layout the server would refuse.
     page.click("#edit-toggle")
@@ -403,6 +406,7 @@ def test_acknowledge_and_silence_keep_the_alerts_since_time(site, page) -> None:
     site.ingest([{"source": HOT, "metric": "temperature", "ts": now_us(), "value": 29.5, "unit": "°C"}])
     row = page.locator(".alert-row.state-firing", has_text="Sensor 08 too warm")
     row.wait_for(timeout=10_000)
+    assert page.locator("#alert-banner[role=alert]").count() == 1, "screen readers announce it"
     since = row.locator(".alert-since").inner_text()
     assert re.fullmatch(r"since \d\d:\d\d:\d\d", since), since
     # Let the clock move past the firing second, so a reset to the click time would show.

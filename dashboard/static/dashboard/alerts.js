@@ -26,6 +26,7 @@ export async function postJSON(url, body = {}) {
 export class AlertBanner {
   constructor(el = document.getElementById("alert-banner"), { canOperate = false } = {}) {
     this.el = el;
+    this.el.setAttribute("role", "alert"); // screen readers announce a new or changed alert
     this.canOperate = canOperate;
     this.alerts = new Map(); // "rule|metric" -> latest alert frame
   }

@@ -279,6 +279,7 @@ export class TimeSeriesPanel extends Panel {
     super(root, cfg);
     if (!this.keys.length) return;
     this.chartBox = el("div", "chart-box");
+    this.chartBox.setAttribute("role", "img"); // its text alternative: the legend's current values (fillLegend)
     this.legend = el("table", "legend");
     this.body.append(this.chartBox, this.legend);
     const series = this.keys.map((k, i) => ({
@@ -343,6 +344,8 @@ export class TimeSeriesPanel extends Panel {
 
   fillLegend(columns) {
     this.lastColumns = columns;
+    const alt = `${this.cfg.title}: ` + columns.map((c, i) => `${this.label(this.keys[i])} ${formatValue(c.v.length ? c.v[c.v.length - 1] : null, this.unit)}`).join(", ");
+    if (this.chartBox.getAttribute("aria-label") !== alt) this.chartBox.setAttribute("aria-label", alt);
     const hovering = this.cursorIdx != null;
     columns.forEach((c, i) => {
       const row = this.legendRows[i];
