@@ -535,3 +535,21 @@ def test_the_cursor_on_a_line_chart_moves_the_candlestick_cursor_too(site, page)
     left = page.evaluate("() => window.pulseboard.panels.find((p) => p.cfg.kind === 'candlestick').plot.cursor.left")
     assert left > 0, "the candlestick chart shows the crosshair at the same moment"
     shot(page, "cursor-sync-candlestick")
+
+
+def test_the_panel_editor_suggests_metrics_and_warns_about_a_pattern_that_matches_nothing(site, page) -> None:
+    page.goto(site.url + "/d/mixed/?range=15m")
+    page.click("#edit-toggle")
+    page.wait_for_function("() => document.querySelectorAll('#metric-keys option').length > 3")
+    suggested = page.evaluate("() => [...document.querySelectorAll('#metric-keys option')].map((o) => o.value)")
+    assert f"{SENSOR}.temperature" in suggested and "iot.*.temperature" in suggested
+    metrics = page.locator("#editor-bar input[name=metrics]")
+    metrics.fill("iot.*.humidity")
+    page.locator("#metrics-preview[data-state=ok]", has_text="2 series").wait_for(timeout=5_000)
+    assert page.locator("#editor-bar input[name=unit]").get_attribute("placeholder") == "%"
+    metrics.fill("iot.*.temprature")
+    page.locator("#metrics-preview[data-state=none]", has_text="matches nothing").wait_for(timeout=5_000)
+    page.fill("#editor-bar input[name=title]", "Typo")
+    page.click("#editor-bar button[type=submit]")
+    page.locator("#edit-status", has_text="not added: iot.*.temprature").wait_for(timeout=5_000)
+    shot(page, "editor-metric-preview")

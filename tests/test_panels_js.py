@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from dashboard.models import glob_matches
 from tests.servers import ROOT
 
 NODE = shutil.which("node")
@@ -111,3 +112,10 @@ def test_the_editor_pushes_covered_panels_down_instead_of_overlapping(run: dict)
     cells = run["settled"]["cells"]
     assert cells == [["a", 0, 0, 6, 2], ["b", 4, 2, 4, 2], ["c", 0, 4, 8, 5], ["d", 8, 0, 4, 7]]
     assert run["settled"]["pushed"] == ["b", "c"]
+
+
+def test_the_editor_previews_how_many_series_each_pattern_matches_like_the_server(run: dict) -> None:
+    preview = run["preview"]
+    server = [sum(glob_matches(p, k) for k in preview["keys"]) for p in preview["patterns"]]
+    assert preview["counts"] == server, "the same counts as dashboard/models.py glob_matches (fnmatch)"
+    assert preview["counts"][:2] == [2, 0], "a typo such as iot.*.temprature matches nothing"

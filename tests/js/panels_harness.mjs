@@ -9,7 +9,7 @@ globalThis.history = { replaceState: (s, t, url) => { replaced = url; } };
 const { alignWithGaps, gapSeconds, isolatedPoints, thresholdColor } = await import(panelsUrl);
 const { readTimeState, writeTimeState, bounds } = await import(rangeUrl);
 const { formatInputTime, parseInputTime, formatTime, formatDateTime } = await import(new URL("format.js", panelsUrl).href);
-const { settle } = await import(new URL("editor.js", panelsUrl).href);
+const { settle, previewMatches } = await import(new URL("editor.js", panelsUrl).href);
 
 const plain = (data) => data.map((col) => Array.from(col, (v) => (v === undefined ? "u" : v)));
 const out = {};
@@ -69,4 +69,8 @@ const board = [
 board[0].w = 6; // now covers b
 const pushed = settle(board, board[0]);
 out.settled = { cells: board.map((p) => [p.title, p.x, p.y, p.w, p.h]), pushed: pushed.map((p) => p.title) };
+// The editor's preview of what a metrics field matches, with the server's glob rules (fnmatch).
+const keys = ["iot.sensor-01.temperature", "iot.sensor-02.temperature", "iot.sensor-01.humidity", "host.a.cpu.core1", "host.a.cpu.core2", "a.b(c)"];
+const patterns = "iot.*.temperature, iot.*.temprature,host.a.cpu.core[12],host.a.cpu.core[!1], iot.sensor-0?.humidity, a.b(c), a?b*, a.b[(]c?, [";
+out.preview = { keys, patterns: previewMatches(patterns, keys).map((f) => f.pattern), counts: previewMatches(patterns, keys).map((f) => f.count) };
 console.log(JSON.stringify(out));
