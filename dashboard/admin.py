@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import models
 from django.utils import timezone
 from django.utils.html import format_html
 
+from dashboard import layout
 from dashboard.alertrules import AlertRuleForm
 from dashboard.models import (
     AgentToken,
@@ -166,8 +168,49 @@ class AgentTokenAdmin(SecretShownOnceAdmin):
         return AgentToken.issue(obj.name, obj.source_patterns, created_by=request.user)
 
 
+class PanelForm(forms.ModelForm):
+    """A panel checked against the layout schema (dashboard/layout.py); errors land on the field at fault."""
+
+    SPEC_FIELDS = ("title", "kind", "metrics", "options", "x", "y", "w", "h")
+
+    class Meta:
+        model = Panel
+        fields = ["title", "kind", "metrics", "options", "x", "y", "w", "h"]
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if self.errors or data.get("DELETE"):
+            return data
+        spec = {name: data.get(name) for name in self.SPEC_FIELDS}
+        if spec["options"] is None:
+            spec["options"] = {}
+        try:
+            self.checked = layout.check_panel(spec)
+        except layout.LayoutError as exc:
+            field = exc.panel_field if exc.panel_field in self.fields else None
+            self.add_error(field, exc.message)
+            return data
+        data.update(layout.as_fields(self.checked))
+        return data
+
+
+class PanelFormSet(forms.BaseInlineFormSet):
+    """The dashboard's panels together: no two may share a grid cell."""
+
+    def clean(self) -> None:
+        super().clean()
+        kept = [f for f in self.forms if getattr(f, "checked", None) and not self._should_delete_form(f)]
+        try:
+            layout.check_overlaps([f.checked for f in kept])
+        except layout.LayoutError as exc:
+            index = int(exc.field.split("[")[1].split("]")[0])
+            kept[index].add_error("y", exc.message)
+
+
 class PanelInline(admin.TabularInline):
     model = Panel
+    form = PanelForm
+    formset = PanelFormSet
     extra = 0
 
 
@@ -177,6 +220,11 @@ class DashboardAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["title"]}
     inlines = [PanelInline]
     filter_horizontal = ["viewer_groups", "editor_groups"]
+
+    def save_model(self, request, obj: Dashboard, form, change: bool) -> None:
+        if obj.owner_id is None and not change:
+            obj.owner = request.user  # a board made in the admin belongs to whoever made it
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(ShareLink)

@@ -346,7 +346,9 @@ def _apply(
 
 def state_event(inst: AlertInstance, event: AlertEvent | None = None) -> events.AlertState:
     """Return the live event that tells browsers about an instance (after a change, an ack or a silence)."""
-    at = event.at if event is not None else timezone.now()
+    # Without a change (a page load, an ack, a silence) `at` is when the current state began, so the
+    # banner's "since" never moves to the click time.
+    at = event.at if event is not None else inst.since
     return events.AlertState(
         rule=inst.rule_id,
         rule_name=inst.rule.name,

@@ -12,23 +12,32 @@ from typing import Any
 
 from django.db import transaction
 
+from dashboard import layout
 from dashboard.exceptions import BadRequest
 from dashboard.models import Dashboard, Metric, Panel, UserPreference
 
-GRID_COLUMNS = 12  # the dashboard grid is 12 columns wide; rows are ROW_PX tall (pulseboard.css)
-MAX_PANELS = 60
 MAX_KEYS_PER_PANEL = 40  # a chart with more lines than this is unreadable; also bounds history requests
-OPTION_KEYS = {"unit", "thresholds", "decimals", "min", "max", "field", "bucket_s", "stale_s", "sparkline"}
 
 
-def resolve(patterns: list[str], user) -> list[dict[str, str]]:
-    """Return the readable metrics matching keys or globs, in pattern order, at most MAX_KEYS_PER_PANEL."""
+def resolve(patterns: list[str], user) -> list[dict[str, Any]]:
+    """Return the readable metrics matching keys or globs, in pattern order, at most MAX_KEYS_PER_PANEL.
+
+    `interval_s` is the source's expected reporting interval: the page's gap
+    rule starts from it until a series has enough samples to measure its own.
+    """
     visible = Metric.objects.visible_to(user)
-    found: dict[str, dict[str, str]] = {}
+    found: dict[str, dict[str, Any]] = {}
     for pattern in patterns:
         for metric in visible.matching(pattern).select_related("source").order_by("key"):
             found.setdefault(
-                metric.key, {"key": metric.key, "unit": metric.unit, "name": metric.name, "source": metric.source.slug}
+                metric.key,
+                {
+                    "key": metric.key,
+                    "unit": metric.unit,
+                    "name": metric.name,
+                    "source": metric.source.slug,
+                    "interval_s": metric.source.expected_interval_s,
+                },
             )
             if len(found) >= MAX_KEYS_PER_PANEL:
                 return list(found.values())
@@ -36,7 +45,30 @@ def resolve(patterns: list[str], user) -> list[dict[str, str]]:
 
 
 def panel_config(panel: Panel, user) -> dict[str, Any]:
-    """Return what the page needs to draw one panel."""
+    """Return what the page needs to draw one panel; a panel that breaks the layout schema carries `error`.
+
+    A broken panel (saved before the schema, or written straight into the
+    database) is drawn by the page as one panel-level error; the rest of the
+    board is unaffected.
+    """
+    error = layout.stored_error(panel)
+    if error is not None:
+        cell = {k: getattr(panel, k) for k in ("x", "y", "w", "h")}
+        if not all(isinstance(v, int) for v in cell.values()) or cell["w"] < 1 or cell["h"] < 1:
+            cell = {"x": 0, "y": 0, "w": 6, "h": 2}
+        cell["w"] = min(cell["w"], layout.GRID_COLUMNS)
+        cell["x"] = min(cell["x"], layout.GRID_COLUMNS - cell["w"])
+        cell["h"] = min(cell["h"], layout.MAX_PANEL_H)
+        return {
+            "id": panel.id,
+            "title": str(panel.title),
+            "kind": "broken",
+            "error": error,
+            "metrics": [],
+            "options": {},
+            "series": [],
+            **cell,
+        }
     return {
         "id": panel.id,
         "title": panel.title,
@@ -62,65 +94,87 @@ def dashboard_config(dashboard: Dashboard, user) -> dict[str, Any]:
     }
 
 
-def _number(spec: dict, name: str, low: int, high: int, default: int) -> int:
-    value = spec.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BadRequest(f"panel {name} must be a whole number from {low} to {high}", field=name)
-    return value
-
-
-def clean_panel(spec: Any) -> dict[str, Any]:
-    """Return the model fields of one panel spec sent by the editor; raise BadRequest naming what is wrong."""
-    if not isinstance(spec, dict):
-        raise BadRequest("each panel must be a JSON object", field="panels")
-    title = spec.get("title")
-    if not isinstance(title, str) or not title.strip() or len(title) > 200:
-        raise BadRequest("a panel needs a title of 1-200 characters", field="title")
-    kind = spec.get("kind", Panel.Kind.TIMESERIES)
-    if kind not in Panel.Kind.values:
-        raise BadRequest(f"kind must be one of {', '.join(Panel.Kind.values)}", field="kind")
-    metrics = spec.get("metrics")
-    if (
-        not isinstance(metrics, list)
-        or not metrics
-        or len(metrics) > 20
-        or not all(isinstance(m, str) and 0 < len(m) <= 200 for m in metrics)
-    ):
-        raise BadRequest("metrics must be a list of 1-20 metric keys or globs", field="metrics")
-    options = spec.get("options", {})
-    if not isinstance(options, dict) or set(options) - OPTION_KEYS:
-        raise BadRequest(f"options may only hold {', '.join(sorted(OPTION_KEYS))}", field="options")
-    w = _number(spec, "w", 1, GRID_COLUMNS, 6)
+def share_config(dashboard: Dashboard, principal, secret: str) -> dict[str, Any]:
+    """Return the page configuration of a shared dashboard: the same panels, read through the share link only."""
     return {
-        "title": title.strip(),
-        "kind": kind,
-        "metrics": metrics,
-        "options": options,
-        "x": _number(spec, "x", 0, GRID_COLUMNS - w, 0),
-        "y": _number(spec, "y", 0, 500, 0),
-        "w": w,
-        "h": _number(spec, "h", 1, 12, 4),
+        "slug": dashboard.slug,
+        "title": dashboard.title,
+        "can_edit": False,
+        "can_operate_alerts": False,
+        "panels": [panel_config(p, principal) for p in dashboard.panels.all()],
+        "dashboards": [],
+        "share": {"socket": f"/ws/share/{secret}/", "series": f"/share/{secret}/series"},
     }
 
 
 def save_layout(dashboard: Dashboard, specs: Any) -> None:
-    """Replace the dashboard's panels with the edited list: update by id, create new ones, delete the missing."""
-    if not isinstance(specs, list) or len(specs) > MAX_PANELS:
-        raise BadRequest(f"panels must be a list of at most {MAX_PANELS} panels", field="panels")
-    cleaned = [(spec.get("id") if isinstance(spec, dict) else None, clean_panel(spec)) for spec in specs]
+    """Replace the dashboard's panels with the edited list: update by id, create new ones, delete the missing.
+
+    The whole layout is checked against dashboard.layout first (fields, grid,
+    overlaps); a refusal names the panel and field (`panels[2].metrics`) and
+    changes nothing.
+    """
+    try:
+        checked = layout.check_layout(specs)
+    except layout.LayoutError as exc:
+        raise BadRequest(exc.message, field=exc.field) from None
     with transaction.atomic():
         existing = {p.id: p for p in dashboard.panels.select_for_update()}
         kept: set[int] = set()
-        for panel_id, fields in cleaned:
-            panel = existing.get(panel_id) if isinstance(panel_id, int) else None
+        for spec in checked:
+            panel = existing.get(spec.id) if spec.id is not None else None
             if panel is None:
                 panel = Panel(dashboard=dashboard)
-            for name, value in fields.items():
+            for name, value in layout.as_fields(spec).items():
                 setattr(panel, name, value)
             panel.save()
             kept.add(panel.id)
         dashboard.panels.exclude(id__in=kept).delete()
         dashboard.save(update_fields=["updated"])
+
+
+def export_board(dashboard: Dashboard) -> dict[str, Any]:
+    """Return a dashboard as the JSON file `importdashboard` reads (dashboard/layout.py's BoardFile)."""
+    return {
+        "pulseboard_dashboard": layout.FORMAT_VERSION,
+        "slug": dashboard.slug,
+        "title": dashboard.title,
+        "description": dashboard.description,
+        "panels": [
+            layout.as_fields(layout.check_panel(_stored_spec(p), i)) for i, p in enumerate(dashboard.panels.all())
+        ],
+    }
+
+
+def _stored_spec(panel: Panel) -> dict[str, Any]:
+    fields = ("title", "kind", "metrics", "options", "x", "y", "w", "h")
+    return {name: getattr(panel, name) for name in fields} | {"options": panel.options or {}}
+
+
+def import_board(data: Any, *, replace: bool = False) -> tuple[Dashboard, bool]:
+    """Create (or with replace, overwrite) a dashboard from an exported file; return it and whether it was new.
+
+    The whole file is checked first (layout.check_board); a refusal names the
+    field (`panels[2].metrics`) and changes nothing. Viewer and editor groups
+    and the owner are not part of the file: a new board has none, a replaced
+    board keeps its own.
+    """
+    try:
+        header, checked = layout.check_board(data)
+    except layout.LayoutError as exc:
+        raise BadRequest(exc.message, field=exc.field) from None
+    with transaction.atomic():
+        board = Dashboard.objects.select_for_update().filter(slug=header.slug).first()
+        if board is not None and not replace:
+            raise BadRequest(f"a dashboard {header.slug!r} exists; import with replace to overwrite it", field="slug")
+        created = board is None
+        if created:
+            board = Dashboard(slug=header.slug)
+        board.title, board.description = header.title, header.description
+        board.save()
+        board.panels.all().delete()
+        Panel.objects.bulk_create([Panel(dashboard=board, **layout.as_fields(spec)) for spec in checked])
+    return board, created
 
 
 def valid_timezone(name: Any) -> str:

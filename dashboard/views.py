@@ -15,7 +15,7 @@ from django.shortcuts import get_object_or_404, render
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from dashboard import stats
+from dashboard import panels, stats
 from dashboard.models import Metric, ShareLink, Source
 
 
@@ -163,14 +163,9 @@ def share_page(request: HttpRequest, secret: str) -> HttpResponse:
     """GET /share/<secret>/: a read-only kiosk view of one dashboard, no sign-in needed."""
     link = _share_link_or_404(secret)
     dashboard = link.dashboard
-    panels = [
-        {"title": p.title, "kind": p.kind, "metrics": p.metrics, "options": p.options} for p in dashboard.panels.all()
-    ]
-    response = render(
-        request,
-        "dashboard/share.html",
-        {"dashboard": dashboard, "panels": panels, "socket_path": f"/ws/share/{secret}/"},
-    )
+    # The dashboards' own page and renderer (dashboard.js, panels.js) in share mode: same panels, same charts.
+    config = panels.share_config(dashboard, link.principal(), secret)
+    response = render(request, "dashboard/share.html", {"board": dashboard, "config": config})
     # The secret is in the URL: keep it out of other sites' logs and out of shared caches.
     response["Referrer-Policy"] = "no-referrer"
     response["Cache-Control"] = "private, no-store"

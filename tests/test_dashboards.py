@@ -178,8 +178,104 @@ def test_saving_needs_a_session_and_the_csrf_token(board, owner) -> None:
 def test_a_bad_panel_is_refused_with_the_field_named(board, owner, change: dict, field: str) -> None:
     response = post(signed_in(owner), "/api/v1/dashboards/servers/layout", layout({**PANEL, **change}))
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == field
+    assert response.json()["error"]["field"].startswith(f"panels[0].{field}")
     assert list(board.panels.values_list("title", flat=True)) == ["CPU"]
+
+
+def test_a_bad_panel_is_named_by_its_index_in_the_layout(board, owner) -> None:
+    second = {**PANEL, "title": "Broken", "x": 6, "metrics": "host.*"}
+    response = post(signed_in(owner), "/api/v1/dashboards/servers/layout", layout(PANEL, second))
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("bad_request", "panels[1].metrics")
+    assert "list of 1-20 metric keys or globs" in error["message"]
+
+
+def test_overlapping_panels_are_refused_and_nothing_changes(board, owner) -> None:
+    on_top = {**PANEL, "title": "On top", "x": 1, "y": 5}
+    response = post(signed_in(owner), "/api/v1/dashboards/servers/layout", layout(PANEL, on_top))
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "panels[1].y"
+    assert "overlaps panel 'Load'" in response.json()["error"]["message"]
+    assert list(board.panels.values_list("title", flat=True)) == ["CPU"]
+    side_by_side = {**PANEL, "title": "Beside", "x": 3}
+    assert post(signed_in(owner), "/api/v1/dashboards/servers/layout", layout(PANEL, side_by_side)).status_code == 200
+
+
+def admin_panel_form(board: Dashboard, *panels: dict) -> dict:
+    """The admin change form's POST data for a dashboard with these (new) panels."""
+    data = {
+        "title": board.title,
+        "slug": board.slug,
+        "description": "",
+        "created_0": "2026-12-01",
+        "created_1": "00:00:00",
+        "panels-TOTAL_FORMS": str(len(panels)),
+        "panels-INITIAL_FORMS": "0",
+        "panels-MIN_NUM_FORMS": "0",
+        "panels-MAX_NUM_FORMS": "1000",
+    }
+    for i, spec in enumerate(panels):
+        for name in ("title", "kind", "x", "y", "w", "h"):
+            data[f"panels-{i}-{name}"] = str(spec[name])
+        data[f"panels-{i}-metrics"] = json.dumps(spec["metrics"])
+        data[f"panels-{i}-options"] = json.dumps(spec.get("options", {}))
+    return data
+
+
+@pytest.fixture
+def superuser(django_user_model):
+    return django_user_model.objects.create_superuser("root", password="root-pass-123")
+
+
+def test_the_admin_refuses_a_panel_whose_metrics_are_a_bare_string(superuser) -> None:
+    board = Dashboard.objects.create(title="Servers", slug="servers", owner=superuser)
+    client = signed_in(superuser)
+    response = client.post(
+        f"/admin/dashboard/dashboard/{board.pk}/change/", admin_panel_form(board, {**PANEL, "metrics": "host.*"})
+    )
+    assert response.status_code == 200, "the form is shown again, not saved"
+    errors = response.context["inline_admin_formsets"][0].formset.forms[0].errors
+    assert list(errors) == ["metrics"]
+    assert "list of 1-20 metric keys or globs" in errors["metrics"][0]
+    assert not board.panels.exists()
+    ok = client.post(f"/admin/dashboard/dashboard/{board.pk}/change/", admin_panel_form(board, PANEL))
+    assert ok.status_code == 302
+    assert board.panels.get().metrics == PANEL["metrics"]
+
+
+def test_the_admin_refuses_overlapping_panels_on_the_later_one(superuser) -> None:
+    board = Dashboard.objects.create(title="Servers", slug="servers", owner=superuser)
+    form = admin_panel_form(board, PANEL, {**PANEL, "title": "On top", "x": 2})
+    response = signed_in(superuser).post(f"/admin/dashboard/dashboard/{board.pk}/change/", form)
+    assert response.status_code == 200
+    errors = response.context["inline_admin_formsets"][0].formset.forms[1].errors
+    assert "overlaps panel 'Load'" in errors["y"][0]
+    assert not board.panels.exists()
+
+
+def test_a_broken_panel_in_the_database_reaches_the_page_as_an_error_and_the_others_intact(board, owner) -> None:
+    Panel.objects.create(dashboard=board, title="Bad", kind="timeseries", metrics="host.*", x=6, y=0, w=6, h=4)
+    panels = config_of(signed_in(owner).get("/d/servers/"))["panels"]
+    by_title = {p["title"]: p for p in panels}
+    assert by_title["Bad"]["kind"] == "broken" and by_title["Bad"]["error"].startswith("metrics: ")
+    assert by_title["Bad"]["series"] == [] and (by_title["Bad"]["x"], by_title["Bad"]["w"]) == (6, 6)
+    assert by_title["CPU"]["kind"] == "timeseries" and "error" not in by_title["CPU"]
+
+
+def test_the_page_tells_each_series_its_sources_expected_interval(board, owner, metrics) -> None:
+    Source.objects.filter(slug="host.web-01").update(expected_interval_s=2.0)
+    series = config_of(signed_in(owner).get("/d/servers/"))["panels"][0]["series"]
+    assert {s["key"]: s["interval_s"] for s in series} == {"host.vault.cpu.total": 10.0, "host.web-01.cpu.total": 2.0}
+
+
+def test_the_demo_dashboards_pass_the_layout_schema(db) -> None:
+    call_command("demodashboards", "--host", "web-01", stdout=__import__("io").StringIO())
+    from dashboard import layout
+
+    for board in Dashboard.objects.all():
+        specs = list(board.panels.values("title", "kind", "metrics", "options", "x", "y", "w", "h"))
+        layout.check_layout(specs)
 
 
 def test_the_time_zone_is_remembered_per_user_and_shown_to_the_page(viewer) -> None:
@@ -255,3 +351,54 @@ def test_demodashboards_is_idempotent() -> None:
     }
     assert Panel.objects.get(title="CPU").w == 12
     assert any("host.web-01.cpu.total" in m for m in Panel.objects.values_list("metrics", flat=True))
+
+
+def test_a_dashboard_exported_and_imported_elsewhere_is_the_same_board(tmp_path, owner) -> None:
+    import io
+
+    call_command("demodashboards", "--host", "web-01", stdout=io.StringIO())
+    board = Dashboard.objects.get(slug="iot-fleet")
+    before = list(board.panels.values("title", "kind", "metrics", "options", "x", "y", "w", "h"))
+    path = tmp_path / "iot.json"
+    call_command("exportdashboard", "iot-fleet", "--output", str(path), stdout=io.StringIO())
+    exported = json.loads(path.read_text())
+    assert exported["pulseboard_dashboard"] == 1 and "id" not in exported["panels"][0]
+    board.delete()  # another installation: the board does not exist there
+    out = io.StringIO()
+    call_command("importdashboard", str(path), stdout=out)
+    assert "Created dashboard 'iot-fleet' with 6 panels" in out.getvalue()
+    again = Dashboard.objects.get(slug="iot-fleet")
+    assert list(again.panels.values("title", "kind", "metrics", "options", "x", "y", "w", "h")) == before
+    assert again.title == exported["title"]
+
+
+def test_an_import_over_an_existing_slug_needs_replace_and_a_bad_file_changes_nothing(tmp_path, board) -> None:
+    import io
+
+    from django.core.management.base import CommandError
+
+    path = tmp_path / "servers.json"
+    call_command("exportdashboard", "servers", "--output", str(path), stdout=io.StringIO())
+    with pytest.raises(CommandError, match="exists; import with replace"):
+        call_command("importdashboard", str(path))
+    data = json.loads(path.read_text())
+    data["title"] = "Servers (from git)"
+    data["panels"].append({**PANEL, "metrics": "host.*"})
+    path.write_text(json.dumps(data))
+    with pytest.raises(CommandError, match=r"panels\[1\]\.metrics: .*list of 1-20 metric keys"):
+        call_command("importdashboard", str(path), "--replace")
+    assert Dashboard.objects.get(slug="servers").title == "Servers"
+    data["panels"][1]["metrics"] = ["host.*.load.1m"]
+    path.write_text(json.dumps(data))
+    call_command("importdashboard", str(path), "--replace", stdout=io.StringIO())
+    board.refresh_from_db()
+    assert board.title == "Servers (from git)" and board.owner is not None, "the owner stays"
+    assert list(board.panels.order_by("y").values_list("title", flat=True)) == ["CPU", "Load"]
+
+
+def test_a_dashboard_created_in_the_admin_belongs_to_its_creator(superuser) -> None:
+    data = admin_panel_form(Dashboard(title="Lab", slug="lab"), PANEL)
+    response = signed_in(superuser).post("/admin/dashboard/dashboard/add/", data)
+    assert response.status_code == 302, response.content[:2000]
+    board = Dashboard.objects.get(slug="lab")
+    assert board.owner == superuser and board.panels.get().title == "Load"

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from collectors.base import slugify_key
-from dashboard import storage
+from dashboard import layout, storage
 from dashboard.models import AlertRule, Dashboard, Panel
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
@@ -363,7 +363,8 @@ class Command(BaseCommand):
                 board, new = Dashboard.objects.get_or_create(slug=fields["slug"], defaults=fields)
                 if new or reset or not board.panels.exists():
                     board.panels.all().delete()
-                    Panel.objects.bulk_create([Panel(dashboard=board, **p) for p in panels])
+                    checked = layout.check_layout(panels)  # the one layout schema, as the admin and API use
+                    Panel.objects.bulk_create([Panel(dashboard=board, **layout.as_fields(p)) for p in checked])
                     created.append(board.slug)
             for rule in demo_rules(host):
                 AlertRule.objects.get_or_create(name=rule["name"], defaults=rule)

@@ -26,6 +26,7 @@ export async function postJSON(url, body = {}) {
 export class AlertBanner {
   constructor(el = document.getElementById("alert-banner"), { canOperate = false } = {}) {
     this.el = el;
+    this.el.setAttribute("role", "alert"); // screen readers announce a new or changed alert
     this.canOperate = canOperate;
     this.alerts = new Map(); // "rule|metric" -> latest alert frame
   }
@@ -44,6 +45,9 @@ export class AlertBanner {
   // Apply one live `alert` frame; return it for the panels to annotate.
   update(alert) {
     const id = `${alert.rule}|${alert.metric}`;
+    const known = this.alerts.get(id);
+    // An acknowledgement or silence (state == previous) does not restart the alert: keep its "since".
+    if (known && alert.previous === alert.state && known.state === alert.state) alert = { ...alert, at: known.at };
     if (ACTIVE.has(alert.state)) this.alerts.set(id, alert);
     else this.alerts.delete(id);
     this.render();

@@ -9,6 +9,8 @@
 // Signed out (close 4001, or 401 on the Server-Sent Events stream), it goes to
 // the sign-in page with `next` back to this page.
 
+import { formatDateTime, formatTime } from "./format.js";
+
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const STALE_AFTER_MS = 60000; // two missed heartbeats (25 s) and some slack
 const WS_FAILURES_BEFORE_SSE = 3; // sockets in a row that closed before the server's hello
@@ -285,7 +287,7 @@ export function defaultUrl() {
 // The words the status shows for a state: live / reconnecting / stale since T / back-filled N samples.
 export function describeState({ state, transport, staleSince, backfilled }) {
   let text = state === "live" && transport === "sse" ? "live (SSE fallback)" : state;
-  if (state !== "live" && staleSince) text += " · stale since " + new Date(staleSince).toLocaleTimeString();
+  if (state !== "live" && staleSince) text += " · stale since " + formatTime(staleSince);
   if (state === "live" && backfilled) text += ` · back-filled ${backfilled} sample${backfilled === 1 ? "" : "s"}`;
   return text;
 }
@@ -297,6 +299,6 @@ export function showState(conn, el = document.getElementById("conn-state")) {
     el.dataset.state = detail.state;
     el.dataset.transport = detail.transport;
     el.textContent = describeState(detail);
-    el.title = detail.staleSince ? `data may be missing since ${new Date(detail.staleSince).toLocaleString()}` : "";
+    el.title = detail.staleSince ? `data may be missing since ${formatDateTime(detail.staleSince)}` : "";
   });
 }

@@ -1,14 +1,16 @@
 // Dashboard page: a grid of panels fed by the tab's one live connection (live windows)
 // or by GET /api/v1/series (history ranges), with time controls kept in the URL,
 // the alert banner, kiosk mode and, for editors, the layout editor.
+// The share view (/share/<secret>/) is this same page in share mode: its config names the
+// share link's socket and series URL, and it is always a kiosk.
 
 import { AlertBanner, postJSON } from "./alerts.js";
 import { LiveConnection, showState } from "./connection.js";
 import { LayoutEditor } from "./editor.js";
-import { PANEL_KINDS } from "./panels.js";
+import { BrokenPanel, makePanel } from "./panels.js";
 import { SeriesStore } from "./store.js";
 import { HISTORY_RANGES, LIVE_RANGES, MAX_LIVE_S, bounds, describe, readTimeState, writeTimeState } from "./timerange.js";
-import { viewerTimeZone } from "./format.js";
+import { formatInputTime, parseInputTime, viewerTimeZone } from "./format.js";
 
 const params = new URLSearchParams(location.search);
 if (params.get("tz")) document.body.dataset.timezone = params.get("tz");
@@ -32,18 +34,21 @@ class DashboardPage {
     this.historyGeneration = 0;
     this.zoomTo = (fromMs, toMs) => this.setState({ mode: "history", range: "custom", fromMs, toMs, paused: false });
 
-    this.conn = new LiveConnection();
+    this.share = config.share || null; // share mode: the link's own socket and series endpoint
+    this.seriesUrl = this.share ? this.share.series : "/api/v1/series";
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    this.conn = this.share ? new LiveConnection(`${scheme}://${location.host}${this.share.socket}`) : new LiveConnection();
     showState(this.conn);
     for (const type of ["data", "alert", "lag"]) this.conn.on(type, (event) => this.dispatch(event));
     this.conn.on("state", () => this.updateStatus()); // a dropped socket shows at once, not on the next tick
     this.banner = new AlertBanner(undefined, { canOperate: config.can_operate_alerts });
     this.rebuild(config);
     this.conn.start();
-    this.banner.load().then((list) => list.forEach((a) => this.annotate(a)));
+    if (!this.share) this.banner.load().then((list) => list.forEach((a) => this.annotate(a)));
     this.bindControls();
     this.applyState();
     this.editor = new LayoutEditor(this);
-    if (params.get("kiosk") === "1") this.kiosk(Number(params.get("rotate")) || 0);
+    if (params.get("kiosk") === "1" || this.share) this.kiosk(this.share ? 0 : Number(params.get("rotate")) || 0);
     requestAnimationFrame(() => this.frame());
     setInterval(() => { this.dirty = true; this.updateStatus(); }, 1000);
   }
@@ -65,7 +70,7 @@ class DashboardPage {
 
   annotate(alert) {
     if (alert.previous === alert.state && alert.state !== "firing") return; // acks and silences are not chart events
-    for (const panel of this.panels) panel.annotate(alert);
+    for (const panel of [...this.panels]) { try { panel.annotate(alert); } catch (err) { this.fail(panel, err); } }
   }
 
   rebuild(config) {
@@ -74,22 +79,32 @@ class DashboardPage {
     this.config = config;
     this.grid.replaceChildren();
     this.panelRoots = [];
+    // One panel that cannot be built is drawn as a panel-level error; it never stops the others.
     this.panels = config.panels.map((spec) => {
       const root = document.createElement("section");
       this.grid.append(root);
       this.panelRoots.push(root);
-      const Kind = PANEL_KINDS[spec.kind] || PANEL_KINDS.timeseries;
-      const panel = new Kind(root, spec, this);
+      const panel = makePanel(root, spec, this);
       this.place(root, spec);
       return panel;
     });
-    const keys = [...new Set(config.panels.flatMap((p) => p.series.map((s) => s.key)))].filter((k) => !this.subscribed.has(k));
+    const keys = [...new Set(this.panels.flatMap((p) => p.keys))].filter((k) => !this.subscribed.has(k));
     if (keys.length) {
       keys.forEach((k) => this.subscribed.add(k));
       this.conn.subscribe(keys, { historyS: MAX_LIVE_S, maxRate: 10 });
     }
     this.dirty = true;
     if (this.state && this.state.mode === "history") this.loadHistory();
+  }
+
+  // A panel whose drawing threw: replace it by its error, keep drawing the rest.
+  fail(panel, err) {
+    const i = this.panels.indexOf(panel);
+    if (i < 0 || panel instanceof BrokenPanel) return;
+    console.error("pulseboard: panel", panel.cfg.title, err);
+    try { panel.destroy(); } catch { /* already broken */ }
+    this.panels[i] = new BrokenPanel(this.panelRoots[i], panel.cfg, err.message);
+    this.place(this.panelRoots[i], panel.cfg);
   }
 
   place(root, spec) {
@@ -114,17 +129,18 @@ class DashboardPage {
     const live = this.state.mode === "live";
     if (live && this.state.paused) return;
     const [fromMs, toMs] = bounds(this.state);
-    for (const panel of this.panels) {
-      if (live || !HISTORICAL.has(panel.cfg.kind)) panel.drawLive(this.store, fromMs / 1000, toMs / 1000);
+    for (const panel of [...this.panels]) {
+      if (!live && HISTORICAL.has(panel.cfg.kind)) continue;
+      try { panel.drawLive(this.store, fromMs / 1000, toMs / 1000); } catch (err) { this.fail(panel, err); }
     }
     if (this.statusDirty) this.updateStatus();
   }
 
   updateStatus() {
     this.statusDirty = false;
-    for (const panel of this.panels) {
+    for (const panel of [...this.panels]) {
       const mode = this.state.mode === "history" && HISTORICAL.has(panel.cfg.kind) ? "history" : "live";
-      panel.showStatus(this.conn, this.store, mode, this.state.mode === "live" && this.state.paused);
+      try { panel.showStatus(this.conn, this.store, mode, this.state.mode === "live" && this.state.paused); } catch (err) { this.fail(panel, err); }
     }
   }
 
@@ -143,7 +159,7 @@ class DashboardPage {
       const keys = panel.cfg.kind === "candlestick" ? panel.keys.slice(0, 1) : panel.keys;
       for (const k of keys) query.append("metric", k);
       try {
-        const response = await fetch("/api/v1/series?" + query, { credentials: "same-origin" });
+        const response = await fetch(`${this.seriesUrl}?${query}`, { credentials: "same-origin" });
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
         const history = await response.json();
         if (generation === this.historyGeneration) panel.drawHistory(history, fromMs / 1000, toMs / 1000, this.store);
@@ -173,8 +189,8 @@ class DashboardPage {
     document.getElementById("range-label").textContent = describe(s, viewerTimeZone());
     document.getElementById("custom-range").hidden = s.range !== "custom";
     if (s.range === "custom") {
-      document.getElementById("custom-from").value = localInput(s.fromMs);
-      document.getElementById("custom-to").value = localInput(s.toMs);
+      document.getElementById("custom-from").value = formatInputTime(s.fromMs);
+      document.getElementById("custom-to").value = formatInputTime(s.toMs);
     }
     document.body.dataset.mode = s.mode;
     if (s.mode === "history") this.loadHistory();
@@ -196,9 +212,10 @@ class DashboardPage {
       });
     }
     document.getElementById("custom-apply").addEventListener("click", () => {
-      const fromMs = inputTime(document.getElementById("custom-from").value);
-      const toMs = inputTime(document.getElementById("custom-to").value);
-      if (fromMs && toMs && toMs > fromMs) this.setState({ mode: "history", range: "custom", fromMs, toMs, paused: false });
+      const inputs = ["custom-from", "custom-to"].map((id) => document.getElementById(id));
+      const [fromMs, toMs] = inputs.map((input) => parseInputTime(input.value));
+      inputs.forEach((input, i) => input.classList.toggle("invalid", [fromMs, toMs][i] === null));
+      if (fromMs !== null && toMs !== null && toMs > fromMs) this.setState({ mode: "history", range: "custom", fromMs, toMs, paused: false });
     });
     document.getElementById("pause").addEventListener("click", () => {
       if (this.state.mode === "live") this.setState({ ...this.state, paused: !this.state.paused });
@@ -225,8 +242,10 @@ class DashboardPage {
     input.addEventListener("change", async () => {
       try {
         await postJSON("/api/v1/preferences", { timezone: input.value.trim() });
-        params.delete("tz");
-        location.search = params.toString();
+        // Reload with the URL as it is now (range, zoom, pause), not as it was when the page loaded.
+        const now = new URLSearchParams(location.search);
+        now.delete("tz");
+        location.search = now.toString();
       } catch (err) { input.classList.add("invalid"); input.title = err.message; }
     });
   }
@@ -234,17 +253,26 @@ class DashboardPage {
   // Wall-screen mode: no chrome; optionally move to the next dashboard every `rotateS` seconds.
   kiosk(rotateS) {
     document.body.classList.add("kiosk");
+    this.fitScreen();
+    window.addEventListener("resize", () => this.fitScreen());
+    // The alert banner showing or growing moves the grid down: fit again.
+    const above = new ResizeObserver(() => this.fitScreen());
+    for (const node of [document.getElementById("alert-banner"), document.querySelector(".page-head")]) if (node) above.observe(node);
     if (rotateS < 10 || this.config.dashboards.length < 2) return;
     const next = this.config.dashboards[(this.config.dashboards.indexOf(this.config.slug) + 1) % this.config.dashboards.length];
     setTimeout(() => { location.href = `/d/${next}/?${params}`; }, rotateS * 1000);
   }
-}
 
-function localInput(ms) {
-  const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
-  return d.toISOString().slice(0, 16);
+  // Kiosk: the whole board fits the screen however many rows it has; rows shrink to share the
+  // height left under the title, and the charts follow their cells (ResizeObserver).
+  fitScreen() {
+    const rows = Math.max(1, ...this.config.panels.map((p) => p.y + p.h));
+    const gap = parseFloat(getComputedStyle(this.grid).rowGap) || 0;
+    const top = this.grid.getBoundingClientRect().top + window.scrollY;
+    const bottom = parseFloat(getComputedStyle(document.querySelector("main")).paddingBottom) || 0;
+    const row = Math.floor((window.innerHeight - top - bottom - gap * (rows - 1)) / rows);
+    document.body.style.setProperty("--row", `${Math.max(8, row)}px`);
+  }
 }
-
-function inputTime(value) { const t = new Date(value).getTime(); return Number.isFinite(t) ? t : null; }
 
 window.pulseboard = new DashboardPage(JSON.parse(document.getElementById("dashboard-config").textContent));

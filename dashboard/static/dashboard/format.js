@@ -26,10 +26,54 @@ export function formatValue(value, unit = "") {
 
 // The viewer's chosen zone ("browser", "UTC" or an IANA name); stored per user server-side later.
 export function viewerTimeZone() {
-  const zone = document.body.dataset.timezone;
+  const zone = typeof document !== "undefined" && document.body ? document.body.dataset.timezone : "";
   return zone && zone !== "browser" ? zone : Intl.DateTimeFormat().resolvedOptions().timeZone;
 }
 
 export function formatTime(ms, zone = viewerTimeZone()) {
-  return new Date(ms).toLocaleTimeString([], { timeZone: zone, hour12: false });
+  const p = partsIn(ms, zone); // hourCycle h23: never "24:05" past midnight, never AM/PM
+  return `${p.hour}:${p.minute}:${p.second}`;
+}
+
+// Date and time in the viewer's zone, 24-hour: "2026-12-06 01:02:03".
+export function formatDateTime(ms, zone = viewerTimeZone()) {
+  const p = partsIn(ms, zone);
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second}`;
+}
+
+// The wall-clock fields of a time in a zone, 24-hour.
+function partsIn(ms, zone) {
+  const f = new Intl.DateTimeFormat("en-GB", {
+    timeZone: zone, hourCycle: "h23", year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
+  });
+  const out = {};
+  for (const p of f.formatToParts(new Date(ms))) out[p.type] = p.value;
+  return out;
+}
+
+// "YYYY-MM-DD HH:MM" in the chosen zone, 24-hour: what the custom-range inputs show.
+export function formatInputTime(ms, zone = viewerTimeZone()) {
+  const p = partsIn(ms, zone);
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}`;
+}
+
+// The zone's offset from UTC at a moment, in ms (Europe/Berlin in summer: +7,200,000).
+function offsetMs(ms, zone) {
+  const p = partsIn(ms, zone);
+  return Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute, +p.second) - Math.floor(ms / 1000) * 1000;
+}
+
+// ms since the epoch of "YYYY-MM-DD HH:MM[:SS]" read as wall-clock time in the zone; null if it is not one.
+export function parseInputTime(text, zone = viewerTimeZone()) {
+  const m = /^\s*(\d{4})-(\d{2})-(\d{2})[ T](\d{1,2}):(\d{2})(?::(\d{2}))?\s*$/.exec(String(text));
+  if (!m) return null;
+  const [y, mo, d, h, mi] = m.slice(1, 6).map(Number);
+  const s = Number(m[6] || 0);
+  if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 59) return null;
+  const wall = Date.UTC(y, mo - 1, d, h, mi, s);
+  let t = wall - offsetMs(wall, zone);
+  t = wall - offsetMs(t, zone); // again at the found moment: right across a daylight-saving change
+  const back = partsIn(t, zone);
+  if (+back.day !== d || +back.month !== mo) return null; // 31 February and the like
+  return t;
 }

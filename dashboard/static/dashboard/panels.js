@@ -9,6 +9,7 @@ const STATE_COLORS = { firing: "#f3616d", nodata: "#f5a524", pending: "#f5a524",
 const CURRENCIES = new Set(["USD", "EUR", "GBP", "JPY", "CHF", "USDT"]);
 const DEFAULT_STALE_S = 30; // a panel whose newest sample is older than this is marked stale
 const MAX_ANNOTATIONS = 50; // per panel; older ones are dropped so a flapping alert cannot grow memory
+const CURSOR_SYNC_KEY = "pulseboard-board"; // every time-series and candlestick panel of a page shares one cursor
 
 // Colour of a value by the panel's thresholds [{value, color}], the highest threshold reached wins.
 export function thresholdColor(value, thresholds = [], fallback = "var(--text)") {
@@ -122,7 +123,7 @@ function overlayHook(panel) {
 
 // Time labels in the viewer's zone, as short as the tick spacing allows.
 function timeLabels(zone) {
-  const f = (o) => new Intl.DateTimeFormat([], { timeZone: zone, hour12: false, ...o });
+  const f = (o) => new Intl.DateTimeFormat([], { timeZone: zone, hourCycle: "h23", ...o });
   const sec = f({ hour: "2-digit", minute: "2-digit", second: "2-digit" });
   const min = f({ hour: "2-digit", minute: "2-digit" });
   const dayTime = f({ month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
@@ -166,9 +167,11 @@ function makePlot(panel, container, series, { onZoom, extraHooks = {} }) {
     axes: axes(panel.unit),
     series: [{}, ...series],
     legend: { show: false },
-    cursor: { drag: { x: true, y: false, setScale: false }, points: { size: 6 } },
+    // The crosshair follows the pointer on every chart of the board at the same time (by x value).
+    cursor: { drag: { x: true, y: false, setScale: false }, points: { size: 6 }, sync: { key: CURSOR_SYNC_KEY } },
     hooks: {
       draw: [overlayHook(panel), ...(extraHooks.draw || [])],
+      setCursor: extraHooks.setCursor || [],
       setSelect: [(u) => {
         if (u.select.width > 4 && onZoom) onZoom(u.posToVal(u.select.left, "x") * 1000, u.posToVal(u.select.left + u.select.width, "x") * 1000);
         u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
@@ -182,19 +185,23 @@ function makePlot(panel, container, series, { onZoom, extraHooks = {} }) {
 }
 
 // Align several series on one x axis. Missing points are `undefined` (lines join across them);
-// a silence longer than gapS in a series inserts a `null` (drawn as a gap).
+// a silence longer than gapS in a series inserts a `null` (drawn as a gap). gapS is one number
+// for every series or an array, one per series (each series breaks by its own reporting interval).
 export function alignWithGaps(columns, gapS) {
-  if (columns.length === 1) return oneWithGaps(columns[0], gapS);
+  const gapOf = (k) => (Array.isArray(gapS) ? gapS[k] : gapS);
+  if (columns.length === 1) return oneWithGaps(columns[0], gapOf(0));
   const xsSet = new Set();
-  for (const c of columns) {
+  columns.forEach((c, k) => {
+    const gap = gapOf(k);
     for (let i = 0; i < c.t.length; i++) {
       xsSet.add(c.t[i]);
       // A break point inside every long silence, so the gap shows even where no other series has a sample.
-      if (i > 0 && c.t[i] - c.t[i - 1] > gapS) xsSet.add(c.t[i - 1] + gapS / 2);
+      if (i > 0 && c.t[i] - c.t[i - 1] > gap) xsSet.add(c.t[i - 1] + gap / 2);
     }
-  }
+  });
   const xs = Float64Array.from(xsSet).sort();
-  const ys = columns.map((c) => {
+  const ys = columns.map((c, k) => {
+    const gapS = gapOf(k);
     const out = new Array(xs.length); // undefined: no sample of this series here, the line joins across
     let j = 0; // first own sample at or after xs[i]
     for (let i = 0; i < xs.length; i++) {
@@ -218,13 +225,53 @@ function oneWithGaps(c, gapS) {
   return [xs, ys];
 }
 
-function gapFor(t) {
-  // Five median intervals of the series, at least 5 s: a few lost samples are a gap, jitter is not.
-  if (t.length < 3) return 60;
-  const d = [];
-  for (let i = Math.max(1, t.length - 50); i < t.length; i++) d.push(t[i] - t[i - 1]);
-  d.sort((a, b) => a - b);
-  return Math.max(5, 5 * d[d.length >> 1]);
+const MIN_GAP_S = 5; // shorter pauses are jitter, never a gap
+const DEFAULT_INTERVAL_S = 10; // Source.expected_interval_s's default, for a series the page knows nothing of
+
+// The pause after which a series is drawn broken: five of its own reporting intervals (the median
+// spacing of its last 50 samples, or the source's expected interval until it has 3), and never less
+// than 2.5 buckets of a history answer. A 2 s sensor in 0.26 s buckets is a line; a few lost samples
+// are a gap; jitter and bucketing are not.
+export function gapSeconds(t, { stepS = 0, expectedS = DEFAULT_INTERVAL_S } = {}) {
+  let interval = expectedS || DEFAULT_INTERVAL_S;
+  if (t.length >= 3) {
+    const d = [];
+    for (let i = Math.max(1, t.length - 50); i < t.length; i++) d.push(t[i] - t[i - 1]);
+    d.sort((a, b) => a - b);
+    interval = d[d.length >> 1];
+  }
+  return Math.max(MIN_GAP_S, 5 * interval, 2.5 * stepS);
+}
+
+// Indices of the samples of every run (samples between gaps) spanning at most minSpan on x: with
+// minSpan 0 the values with no drawn neighbour. A line cannot show them (a lone sample, or two
+// adjacent 10-minute buckets one pixel apart on 7 days), so they are drawn as points.
+// `undefined` (another series' timestamp) neither joins nor breaks a run.
+export function isolatedPoints(ys, xs = null, minSpan = 0) {
+  const out = [];
+  let first = -1, last = -1, count = 0; // the current run, without allocating per sample
+  const close = () => {
+    if (count && (count === 1 || (xs && xs[last] - xs[first] <= minSpan))) {
+      for (let j = first; j <= last; j++) if (ys[j] != null) out.push(j);
+    }
+    first = last = -1; count = 0;
+  };
+  for (let i = 0; i < ys.length; i++) {
+    const v = ys[i];
+    if (v === undefined) continue;
+    if (v === null) close();
+    else { if (first < 0) first = i; last = i; count++; }
+  }
+  close();
+  return out;
+}
+
+// uPlot points.filter: the samples a line cannot show, those of runs under 4 CSS pixels wide.
+function lonePoints(u, si) {
+  const span = u.scales.x.max - u.scales.x.min;
+  if (!(span > 0) || !u.bbox.width) return null;
+  const found = isolatedPoints(u.data[si], u.data[0], (4 * devicePixelRatio * span) / u.bbox.width);
+  return found.length ? found : null;
 }
 
 export class TimeSeriesPanel extends Panel {
@@ -232,6 +279,7 @@ export class TimeSeriesPanel extends Panel {
     super(root, cfg);
     if (!this.keys.length) return;
     this.chartBox = el("div", "chart-box");
+    this.chartBox.setAttribute("role", "img"); // its text alternative: the legend's current values (fillLegend)
     this.legend = el("table", "legend");
     this.body.append(this.chartBox, this.legend);
     const series = this.keys.map((k, i) => ({
@@ -240,45 +288,92 @@ export class TimeSeriesPanel extends Panel {
       fill: this.keys.length === 1 ? COLORS[0] + "22" : undefined,
       width: 1.5,
       spanGaps: false,
-      points: { show: false },
+      // No markers on lines; a sample with no neighbour is drawn as a dot, or it would be invisible.
+      points: { show: false, size: 5, fill: COLORS[i % COLORS.length], filter: lonePoints },
     }));
-    this.plot = makePlot(this, this.chartBox, series, { onZoom: page.zoomTo });
+    this.expectedS = this.keys.map((k) => (this.cfg.series.find((s) => s.key === k) || {}).interval_s || DEFAULT_INTERVAL_S);
+    this.plot = makePlot(this, this.chartBox, series, { onZoom: page.zoomTo, extraHooks: { setCursor: [(u) => this.showCursor(u)] } });
     this.legendRows = this.keys.map((k, i) => {
       const tr = el("tr");
+      tr.dataset.key = k;
       const name = el("th");
       name.append(el("i", "swatch"));
       name.firstChild.style.background = COLORS[i % COLORS.length];
       name.append(this.label(k));
+      name.title = "click: show only this series (again: all); Ctrl/Shift-click: hide or show it";
+      name.addEventListener("click", (e) => this.toggleSeries(i, !(e.ctrlKey || e.metaKey || e.shiftKey)));
       const last = el("td", "num"), min = el("td", "num"), max = el("td", "num");
       tr.append(name, last, min, max);
       this.legend.append(tr);
-      return { last, min, max };
+      return { tr, last, min, max };
     });
     const head = el("tr");
     for (const h of ["", "latest", "min", "max"]) head.append(el("td", "legend-head", h));
+    this.lastHead = head.children[1];
     this.legend.prepend(head);
   }
 
+  // Isolate series i (or show all again when it already is alone), or toggle it alone.
+  toggleSeries(i, isolate) {
+    const shown = this.plot.series.slice(1).map((s) => s.show);
+    const alone = shown[i] && shown.every((on, j) => on === (j === i));
+    const next = isolate ? shown.map((_, j) => alone || j === i) : shown.map((on, j) => (j === i ? !on : on));
+    next.forEach((on, j) => {
+      if (this.plot.series[j + 1].show !== on) this.plot.setSeries(j + 1, { show: on });
+      this.legendRows[j].tr.classList.toggle("series-hidden", !on);
+    });
+  }
+
+  // While the pointer is over any chart of the board: the time under it and each series' value then.
+  showCursor(u) {
+    const idx = u.cursor.idx;
+    this.cursorIdx = idx;
+    if (!this.legendRows) return;
+    if (idx == null || !u.data[0].length) {
+      this.lastHead.textContent = "latest";
+      if (this.lastColumns) this.fillLegend(this.lastColumns);
+      return;
+    }
+    this.lastHead.textContent = formatTime(u.data[0][idx] * 1000);
+    this.legendRows.forEach((row, i) => {
+      const v = valueNear(u.data[i + 1], idx);
+      row.last.textContent = formatValue(v, this.unit);
+      row.last.style.color = v === null ? "" : thresholdColor(v, this.cfg.options.thresholds, "");
+    });
+  }
+
   fillLegend(columns) {
+    this.lastColumns = columns;
+    const alt = `${this.cfg.title}: ` + columns.map((c, i) => `${this.label(this.keys[i])} ${formatValue(c.v.length ? c.v[c.v.length - 1] : null, this.unit)}`).join(", ");
+    if (this.chartBox.getAttribute("aria-label") !== alt) this.chartBox.setAttribute("aria-label", alt);
+    const hovering = this.cursorIdx != null;
     columns.forEach((c, i) => {
       const row = this.legendRows[i];
       let mn = Infinity, mx = -Infinity;
       for (const v of c.v) { if (v < mn) mn = v; if (v > mx) mx = v; }
       const last = c.v.length ? c.v[c.v.length - 1] : null;
-      row.last.textContent = formatValue(last, this.unit);
-      row.last.style.color = last === null ? "" : thresholdColor(last, this.cfg.options.thresholds, "");
+      if (!hovering) {
+        row.last.textContent = formatValue(last, this.unit);
+        row.last.style.color = last === null ? "" : thresholdColor(last, this.cfg.options.thresholds, "");
+      }
       row.min.textContent = c.v.length ? formatValue(mn, this.unit) : "–";
       row.max.textContent = c.v.length ? formatValue(mx, this.unit) : "–";
     });
   }
 
+  // Lines broken where each series paused longer than its own gap; isolated samples as dots.
+  setColumns(columns, stepS) {
+    const gaps = columns.map((c, i) => gapSeconds(c.t, { stepS, expectedS: this.expectedS[i] }));
+    this.plot.setData(alignWithGaps(columns, gaps), false);
+  }
+
   drawLive(store, fromS, toS) {
     if (!this.plot) return;
     const columns = this.keys.map((k) => windowOf(store.get(k), fromS, toS));
-    const gap = Math.max(...columns.map((c) => gapFor(c.t)));
-    this.plot.setData(alignWithGaps(columns, gap), false);
+    this.setColumns(columns, 0);
     this.plot.setScale("x", { min: fromS, max: toS });
     this.fillLegend(columns);
+    if (this.cursorIdx != null) this.showCursor(this.plot);
   }
 
   drawHistory(history, fromS, toS) {
@@ -288,7 +383,7 @@ export class TimeSeriesPanel extends Panel {
       const s = history.series.find((x) => x.key === k);
       return s ? { t: s.t.map((t) => t / 1e6 + stepS / 2), v: s.avg, min: s.min, max: s.max } : { t: [], v: [] };
     });
-    this.plot.setData(alignWithGaps(columns, stepS * 2.5), false);
+    this.setColumns(columns, stepS);
     this.plot.setScale("x", { min: fromS, max: toS });
     this.fillLegend(columns.map((c) => ({ t: c.t, v: c.v, ...(c.min ? {} : {}) })));
     // min/max of a range are the buckets' extremes, not of their averages
@@ -297,9 +392,21 @@ export class TimeSeriesPanel extends Panel {
       this.legendRows[i].min.textContent = formatValue(Math.min(...c.min), this.unit);
       this.legendRows[i].max.textContent = formatValue(Math.max(...c.max), this.unit);
     });
+    if (this.cursorIdx != null) this.showCursor(this.plot); // new data under a pointer that stayed put
   }
 
   annotate(alert) { const hit = super.annotate(alert); if (hit && this.plot) this.plot.redraw(false, false); return hit; }
+}
+
+// The value at idx, or the nearest sample of this series around it (other series' timestamps are undefined).
+export function valueNear(ys, idx, reach = 50) {
+  for (let d = 0; d <= reach; d++) {
+    const a = ys[idx - d], b = ys[idx + d];
+    if (a === null || b === null) { if (a != null) return a; if (b != null) return b; return null; } // a gap: no value here
+    if (a !== undefined) return a;
+    if (b !== undefined) return b;
+  }
+  return null;
 }
 
 function windowOf(s, fromS, toS) {
@@ -449,7 +556,7 @@ export class CandlestickPanel extends Panel {
     const hidden = (label) => ({ label, stroke: "transparent", paths: () => null, points: { show: false } });
     this.plot = makePlot(this, this.chartBox, [hidden("open"), hidden("high"), hidden("low"), hidden("close")], {
       onZoom: page.zoomTo,
-      extraHooks: { draw: [(u) => this.drawCandles(u)] },
+      extraHooks: { draw: [(u) => this.drawCandles(u)], setCursor: [(u) => this.showInfo(u.cursor.idx)] },
     });
   }
 
@@ -489,18 +596,24 @@ export class CandlestickPanel extends Panel {
   set(data, fromS, toS) {
     this.plot.setData(data, false);
     this.plot.setScale("x", { min: fromS, max: toS });
+    this.showInfo(this.plot.cursor.idx);
+  }
+
+  // O/H/L/C of the candle under the cursor (synchronized with the board's other charts), else the latest.
+  showInfo(cursorIdx) {
+    const data = this.plot.data;
     const n = data[0].length;
-    if (n) {
-      const i = n - 1;
-      const up = data[4][i] >= data[1][i];
-      this.info.innerHTML = "";
-      for (const [k, v] of [["O", data[1][i]], ["H", data[2][i]], ["L", data[3][i]], ["C", data[4][i]]]) {
-        const span = el("span", "", `${k} `);
-        span.append(el("b", up ? "up" : "down", axisValue(v, this.unit)));
-        this.info.append(span);
-      }
-      this.info.append(el("span", "muted", `${formatStep(this.step)} candles`));
+    if (!n) return;
+    const i = cursorIdx != null && cursorIdx < n ? cursorIdx : n - 1;
+    const up = data[4][i] >= data[1][i];
+    this.info.replaceChildren();
+    for (const [k, v] of [["O", data[1][i]], ["H", data[2][i]], ["L", data[3][i]], ["C", data[4][i]]]) {
+      const span = el("span", "", `${k} `);
+      span.append(el("b", up ? "up" : "down", axisValue(v, this.unit)));
+      this.info.append(span);
     }
+    const at = cursorIdx != null && cursorIdx < n ? formatTime((data[0][i] - this.step / 2) * 1000) + " · " : "";
+    this.info.append(el("span", "muted", `${at}${formatStep(this.step)} candles`));
   }
 
   drawCandles(u) {
@@ -535,6 +648,48 @@ function formatStep(s) {
   if (s >= 3600) return `${s / 3600} h`;
   if (s >= 60) return `${s / 60} min`;
   return `${s} s`;
+}
+
+// A panel that cannot be drawn (it breaks the layout schema, or its code threw): one panel-level
+// error in its grid cell; the board around it stays live. It depends on nothing in its config.
+export class BrokenPanel {
+  constructor(root, cfg, message) {
+    this.cfg = { ...(cfg && typeof cfg === "object" ? cfg : {}), kind: "broken" };
+    this.root = root;
+    this.keys = [];
+    this.error = String(message || "this panel cannot be drawn");
+    root.replaceChildren();
+    root.className = "panel panel-broken";
+    root.dataset.kind = "broken";
+    root.dataset.panelId = this.cfg.id ?? "";
+    const head = el("header", "panel-head");
+    head.append(el("h2", "panel-title", typeof this.cfg.title === "string" ? this.cfg.title : "Untitled panel"));
+    this.status = el("span", "panel-status", "error");
+    this.status.dataset.state = "error";
+    head.append(this.status);
+    const body = el("div", "panel-body");
+    body.append(el("p", "panel-error", "This panel is broken: " + this.error), el("p", "muted", "Fix it in the editor or the admin; the rest of the board is unaffected."));
+    root.append(head, body);
+  }
+
+  showStatus() {}
+  annotate() { return false; }
+  setRange() {}
+  drawLive() {}
+  drawHistory() {}
+  destroy() {}
+}
+
+// Build a panel of its kind; one whose config or code is broken becomes a BrokenPanel instead.
+export function makePanel(root, cfg, page) {
+  if (!cfg || typeof cfg !== "object" || cfg.error || cfg.kind === "broken") return new BrokenPanel(root, cfg, cfg && cfg.error);
+  const Kind = PANEL_KINDS[cfg.kind] || TimeSeriesPanel;
+  try {
+    return new Kind(root, cfg, page);
+  } catch (err) {
+    console.error("pulseboard: panel", cfg.title, err);
+    return new BrokenPanel(root, cfg, err.message);
+  }
 }
 
 export const PANEL_KINDS = { timeseries: TimeSeriesPanel, stat: StatPanel, table: TablePanel, candlestick: CandlestickPanel };

@@ -38,6 +38,6 @@ export function bounds(state, nowMs = Date.now()) {
 export function describe(state, zone) {
   if (state.mode === "live") return state.paused ? `paused · last ${state.range}` : `live · last ${state.range}`;
   if (state.range !== "custom") return `last ${state.range}`;
-  const fmt = new Intl.DateTimeFormat([], { timeZone: zone, month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hour12: false });
+  const fmt = new Intl.DateTimeFormat([], { timeZone: zone, month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
   return `${fmt.format(new Date(state.fromMs))} – ${fmt.format(new Date(state.toMs))}`;
 }
