@@ -72,3 +72,14 @@ def test_admin_lists_render_for_staff(client: Client, admin_user, temperature: M
         "/admin/dashboard/sample/?q=iot",
     ):
         assert client.get(url).status_code == 200, url
+
+
+def test_pages_have_a_favicon_and_announce_the_connection_state(client: Client, viewer) -> None:
+    from pathlib import Path
+
+    client.force_login(viewer)
+    page = client.get("/").content.decode()
+    assert 'rel="icon" href="/static/dashboard/favicon.svg"' in page
+    assert 'id="conn-state"' in page and 'role="status"' in page and 'aria-live="polite"' in page
+    favicon = Path(__file__).resolve().parent.parent / "dashboard" / "static" / "dashboard" / "favicon.svg"
+    assert favicon.read_text().startswith("<svg")
