@@ -7,3 +7,8 @@ class DashboardConfig(AppConfig):
     name = "dashboard"
     verbose_name = "Pulseboard"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from dashboard import permissions
+
+        permissions.connect_signals()
