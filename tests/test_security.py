@@ -363,3 +363,52 @@ async def test_a_cross_site_page_cannot_open_the_socket_on_a_real_server(tmp_pat
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd.code == 4001
+
+
+# --- Health endpoints ------------------------------------------------------------------
+
+LEAKY = 'connection to server at "10.9.8.7", port 6543 failed: Connection refused'
+
+
+@pytest.fixture
+def database_down(monkeypatch) -> None:
+    """The readiness probe's database round trip fails with a driver message naming host and port."""
+    from django.db import OperationalError
+
+    from dashboard import views
+
+    def refuse() -> None:
+        raise OperationalError(LEAKY)
+
+    monkeypatch.setattr(views, "_database_ready", refuse)
+    views._ready_logged.clear()
+
+
+@TRANSACTIONAL
+async def test_readyz_tells_anonymous_callers_only_which_check_failed(database_down, caplog) -> None:
+    from django.test import AsyncClient
+
+    response = await AsyncClient().get("/readyz")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert response.json() == {"status": "unavailable", "database": "unavailable", "channel_layer": "ok"}
+    assert "10.9.8.7" not in response.content.decode()
+    # The operator finds the reason in the log, once, not at every probe.
+    await AsyncClient().get("/readyz")
+    logged = [r.getMessage() for r in caplog.records if r.name == "dashboard.views"]
+    assert len([m for m in logged if "10.9.8.7" in m]) == 1, logged
+
+
+@TRANSACTIONAL
+async def test_readyz_gives_staff_and_metrics_scrapers_the_reason(database_down, owner, viewer, settings) -> None:
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    staff = AsyncClient()
+    await sync_to_async(staff.force_login)(owner)
+    assert "10.9.8.7" in (await staff.get("/readyz")).json()["database"]
+    settings.METRICS_TOKEN = "scrape-token-123"
+    scraper = await AsyncClient().get("/readyz", headers={"Authorization": "Bearer scrape-token-123"})
+    assert "10.9.8.7" in scraper.json()["database"]
+    signed_in = AsyncClient()
+    await sync_to_async(signed_in.force_login)(viewer)
+    assert (await signed_in.get("/readyz")).json()["database"] == "unavailable"
