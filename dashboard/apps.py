@@ -9,6 +9,7 @@ class DashboardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from dashboard import permissions
+        from dashboard import lockout, permissions
 
         permissions.connect_signals()
+        lockout.connect_signals()

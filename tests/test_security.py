@@ -412,3 +412,39 @@ async def test_readyz_gives_staff_and_metrics_scrapers_the_reason(database_down,
     signed_in = AsyncClient()
     await sync_to_async(signed_in.force_login)(viewer)
     assert (await signed_in.get("/readyz")).json()["database"] == "unavailable"
+
+
+# --- Content-Security-Policy ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/d/", "/accounts/login/", "/admin/", "/admin/login/", "/healthz"])
+def test_every_page_carries_a_content_security_policy_without_inline_script(client, owner, path: str) -> None:
+    from django.conf import settings
+
+    if "login" not in path:
+        client.force_login(owner)
+    response = client.get(path)
+    assert response.status_code == 200
+    policy = response["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["script-src"] == "'self'"
+    assert directives["style-src"] == "'self'"
+    assert directives["img-src"] == "'self' data:"
+    assert directives["connect-src"] == "'self' ws://testserver wss://testserver"
+    assert directives["frame-ancestors"] == "'none'" and directives["object-src"] == "'none'"
+    assert "unsafe" not in policy
+    assert settings.CONTENT_SECURITY_POLICY
+
+
+def test_templates_have_no_inline_script_style_or_event_handler() -> None:
+    """What the policy forbids, the templates must not need: a script with a body runs only as JSON data."""
+    import re
+
+    for template in (ROOT / "templates").rglob("*.html"):
+        text = template.read_text()
+        for tag in re.findall(r"<script\b[^>]*>", text):
+            assert "src=" in tag, f"{template}: inline script {tag}"
+        assert not re.search(r"\sstyle\s*=", text), f"{template}: inline style attribute"
+        assert not re.search(r"\son[a-z]+\s*=", text), f"{template}: event-handler attribute"
+        assert "<style" not in text, f"{template}: inline <style>"
+        assert "javascript:" not in text, f"{template}: javascript: URL"
