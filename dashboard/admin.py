@@ -135,6 +135,8 @@ class SecretShownOnceAdmin(admin.ModelAdmin):
         count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
         if hasattr(self.model, "forget_cached"):  # agent tokens are cached per process for CACHE_S
             self.model.forget_cached()
+        if self.model is ShareLink:  # an update sends no signal: wake this process's share sockets now
+            permissions.notify_access_changed()
         self.message_user(request, f"Revoked {count} {self.noun}.")
 
 

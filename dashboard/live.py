@@ -230,12 +230,14 @@ class LiveClient:
         a change the grant depends on (dashboard/permissions.py).
         """
         link = self.user.share_link
+        wake = permissions.access_changed_event()
         while True:
-            wake = permissions.access_changed_event()
             try:
                 await asyncio.wait_for(wake.wait(), SHARE_RECHECK_S)
             except TimeoutError:
                 pass
+            # Listen for the next change before reading the grant, so one saved meanwhile is not missed.
+            wake = permissions.access_changed_event()
             try:
                 granted = await share_grant(link)
             except Exception:

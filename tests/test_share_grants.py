@@ -16,7 +16,7 @@ from django.contrib.admin.sites import site as admin_site
 from django.contrib.auth.models import Group
 from django.test import Client, RequestFactory
 
-from dashboard import actions, storage
+from dashboard import actions, live, storage
 from dashboard.models import Dashboard, Panel, ShareLink, Source
 from dashboard.permissions import can_match_under, literal_prefix
 from dashboard.timeutil import US, now_us
@@ -297,8 +297,10 @@ async def next_frame(ws, kinds: set[str], deadline_s: float) -> dict:
 
 @TRANSACTIONAL
 async def test_removing_the_creator_from_the_group_narrows_an_open_share_socket(
-    viewer, vault: Group, vault_link
+    viewer, vault: Group, vault_link, monkeypatch
 ) -> None:
+    # Only the change's own signal can narrow the socket within this test's deadlines, not the periodic re-check.
+    monkeypatch.setattr(live, "SHARE_RECHECK_S", 600.0)
     link, secret = vault_link
     ws = await socket(f"/ws/share/{secret}/")
     await frames_until(ws, "hello")
@@ -359,3 +361,23 @@ def test_a_link_made_before_creators_were_recorded_gets_the_oldest_superuser(dja
     migration.creator_for_existing_links(apps, None)
     link.refresh_from_db()
     assert link.created_by == root and ShareLink.find(secret) == link
+
+
+@TRANSACTIONAL
+async def test_revoking_a_link_in_the_admin_closes_its_open_socket_at_once(
+    client, django_user_model, vault_link, monkeypatch
+) -> None:
+    monkeypatch.setattr(live, "SHARE_RECHECK_S", 600.0)
+    link, secret = vault_link
+    root = await django_user_model.objects.acreate(username="root", is_staff=True, is_superuser=True)
+    ws = await socket(f"/ws/share/{secret}/")
+    await frames_until(ws, "hello")
+    await sync_to_async(client.force_login)(root)
+    response = await sync_to_async(client.post)(
+        "/admin/dashboard/sharelink/", {"action": "revoke", "_selected_action": [link.pk]}
+    )
+    assert response.status_code == 302
+    error = await next_frame(ws, {"error"}, 10)
+    assert error["code"] == "not_authenticated"
+    assert await ws.receive_output(5) == {"type": "websocket.close", "code": 4001}
+    await ws.disconnect()
