@@ -173,7 +173,7 @@ def test_an_editor_may_move_a_panel_whose_pattern_someone_with_more_rights_added
 
 def test_staff_may_save_any_pattern(client: Client, owner, board: Dashboard) -> None:
     client.force_login(owner)
-    response = post_layout(client, "lobby", [*current_panels(board), {"title": "Everything", "metrics": ["*"]}])
+    response = post_layout(client, "lobby", [*current_panels(board), {"title": "Everything", "metrics": ["*"], "y": 4}])
     assert response.status_code == 200
 
 
@@ -182,7 +182,9 @@ def test_a_member_of_the_group_may_add_that_sources_keys(
 ) -> None:
     board.editor_groups.add(vault)
     client.force_login(viewer)
-    response = post_layout(client, "lobby", [*current_panels(board), {"title": "Gold", "metrics": ["secret.vault.*"]}])
+    response = post_layout(
+        client, "lobby", [*current_panels(board), {"title": "Gold", "metrics": ["secret.vault.*"], "y": 4}]
+    )
     assert response.status_code == 200, response.content
 
 
@@ -242,7 +244,7 @@ def vault_link(viewer, metrics) -> tuple[ShareLink, str]:
 def page_series(client: Client, secret: str) -> set[str]:
     response = client.get(f"/share/{secret}/")
     assert response.status_code == 200
-    return {s["key"] for p in response.context["panels"] for s in p["series"]}
+    return {s["key"] for p in response.context["config"]["panels"] for s in p["series"]}
 
 
 def test_a_share_link_grants_what_its_creator_reads(client: Client, vault_link) -> None:
@@ -283,7 +285,7 @@ def test_the_issue_attack_an_editor_cannot_widen_a_staff_made_link(client: Clien
     assert response.status_code == 403
     kiosk = Client()
     assert kiosk.get(f"/share/{secret}/series", {"metric": "secret.vault.gold"}).status_code == 400
-    assert "secret.vault" not in json.dumps(kiosk.get(f"/share/{secret}/").context["panels"])
+    assert "secret.vault" not in json.dumps(kiosk.get(f"/share/{secret}/").context["config"]["panels"])
 
 
 async def next_frame(ws, kinds: set[str], deadline_s: float) -> dict:
