@@ -6,12 +6,13 @@ from functools import cached_property
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import models
 from django.utils import timezone
 from django.utils.html import format_html
 
-from dashboard import layout
+from dashboard import layout, permissions
 from dashboard.alertrules import AlertRuleForm
 from dashboard.models import (
     AgentToken,
@@ -134,6 +135,8 @@ class SecretShownOnceAdmin(admin.ModelAdmin):
         count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
         if hasattr(self.model, "forget_cached"):  # agent tokens are cached per process for CACHE_S
             self.model.forget_cached()
+        if self.model is ShareLink:  # an update sends no signal: wake this process's share sockets now
+            permissions.notify_access_changed()
         self.message_user(request, f"Revoked {count} {self.noun}.")
 
 
@@ -213,6 +216,25 @@ class PanelInline(admin.TabularInline):
     formset = PanelFormSet
     extra = 0
 
+    def get_formset(self, request, obj=None, **kwargs):
+        """Refuse panel patterns beyond what the saving user may read (dashboard/permissions.py)."""
+        formset = super().get_formset(request, obj, **kwargs)
+
+        class PatternCheckedFormSet(formset):
+            def clean(self) -> None:
+                super().clean()
+                rows = [
+                    (index, form.cleaned_data.get("title", ""), form.cleaned_data.get("metrics"))
+                    for index, form in enumerate(self.forms)
+                    if getattr(form, "cleaned_data", None) and not form.cleaned_data.get("DELETE")
+                ]
+                try:
+                    permissions.check_patterns(request.user, rows, permissions.stored_patterns(obj))
+                except permissions.PatternNotAllowed as exc:
+                    raise ValidationError(exc.message, code=exc.code) from None
+
+        return PatternCheckedFormSet
+
 
 @admin.register(Dashboard)
 class DashboardAdmin(admin.ModelAdmin):
@@ -229,16 +251,16 @@ class DashboardAdmin(admin.ModelAdmin):
 
 @admin.register(ShareLink)
 class ShareLinkAdmin(SecretShownOnceAdmin):
-    list_display = ["dashboard", "label", "lookup", "created", "revoked"]
-    readonly_fields = ["lookup", "created", "revoked_at"]
-    fields = ["dashboard", "label", "lookup", "created", "revoked_at"]
+    list_display = ["dashboard", "label", "lookup", "created", "created_by", "revoked"]
+    readonly_fields = ["lookup", "created", "created_by", "revoked_at"]
+    fields = ["dashboard", "label", "lookup", "created", "created_by", "revoked_at"]
     search_fields = ["label", "lookup", "dashboard__title"]
     created_message = "Share link created. Copy it now, it is never shown again: <code id='{}'>{}</code>"
     element_id = "share-link-url"
     noun = "share link(s)"
 
     def issue(self, request, obj: ShareLink) -> tuple[ShareLink, str]:
-        link, secret = ShareLink.issue(obj.dashboard, obj.label)
+        link, secret = ShareLink.issue(obj.dashboard, obj.label, created_by=request.user)
         return link, request.build_absolute_uri(f"/share/{secret}/")
 
 

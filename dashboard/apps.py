@@ -7,3 +7,9 @@ class DashboardConfig(AppConfig):
     name = "dashboard"
     verbose_name = "Pulseboard"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from dashboard import lockout, permissions
+
+        permissions.connect_signals()
+        lockout.connect_signals()

@@ -18,7 +18,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from dashboard import stats
+from dashboard import permissions, stats
 from dashboard.fanout import (
     ACK_WINDOW_FRAMES,
     HEARTBEAT_S,
@@ -111,6 +111,15 @@ def load_samples(cursors: dict[int, int]) -> dict[int, tuple[list[int], list[flo
     return out
 
 
+SHARE_RECHECK_S = 2.0  # how stale a share socket's grant may get when the change was saved in another process
+
+
+@database_sync_to_async
+def share_grant(link) -> frozenset[int] | None:
+    """Return the metric ids a share link grants now, or None when it no longer works."""
+    return link.grant()
+
+
 _shared_source_sets: dict[frozenset[int], frozenset[int]] = {}
 SHARED_SOURCE_SETS_MAX = 1024  # distinct visibility sets kept for sharing; beyond that the cache starts over
 
@@ -166,6 +175,8 @@ class LiveClient:
         """Register with the hub and greet the client."""
         self.session.alert_sources = await alert_sources(self.user)
         await self.hub.register(self.session)
+        if getattr(self.user, "share_link", None) is not None:
+            self._spawn(self._watch_share())
         stats.CONNECTIONS.inc()
         await self._send(
             encode(
@@ -211,6 +222,49 @@ class LiveClient:
                 log.debug("closing a stuck connection failed", exc_info=True)
 
         self._spawn(close())
+
+    async def _watch_share(self) -> None:
+        """Keep a share-link socket within what the link grants now: drop keys it lost, close it when it ends.
+
+        It re-checks every SHARE_RECHECK_S, and at once when this process saves
+        a change the grant depends on (dashboard/permissions.py).
+        """
+        link = self.user.share_link
+        wake = permissions.access_changed_event()
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), SHARE_RECHECK_S)
+            except TimeoutError:
+                pass
+            # Listen for the next change before reading the grant, so one saved meanwhile is not missed.
+            wake = permissions.access_changed_event()
+            try:
+                granted = await share_grant(link)
+            except Exception:
+                log.warning("could not re-check share link %s; keeping its subscriptions", link.lookup, exc_info=True)
+                continue
+            if granted is None:
+                await self._send(
+                    error_frame("not_authenticated", "this share link was revoked or its creator's access ended")
+                )
+                if self._close is not None:
+                    await self._close(CLOSE_NOT_AUTHENTICATED)
+                return
+            gone = [key for key, metric_id in self.metrics.items() if metric_id not in granted]
+            if gone:
+                for key in gone:
+                    self.metrics.pop(key)
+                    source_id = self.session.remove(key)
+                    if source_id is not None:
+                        await self.hub.leave(self.session, source_id)
+                self.session.release(set(gone))  # drops their samples still buffered
+                stats.SUBSCRIPTIONS.dec(len(gone))
+                for key in gone:
+                    await self._send(
+                        error_frame("forbidden", f"this share link no longer grants {key!r}", metric=key, id=None)
+                    )
+                await self._send(encode({"type": "unsubscribed", "id": None, "metrics": gone}))
+            self.session.alert_sources = await alert_sources(self.user)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)

@@ -376,13 +376,28 @@ class Panel(models.Model):
 
 
 class ShareLink(models.Model):
-    """A revocable read-only link that grants one dashboard to a kiosk, nothing else."""
+    """A revocable read-only link that grants one dashboard to a kiosk, nothing else.
+
+    It grants no more than its creator may read at the time of use: the
+    metrics of the dashboard's panels that the creator can read now. A
+    creator who is deactivated or deleted (or a link from before creators
+    were recorded and without one) disables the link. docs/security.md.
+    """
 
     dashboard = models.ForeignKey(Dashboard, on_delete=models.CASCADE, related_name="share_links")
     label = models.CharField(max_length=100, blank=True)
     lookup = models.CharField(max_length=16, unique=True, editable=False)
     secret_hash = models.CharField(max_length=64, editable=False)
     created = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The link shows only what this user may read; without an active creator it shows nothing.",
+    )
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     PREFIX = "pbs_"
@@ -391,42 +406,63 @@ class ShareLink(models.Model):
         return self.label or f"share {self.lookup}"
 
     @classmethod
-    def issue(cls, dashboard: Dashboard, label: str = "") -> tuple[ShareLink, str]:
-        """Create a link and return it with its secret, which is never shown again."""
+    def issue(cls, dashboard: Dashboard, label: str = "", *, created_by) -> tuple[ShareLink, str]:
+        """Create a link in a user's name and return it with its secret, which is never shown again."""
         lookup, secret, secret_hash = new_secret(cls.PREFIX)
-        link = cls.objects.create(dashboard=dashboard, label=label, lookup=lookup, secret_hash=secret_hash)
+        link = cls.objects.create(
+            dashboard=dashboard, label=label, lookup=lookup, secret_hash=secret_hash, created_by=created_by
+        )
         return link, secret
 
     @classmethod
+    def usable(cls) -> models.QuerySet:
+        """Links that grant something: not revoked, and made by a user who still exists and is active."""
+        return cls.objects.filter(revoked_at=None, created_by__is_active=True)
+
+    @classmethod
     def find(cls, secret: str) -> ShareLink | None:
-        """Return the live (not revoked) link for a presented secret, or None."""
-        return find_by_secret(cls.objects.filter(revoked_at=None).select_related("dashboard"), cls.PREFIX, secret)
+        """Return the usable link for a presented secret, or None (unknown, revoked, or its creator gone)."""
+        return find_by_secret(cls.usable().select_related("dashboard"), cls.PREFIX, secret)
 
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
 
-    def metric_ids(self) -> list[int]:
-        """Return the ids of the metrics the dashboard's panels name (keys or globs), resolved now."""
+    def grant(self) -> frozenset[int] | None:
+        """Return the ids of the metrics the link grants now, or None when the link no longer works.
+
+        The grant is the dashboard's panel keys and globs as the link's creator
+        may read them, read from the database on every call: a revocation, a
+        deactivated or deleted creator, or a creator who lost a group narrows
+        the link at once.
+        """
+        fresh = ShareLink.usable().select_related("created_by").filter(pk=self.pk).first()
+        if fresh is None:
+            return None
+        readable = Metric.objects.visible_to(fresh.created_by)
         ids: set[int] = set()
-        for patterns in Panel.objects.filter(dashboard_id=self.dashboard_id).values_list("metrics", flat=True):
+        for patterns in Panel.objects.filter(dashboard_id=fresh.dashboard_id).values_list("metrics", flat=True):
             for pattern in patterns if isinstance(patterns, list) else []:
                 if isinstance(pattern, str) and pattern:
-                    ids.update(Metric.objects.matching(pattern).values_list("id", flat=True))
-        return sorted(ids)
+                    ids.update(readable.matching(pattern).values_list("id", flat=True))
+        return frozenset(ids)
+
+    def metric_ids(self) -> list[int]:
+        """Return the ids of the metrics the link grants now (none when it no longer works)."""
+        return sorted(self.grant() or ())
 
     def restrict(self, queryset: models.QuerySet) -> models.QuerySet:
-        """Narrow a Metric, Source or Dashboard queryset to what this link grants."""
-        # Ask the database, not this instance: a link revoked since it was loaded grants nothing.
-        if not ShareLink.objects.filter(pk=self.pk, revoked_at=None).exists():
-            return queryset.none()
+        """Narrow a Metric, Source or Dashboard queryset to what this link grants now."""
         model = queryset.model
+        if model is Dashboard:
+            # Ask the database, not this instance: a link revoked since it was loaded grants nothing.
+            if not ShareLink.usable().filter(pk=self.pk).exists():
+                return queryset.none()
+            return queryset.filter(id=self.dashboard_id)
         if model is Metric:
             return queryset.filter(id__in=self.metric_ids())
         if model is Source:
             return queryset.filter(metrics__id__in=self.metric_ids()).distinct()
-        if model is Dashboard:
-            return queryset.filter(id=self.dashboard_id)
         return queryset.none()
 
     def principal(self) -> SharePrincipal:
@@ -437,7 +473,8 @@ class SharePrincipal:
     """Who reads through a share link: signed in as nobody, granted one dashboard's panel metrics.
 
     It stands in for request.user / scope["user"] so every `visible_to(user)`
-    (live subscribe, history, export) applies the link's narrower grant.
+    (live subscribe, history, export) applies the link's narrower grant, which
+    is computed afresh on each call (ShareLink.metric_ids).
     """
 
     is_authenticated = True

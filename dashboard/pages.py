@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
-from dashboard import alerts, events, panels
+from dashboard import alerts, events, panels, permissions
 from dashboard.api import error_response
 from dashboard.exceptions import BadRequest, NotAuthenticated, PulseboardError
 from dashboard.models import AlertInstance, Dashboard, Metric
@@ -80,7 +80,11 @@ def save_layout(request: HttpRequest, slug: str) -> JsonResponse:
             raise NotFound(f"no dashboard {slug!r} that you may view")
         if not board.can_edit(request.user):
             raise Forbidden("you may view this dashboard but not edit it; ask its owner for editor rights")
-        panels.save_layout(board, _json_body(request).get("panels"))
+        specs = _json_body(request).get("panels")
+        # Through a share link a panel is read with its creator's rights, so an
+        # editor may only add patterns within what the editor may read.
+        permissions.check_layout(request.user, board, specs)
+        panels.save_layout(board, specs)
     except PulseboardError as exc:
         return error_response(exc)
     return JsonResponse(panels.dashboard_config(board, request.user))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import time
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -17,6 +19,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from dashboard import panels, stats
 from dashboard.models import Metric, ShareLink, Source
+
+log = logging.getLogger(__name__)
 
 
 @login_required
@@ -84,8 +88,31 @@ async def _check(name: str, probe) -> tuple[str, str]:
     return name, "ok"
 
 
+READY_LOG_EVERY_S = 60.0  # a probe every few seconds must not log the same failure every few seconds
+_ready_logged: dict[str, tuple[str, float]] = {}
+
+
+def _log_readiness(results: dict[str, str]) -> None:
+    """Log a failing check with its detail when the detail changes, else at most once per READY_LOG_EVERY_S."""
+    now = time.monotonic()
+    for name, detail in results.items():
+        if detail == "ok":
+            if _ready_logged.pop(name, None) is not None:
+                log.info("readiness: %s is ok again", name)
+            continue
+        last = _ready_logged.get(name)
+        if last is None or last[0] != detail or now - last[1] >= READY_LOG_EVERY_S:
+            _ready_logged[name] = (detail, now)
+            log.warning("readiness: %s failed: %s", name, detail)
+
+
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database and the channel layer both answer a round trip within READY_TIMEOUT_S."""
+    """Readiness: the database and the channel layer both answer a round trip within READY_TIMEOUT_S.
+
+    Anonymous callers (load balancers) get the status and, per check, "ok" or
+    "unavailable"; the reason (an exception's text names hosts and ports) goes
+    to the log and to staff sessions or scrapers with METRICS_TOKEN.
+    """
     results = dict(
         await asyncio.gather(
             _check("database", sync_to_async(_database_ready)),
@@ -93,10 +120,24 @@ async def readyz(request: HttpRequest) -> JsonResponse:
         )
     )
     ok = all(v == "ok" for v in results.values())
+    _log_readiness(results)
+    if not ok and not await _may_see_detail(request):
+        results = {name: "ok" if detail == "ok" else "unavailable" for name, detail in results.items()}
     response = JsonResponse({"status": "ok" if ok else "unavailable", **results}, status=200 if ok else 503)
     if not ok:
         response["Retry-After"] = "5"
     return response
+
+
+async def _may_see_detail(request: HttpRequest) -> bool:
+    """Return whether the caller may read why a check failed: staff sessions and METRICS_TOKEN holders."""
+    if _bearer_matches(request):
+        return True
+    try:
+        user = await request.auser()
+    except Exception:  # the session store is the database, which may be the thing that is down
+        return False
+    return bool(user.is_authenticated and user.is_staff)
 
 
 def _agent_gauges() -> bytes:
@@ -130,13 +171,20 @@ class _Families:
         return self.families
 
 
-def metrics_allowed(request: HttpRequest) -> bool:
-    """Let staff sessions and scrapers presenting METRICS_TOKEN as a bearer token read /metrics."""
+def _bearer_matches(request: HttpRequest) -> bool:
+    """Return whether the request presents METRICS_TOKEN as a bearer token."""
     token = settings.METRICS_TOKEN
     if token:
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and secrets.compare_digest(presented.strip().encode(), token.encode()):
             return True
+    return False
+
+
+def metrics_allowed(request: HttpRequest) -> bool:
+    """Let staff sessions and scrapers presenting METRICS_TOKEN as a bearer token read /metrics."""
+    if _bearer_matches(request):
+        return True
     return request.user.is_authenticated and request.user.is_staff
 
 

@@ -15,11 +15,11 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from dashboard import background  # noqa: E402
 from dashboard.agenthandler import AgentAPIHandler, route  # noqa: E402
+from dashboard.origins import ServedOriginValidator  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 
 # Agent posts skip the middleware chain (dashboard/agenthandler.py says why).
@@ -36,7 +36,8 @@ application = background.starting(
             "http": http_app,
             # No AuthMiddlewareStack: the live consumer reads the session cookie once at
             # connect; the stack kept the session, the user and three scope copies per socket.
-            "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+            # The Origin must be one this server serves: scheme, host and port (dashboard/origins.py).
+            "websocket": ServedOriginValidator(URLRouter(websocket_urlpatterns)),
         }
     )
 )

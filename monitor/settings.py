@@ -11,6 +11,7 @@ import os
 import secrets
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -72,6 +73,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "dashboard",
 ]
 
@@ -83,6 +85,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "dashboard.csp.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: it turns a refused login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "monitor.urls"
@@ -170,6 +175,30 @@ else:
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# Failed sign-ins are counted (django-axes): the first backend refuses a
+# locked-out client before the password is even checked. docs/security.md, "Sign-in throttling".
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_COOLOFF_MIN = env_int("LOGIN_COOLOFF_MIN", 15, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_COOLOFF_MIN)
+# Per user name and address: an attacker elsewhere cannot lock the admin out,
+# and one typo-prone colleague does not lock out the whole office. "ip" locks
+# the address whatever names it tries (password spraying), at that risk.
+LOGIN_LOCKOUT_BY = env_str("LOGIN_LOCKOUT_BY", "username+ip")
+if LOGIN_LOCKOUT_BY not in ("username+ip", "ip"):
+    raise ImproperlyConfigured("LOGIN_LOCKOUT_BY must be 'username+ip' or 'ip'.")
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]] if LOGIN_LOCKOUT_BY == "username+ip" else ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+# A retry during the lockout does not push its end further out: the page can say when to come back.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "dashboard.lockout.locked_out"
+AXES_VERBOSE = False  # one WARNING line per lockout is enough (dashboard/lockout.py)
+AXES_DISABLE_ACCESS_LOG = True  # successful sign-ins are not kept in a table
+
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -197,6 +226,15 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+# dashboard/csp.py adds this to every response; {socket} is ws:// and wss://
+# of the request's host. No 'unsafe-inline' anywhere: the pages and the admin
+# have no inline script or style. Empty turns the header off.
+CONTENT_SECURITY_POLICY = env_str(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' {socket}; font-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'",
+)
 
 # --- Pulseboard -----------------------------------------------------------
 PULSEBOARD = {
@@ -265,5 +303,7 @@ LOGGING = {
         "django.channels.server": {"level": "WARNING"},
         # One line per agent POST drowns what matters; failures are logged by the sink itself.
         "httpx": {"level": "WARNING"},
+        # django-axes logs each failed sign-in (user name masked) at WARNING; its INFO lines are bookkeeping.
+        "axes": {"level": "WARNING"},
     },
 }

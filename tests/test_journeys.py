@@ -68,7 +68,7 @@ def site(tmp_path_factory) -> Iterator[Site]:
             "shell",
             "-c",
             "from django.contrib.auth.models import User; from dashboard.models import Dashboard, Panel, ShareLink\n"
-            f"User.objects.create_superuser('operator', password='{PASSWORD}')\n"
+            f"operator = User.objects.create_superuser('operator', password='{PASSWORD}')\n"
             "board = Dashboard.objects.create(slug='mixed', title='Mixed')\n"
             "Panel.objects.create(dashboard=board, title='Sensor temperature', kind='timeseries',"
             f" metrics=['{SENSOR}.temperature'], x=0, y=0, w=6, h=4)\n"
@@ -77,7 +77,7 @@ def site(tmp_path_factory) -> Iterator[Site]:
             "# written straight into the database, as an old admin form let through: metrics is a bare string\n"
             "Panel.objects.create(dashboard=board, title='Broken one', kind='timeseries', metrics='iot.*',"
             " x=0, y=4, w=12, h=3)\n"
-            "link, secret = ShareLink.issue(Dashboard.objects.get(slug='host'), 'wall')\n"
+            "link, secret = ShareLink.issue(Dashboard.objects.get(slug='host'), 'wall', created_by=operator)\n"
             "print('SECRET', secret)\n"
             "print('IDS', {b.slug: b.pk for b in Dashboard.objects.all()})\n"
             "from dashboard.models import AlertRule\n"

@@ -61,7 +61,9 @@ def test_a_page_whose_websockets_are_dropped_falls_back_to_sse_and_goes_live(liv
             page.on("request", lambda request: streams.append(request.url) if "/api/v1/stream" in request.url else None)
             page.goto(server.url + "/sources/br.sse/")
             page.wait_for_function(
-                "document.getElementById('conn-state').textContent.startsWith('live (SSE fallback)')", timeout=30_000
+                # A function, not an expression string: Playwright evals a string in the page, which CSP forbids.
+                "() => document.getElementById('conn-state').textContent.startsWith('live (SSE fallback)')",
+                timeout=30_000,
             )
             assert len(dropped) >= 3
             assert streams and "metrics=br.sse.temp" in streams[0]

@@ -15,6 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from dashboard import storage
+from dashboard.live import SHARE_RECHECK_S
 from dashboard.models import Dashboard, Metric, Panel, ShareLink, Source
 from dashboard.routing import websocket_urlpatterns
 from dashboard.timeutil import US, now_us
@@ -52,11 +53,11 @@ def public_metric() -> Metric:
 
 
 @pytest.fixture
-def shared(public_metric: Metric, secret_metric: Metric) -> Iterator[tuple[ShareLink, str]]:
-    """A dashboard with one panel on the temperature, shared by link; the vault metric is on no panel."""
+def shared(owner, public_metric: Metric, secret_metric: Metric) -> Iterator[tuple[ShareLink, str]]:
+    """A dashboard with one panel on the temperature, shared by link (made by alice, staff); the vault metric is on no panel."""
     board = Dashboard.objects.create(title="Lab", slug="lab")
     Panel.objects.create(dashboard=board, title="Temperature", metrics=["lab.*.temperature"])
-    yield ShareLink.issue(board, "lobby screen")
+    yield ShareLink.issue(board, "lobby screen", created_by=owner)
 
 
 async def socket(path: str, user=None) -> WebsocketCommunicator:
@@ -278,14 +279,20 @@ async def test_a_revoked_share_socket_is_refused_with_4001(shared) -> None:
 
 
 @TRANSACTIONAL
-async def test_revoking_a_link_stops_new_subscriptions_of_an_open_socket(shared) -> None:
+async def test_revoking_a_link_stops_new_subscriptions_and_closes_an_open_socket(shared) -> None:
     link, secret = shared
     ws = await socket(f"/ws/share/{secret}/")
     await frames_until(ws, "hello")
+    frames = await subscribe_and_collect(ws, ["lab.sensor-01.temperature"])
+    assert data_keys(frames) == {"lab.sensor-01.temperature"}
+    # A queryset update sends no signal: the socket finds out by its periodic re-check.
     await ShareLink.objects.filter(pk=link.pk).aupdate(revoked_at=timezone.now())
     frames = await subscribe_and_collect(ws, ["lab.sensor-01.temperature"])
     assert not data_keys(frames)
     assert [f["code"] for f in frames if f["type"] == "error"] == ["forbidden"]
+    error = json.loads(await ws.receive_from(SHARE_RECHECK_S + 5))
+    assert error["type"] == "error" and error["code"] == "not_authenticated"
+    assert await ws.receive_output(5) == {"type": "websocket.close", "code": 4001}
     await ws.disconnect()
 
 
@@ -349,6 +356,7 @@ def test_the_admin_shows_a_new_share_links_url_once_and_stores_only_a_hash(clien
     secret = url.rstrip("/").rsplit("/", 1)[1]
     link = ShareLink.objects.get()
     assert link.label == "lobby screen" and secret not in (link.secret_hash, link.lookup)
+    assert link.created_by == admin  # the link grants no more than this user may read
     assert ShareLink.find(secret) == link
     assert secret not in client.get(f"/admin/dashboard/sharelink/{link.pk}/change/").content.decode()
     client.post(

@@ -85,27 +85,111 @@ def test_production_settings_refuse_a_missing_secret_key(tmp_path) -> None:
 # --- Origin and session ---------------------------------------------------------
 
 
+SAME_ORIGIN = [(b"host", b"localhost"), (b"origin", b"http://localhost")]
+
+
 @pytest.mark.parametrize(
-    ("origin", "accepted"),
+    ("host", "origin", "accepted"),
     [
-        ("http://localhost", True),
-        ("http://127.0.0.1:8000", True),
-        ("http://evil.example", False),
-        ("https://localhost.evil.example", False),
-        ("null", False),
+        ("localhost", "http://localhost", True),
+        ("localhost:80", "http://localhost", True),  # the default port, written or not
+        ("127.0.0.1:8000", "http://127.0.0.1:8000", True),
+        ("[::1]:8000", "http://[::1]:8000", True),
+        ("127.0.0.1:8000", "http://127.0.0.1:9999", False),  # the issue: another port of the same host
+        ("127.0.0.1:8000", "http://127.0.0.1", False),
+        ("127.0.0.1:8000", "https://127.0.0.1:8000", False),  # another scheme
+        ("127.0.0.1:8000", "http://localhost:8000", False),  # another host name, though allowed too
+        ("evil.example", "http://evil.example", False),  # a Host outside ALLOWED_HOSTS (DNS rebinding)
+        ("localhost", "http://evil.example", False),
+        ("localhost", "https://localhost.evil.example", False),
+        ("localhost", "null", False),
+        ("localhost", "http://localhost:99999", False),
+        ("localhost", "http://localhost/path", False),
+        ("", "http://localhost", False),
+        ("localhost", None, False),
     ],
 )
 @TRANSACTIONAL
-async def test_the_socket_refuses_origins_outside_allowed_hosts(viewer, origin: str, accepted: bool) -> None:
-    communicator = WebsocketCommunicator(application, "/ws/live/", headers=[(b"origin", origin.encode())])
+async def test_the_socket_accepts_only_its_own_origin_by_scheme_host_and_port(
+    viewer, host: str, origin: str | None, accepted: bool
+) -> None:
+    headers = [(b"host", host.encode())] if host else []
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
     connected, code = await communicator.connect()
-    assert connected is accepted, (origin, code)
+    assert connected is accepted, (host, origin, code)
+    if not accepted:
+        assert code == 1008
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("origin", "accepted"),
+    [
+        ("https://pulse.example.com", True),
+        ("https://pulse.example.com:443", True),
+        ("https://pulse.example.com:8443", False),
+        ("http://pulse.example.com", False),
+        ("https://a.example.org", True),  # listed as https://*.example.org
+        ("https://example.org", True),
+        ("https://a.example.org:8443", False),
+        ("https://notexample.org", False),
+    ],
+)
+@TRANSACTIONAL
+async def test_csrf_trusted_origins_are_served_origins_with_their_scheme_and_port(
+    settings, viewer, origin: str, accepted: bool
+) -> None:
+    """Behind a proxy that rewrites Host, CSRF_TRUSTED_ORIGINS names the public origin."""
+    settings.CSRF_TRUSTED_ORIGINS = ["https://pulse.example.com", "https://*.example.org"]
+    headers = [(b"host", b"127.0.0.1:8000"), (b"origin", origin.encode())]
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected is accepted, origin
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize(("origin", "accepted"), [("https://localhost:8443", True), ("http://localhost:8443", False)])
+@TRANSACTIONAL
+async def test_under_tls_the_sockets_own_origin_is_https(settings, viewer, origin: str, accepted: bool) -> None:
+    """Daphne's own TLS endpoint puts no scheme in a WebSocket scope: TLS=1 says it is https."""
+    settings.TLS = True
+    headers = [(b"host", b"localhost:8443"), (b"origin", origin.encode())]
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected is accepted, origin
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("forwarded_proto", "origin", "accepted"),
+    [
+        ("https", "https://pulse.example.com", True),
+        ("https", "http://pulse.example.com", False),
+        ("http", "http://pulse.example.com", True),
+    ],
+)
+@TRANSACTIONAL
+async def test_behind_a_tls_proxy_the_forwarded_scheme_is_the_sockets_scheme(
+    settings, viewer, forwarded_proto: str, origin: str, accepted: bool
+) -> None:
+    settings.ALLOWED_HOSTS = ["pulse.example.com"]
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    headers = [
+        (b"host", b"pulse.example.com"),
+        (b"x-forwarded-proto", forwarded_proto.encode()),
+        (b"origin", origin.encode()),
+    ]
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected is accepted, (forwarded_proto, origin)
     await communicator.disconnect()
 
 
 @TRANSACTIONAL
 async def test_a_socket_without_a_session_cookie_is_closed_with_4001() -> None:
-    communicator = WebsocketCommunicator(application, "/ws/live/", headers=[(b"origin", b"http://localhost")])
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=SAME_ORIGIN)
     connected, _ = await communicator.connect()
     assert connected
     assert json.loads(await communicator.receive_from())["code"] == "not_authenticated"
@@ -114,7 +198,7 @@ async def test_a_socket_without_a_session_cookie_is_closed_with_4001() -> None:
 
 @TRANSACTIONAL
 async def test_a_forged_session_cookie_is_treated_as_signed_out() -> None:
-    headers = [(b"origin", b"http://localhost"), (b"cookie", b"sessionid=" + secrets.token_hex(16).encode())]
+    headers = [*SAME_ORIGIN, (b"cookie", b"sessionid=" + secrets.token_hex(16).encode())]
     communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
     await communicator.connect()
     assert json.loads(await communicator.receive_from())["code"] == "not_authenticated"
@@ -129,7 +213,7 @@ async def session_socket(user) -> WebsocketCommunicator:
     client = Client()
     await sync_to_async(client.force_login)(user)
     cookie = f"sessionid={client.cookies['sessionid'].value}; csrftoken=x".encode()
-    headers = [(b"origin", b"http://localhost"), (b"cookie", cookie)]
+    headers = [*SAME_ORIGIN, (b"cookie", cookie)]
     return WebsocketCommunicator(application, "/ws/live/", headers=headers)
 
 
@@ -267,9 +351,100 @@ async def test_a_cross_site_page_cannot_open_the_socket_on_a_real_server(tmp_pat
             async with websockets.connect(server.ws_url, origin="http://attacker.example"):
                 pass
         assert refused.value.response.status_code == 403
+        # Another port of the same host is another origin (any local dev server could be the attacker).
+        other_port = server.url.rsplit(":", 1)[0] + ":9999"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(server.ws_url, origin=other_port):
+                pass
+        assert refused.value.response.status_code == 403
         # The same host is accepted (and then asked to sign in).
         async with websockets.connect(server.ws_url, origin=server.url) as ws:
             assert json.loads(await ws.recv())["code"] == "not_authenticated"
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd.code == 4001
+
+
+# --- Health endpoints ------------------------------------------------------------------
+
+LEAKY = 'connection to server at "10.9.8.7", port 6543 failed: Connection refused'
+
+
+@pytest.fixture
+def database_down(monkeypatch) -> None:
+    """The readiness probe's database round trip fails with a driver message naming host and port."""
+    from django.db import OperationalError
+
+    from dashboard import views
+
+    def refuse() -> None:
+        raise OperationalError(LEAKY)
+
+    monkeypatch.setattr(views, "_database_ready", refuse)
+    views._ready_logged.clear()
+
+
+@TRANSACTIONAL
+async def test_readyz_tells_anonymous_callers_only_which_check_failed(database_down, caplog) -> None:
+    from django.test import AsyncClient
+
+    response = await AsyncClient().get("/readyz")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert response.json() == {"status": "unavailable", "database": "unavailable", "channel_layer": "ok"}
+    assert "10.9.8.7" not in response.content.decode()
+    # The operator finds the reason in the log, once, not at every probe.
+    await AsyncClient().get("/readyz")
+    logged = [r.getMessage() for r in caplog.records if r.name == "dashboard.views"]
+    assert len([m for m in logged if "10.9.8.7" in m]) == 1, logged
+
+
+@TRANSACTIONAL
+async def test_readyz_gives_staff_and_metrics_scrapers_the_reason(database_down, owner, viewer, settings) -> None:
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    staff = AsyncClient()
+    await sync_to_async(staff.force_login)(owner)
+    assert "10.9.8.7" in (await staff.get("/readyz")).json()["database"]
+    settings.METRICS_TOKEN = "scrape-token-123"
+    scraper = await AsyncClient().get("/readyz", headers={"Authorization": "Bearer scrape-token-123"})
+    assert "10.9.8.7" in scraper.json()["database"]
+    signed_in = AsyncClient()
+    await sync_to_async(signed_in.force_login)(viewer)
+    assert (await signed_in.get("/readyz")).json()["database"] == "unavailable"
+
+
+# --- Content-Security-Policy ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/d/", "/accounts/login/", "/admin/", "/admin/login/", "/healthz"])
+def test_every_page_carries_a_content_security_policy_without_inline_script(client, owner, path: str) -> None:
+    from django.conf import settings
+
+    if "login" not in path:
+        client.force_login(owner)
+    response = client.get(path)
+    assert response.status_code == 200
+    policy = response["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["script-src"] == "'self'"
+    assert directives["style-src"] == "'self'"
+    assert directives["img-src"] == "'self' data:"
+    assert directives["connect-src"] == "'self' ws://testserver wss://testserver"
+    assert directives["frame-ancestors"] == "'none'" and directives["object-src"] == "'none'"
+    assert "unsafe" not in policy
+    assert settings.CONTENT_SECURITY_POLICY
+
+
+def test_templates_have_no_inline_script_style_or_event_handler() -> None:
+    """What the policy forbids, the templates must not need: a script with a body runs only as JSON data."""
+    import re
+
+    for template in (ROOT / "templates").rglob("*.html"):
+        text = template.read_text()
+        for tag in re.findall(r"<script\b[^>]*>", text):
+            assert "src=" in tag, f"{template}: inline script {tag}"
+        assert not re.search(r"\sstyle\s*=", text), f"{template}: inline style attribute"
+        assert not re.search(r"\son[a-z]+\s*=", text), f"{template}: event-handler attribute"
+        assert "<style" not in text, f"{template}: inline <style>"
+        assert "javascript:" not in text, f"{template}: javascript: URL"
