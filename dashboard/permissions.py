@@ -2,17 +2,13 @@
 
 The rule (docs/security.md, "Panel patterns"): staff and superusers read
 every source, so any pattern is theirs to save. Anyone else may add a key or
-glob to a dashboard only when it stays inside the sources they may read,
-today and as metrics are added later:
-
-1. it starts with the full slug of a source they may read and a dot, written
-   out (no wildcard before that dot), so it can never reach a source that
-   does not exist yet: `lab.sensor-01.*` yes, `lab.*.temperature` or `*` no
-   (a glob across sources decides about sources created later, which only
-   staff may do);
-2. it cannot match a key of any existing source they may not read, now or
-   when that source gets new metrics (this catches `lab.*` when a restricted
-   source `lab.secret` exists).
+glob to a dashboard only when it cannot match a key of any existing source
+they may not read, now or when that source gets new metrics (this refuses
+`lab.*` when a restricted source `lab.secret` exists, and `*` whenever any
+source is restricted). A glob across sources, such as a fleet's
+`iot.*.temperature`, is allowed: sources created later are never widened by
+it, because every reader applies their own rights and a share link applies
+its creator's rights at the time of use (ShareLink.grant).
 
 Patterns already on the dashboard are not checked again, so an editor can
 move, resize and retitle panels that someone with more rights made.
@@ -144,13 +140,10 @@ def reads_everything(user) -> bool:
 
 
 def pattern_problem(pattern: str, readable: set[str], unreadable: list[str]) -> str | None:
-    """Return why a pattern reaches beyond the readable source slugs, or None when it stays inside them."""
-    fixed = literal_prefix(pattern)
-    if not any(fixed.startswith(slug + ".") for slug in readable):
-        return (
-            "it must start with the full slug of a source you may read and a dot, without a wildcard "
-            "before that dot (a glob across sources also matches sources created later)"
-        )
+    """Return why a pattern reaches metrics the user may not read, or None when it stays within them.
+
+    `readable` is unused by the rule itself; it is kept so callers state whose rights apply.
+    """
     for slug in unreadable:
         if can_match_under(pattern, slug + "."):
             return f"it can match metrics of source {slug!r}, which you may not read"
