@@ -19,6 +19,8 @@ from collectors.spool import Spool
 from dashboard.timeutil import now_us
 from dashboard.validation import Reading
 
+pytestmark = pytest.mark.usefixtures("clock")
+
 
 def readings(start: int, count: int, source: str = "test.spool") -> list[Reading]:
     ts = now_us()

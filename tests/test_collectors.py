@@ -16,6 +16,8 @@ from collectors.system import SystemCollector
 from dashboard.timeutil import now_us
 from dashboard.validation import check_reading
 
+pytestmark = pytest.mark.usefixtures("clock")
+
 
 def test_the_system_collector_reads_sane_values_from_psutil() -> None:
     collector = SystemCollector(host="Test Host")

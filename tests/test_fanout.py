@@ -16,6 +16,8 @@ from dashboard.fanout import Fragment, Hub, Session, encode_fragment
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
+pytestmark = pytest.mark.usefixtures("clock")
+
 
 class Transport:
     """A transport that records every frame it is handed (a reader that never reads)."""

@@ -33,7 +33,7 @@ KEYS = ["fz.host-a.cpu", "fz.host-a.mem", "fz.host-b.cpu", "fz.dev.temp"]
 CLOSE_CODES = {live.CLOSE_MESSAGE_TOO_BIG, live.CLOSE_TOO_MANY_MESSAGES, live.CLOSE_FORBIDDEN, live.CLOSE_TOO_SLOW}
 FRAME_TYPES = {"hello", "subscribed", "unsubscribed", "data", "lag", "pong", "error", "heartbeat", "alert"}
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clock")]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
