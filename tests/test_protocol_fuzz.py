@@ -164,12 +164,14 @@ def test_edge_values_get_an_answer_not_an_exception(loop, viewer) -> None:
         async def send(text: str, frames=frames) -> None:
             frames.append(text)
 
-        async def scenario(message=message, send=send) -> None:
+        async def scenario(message=message, send=send, frames=frames) -> None:
             client = live.LiveClient(viewer, send)
             await client.start()
             try:
                 await client.handle(json.dumps(message))
-                await asyncio.sleep(0.05)
+                async with asyncio.timeout(10):  # hello, then the answer to the message
+                    while len(frames) < 2:
+                        await asyncio.sleep(0.005)
                 check_consistent(client, Hub.get())
             finally:
                 await client.stop()
