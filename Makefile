@@ -4,13 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-8)
 
-.PHONY: run test lint bench static setup clean fuzz soak
+.PHONY: run test test-clock lint bench static setup clean fuzz soak
 
 run: setup static  ## Install, migrate, start Daphne and the collectors, print the URL
 	$(PY) manage.py serve
 
 test: setup static  ## Run the suite on SQLite and on PostgreSQL (with Redis, Mosquitto, Chromium)
 	bash scripts/test.sh
+
+test-clock: setup  ## The clock-sensitive tests with the clock at midnight, year end and DST edges, both databases; not in CI
+	bash scripts/test-clock.sh
 
 lint: setup
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .

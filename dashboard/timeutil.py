@@ -14,7 +14,12 @@ US = 1_000_000
 
 
 def now_us() -> int:
-    """Return the current time in microseconds."""
+    """Return the current time in microseconds.
+
+    This and django.utils.timezone.now are the only wall clocks the code reads
+    (the database's now() is never used), so tests move both in-process with
+    time-machine: tests/conftest.py's clock fixture.
+    """
     return time.time_ns() // 1000
 
 

@@ -1,8 +1,15 @@
-"""Shared fixtures: users with different rights, an agent token, service probes.
+"""Shared fixtures: users with different rights, an agent token, service probes, the clock.
 
 Service tests carry a marker (postgres, redis, mqtt, browser). Without the
 service they skip with a reason that says how to get it; under CI=true such a
 skip is turned into a failure, because CI must exercise the real services.
+
+A test whose outcome could depend on the date or the time of day takes the
+`clock` fixture instead of reading the wall clock: the process clock is moved
+to a fixed instant (noon UTC of a fixed day unless PULSEBOARD_TEST_CLOCK names
+another) and ticks on from there. Such tests get the `clock` marker, so
+`pytest -m clock` runs all of them; scripts/test-clock.sh runs them at the
+edge times (just after and before midnight UTC, around DST changes).
 """
 
 from __future__ import annotations
@@ -10,10 +17,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 import pytest
+import time_machine
 from django.db import connection
+
+from dashboard.timeutil import US, from_datetime
 
 # Background jobs (retention, no-data checks) would race the tests' own clocks;
 # tests that want them call the job functions directly.
@@ -35,6 +47,8 @@ def reachable(url: str, default_port: int) -> bool:
 def pytest_collection_modifyitems(config, items) -> None:
     on_postgres = connection.vendor == "postgresql"
     for item in items:
+        if "clock" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.clock)
         if "postgres" in item.keywords and not on_postgres:
             item.add_marker(
                 pytest.mark.skip(
@@ -118,3 +132,56 @@ def _fresh_process_state() -> Iterator[None]:
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+# --- the clock ----------------------------------------------------------------
+
+CLOCK_ENV = "PULSEBOARD_TEST_CLOCK"
+# Noon UTC: an hour's or a day's window back from it stays clear of midnight
+# only for the hour; tests about day boundaries add their own instants.
+NOON = "2026-11-26T12:00:00Z"
+# Five minutes into a UTC day: the last hour spans two daily partitions, one
+# of them nearly empty when real data is written up to "now".
+JUST_AFTER_MIDNIGHT = "2026-11-27T00:05:00Z"
+# Thirty seconds before midnight: a test that runs for a while crosses into the next day.
+JUST_BEFORE_MIDNIGHT = "2026-11-26T23:59:30Z"
+
+
+def parse_instant(text: str) -> datetime:
+    """Return the aware UTC datetime of an ISO 8601 instant (a trailing Z or an offset is required)."""
+    instant = datetime.fromisoformat(text.strip())
+    if instant.tzinfo is None:
+        raise ValueError(f"{CLOCK_ENV}={text!r} needs a time zone, e.g. 2026-03-29T00:05:00Z")
+    return instant.astimezone(UTC)
+
+
+@dataclass
+class Clock:
+    """The instant a test starts at (`now`, µs) and the moved process clock behind time.time and datetime.now."""
+
+    now: int
+    traveller: time_machine.Traveller
+
+    def move_to(self, ts_us: int) -> None:
+        """Move the process clock to ts_us; it keeps ticking from there."""
+        self.traveller.move_to(datetime.fromtimestamp(ts_us / US, tz=UTC))
+
+    def shift(self, seconds: float) -> None:
+        """Move the process clock forward (or back) by some seconds."""
+        self.traveller.shift(seconds)
+
+
+@pytest.fixture
+def clock(request) -> Iterator[Clock]:
+    """Move this process's clock to a fixed instant for the test and yield it.
+
+    The instant is, first found: the test's indirect parameter (an ISO 8601
+    string, for cases that cross a day boundary on purpose), the environment
+    variable PULSEBOARD_TEST_CLOCK, or NOON. The clock ticks on (tick=True) so
+    code that waits for time to pass still sees it pass. time.monotonic, the
+    database's own now() and the clocks of subprocess servers are not moved:
+    tests that take this fixture must not mix them with `clock.now`.
+    """
+    instant = parse_instant(getattr(request, "param", None) or os.environ.get(CLOCK_ENV) or NOON)
+    with time_machine.travel(instant, tick=True) as traveller:
+        yield Clock(from_datetime(instant), traveller)

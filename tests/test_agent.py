@@ -19,6 +19,8 @@ from collectors.spool import Spool
 from dashboard.timeutil import now_us
 from dashboard.validation import Reading
 
+pytestmark = pytest.mark.usefixtures("clock")
+
 
 def readings(start: int, count: int, source: str = "test.spool") -> list[Reading]:
     ts = now_us()
@@ -171,7 +173,9 @@ async def test_the_sink_keeps_readings_while_the_server_is_down_and_sends_them_l
     await sink.put(readings(0, 5))
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
-    await asyncio.sleep(0.5)
+    async with asyncio.timeout(15):  # the sink has tried and failed at least once
+        while sink.send_errors < 1:
+            await asyncio.sleep(0.02)
     stop.set()
     sink.shutdown_grace_s = 0.2
     await task

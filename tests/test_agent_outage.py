@@ -82,6 +82,15 @@ log_path = "{log_path}"
         stdout=agent_log,
         stderr=subprocess.STDOUT,
     )
+
+    def agent_health() -> dict[str, float]:
+        return dict(
+            server.query(
+                "SELECT m.name, m.last_value FROM dashboard_metric m JOIN dashboard_source s ON s.id = m.source_id "
+                "WHERE s.slug = 'agent.outage-test'"
+            )
+        )
+
     try:
         wait_for(lambda: len(server.samples("test.outage.%")) >= 50, what="the first readings to arrive")
         server.stop()
@@ -94,7 +103,8 @@ log_path = "{log_path}"
             lambda: len(server.samples("test.outage.%")) >= len(produced(log_path)) - 5,
             what="the spool to drain after the restart",
         )
-        time.sleep(1.0)
+        # A health round after the outage reports its failed sends (asserted below).
+        wait_for(lambda: agent_health().get("send_errors", 0) > 0, what="the agent's health after the outage")
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=30) == 0, (tmp_path / "agent.log").read_text()[-3000:]
 
@@ -114,12 +124,7 @@ log_path = "{log_path}"
         assert values == [float(i) for i in range(len(made))]  # nothing skipped by the producer either
         assert sum(v for _, v in stored) == sum(values)
 
-        health = dict(
-            server.query(
-                "SELECT m.name, m.last_value FROM dashboard_metric m JOIN dashboard_source s ON s.id = m.source_id "
-                "WHERE s.slug = 'agent.outage-test'"
-            )
-        )
+        health = agent_health()
         assert health["send_errors"] > 0, health
         assert health["dropped"] == 0
         assert "heartbeat" in health

@@ -13,7 +13,7 @@ from dashboard.timeutil import now_us
 from monitor.asgi import application
 
 # The writer commits on its own thread and connection: the rows must really be committed.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clock")]
 
 
 def post(path: str, body: dict, secret: str, host: bytes = b"localhost") -> HttpCommunicator:

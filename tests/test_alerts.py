@@ -19,7 +19,7 @@ from dashboard.models import AlertEvent, AlertInstance, AlertRule, Metric, Notif
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clock")]
 KEY = "iot.sensor-01.temperature"
 
 

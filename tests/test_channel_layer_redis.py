@@ -54,7 +54,8 @@ async def test_a_batch_crosses_processes_even_after_a_quiet_spell(redis_url: str
         assert first["type"] == "sample.batch" and first["series"] == {"t.k": [[1, 2], [1.5, 2.5]]}
         assert first["seq"] == 1 and first["publisher"]
 
-        # redis-py 8's default 5 s socket timeout kills quiet readers unless configured away.
+        # redis-py 8's default 5 s socket timeout kills quiet readers unless configured away:
+        # staying quiet for longer is the thing under test, so this sleep is not a wait for anything.
         await asyncio.sleep(11)
         await asyncio.to_thread(publish_from_another_process, redis_url)
         second = await asyncio.wait_for(layer.receive(channel), 10)

@@ -16,6 +16,8 @@ from collectors.system import SystemCollector
 from dashboard.timeutil import now_us
 from dashboard.validation import check_reading
 
+pytestmark = pytest.mark.usefixtures("clock")
+
 
 def test_the_system_collector_reads_sane_values_from_psutil() -> None:
     collector = SystemCollector(host="Test Host")
@@ -97,8 +99,9 @@ async def test_the_runner_keeps_good_collectors_running_when_one_fails(monkeypat
     flaky = Flaky()
     runner = Runner([flaky, Steady("steady", 0.01)], sink)
     task = asyncio.create_task(runner.run())
-    while flaky.calls < 3 or len(sink.readings) < 10:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):
+        while flaky.calls < 3 or len(sink.readings) < 10:
+            await asyncio.sleep(0.01)
     runner.request_stop()
     await asyncio.wait_for(task, 5)
     assert runner.failures["flaky"] >= 3

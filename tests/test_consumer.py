@@ -10,7 +10,7 @@ from dashboard.consumers import LiveConsumer
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clock")]
 
 
 async def connect(user) -> WebsocketCommunicator:

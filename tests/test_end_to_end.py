@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -49,7 +50,7 @@ async def test_an_external_client_receives_system_metrics_from_the_agent(tmp_pat
                         if frame["type"] == "error":
                             break
                     if subscribed_at is None:
-                        time.sleep(0.5)
+                        await asyncio.sleep(0.5)  # the pace of retries; the deadline above bounds them
                 assert subscribed_at is not None, "the agent's system metrics never appeared"
                 while True:
                     frame = json.loads(await ws.recv())

@@ -16,6 +16,8 @@ from dashboard.fanout import Fragment, Hub, Session, encode_fragment
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
+pytestmark = pytest.mark.usefixtures("clock")
+
 
 class Transport:
     """A transport that records every frame it is handed (a reader that never reads)."""
@@ -193,7 +195,9 @@ async def test_sessions_due_together_share_one_frame_coalesced_from_several_batc
         batch = events.SampleBatch(source=1, series={"iot.a.temp": [[now + seq], [float(seq)]]}, publisher="p", seq=seq)
         hub.dispatch(batch.as_message())
     before_encoded = stats.FRAMES_ENCODED._value.get()
-    await asyncio.sleep(0.01)  # the flusher's pass
+    async with asyncio.timeout(10):  # the flusher's pass
+        while not all(t.frames for t in transports):
+            await asyncio.sleep(0.005)
     frames = [t.frames[0] for t in transports]
     assert all(frame is frames[0] for frame in frames)
     assert stats.FRAMES_ENCODED._value.get() == before_encoded + 1
@@ -236,7 +240,7 @@ async def test_a_publication_reaches_local_sessions_directly_and_once() -> None:
         hub.dispatch = lambda message: (dispatched.append(message), dispatch(message))
         assert await events.publish(events.source_group(1), batch)
         assert len(dispatched) == 1  # handed over during publish, not after a trip through the layer
-        await asyncio.sleep(0.3)  # the layer's copy arrives meanwhile and is ignored
+        await asyncio.sleep(0.3)  # a quiet window (the thing checked): the layer's copy arrives and is ignored
         assert len(dispatched) == 1
         assert [b["v"] for frame in transport.data() for b in frame["batches"]] == [[21.5]]
         assert batch.publisher == hub.local_publisher

@@ -14,7 +14,7 @@ from dashboard.exceptions import RateLimited
 from dashboard.models import AgentToken, Sample
 from dashboard.timeutil import US, now_us
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clock")]
 
 
 @pytest.fixture(autouse=True)

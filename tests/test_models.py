@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from dashboard.models import AgentToken, Metric, Sample, Source
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clock")]
 
 
 def make_metric(slug: str = "iot.sensor-01", name: str = "temperature") -> Metric:

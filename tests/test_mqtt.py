@@ -21,10 +21,13 @@ from dashboard.consumers import LiveConsumer
 from dashboard.models import Metric, Sample, Source
 from dashboard.timeutil import US, now_us
 
+pytestmark = pytest.mark.usefixtures("clock")  # readings are stamped in this process: run at fixed instants
+
 MOSQUITTO_PUB = shutil.which("mosquitto_pub") or next(
     (p for p in ["/usr/bin/mosquitto_pub"] if os.path.exists(p)), None
 )
 FRAME_TIMEOUT_S = 10.0  # generous: the latency is measured and printed, not asserted
+PROBE_WAIT_S = 0.5  # a probe not stored by then was published before the subscription: send another
 
 
 # --- Pure parts ---------------------------------------------------------------------------------
@@ -103,6 +106,24 @@ async def wait_until(condition, timeout_s: float = FRAME_TIMEOUT_S) -> None:
             await asyncio.sleep(0.02)
 
 
+async def until_subscribed(url: str, prefix: str, timeout_s: float = FRAME_TIMEOUT_S) -> None:
+    """Publish probes until one is stored: the collector's subscription is then in place at the broker.
+
+    A message published before the broker has the subscription is dropped, so
+    each probe that does not arrive within PROBE_WAIT_S is followed by another.
+    """
+    probe = f"probe-{uuid.uuid4().hex[:6]}"
+    arrived = Metric.objects.filter(key=f"iot.{probe}.ready").aexists
+    async with asyncio.timeout(timeout_s):
+        while True:
+            await publish(url, f"{prefix}/{probe}/ready", "1")
+            try:
+                await wait_until(arrived, timeout_s=PROBE_WAIT_S)
+                return
+            except TimeoutError:
+                continue
+
+
 async def next_data(communicator: WebsocketCommunicator, key: str, timeout_s: float = FRAME_TIMEOUT_S) -> list[float]:
     async with asyncio.timeout(timeout_s):
         while True:
@@ -127,7 +148,7 @@ async def running(mqtt_url: str) -> AsyncIterator[tuple[MqttCollector, str]]:
     runner = Runner([collector], LocalSink())
     task = asyncio.create_task(runner.run())
     await wait_until(lambda: _true(collector.connects >= 1))
-    await asyncio.sleep(0.2)  # the subscription is sent right after the connection
+    await until_subscribed(mqtt_url, prefix)
     yield collector, prefix
     runner.request_stop()
     await task
@@ -199,7 +220,7 @@ async def test_the_collector_reconnects_and_subscribes_again_after_losing_the_br
     # The broker drops a client when another connects with the same id: a real disconnect.
     await publish(mqtt_url, f"{prefix}/kick/x", "0", "-i", collector.client_id or "")
     await wait_until(lambda: _true(collector.reconnects >= 1), timeout_s=20)
-    await asyncio.sleep(0.3)
+    await until_subscribed(mqtt_url, prefix)  # subscribed again on the new connection
     device = f"dev-{uuid.uuid4().hex[:6]}"
     await publish(mqtt_url, f"{prefix}/{device}/rssi", "-61")
     await wait_until(lambda: Sample.objects.filter(metric__key=f"iot.{device}.rssi").aexists())

@@ -21,7 +21,7 @@ from dashboard.routing import websocket_urlpatterns
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clock")]
 # Only socket tests need real transactions (the consumer reads on another thread); they say so themselves.
 TRANSACTIONAL = pytest.mark.django_db(transaction=True)
 

@@ -33,7 +33,7 @@ KEYS = ["fz.host-a.cpu", "fz.host-a.mem", "fz.host-b.cpu", "fz.dev.temp"]
 CLOSE_CODES = {live.CLOSE_MESSAGE_TOO_BIG, live.CLOSE_TOO_MANY_MESSAGES, live.CLOSE_FORBIDDEN, live.CLOSE_TOO_SLOW}
 FRAME_TYPES = {"hello", "subscribed", "unsubscribed", "data", "lag", "pong", "error", "heartbeat", "alert"}
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clock")]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -164,12 +164,14 @@ def test_edge_values_get_an_answer_not_an_exception(loop, viewer) -> None:
         async def send(text: str, frames=frames) -> None:
             frames.append(text)
 
-        async def scenario(message=message, send=send) -> None:
+        async def scenario(message=message, send=send, frames=frames) -> None:
             client = live.LiveClient(viewer, send)
             await client.start()
             try:
                 await client.handle(json.dumps(message))
-                await asyncio.sleep(0.05)
+                async with asyncio.timeout(10):  # hello, then the answer to the message
+                    while len(frames) < 2:
+                        await asyncio.sleep(0.005)
                 check_consistent(client, Hub.get())
             finally:
                 await client.stop()

@@ -7,13 +7,24 @@ import io
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
 from dashboard import partitions, retention, storage
 from dashboard.models import HourRollup, Metric, MinuteRollup, Sample, TenMinuteRollup
-from dashboard.timeutil import US, now_us
+from dashboard.timeutil import US
 from dashboard.validation import Reading
+from tests.conftest import JUST_AFTER_MIDNIGHT, JUST_BEFORE_MIDNIGHT, Clock
+
+# The clock fixture's own instant (PULSEBOARD_TEST_CLOCK or noon) and the two
+# sides of midnight UTC, where raw cutoffs rounded to the day move by a day.
+AROUND_MIDNIGHT = pytest.mark.parametrize(
+    "clock",
+    [None, JUST_AFTER_MIDNIGHT, JUST_BEFORE_MIDNIGHT],
+    ids=["default-clock", "after-midnight", "before-midnight"],
+    indirect=True,
+)
 
 DAY_US = 86_400 * US
 
@@ -35,8 +46,9 @@ def raw_ages(key: str, now: int) -> list[int]:
 
 
 @pytest.mark.django_db
-def test_it_deletes_raw_samples_past_retention_and_keeps_their_rollups() -> None:
-    now = now_us()
+@AROUND_MIDNIGHT
+def test_it_deletes_raw_samples_past_retention_and_keeps_their_rollups(clock: Clock) -> None:
+    now = clock.now
     old, recent = store("web-01.cpu", 10 * DAY_US, 3600 * US, now=now)
     report = retention.prune(now=now)
     assert raw_ages("web-01.cpu", now) == [0]
@@ -46,8 +58,9 @@ def test_it_deletes_raw_samples_past_retention_and_keeps_their_rollups() -> None
 
 
 @pytest.mark.django_db
-def test_it_honours_longer_and_shorter_per_metric_overrides() -> None:
-    now = now_us()
+@AROUND_MIDNIGHT
+def test_it_honours_longer_and_shorter_per_metric_overrides(clock: Clock) -> None:
+    now = clock.now
     for key in ("web-01.cpu", "web-01.audit", "web-01.noise"):
         store(key, 20 * DAY_US, 3 * DAY_US, 3600 * US, now=now)
     Metric.objects.filter(key="web-01.audit").update(raw_retention_days=30)
@@ -59,8 +72,8 @@ def test_it_honours_longer_and_shorter_per_metric_overrides() -> None:
 
 
 @pytest.mark.django_db
-def test_it_forgets_rollups_past_their_own_tier_retention() -> None:
-    now = now_us()
+def test_it_forgets_rollups_past_their_own_tier_retention(clock: Clock) -> None:
+    now = clock.now
     store("web-01.cpu", 100 * DAY_US, 500 * DAY_US, 6 * 365 * DAY_US, now=now)
     store("web-01.disk", 100 * DAY_US, 500 * DAY_US, now=now)
     Metric.objects.filter(key="web-01.disk").update(minute_retention_days=365, ten_minute_retention_days=730)
@@ -80,8 +93,8 @@ def test_it_forgets_rollups_past_their_own_tier_retention() -> None:
 
 
 @pytest.mark.django_db
-def test_a_dry_run_reports_what_would_go_and_changes_nothing() -> None:
-    now = now_us()
+def test_a_dry_run_reports_what_would_go_and_changes_nothing(clock: Clock) -> None:
+    now = clock.now
     store("web-01.cpu", 10 * DAY_US, 100 * DAY_US, 3600 * US, now=now)
     store("web-01.cpu", 400 * DAY_US, now=now)
     tiers = (Sample, MinuteRollup, TenMinuteRollup, HourRollup)
@@ -93,8 +106,8 @@ def test_a_dry_run_reports_what_would_go_and_changes_nothing() -> None:
 
 
 @pytest.mark.django_db
-def test_the_prune_command_prints_its_progress_and_a_summary() -> None:
-    store("web-01.cpu", 10 * DAY_US, 3600 * US, now=now_us())
+def test_the_prune_command_prints_its_progress_and_a_summary(clock: Clock) -> None:
+    store("web-01.cpu", 10 * DAY_US, 3600 * US, now=clock.now)
     out = io.StringIO()
     call_command("prune", "--dry-run", stdout=out)
     assert "would delete 1 raw rows older than 7 d" in out.getvalue()
@@ -106,8 +119,8 @@ def test_the_prune_command_prints_its_progress_and_a_summary() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_retention_loop_prunes_in_the_background() -> None:
-    now = now_us()
+async def test_the_retention_loop_prunes_in_the_background(clock: Clock) -> None:
+    now = clock.now
     await sync_to_async(store)("web-01.cpu", 10 * DAY_US, 60 * US, now=now)
     task = asyncio.create_task(retention.retention_loop(interval_s=3600))
     try:
@@ -146,11 +159,18 @@ def child_partitions() -> set[str]:
         return {row[0] for row in cursor.fetchall()}
 
 
+def days_of(start_us: int, end_us: int) -> list[str]:
+    """Return the names of the daily partitions that [start_us, end_us) overlaps."""
+    return [partitions.partition_name(day) for day in range(partitions.day_start(start_us), end_us, DAY_US)]
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_it_drops_old_daily_partitions_and_keeps_the_rollups_of_their_days() -> None:
-    now = now_us()
-    old_days = partitions.ensure_partitions(now - 12 * DAY_US, now - 9 * DAY_US)
+@AROUND_MIDNIGHT
+def test_it_drops_old_daily_partitions_and_keeps_the_rollups_of_their_days(clock: Clock) -> None:
+    now = clock.now
+    partitions.ensure_partitions(now - 12 * DAY_US, now - 9 * DAY_US)
+    old_days = days_of(now - 12 * DAY_US, now - 9 * DAY_US)
     assert len(old_days) >= 3
     stamps = store("web-01.cpu", 12 * DAY_US, 11 * DAY_US, 10 * DAY_US, 3600 * US, now=now)
     assert set(old_days) <= child_partitions()
@@ -169,9 +189,11 @@ def test_it_drops_old_daily_partitions_and_keeps_the_rollups_of_their_days() -> 
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_it_keeps_a_partition_a_longer_override_still_needs_and_empties_it_of_the_rest() -> None:
-    now = now_us()
-    (old_day,) = partitions.ensure_partitions(now - 10 * DAY_US, now - 10 * DAY_US + 1)
+@AROUND_MIDNIGHT
+def test_it_keeps_a_partition_a_longer_override_still_needs_and_empties_it_of_the_rest(clock: Clock) -> None:
+    now = clock.now
+    partitions.ensure_partitions(now - 10 * DAY_US, now - 10 * DAY_US + 1)
+    (old_day,) = days_of(now - 10 * DAY_US, now - 10 * DAY_US + 1)
     store("web-01.cpu", 10 * DAY_US, now=now)
     store("web-01.audit", 10 * DAY_US, now=now)
     Metric.objects.filter(key="web-01.audit").update(raw_retention_days=30)
@@ -183,10 +205,29 @@ def test_it_keeps_a_partition_a_longer_override_still_needs_and_empties_it_of_th
     assert raw_ages("web-01.cpu", now) == []
 
 
+def writable_days(now: int) -> set[str]:
+    """Return the partitions of every day a reading may be written to at `now`, and DAYS_AHEAD days on."""
+    oldest = now - settings.PULSEBOARD["MAX_AGE_S"] * US
+    return set(days_of(oldest, now + partitions.DAYS_AHEAD * DAY_US))
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_it_creates_the_partitions_of_the_coming_days() -> None:
-    now = now_us()
-    retention.prune(now=now)
-    expected = {partitions.partition_name(partitions.day_start(now + d * DAY_US)) for d in range(partitions.DAYS_AHEAD)}
-    assert expected <= child_partitions()
+@AROUND_MIDNIGHT
+def test_it_creates_the_partitions_of_the_coming_days(clock: Clock) -> None:
+    now = clock.now
+    report = retention.prune(now=now)
+    assert partitions.partition_name(partitions.day_start(now)) in child_partitions()
+    assert writable_days(now) <= child_partitions()
+    assert set(report.created_partitions) <= writable_days(now)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_pass_for_another_instant_creates_the_partitions_around_that_instant(clock: Clock) -> None:
+    later = clock.now + 30 * DAY_US
+    report = retention.prune(now=later)
+    assert writable_days(later) <= child_partitions()
+    # Not the days around the process clock: a pass is about the instant it is given.
+    assert set(report.created_partitions) <= writable_days(later)
+    assert partitions.partition_name(partitions.day_start(clock.now)) not in report.created_partitions

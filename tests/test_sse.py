@@ -31,9 +31,18 @@ def live(tmp_path_factory) -> Iterator[tuple[Server, str, str]]:
 
 
 async def read_sse(
-    server: Server, cookies: str, query: str, key: str, count: int, last_event_id: str | None = None
+    server: Server,
+    cookies: str,
+    query: str,
+    key: str,
+    count: int,
+    last_event_id: str | None = None,
+    subscribed: asyncio.Event | None = None,
 ) -> tuple[list[int], str | None, bool]:
-    """Read one SSE response until `count` samples of `key` came or it ended; return them, the last id, and whether it ended."""
+    """Read one SSE response until `count` samples of `key` came or it ended; return them, the last id, and whether it ended.
+
+    `subscribed` is set when the stream's subscription is answered.
+    """
     headers = {"Cookie": cookies}
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
@@ -44,6 +53,8 @@ async def read_sse(
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             async for event_id, frame in sse_events(response):
+                if frame["type"] == "subscribed" and subscribed is not None:
+                    subscribed.set()
                 if frame["type"] == "data":
                     last_id = event_id
                     for batch in frame["batches"]:
@@ -68,8 +79,9 @@ async def test_an_sse_client_receives_the_same_samples_as_a_websocket_client(liv
     await post_samples(server, secret, "sse.same", [("temp", start, 0.0)])
     viewer = await Viewer.connect(server, cookies)
     await viewer.subscribe([key], history_s=0)
-    sse = asyncio.create_task(read_sse(server, cookies, f"metrics={key}&history_s=0", key, 30))
-    await asyncio.sleep(1)  # let the stream subscribe before the samples go out
+    sse_subscribed = asyncio.Event()
+    sse = asyncio.create_task(read_sse(server, cookies, f"metrics={key}&history_s=0", key, 30, None, sse_subscribed))
+    await asyncio.wait_for(sse_subscribed.wait(), 30)  # the stream subscribes before the samples go out
     live_from = now_us()  # both subscriptions start live from "now": older samples are history
     for round_ in range(3):
         await post_samples(

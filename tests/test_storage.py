@@ -12,6 +12,9 @@ from dashboard.models import HourRollup, MinuteRollup, Sample, TenMinuteRollup
 from dashboard.rollups import HOUR_US, MINUTE_US, TEN_MINUTE_US
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
+from tests.conftest import JUST_AFTER_MIDNIGHT, JUST_BEFORE_MIDNIGHT, Clock
+
+pytestmark = pytest.mark.usefixtures("clock")
 
 HOUR_START = 1_795_600_800_000_000  # 2026-11-25 08:00:00 UTC, a whole hour
 
@@ -171,8 +174,12 @@ def test_samples_are_indexed_by_metric_and_time_and_by_a_brin_on_id_only() -> No
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_it_puts_todays_samples_in_todays_partition() -> None:
-    ts = now_us()
+@pytest.mark.parametrize(
+    "clock", [None, JUST_AFTER_MIDNIGHT, JUST_BEFORE_MIDNIGHT], ids=["default", "00:05", "23:59:30"], indirect=True
+)
+def test_it_puts_todays_samples_in_todays_partition(clock: Clock) -> None:
+    partitions.ensure_partitions()  # what the migration and the retention loop do
+    ts = clock.now
     storage.store([reading(1.0, ts)])
     assert partition_of("web-01.cpu", ts) == partitions.partition_name(partitions.day_start(ts))
 

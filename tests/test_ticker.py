@@ -18,6 +18,8 @@ from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 from tests.fake_exchange import FakeExchange
 
+pytestmark = pytest.mark.usefixtures("clock")
+
 WAIT_S = 10.0
 
 

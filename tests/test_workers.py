@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -161,7 +162,9 @@ async def test_a_reader_that_stops_reading_costs_the_server_a_bounded_amount_and
         cluster.b.ws_url, additional_headers={"Cookie": cluster.cookies, "Origin": f"http://{host}"}, max_queue=1
     )
     await slow.send('{"type":"subscribe","metrics":["w.slow.temp"],"history_s":0}')
-    await asyncio.sleep(0.5)
+    async with asyncio.timeout(20):  # read up to the answer to the subscription, then never again
+        while json.loads(await slow.recv())["type"] != "subscribed":
+            pass
     base = now_us()  # after the subscription: everything below is live data for it
     server = psutil.Process(cluster.b.process.pid)
     rss_before = server.memory_info().rss

@@ -8,6 +8,8 @@ import pytest
 
 from dashboard import writethrough
 
+pytestmark = pytest.mark.usefixtures("clock")
+
 tcp = pytest.importorskip("twisted.internet.tcp")
 
 
