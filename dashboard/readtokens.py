@@ -39,12 +39,15 @@ def presented_secret(request: HttpRequest) -> str | None:
     """Return the secret this middleware must judge: any read token, or an agent token on a read.
 
     An agent token sent with a write is left to the agent endpoints, which
-    authenticate themselves (dashboard/api.py: authenticate_agent).
+    authenticate themselves (dashboard/api.py: authenticate_agent), and any
+    other bearer secret (METRICS_TOKEN) to the view it is meant for.
     """
     secret = bearer_secret(request.headers.get("Authorization", ""))
     if secret is None or secret.startswith(ReadToken.PREFIX):
         return secret
-    return secret if request.method in SAFE_METHODS else None
+    if secret.startswith(AgentToken.PREFIX) and request.method in SAFE_METHODS:
+        return secret
+    return None  # another credential (METRICS_TOKEN on /metrics): its view judges it
 
 
 def reader_for(secret: str) -> TokenReader:

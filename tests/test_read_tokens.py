@@ -253,3 +253,9 @@ def test_the_documented_examples_work_verbatim_against_a_live_server(tmp_path) -
         manage(env, "readtoken", "revoke", lookup)
         answer = httpx.get(f"{server.url}/api/v1/metrics", headers={"Authorization": f"Bearer {secret}"})
         assert answer.status_code == 401
+
+
+def test_other_bearer_credentials_pass_through_to_their_view(settings, data) -> None:
+    settings.METRICS_TOKEN = "scrape-secret-123"
+    response = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret-123")
+    assert response.status_code == 200 and b"pulseboard_" in response.content
