@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('dashboard', '0005_sample_id_brin'),
+        ('dashboard', '0006_sharelink_created_by'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
