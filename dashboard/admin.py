@@ -25,6 +25,7 @@ from dashboard.models import (
     MinuteRollup,
     NotificationDelivery,
     Panel,
+    ReadToken,
     Sample,
     ShareLink,
     Source,
@@ -169,6 +170,24 @@ class AgentTokenAdmin(SecretShownOnceAdmin):
 
     def issue(self, request, obj: AgentToken) -> tuple[AgentToken, str]:
         return AgentToken.issue(obj.name, obj.source_patterns, created_by=request.user)
+
+
+@admin.register(ReadToken)
+class ReadTokenAdmin(SecretShownOnceAdmin):
+    list_display = ["name", "user", "lookup", "source_patterns", "created", "last_used", "revoked"]
+    list_filter = ["user"]
+    readonly_fields = ["lookup", "created", "last_used", "revoked_at"]
+    fields = ["name", "user", "source_patterns", *readonly_fields]
+    search_fields = ["name", "lookup", "user__username"]
+    created_message = (
+        "Read token created. Copy the secret now, it is never shown again; send it as "
+        "'Authorization: Bearer …': <code id='{}'>{}</code>"
+    )
+    element_id = "read-token-secret"
+    noun = "read token(s)"
+
+    def issue(self, request, obj: ReadToken) -> tuple[ReadToken, str]:
+        return ReadToken.issue(obj.user, obj.name, obj.source_patterns)
 
 
 class PanelForm(forms.ModelForm):

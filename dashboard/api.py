@@ -28,9 +28,10 @@ from dashboard.exceptions import (
     PayloadTooLarge,
     PulseboardError,
     RateLimited,
+    ReadOnlyToken,
     StorageUnavailable,
 )
-from dashboard.models import AgentToken, Metric
+from dashboard.models import AgentToken, Metric, ReadToken
 from dashboard.timeutil import now_us
 from dashboard.validation import PRECISION_US, Reading, Rejection, readings_from_dicts, readings_from_json
 
@@ -79,6 +80,8 @@ async def authenticate_agent(request: HttpRequest) -> AgentToken:
     secret = secret.strip()
     if scheme.lower() not in ("token", "bearer") or not secret:
         raise NotAuthenticated("send an agent token in the Authorization header: 'Authorization: Token <secret>'")
+    if secret.startswith(ReadToken.PREFIX):
+        raise ReadOnlyToken("read tokens only read; send an agent token (Agent tokens in the admin) to write")
     token = AgentToken.find_cached(secret)
     if token is None:
         try:

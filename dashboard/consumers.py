@@ -23,8 +23,10 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 
 from dashboard import writethrough
+from dashboard.exceptions import NotAuthenticated
 from dashboard.live import CLOSE_NOT_AUTHENTICATED, CloseConnection, LiveClient, error_frame
-from dashboard.models import ShareLink, SharePrincipal
+from dashboard.models import ShareLink, SharePrincipal, TokenReader
+from dashboard.readtokens import bearer_secret, reader_for
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,20 @@ def share_principal(secret: str) -> SharePrincipal | AnonymousUser:
     """Return the reader a share-link secret stands for, or an anonymous user when it is unknown or revoked."""
     link = ShareLink.find(secret)
     return link.principal() if link is not None else AnonymousUser()
+
+
+@database_sync_to_async
+def token_reader(headers: list[tuple[bytes, bytes]]) -> TokenReader | AnonymousUser | None:
+    """Return the reader of a read token in the Authorization header, anonymous for a bad one, None without one."""
+    for name, value in headers:
+        if name == b"authorization":
+            secret = bearer_secret(value.decode("latin1"))
+            if secret is not None:
+                try:
+                    return reader_for(secret)
+                except NotAuthenticated:
+                    return AnonymousUser()
+    return None
 
 
 @database_sync_to_async
@@ -96,6 +112,9 @@ class LiveConsumer:
             user = await share_principal(secret)
         else:
             user = scope.get("user")
+            if user is None:
+                # A read token (scripts, other tools) comes before the cookie; a bad one is not replaced by it.
+                user = await token_reader(scope.get("headers", []))
             if user is None:
                 user = await session_user(scope.get("headers", []))
         await self.send({"type": "websocket.accept"})

@@ -80,3 +80,10 @@ class StorageUnavailable(PulseboardError):
 
     code = "storage_unavailable"
     status = 503
+
+
+class ReadOnlyToken(PulseboardError):
+    """A read token was presented to change something; read tokens only read."""
+
+    code = "read_only_token"
+    status = 403

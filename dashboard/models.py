@@ -36,6 +36,9 @@ class VisibleQuerySet(models.QuerySet):
     def visible_to(self, user) -> VisibleQuerySet:
         if not user.is_authenticated:
             return self.none()
+        token = getattr(user, "read_token", None)
+        if token is not None:
+            return token.restrict(self.visible_to(token.user))
         share = getattr(user, "share_link", None)
         if share is not None:
             return share.restrict(self)
@@ -86,6 +89,9 @@ class Source(models.Model):
 
 class MetricQuerySet(models.QuerySet):
     def visible_to(self, user) -> MetricQuerySet:
+        token = getattr(user, "read_token", None)
+        if token is not None:
+            return self.filter(source__in=Source.objects.visible_to(user))
         share = getattr(user, "share_link", None)
         if share is not None:
             return share.restrict(self)
@@ -318,6 +324,101 @@ class AgentToken(models.Model):
     def allows(self, source_slug: str) -> bool:
         """Return whether this token may write readings of the source."""
         return any(glob_matches(p, source_slug) for p in self.patterns())
+
+
+class ReadToken(models.Model):
+    """A credential for scripts and other tools to read what one user may read; only a hash is stored.
+
+    It reads exactly as its user would (the same `visible_to` checks, at the
+    time of each request: a user who loses a group or is deactivated reads
+    less or nothing), optionally narrowed to source slug patterns, and never
+    writes (docs/security.md, Read tokens).
+    """
+
+    PREFIX = "pbr_"
+
+    name = models.CharField(max_length=100)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="read_tokens")
+    lookup = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    source_patterns = models.TextField(
+        default="*", help_text="Source slugs this token may read, one glob per line ('*' for all the user reads)."
+    )
+    created = models.DateTimeField(default=timezone.now)
+    last_used = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["user__username", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def issue(cls, user, name: str, source_patterns: str = "*") -> tuple[ReadToken, str]:
+        """Create a token for a user and return it with its secret, which is never shown again."""
+        lookup, secret, secret_hash = new_secret(cls.PREFIX)
+        token = cls.objects.create(
+            name=name, user=user, lookup=lookup, secret_hash=secret_hash, source_patterns=source_patterns
+        )
+        return token, secret
+
+    @classmethod
+    def find(cls, secret: str) -> ReadToken | None:
+        """Return the usable token for a presented secret (not revoked, its user active), or None."""
+        queryset = cls.objects.filter(revoked_at=None, user__is_active=True).select_related("user")
+        return find_by_secret(queryset, cls.PREFIX, secret)
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def patterns(self) -> list[str]:
+        return [p.strip() for p in self.source_patterns.splitlines() if p.strip()]
+
+    def restrict(self, queryset: models.QuerySet) -> models.QuerySet:
+        """Narrow a Source or Dashboard queryset (already the user's) to the token's source patterns."""
+        patterns = self.patterns()
+        if queryset.model is not Source or "*" in patterns:
+            return queryset
+        slugs = [
+            slug for slug in queryset.values_list("slug", flat=True) if any(glob_matches(p, slug) for p in patterns)
+        ]
+        return queryset.filter(slug__in=slugs)
+
+    def reader(self) -> TokenReader:
+        return TokenReader(self)
+
+
+class TokenReader:
+    """Who reads with a read token: the token's user for every read check, and nothing that writes.
+
+    It stands in for request.user / scope["user"]; `visible_to` sees
+    `read_token` and applies the user's grants narrowed by the token.
+    """
+
+    is_authenticated = True
+    is_anonymous = False
+    # Staff status opens write paths (acknowledging alerts, operator actions); what a staff
+    # user may read is granted through `visible_to(token.user)` instead.
+    is_staff = False
+    is_superuser = False
+
+    def __init__(self, token: ReadToken) -> None:
+        self.read_token = token
+        self.user = token.user
+        self.pk = self.id = token.user.pk
+        self.is_active = token.user.is_active
+        self.username = token.user.username
+
+    def __str__(self) -> str:
+        return f"read token {self.read_token.lookup} of {self.username}"
+
+    def get_username(self) -> str:
+        return self.username
+
+    def has_perm(self, perm: str, obj=None) -> bool:
+        return False  # a read token never edits, acknowledges or administers
 
 
 class Dashboard(models.Model):
