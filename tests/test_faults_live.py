@@ -251,3 +251,60 @@ async def test_viewers_are_told_of_a_hung_redis_and_a_stopped_database_and_back_
         ingesting.kill()
         viewing.kill()
         proxy.close()
+
+
+@pytest.mark.sqlite_only
+async def test_samples_committed_out_of_order_all_reach_a_viewer_of_a_real_server(tmp_path) -> None:
+    """An older sample committed after a newer one (inverted on purpose), then 8 requests kept in flight for 3 s."""
+    import httpx
+
+    env = project_env(tmp_path, **LIVE_ENV)
+    token, session = prepare_database(env, tmp_path)
+    worker = Worker(env, tmp_path).start()
+    headers = {"Authorization": f"Token {token}"}
+    watcher = None
+
+    async def post(client: httpx.AsyncClient, samples: list[tuple[int, float]]) -> None:
+        body = {
+            "source": "fault.counter",
+            "precision": "us",
+            "samples": [{"metric": "n", "ts": t, "value": v} for t, v in samples],
+        }
+        response = await client.post(worker.url + "/api/v1/ingest", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            base = time.time_ns() // 1000
+            await post(client, [(base - 10_000_000, -1.0)])  # the metric exists before the viewer subscribes
+            watcher = Watcher(worker.ws_url, session, [KEY]).start()
+            await async_wait_until(lambda: len(watcher.samples()) == 1, 30, "the replay")
+            await post(client, [(base + 2000, 2.0)])  # the newer sample commits first ...
+            await post(client, [(base + 1000, 1.0)])  # ... then the older one
+            await async_wait_until(lambda: len(watcher.samples()) == 3, 10, "both live samples")
+
+            sent = 0
+
+            async def sender() -> None:
+                nonlocal sent
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    sent += 1
+                    ts = time.time_ns() // 1000
+                    await post(client, [(ts + j, float(sent * 10 + j)) for j in range(3)])
+
+            await asyncio.gather(*(sender() for _ in range(8)))
+        stored = sqlite_samples(env)
+        await async_wait_until(lambda: set(stored) <= set(watcher.samples()), 15, "every stored sample live")
+        late, newest = 0, 0
+        for t, _ in watcher.samples():
+            late += t < newest
+            newest = max(newest, t)
+        print(f"[out-of-order ingest] {len(stored)} stored, {late} delivered after a newer sample of the key")
+        await asyncio.sleep(1)
+        check_delivery("out-of-order ingest, 8 requests in flight", sqlite_samples(env), watcher)
+        assert late >= 1  # the inverted pair at least
+    finally:
+        if watcher is not None:
+            await watcher.stop()
+        worker.kill()
