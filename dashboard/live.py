@@ -43,6 +43,7 @@ MAX_HISTORY_S = 24 * 3600  # live windows reach back at most a day; longer range
 MIN_RATE, MAX_RATE = 0.2, 100.0
 
 # Close codes (docs/protocol.md).
+CLOSE_GOING_AWAY = 1001  # the server process is stopping (SIGTERM)
 CLOSE_NOT_AUTHENTICATED = 4001
 CLOSE_FORBIDDEN = 4003
 CLOSE_TOO_SLOW = 4008
