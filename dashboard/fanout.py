@@ -36,6 +36,7 @@ HEARTBEAT_S = 25  # default of settings LIVE_HEARTBEAT_S: proxies drop idle sock
 RECONCILE_S = 5.0  # default of settings LIVE_RECONCILE_S: how often a hub checks what it delivered against the database
 LEDGER_S = 60.0  # sample time a hub remembers per metric to check against the database and to drop duplicates
 STALE_INTERVALS = 3  # a metric whose source is silent this many expected intervals is stale (as Source.is_stale)
+INTERVALS_REFRESH_S = 30.0  # how often a hub re-reads its metrics' expected intervals (operators change them)
 GROUP_REFRESH_S = 3600  # the in-memory and core Redis layers forget members after group_expiry (1 day)
 DEFAULT_MAX_RATE = 20.0  # frames per second per socket under load
 MAX_BUFFER_SAMPLES = 50_000  # per socket; beyond this the oldest are dropped and back-filled later
@@ -702,6 +703,7 @@ class Hub:
         self._probe_sent = self._probe_seen = 0
         self._probe_arrived: asyncio.Event | None = None
         self._recovered: list[KeyLedger] | None = None
+        self._intervals_read = 0.0  # monotonic s
         self.receive_log = FailureLog(log, "channel layer receive")
         self.database_log = FailureLog(log, "live check against the database")
 
@@ -874,6 +876,11 @@ class Hub:
         if unseeded:
             await self._seed(unseeded)
         ledgers = {ledger.metric_id: ledger for ledger in self.ledgers.values() if ledger.seeded}
+        if time.monotonic() - self._intervals_read > INTERVALS_REFRESH_S:
+            intervals = await self._query(reconcile.expected_intervals, list(ledgers))
+            for metric_id, interval_s in intervals.items():
+                ledgers[metric_id].interval_s = interval_s
+            self._intervals_read = time.monotonic()
         counts = await self._query(reconcile.bucket_counts, list(ledgers), floor)
         delivered: dict[tuple[int, int], int] = {}
         for metric_id, ledger in ledgers.items():

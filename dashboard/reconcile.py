@@ -62,6 +62,20 @@ def metric_facts(metric_ids: list[int], floor: int) -> dict[int, tuple[float, in
     return out
 
 
+def expected_intervals(metric_ids: list[int]) -> dict[int, float]:
+    """Return each metric's source's expected interval (s): operators change it, so hubs re-read it now and then."""
+    if not metric_ids:
+        return {}
+    marks = ",".join(["%s"] * len(metric_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT m.id, s.expected_interval_s FROM dashboard_metric m JOIN dashboard_source s ON s.id = m.source_id "
+            f"WHERE m.id IN ({marks})",
+            metric_ids,
+        )
+        return {metric_id: float(interval) for metric_id, interval in cursor.fetchall()}
+
+
 def bucket_counts(metric_ids: list[int], floor: int) -> dict[tuple[int, int], int]:
     """Return {(metric id, bucket): stored samples} for samples above `floor`: the hub's one check query."""
     if not metric_ids:
