@@ -650,17 +650,41 @@ class Flusher:
 class KeyLedger:
     """What a hub delivered of one metric: its timestamps above the hub's floor, and when data last came."""
 
-    __slots__ = ("key", "metric_id", "source_id", "seen", "seeded", "interval_s", "last_data_us", "stale_since")
+    __slots__ = ("key", "metric_id", "source_id", "buckets", "seeded", "interval_s", "last_data_us", "stale_since")
 
     def __init__(self, key: str, metric_id: int, source_id: int) -> None:
         self.key = key
         self.metric_id = metric_id
         self.source_id = source_id
-        self.seen: set[int] = set()  # ts above the hub's floor delivered (or stored before the hub followed it)
+        # The ts above the hub's floor delivered (or stored before the hub followed it), per counted bucket
+        # (reconcile.BUCKET_US): the check compares their sizes with the database's counts, and forgetting
+        # the oldest drops whole buckets, with no pass over every timestamp.
+        self.buckets: dict[int, set[int]] = {}
         self.seeded = False  # whether what was stored when the hub started following it is in `seen`
         self.interval_s = 10.0  # its source's expected_interval_s
         self.last_data_us = now_us()  # when its newest sample reached the hub (or was stored, before that)
         self.stale_since: int | None = None
+
+    def has(self, t: int) -> bool:
+        bucket = self.buckets.get(t // reconcile.BUCKET_US)
+        return bucket is not None and t in bucket
+
+    def add(self, t: int) -> None:
+        bucket = self.buckets.get(t // reconcile.BUCKET_US)
+        if bucket is None:
+            bucket = self.buckets[t // reconcile.BUCKET_US] = set()
+        bucket.add(t)
+
+    def forget_below(self, floor: int) -> None:
+        """Forget the buckets at or below the floor (a bucket boundary minus 1 µs)."""
+        first = (floor + 1) // reconcile.BUCKET_US
+        for bucket in [b for b in self.buckets if b < first]:
+            del self.buckets[bucket]
+
+
+def ledger_floor(now: int) -> int:
+    """Return the floor for a clock reading: LEDGER_S back, rounded down to a bucket boundary, minus 1 µs."""
+    return (now - int(LEDGER_S * US)) // reconcile.BUCKET_US * reconcile.BUCKET_US - 1
 
 
 class Hub:
@@ -779,7 +803,7 @@ class Hub:
         """
         await self._ensure_started()
         if not self.floor:
-            self.floor = now_us() - int(LEDGER_S * US)
+            self.floor = ledger_floor(now_us())
         new = []
         for key, (metric_id, source_id) in metrics.items():
             if key not in self.ledgers:
@@ -808,7 +832,9 @@ class Hub:
         for ledger in ledgers:
             interval_s, newest, recent = facts.get(ledger.metric_id, (10.0, 0, []))
             ledger.interval_s = interval_s
-            ledger.seen.update(t for t in recent if t > self.floor)
+            for t in recent:
+                if t > self.floor:
+                    ledger.add(t)
             if newest and ledger.stale_since is None:
                 ledger.last_data_us = min(ledger.last_data_us, newest)
             ledger.seeded = True
@@ -818,8 +844,8 @@ class Hub:
         ledger = self.ledgers.get(key)
         if ledger is None:
             return set()
-        floor, seen = self.floor, ledger.seen
-        return {t for t in ts if t > floor and t not in seen}
+        floor = self.floor
+        return {t for t in ts if t > floor and not ledger.has(t)}
 
     def _held_keys(self) -> set[str]:
         return {key for session in self.sessions for keys in session.sources.values() for key in keys}
@@ -863,11 +889,11 @@ class Hub:
             del self.ledgers[key]
         if not self.ledgers:
             return 0
-        floor = now_us() - int(LEDGER_S * US)
+        floor = ledger_floor(now_us())
         if floor > self.floor:
             self.floor = floor
             for ledger in self.ledgers.values():
-                ledger.seen = {t for t in ledger.seen if t > floor}
+                ledger.forget_below(floor)
             for session in self.sessions:
                 if session.seam is not None:
                     session.forget_seam_below(floor)
@@ -882,12 +908,11 @@ class Hub:
                 ledgers[metric_id].interval_s = interval_s
             self._intervals_read = time.monotonic()
         counts = await self._query(reconcile.bucket_counts, list(ledgers), floor)
-        delivered: dict[tuple[int, int], int] = {}
-        for metric_id, ledger in ledgers.items():
-            for t in ledger.seen:
-                bucket = (metric_id, t // reconcile.BUCKET_US)
-                delivered[bucket] = delivered.get(bucket, 0) + 1
-        short = [bucket for bucket, count in counts.items() if delivered.get(bucket, 0) < count]
+        short = []
+        for (metric_id, bucket), count in counts.items():
+            ledger = ledgers.get(metric_id)
+            if ledger is not None and len(ledger.buckets.get(bucket, ())) < count:
+                short.append((metric_id, bucket))
         filled = 0
         if short:
             rows = await self._query(reconcile.bucket_samples, short, floor)
@@ -895,11 +920,11 @@ class Hub:
                 ledger = ledgers.get(metric_id)
                 if ledger is None or self.ledgers.get(ledger.key) is not ledger:
                     continue  # nobody here wants it any more
-                seen = ledger.seen
-                missing = [(t, v) for t, v in samples if t > self.floor and t not in seen]
+                missing = [(t, v) for t, v in samples if t > self.floor and not ledger.has(t)]
                 if not missing:
                     continue
-                seen.update(t for t, _ in missing)
+                for t, _ in missing:
+                    ledger.add(t)
                 self._note_data(ledger)
                 fragment = encode_fragment(ledger.key, [t for t, _ in missing], [v for _, v in missing])
                 for session in self.groups.get(events.source_group(ledger.source_id), ()):
@@ -1108,13 +1133,16 @@ class Hub:
         for key, (ts, values) in event.series.items():
             ledger = ledgers.get(key)
             if ledger is not None:
-                seen = ledger.seen
-                if any(t > floor and t in seen for t in ts):
-                    keep = [i for i, t in enumerate(ts) if t <= floor or t not in seen]
+                has = ledger.has
+                if any(t > floor and has(t) for t in ts):
+                    keep = [i for i, t in enumerate(ts) if t <= floor or not has(t)]
                     if not keep:
                         continue
                     ts, values = [ts[i] for i in keep], [values[i] for i in keep]
-                seen.update(t for t in ts if t > floor)
+                add = ledger.add
+                for t in ts:
+                    if t > floor:
+                        add(t)
                 self._note_data(ledger)
             fragments.append(encode_fragment(key, ts, values, frames))
         if not fragments:
