@@ -19,6 +19,9 @@ batch: a conservative latency), count samples and duplicates. Loss = samples pro
 Loopback only, bounded in time (each step STEP_S + drain). Usage:
     python bench/fanout.py                       # all scenarios (~10 min)
     python bench/fanout.py --scenarios latency   # one: latency, scale, ceiling
+    python bench/fanout.py --scenarios ceiling --systems pulseboard --in-flight 8
+                                                 # 8 ingest requests always in flight: samples of a key commit
+                                                 # out of order; "late" counts those delivered after a newer one
 """
 
 from __future__ import annotations
