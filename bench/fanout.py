@@ -19,6 +19,9 @@ batch: a conservative latency), count samples and duplicates. Loss = samples pro
 Loopback only, bounded in time (each step STEP_S + drain). Usage:
     python bench/fanout.py                       # all scenarios (~10 min)
     python bench/fanout.py --scenarios latency   # one: latency, scale, ceiling
+    python bench/fanout.py --scenarios ceiling --systems pulseboard --in-flight 8
+                                                 # 8 ingest requests always in flight: samples of a key commit
+                                                 # out of order; "late" counts those delivered after a newer one
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ SETTLED_CPU_PCT = 15.0  # machine-wide, before each system starts
 P99_LIMIT_MS = 100.0  # "sustainable": p99 at or under this and no unrepaired loss
 LATENCY_RESERVOIR = 20_000  # latency samples kept per client process
 VIEWER, PASSWORD = "bench", "bench-pass-123"
+LATE_WINDOW_US = 5_000_000  # a viewer tells a late sample from a duplicate within this much of the newest one
+LATE_SET_MAX = 2_000
+IN_FLIGHT = [0]  # --in-flight: requests the producer keeps in flight (0: one request per 10 ms tick)
 
 
 def now_us() -> int:
@@ -262,6 +268,7 @@ class ViewerStats:
         self.lo = 1 << 62
         self.received = 0
         self.duplicates = 0
+        self.late = 0  # samples older than the newest received of their key (committed late), each new
         self.latencies_ms: list[float] = []
         self.seen_latencies = 0
         self.closed: dict[int, int] = {}
@@ -291,6 +298,7 @@ class Viewer(picows.WSListener):
         self.spec, self.stats, self.ready = spec, stats, ready
         self.state = "hello" if spec["subscribe"] else "live"
         self.last: dict[str, int] = {}
+        self.recent: dict[str, set[int]] = {}  # per key: timestamps received within LATE_WINDOW_US of the newest
         self.frames = self.acked = 0
         self.ack_every = 1  # half of hello's limits.ack_window, as docs/protocol.md asks
         self.parts: list[bytes] = []
@@ -350,15 +358,41 @@ class Viewer(picows.WSListener):
             if t[-1] < stats.lo:
                 continue
             key = batch["k"]
-            previous = last.get(key, 0)
-            if self.spec["ack"]:  # Pulseboard promises order and no duplicates per key: check it
-                fresh = [x for x in t if x > previous and x >= stats.lo] if t[0] <= previous or t[0] < stats.lo else t
-                stats.duplicates += sum(1 for x in t if x <= previous)
-            else:  # the others promise nothing; concurrent publishes may reorder (not a loss)
-                fresh = [x for x in t if x >= stats.lo] if t[0] < stats.lo else t
+            if self.spec["ack"]:
+                # Pulseboard promises every sample once per key, in commit order: a sample older than the
+                # newest one received (it committed late) is new, and counted as late, not as a duplicate.
+                high = last.get(key, 0)
+                recent = self.recent.get(key)
+                if recent is None:
+                    recent = self.recent[key] = set()
+                first = None
+                fresh = 0
+                for x in t:
+                    if x < stats.lo:
+                        continue
+                    if x > high:
+                        high = x
+                    elif x in recent or x < high - LATE_WINDOW_US:
+                        stats.duplicates += 1  # seen already (or too old to tell: counted against us)
+                        continue
+                    else:
+                        stats.late += 1
+                    recent.add(x)
+                    fresh += 1
+                    if first is None:
+                        first = x
+                last[key] = high
+                if len(recent) > 4 * LATE_SET_MAX:
+                    self.recent[key] = {x for x in recent if x >= high - LATE_WINDOW_US}
+                stats.received += fresh
+                if first is not None and not frame.get("replay"):
+                    stats.latency((received_at - first) / 1000)
+                continue
+            # The others promise nothing; concurrent publishes may reorder (not a loss).
+            fresh = [x for x in t if x >= stats.lo] if t[0] < stats.lo else t
             stats.received += len(fresh)
             if fresh:
-                last[key] = max(previous, fresh[-1])
+                last[key] = max(last.get(key, 0), fresh[-1])
                 if not frame.get("replay"):
                     stats.latency((received_at - fresh[0]) / 1000)
         if self.spec["ack"] and self.frames - self.acked >= self.ack_every:
@@ -408,7 +442,7 @@ async def client_main(conn, spec: dict[str, Any], viewers: int) -> None:
         command, *args = await loop.run_in_executor(None, conn.recv)
         if command == "measure":
             stats.lo = args[0]
-            stats.received = stats.duplicates = stats.seen_latencies = 0
+            stats.received = stats.duplicates = stats.late = stats.seen_latencies = 0
             stats.latencies_ms = []
             conn.send("ok")
         elif command == "report":
@@ -416,6 +450,7 @@ async def client_main(conn, spec: dict[str, Any], viewers: int) -> None:
                 {
                     "received": stats.received,
                     "duplicates": stats.duplicates,
+                    "late": stats.late,
                     "latencies_ms": stats.latencies_ms,
                     "alive": sum(1 for t in tasks if not t.done()),
                     "closed": stats.closed,
@@ -465,6 +500,7 @@ class LoadClient:
         return {
             "received": sum(p["received"] for p in parts),
             "duplicates": sum(p["duplicates"] for p in parts),
+            "late": sum(p["late"] for p in parts),
             "latencies_ms": [x for p in parts for x in p["latencies_ms"]],
             "alive": sum(p["alive"] for p in parts),
             "closed": closed,
@@ -494,10 +530,47 @@ async def timed_publish(system: System, samples: list[tuple[str, int, float]], d
     durations.append((time.perf_counter() - started) * 1000)
 
 
+async def produce_in_flight(
+    system: System, rate: float, metrics: int, duration: float, publish_ms: list[float], in_flight: int
+) -> tuple[int, float]:
+    """Publish `rate` samples/s for `duration` from `in_flight` concurrent senders (an agent with several flushers).
+
+    Each sender posts whatever samples came due since it last posted, and
+    posts again as soon as its request is answered, so `in_flight` requests
+    are always on their way and commit in whatever order the server finishes
+    them: samples of one key commit out of timestamp order.
+    """
+    start = time.monotonic()
+    taken = 0
+
+    def due() -> list[tuple[str, int, float]]:
+        nonlocal taken
+        n = min(int(rate * (time.monotonic() - start)), int(rate * duration)) - taken
+        if n <= 0:
+            return []
+        ts = now_us()
+        samples = [(f"m{(taken + j) % metrics}", ts + j, float((taken + j) % 100)) for j in range(n)]
+        taken += n
+        return samples
+
+    async def sender() -> None:
+        while time.monotonic() - start < duration:
+            samples = due()
+            if samples:
+                await timed_publish(system, samples, publish_ms)
+            else:
+                await asyncio.sleep(min(TICK_S, 1.0 / rate))
+
+    await asyncio.gather(*(sender() for _ in range(in_flight)))
+    return taken, 0.0
+
+
 async def produce(
     system: System, rate: float, metrics: int, duration: float, publish_ms: list[float]
 ) -> tuple[int, float]:
     """Publish `rate` samples/s for `duration`; return samples produced and the publish lag (s) at the end."""
+    if IN_FLIGHT[0]:
+        return await produce_in_flight(system, rate, metrics, duration, publish_ms, IN_FLIGHT[0])
     tick = max(TICK_S, 1.0 / rate)
     per_tick = rate * tick
     carry, produced, sequence = 0.0, 0, 0
@@ -581,6 +654,8 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         "loss": loss,
         "loss_pct": round(100.0 * loss / expected, 3) if expected else 0.0,
         "duplicates": report["duplicates"],
+        "late": report["late"],
+        "in_flight": IN_FLIGHT[0],
         "producer_behind_s": round(max(0.0, behind), 2),
         "publish_p50_ms": round(percentile(publish_ms, 0.5), 1),
         "publish_p99_ms": round(percentile(publish_ms, 0.99), 1),
@@ -604,7 +679,12 @@ def settle(limit_s: float = 60.0) -> None:
 
 
 def sustainable(result: dict[str, Any]) -> bool:
-    return result["loss"] == 0 and result["p99_ms"] <= P99_LIMIT_MS and result["alive"] == result["viewers"]
+    return (
+        result["loss"] == 0
+        and result["duplicates"] == 0
+        and result["p99_ms"] <= P99_LIMIT_MS
+        and result["alive"] == result["viewers"]
+    )
 
 
 async def run_system(
@@ -652,14 +732,14 @@ async def run_system(
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| system | viewers | K | R samples/s | delivered samples/s | p50 ms | p99 ms | loss | dups | "
+        "| system | viewers | K | R samples/s | delivered samples/s | p50 ms | p99 ms | loss | dups | late | "
         "publish p50/p99 ms | server CPU % | server RSS MB | idle KB/conn |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(
             f"| {r['system']} | {r['viewers']} | {r['metrics']} | {r['rate']:g} | {r['delivered_per_s']:,} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['loss']} ({r['loss_pct']}%) | {r['duplicates']} | {r['publish_p50_ms']}/{r['publish_p99_ms']} | "
+            f"{r['p99_ms']} | {r['loss']} ({r['loss_pct']}%) | {r['duplicates']} | {r.get('late', 0)} | {r['publish_p50_ms']}/{r['publish_p99_ms']} | "
             f"{r['server_cpu_pct']} | {r['server_rss_mb']} | "
             f"{r['idle_kb_per_connection']} |"
         )
@@ -678,12 +758,20 @@ async def main() -> None:
     parser.add_argument("--ceiling-rates", default="10,20,50,100,200,500,1000,2000,5000,10000,20000")
     parser.add_argument("--out", type=Path, help="append results as JSON lines here")
     parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=0,
+        help="keep this many ingest requests in flight (samples of a key then commit out of order); "
+        "0: one request per 10 ms tick",
+    )
+    parser.add_argument(
         "--ingest",
         default="http",
         help="how Pulseboard gets samples: http (POST /api/v1/ingest), action (dashboard.actions.ingest in another "
         "process sharing the database and Redis), or both",
     )
     args = parser.parse_args()
+    IN_FLIGHT[0] = args.in_flight
     systems = args.systems.split(",")
     modes = ["http", "action"] if args.ingest == "both" else [args.ingest]
 

@@ -608,14 +608,19 @@ async def nodata_loop() -> None:
 
     It also resumes notifications left pending by a process that stopped mid-way.
     """
+    from dashboard.logthrottle import FailureLog
+
+    failures = FailureLog(log, f"no-data check (every {NODATA_CHECK_S:.0f} s)")  # one traceback per outage
     while True:
         await asyncio.sleep(NODATA_CHECK_S)
         try:
             await retire_disabled_rules()
             await check_nodata()
             await retry_stale_deliveries()
-        except Exception:
-            log.exception("no-data check failed; trying again in %.0f s", NODATA_CHECK_S)
+        except Exception as exc:
+            failures.failure(exc)
+        else:
+            failures.success()
 
 
 # --- Operators -------------------------------------------------------------------

@@ -11,7 +11,9 @@ connect and dropped, and one coroutine per socket reads its messages.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from importlib import import_module
 from types import SimpleNamespace
 from typing import Any
@@ -24,11 +26,29 @@ from django.http.cookie import parse_cookie
 
 from dashboard import writethrough
 from dashboard.exceptions import NotAuthenticated
-from dashboard.live import CLOSE_NOT_AUTHENTICATED, CloseConnection, LiveClient, error_frame
+from dashboard.live import CLOSE_GOING_AWAY, CLOSE_NOT_AUTHENTICATED, CloseConnection, LiveClient, error_frame
 from dashboard.models import ShareLink, SharePrincipal, TokenReader
 from dashboard.readtokens import bearer_secret, reader_for
 
 log = logging.getLogger(__name__)
+
+CLOSE_HANDSHAKE_S = 5.0  # how long a close we send may wait for the client's answer (autobahn's own: 1 s, then RST)
+_open: weakref.WeakSet[LiveConsumer] = weakref.WeakSet()  # this process's open sockets, closed with 1001 on SIGTERM
+_shutdown_hooked = False
+
+
+async def close_all_going_away() -> None:
+    """Close every open live socket with 1001 and wait (at most CLOSE_HANDSHAKE_S) for the clients to answer."""
+    consumers = [c for c in _open if c.state == "open"]
+    log.info("shutting down: closing %d live connections with 1001", len(consumers))
+    for consumer in consumers:
+        try:
+            await consumer._close_with(CLOSE_GOING_AWAY)
+        except Exception:
+            log.debug("closing a live connection on shutdown failed", exc_info=True)
+    deadline = asyncio.get_running_loop().time() + CLOSE_HANDSHAKE_S
+    while any(c.state == "closing" for c in consumers) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)  # shutdown only: no per-socket event kept for it
 
 
 @database_sync_to_async
@@ -76,7 +96,7 @@ class LiveConsumer:
     (dashboard/fanout.py) is its only reader.
     """
 
-    __slots__ = ("send", "client")
+    __slots__ = ("send", "client", "state", "__weakref__")
 
     @classmethod
     def as_asgi(cls):
@@ -90,6 +110,7 @@ class LiveConsumer:
     def __init__(self, send) -> None:
         self.send = send
         self.client: LiveClient | None = None
+        self.state = "connecting"  # then "open", "closing" (the server sent a close) or "closed"
 
     async def run(self, scope: dict[str, Any], receive) -> None:
         try:
@@ -101,9 +122,28 @@ class LiveConsumer:
                 elif kind == "websocket.connect":
                     await self.connect(scope)
                 elif kind == "websocket.disconnect":
+                    self.state = "closed"
                     return
+        except asyncio.CancelledError:
+            # The server is stopping and cancelled the application: say so with 1001 and give the
+            # client a bounded time to answer, rather than leave it a dropped connection (1006).
+            await self._going_away(receive)
+            raise
         finally:
+            _open.discard(self)
             await self.disconnect()
+
+    async def _going_away(self, receive) -> None:
+        if self.state not in ("open", "closing"):
+            return
+        try:
+            await self._close_with(CLOSE_GOING_AWAY)
+            async with asyncio.timeout(CLOSE_HANDSHAKE_S):
+                while (await receive())["type"] != "websocket.disconnect":
+                    pass
+            self.state = "closed"
+        except Exception:
+            log.debug("the close handshake on shutdown did not finish", exc_info=True)
 
     async def connect(self, scope: dict[str, Any]) -> None:
         secret = scope.get("url_route", {}).get("kwargs", {}).get("secret")
@@ -118,6 +158,11 @@ class LiveConsumer:
             if user is None:
                 user = await session_user(scope.get("headers", []))
         await self.send({"type": "websocket.accept"})
+        self.state = "open"
+        _open.add(self)
+        global _shutdown_hooked
+        if not _shutdown_hooked:
+            _shutdown_hooked = writethrough.before_shutdown(close_all_going_away)
         if not user.is_authenticated:
             await self._send_text(error_frame("not_authenticated", "sign in at /accounts/login/ first"))
             await self._close_with(CLOSE_NOT_AUTHENTICATED)
@@ -130,8 +175,17 @@ class LiveConsumer:
         await self.send({"type": "websocket.send", "text": frame})
 
     async def _close_with(self, code: int) -> None:
-        """Close from the server side (a reader too slow to keep up gets 4008)."""
-        await self.send({"type": "websocket.close", "code": code})
+        """Close from the server side (4008 for a reader too slow, 1001 on shutdown), once.
+
+        The client gets CLOSE_HANDSHAKE_S to answer: a reader that stopped
+        reading finds the close frame behind the data it has not read yet.
+        """
+        if self.state != "open":
+            return
+        self.state = "closing"
+        close = writethrough.server_closer(self.send, CLOSE_HANDSHAKE_S)
+        if close is None or not close(code):
+            await self.send({"type": "websocket.close", "code": code})
 
     async def receive(self, message: dict[str, Any]) -> None:
         if self.client is None:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from channels.layers import get_channel_layer
 
 from dashboard import stats
+from dashboard.logthrottle import FailureLog
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +142,20 @@ def _number_and_deliver(group: str, event: Event) -> dict[str, Any]:
     return message
 
 
+# Every failed publish of an outage used to log a traceback (25 in 5 s at 5 batches a second).
+_publish_failures = FailureLog(log, "publish to the channel layer (viewers elsewhere back-fill from the database)")
+
+
 async def _send(group: str, message: dict[str, Any]) -> bool:
     layer = get_channel_layer()
     if layer is None:
         return False
     try:
         await layer.group_send(group, message)
-    except Exception:
-        log.exception("publish to %s failed; viewers will back-fill from the database", group)
+    except Exception as exc:
+        _publish_failures.failure(exc)
         return False
+    _publish_failures.success()
     return True
 
 
@@ -211,14 +217,17 @@ class Outbox:
     def __init__(self) -> None:
         self._queue: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self._task: asyncio.Task | None = None
+        self._overflow = FailureLog(log, f"the channel layer outbox ({self.MAX_BACKLOG} messages behind)")
 
     def put(self, group: str, message: dict[str, Any]) -> None:
         if len(self._queue) >= self.MAX_BACKLOG:
             stats.PUBLISH_FAILURES.inc()
-            log.warning(
-                "the channel layer is %d messages behind; dropping one for %s (hubs back-fill)", len(self._queue), group
+            self._overflow.failure(
+                f"dropped a message for {group}; hubs back-fill from the database", level=logging.WARNING
             )
             return
+        if self._overflow.failing:
+            self._overflow.success()
         self._queue.append((group, message))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="pulseboard-outbox")

@@ -15,6 +15,7 @@ to back-fill from the database.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import time
@@ -25,12 +26,17 @@ from dataclasses import dataclass
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from dashboard import background, events, gcpolicy, stats, writethrough
-from dashboard.timeutil import now_us
+from dashboard import background, events, gcpolicy, reconcile, stats, writethrough
+from dashboard.logthrottle import FailureLog
+from dashboard.timeutil import US, now_us
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 25  # proxies drop idle sockets at 30-60 s; one loop per process beats for every connection
+HEARTBEAT_S = 25  # default of settings LIVE_HEARTBEAT_S: proxies drop idle sockets at 30-60 s; one loop beats for all
+RECONCILE_S = 5.0  # default of settings LIVE_RECONCILE_S: how often a hub checks what it delivered against the database
+LEDGER_S = 60.0  # sample time a hub remembers per metric to check against the database and to drop duplicates
+STALE_INTERVALS = 3  # a metric whose source is silent this many expected intervals is stale (as Source.is_stale)
+INTERVALS_REFRESH_S = 30.0  # how often a hub re-reads its metrics' expected intervals (operators change them)
 GROUP_REFRESH_S = 3600  # the in-memory and core Redis layers forget members after group_expiry (1 day)
 DEFAULT_MAX_RATE = 20.0  # frames per second per socket under load
 MAX_BUFFER_SAMPLES = 50_000  # per socket; beyond this the oldest are dropped and back-filled later
@@ -150,6 +156,7 @@ class Session:
         "closed",
         "alert_sources",
         "send_wire",
+        "seam",
         "__weakref__",
     )
 
@@ -190,6 +197,9 @@ class Session:
         self.closed = False
         # Ids of the sources whose alerts this viewer may see; None: all (staff).
         self.alert_sources: frozenset[int] | None = None
+        # key -> timestamps a replay of this session already sent but the hub has not delivered yet:
+        # when their live copy comes, it is dropped (no duplicate at the seam). Usually None.
+        self.seam: dict[str, set[int]] | None = None
 
     # --- Subscriptions --------------------------------------------------
     def add(self, source_id: int, key: str, cursor: int) -> None:
@@ -216,13 +226,66 @@ class Session:
         """Keep live fragments of these keys buffered while their history is being sent."""
         self._held = self._held | keys
 
-    def release(self, keys: set[str]) -> None:
-        """Let held keys flow again, dropping buffered samples already covered by the history sent."""
+    def release(
+        self,
+        keys: set[str],
+        replayed: dict[str, set[int]] | None = None,
+        seam: dict[str, set[int]] | None = None,
+    ) -> None:
+        """Let held keys flow again, dropping buffered samples already covered by the history sent.
+
+        With `replayed` (the timestamps the replay sent, per key), exactly
+        those are dropped: a sample that committed after the replay's query
+        but is older than the newest one replayed (out-of-order ingest) still
+        goes out. Without it, everything up to the key's cursor is dropped.
+        `seam` holds replayed timestamps whose live copy may still come.
+        """
         self._held = self._held - keys or NO_KEYS  # a new set: one emptied in place keeps its table
-        self._buffer = [self._trim(f) for f in self._buffer]
-        self._buffer = [f for f in self._buffer if f is not None]
+        if replayed is None:
+            buffer = [self._trim(f) if f.key in keys else f for f in self._buffer]
+        else:
+            buffer = [self._drop_ts(f, replayed[f.key]) if f.key in replayed else f for f in self._buffer]
+        self._buffer = [f for f in buffer if f is not None]
         self._buffered = sum(f.count for f in self._buffer)
+        if seam:
+            self.seam = {**(self.seam or {}), **{k: ts for k, ts in seam.items() if ts}} or None
         self._schedule()
+
+    @staticmethod
+    def _drop_ts(fragment: Fragment, drop: set[int]) -> Fragment | None:
+        """Return the fragment without the timestamps in `drop` (None if nothing is left)."""
+        if not drop:
+            return fragment
+        keep = [i for i, t in enumerate(fragment.ts) if t not in drop]
+        if len(keep) == fragment.count:
+            return fragment
+        if not keep:
+            return None
+        return encode_fragment(fragment.key, [fragment.ts[i] for i in keep], [fragment.values[i] for i in keep])
+
+    def _unseam(self, fragment: Fragment) -> Fragment | None:
+        """Drop from a live fragment what this session's replay already sent, and forget those seam entries."""
+        seam = self.seam
+        pending = seam[fragment.key]
+        out = self._drop_ts(fragment, pending)
+        pending.difference_update(fragment.ts)
+        if not pending:
+            del seam[fragment.key]
+            if not seam:
+                self.seam = None
+        return out
+
+    def forget_seam_below(self, floor: int) -> None:
+        """Forget seam entries at or below the hub's ledger floor (their live copies are no longer tracked)."""
+        seam = self.seam
+        if seam is None:
+            return
+        for key in list(seam):
+            seam[key] = {t for t in seam[key] if t > floor}
+            if not seam[key]:
+                del seam[key]
+        if not seam:
+            self.seam = None
 
     def _trim(self, fragment: Fragment) -> Fragment | None:
         cursor = self.cursors.get(fragment.key)
@@ -298,19 +361,18 @@ class Session:
         """
         if self.closed:
             return
-        cursors, held = self.cursors, self._held
+        cursors, held, seam = self.cursors, self._held, self.seam
         added = False
         for fragment in fragments:
-            cursor = cursors.get(fragment.key)
-            if cursor is None:
+            if fragment.key not in cursors:
                 continue
-            if fragment.key not in held:
-                if fragment.last_ts <= cursor:
-                    continue  # already delivered by a back-fill
-                if fragment.first_ts <= cursor:
-                    fragment = self._trim(fragment)
-                    if fragment is None:
-                        continue
+            # No trimming at the cursor: a sample older than the newest one delivered may still be new
+            # (it committed late: out-of-order ingest). The hub delivers each sample once; only what this
+            # session's own replay sent can come twice, and the seam says exactly which.
+            if seam is not None and fragment.key not in held and fragment.key in seam:
+                fragment = self._unseam(fragment)
+                if fragment is None:
+                    continue
             self._buffer.append(fragment)
             self._buffered += fragment.count
             added = True
@@ -585,8 +647,48 @@ class Flusher:
             self._publish_counts()
 
 
+class KeyLedger:
+    """What a hub delivered of one metric: its timestamps above the hub's floor, and when data last came."""
+
+    __slots__ = ("key", "metric_id", "source_id", "buckets", "seeded", "interval_s", "last_data_us", "stale_since")
+
+    def __init__(self, key: str, metric_id: int, source_id: int) -> None:
+        self.key = key
+        self.metric_id = metric_id
+        self.source_id = source_id
+        # The ts above the hub's floor delivered (or stored before the hub followed it), per counted bucket
+        # (reconcile.BUCKET_US): the check compares their sizes with the database's counts, and forgetting
+        # the oldest drops whole buckets, with no pass over every timestamp.
+        self.buckets: dict[int, set[int]] = {}
+        self.seeded = False  # whether what was stored when the hub started following it is in `seen`
+        self.interval_s = 10.0  # its source's expected_interval_s
+        self.last_data_us = now_us()  # when its newest sample reached the hub (or was stored, before that)
+        self.stale_since: int | None = None
+
+    def has(self, t: int) -> bool:
+        bucket = self.buckets.get(t // reconcile.BUCKET_US)
+        return bucket is not None and t in bucket
+
+    def add(self, t: int) -> None:
+        bucket = self.buckets.get(t // reconcile.BUCKET_US)
+        if bucket is None:
+            bucket = self.buckets[t // reconcile.BUCKET_US] = set()
+        bucket.add(t)
+
+    def forget_below(self, floor: int) -> None:
+        """Forget the buckets at or below the floor (a bucket boundary minus 1 µs)."""
+        first = (floor + 1) // reconcile.BUCKET_US
+        for bucket in [b for b in self.buckets if b < first]:
+            del self.buckets[bucket]
+
+
+def ledger_floor(now: int) -> int:
+    """Return the floor for a clock reading: LEDGER_S back, rounded down to a bucket boundary, minus 1 µs."""
+    return (now - int(LEDGER_S * US)) // reconcile.BUCKET_US * reconcile.BUCKET_US - 1
+
+
 class Hub:
-    """The process's single reader of the channel layer."""
+    """The process's single reader of the channel layer, and the check of what it delivered against the database."""
 
     _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
 
@@ -609,7 +711,25 @@ class Hub:
         self._last_seq: dict[tuple[str, str], int] = {}
         self._tasks: list[asyncio.Task] = []
         self._start_lock = asyncio.Lock()
-        self.stall_s = float(settings.PULSEBOARD.get("LIVE_STALL_S", STALL_S))
+        live = settings.PULSEBOARD
+        self.stall_s = float(live.get("LIVE_STALL_S", STALL_S))
+        self.heartbeat_s = float(live.get("LIVE_HEARTBEAT_S", HEARTBEAT_S))
+        self.reconcile_s = min(float(live.get("LIVE_RECONCILE_S", RECONCILE_S)), RECONCILE_S)
+        # The layer is probed this often, and a probe not back within the same time makes it degraded:
+        # connections hear of it within two heartbeats.
+        self.probe_s = min(self.heartbeat_s / 2, 5.0)
+        self.ledgers: dict[str, KeyLedger] = {}
+        self.floor = 0  # µs: ledgers remember nothing at or below it (it trails the clock by LEDGER_S)
+        self.degraded: dict[str, int] = {}  # reason ("layer", "database") -> since when (µs)
+        self._reconcile_now: asyncio.Event | None = None
+        self._db: concurrent.futures.ThreadPoolExecutor | None = None
+        self._db_future: asyncio.Future | None = None
+        self._probe_sent = self._probe_seen = 0
+        self._probe_arrived: asyncio.Event | None = None
+        self._recovered: list[KeyLedger] | None = None
+        self._intervals_read = 0.0  # monotonic s
+        self.receive_log = FailureLog(log, "channel layer receive")
+        self.database_log = FailureLog(log, "live check against the database")
 
     async def _ensure_started(self) -> None:
         if self.channel is not None:
@@ -620,18 +740,24 @@ class Hub:
                 self.local_publisher = events.local_publisher()
                 events.set_local_hub(self.deliver_local)
                 await self.layer.group_add(events.ALERTS_GROUP, self.channel)
+                self._reconcile_now = asyncio.Event()
+                self._probe_arrived = asyncio.Event()
                 loop = asyncio.get_running_loop()
                 self._tasks = [
                     loop.create_task(self._receive_loop(), name="pulseboard-hub"),
                     loop.create_task(self._refresh_loop(), name="pulseboard-hub-refresh"),
                     loop.create_task(self._watchdog_loop(), name="pulseboard-hub-watchdog"),
                     loop.create_task(self._heartbeat_loop(), name="pulseboard-hub-heartbeat"),
+                    loop.create_task(self._reconcile_loop(), name="pulseboard-hub-reconcile"),
+                    loop.create_task(self._probe_loop(), name="pulseboard-hub-probe"),
                 ]
 
     async def register(self, session: Session) -> None:
-        """Start delivering process-wide events (alerts) to a new connection."""
+        """Start delivering process-wide events (alerts, degraded notices) to a new connection."""
         await self._ensure_started()
         self.sessions.add(session)
+        for reason, since in self.degraded.items():
+            session.send_now(degraded_frame(reason, "degraded", since))
 
     async def unregister(self, session: Session) -> None:
         """Forget a closed connection and leave the groups only it wanted."""
@@ -667,15 +793,258 @@ class Hub:
             except Exception:
                 log.warning("group_discard(%s) failed; the group will be left on the next refresh", group)
 
+    # --- The ledger: what this hub delivered, checked against the database --------------------
+    async def track(self, session: Session, metrics: dict[str, tuple[int, int]]) -> None:
+        """Follow these metrics (key -> (metric id, source id)) in the ledger before a session replays them.
+
+        A metric new to the hub is read once: what is stored above the floor
+        counts as delivered (viewers get it from their own replays), so the
+        checks back-fill only what is stored later and never reaches the hub.
+        """
+        await self._ensure_started()
+        if not self.floor:
+            self.floor = ledger_floor(now_us())
+        new = []
+        for key, (metric_id, source_id) in metrics.items():
+            if key not in self.ledgers:
+                # Made before the read: samples arriving meanwhile are recorded, then merged with the read.
+                self.ledgers[key] = KeyLedger(key, metric_id, source_id)
+                new.append(self.ledgers[key])
+        if new:
+            await self._seed(new, thread_sensitive=True)
+        stale = [self.ledgers[k] for k in metrics if k in self.ledgers and self.ledgers[k].stale_since is not None]
+        if stale:
+            session.send_now(stale_frame([ledger.key for ledger in stale], "stale", stale[0].stale_since or 0))
+
+    async def _seed(self, ledgers: list[KeyLedger], thread_sensitive: bool = False) -> None:
+        from channels.db import database_sync_to_async
+
+        floor = self.floor
+        ids = [ledger.metric_id for ledger in ledgers]
+        try:
+            if thread_sensitive:  # on a subscription: the thread its replay uses next, so the read comes first
+                facts = await database_sync_to_async(reconcile.metric_facts)(ids, floor)
+            else:
+                facts = await self._query(reconcile.metric_facts, ids, floor)
+        except Exception as exc:
+            self._database_failed(exc)  # the next check seeds them
+            return
+        for ledger in ledgers:
+            interval_s, newest, recent = facts.get(ledger.metric_id, (10.0, 0, []))
+            ledger.interval_s = interval_s
+            for t in recent:
+                if t > self.floor:
+                    ledger.add(t)
+            if newest and ledger.stale_since is None:
+                ledger.last_data_us = min(ledger.last_data_us, newest)
+            ledger.seeded = True
+
+    def unseen(self, key: str, ts: list[int]) -> set[int]:
+        """Return those of a replay's timestamps the hub may still deliver live (so the session drops them then)."""
+        ledger = self.ledgers.get(key)
+        if ledger is None:
+            return set()
+        floor = self.floor
+        return {t for t in ts if t > floor and not ledger.has(t)}
+
+    def _held_keys(self) -> set[str]:
+        return {key for session in self.sessions for keys in session.sources.values() for key in keys}
+
+    async def _query(self, fn, *args):
+        """Run a reconcile query on the hub's own database thread, with a deadline."""
+        if self._db is None:
+            self._db = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pulseboard-hub-db")
+        if self._db_future is not None and not self._db_future.done():
+            raise TimeoutError("the previous query is still running")
+        self._db_future = asyncio.get_running_loop().run_in_executor(self._db, reconcile.in_db_thread, fn, *args)
+        return await asyncio.wait_for(asyncio.shield(self._db_future), max(self.reconcile_s, 1.0))
+
+    def reconcile_soon(self) -> None:
+        """Check against the database now (after a gap, a layer error or a reconnect) rather than at the next tick."""
+        if self._reconcile_now is not None:
+            self._reconcile_now.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._reconcile_now.wait(), self.reconcile_s)
+            except TimeoutError:
+                pass
+            self._reconcile_now.clear()
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._database_failed(exc)
+
+    async def reconcile(self) -> int:
+        """Deliver what is stored of the followed metrics and this hub never delivered; return how many samples.
+
+        One grouped count for all followed metrics; only buckets whose stored
+        count exceeds what the hub delivered are read back.
+        """
+        held = self._held_keys()
+        for key in [k for k in self.ledgers if k not in held]:
+            del self.ledgers[key]
+        if not self.ledgers:
+            return 0
+        floor = ledger_floor(now_us())
+        if floor > self.floor:
+            self.floor = floor
+            for ledger in self.ledgers.values():
+                ledger.forget_below(floor)
+            for session in self.sessions:
+                if session.seam is not None:
+                    session.forget_seam_below(floor)
+        floor = self.floor
+        unseeded = [ledger for ledger in self.ledgers.values() if not ledger.seeded]
+        if unseeded:
+            await self._seed(unseeded)
+        ledgers = {ledger.metric_id: ledger for ledger in self.ledgers.values() if ledger.seeded}
+        if time.monotonic() - self._intervals_read > INTERVALS_REFRESH_S:
+            intervals = await self._query(reconcile.expected_intervals, list(ledgers))
+            for metric_id, interval_s in intervals.items():
+                ledgers[metric_id].interval_s = interval_s
+            self._intervals_read = time.monotonic()
+        counts = await self._query(reconcile.bucket_counts, list(ledgers), floor)
+        short = []
+        for (metric_id, bucket), count in counts.items():
+            ledger = ledgers.get(metric_id)
+            if ledger is not None and len(ledger.buckets.get(bucket, ())) < count:
+                short.append((metric_id, bucket))
+        filled = 0
+        if short:
+            rows = await self._query(reconcile.bucket_samples, short, floor)
+            for metric_id, samples in rows.items():
+                ledger = ledgers.get(metric_id)
+                if ledger is None or self.ledgers.get(ledger.key) is not ledger:
+                    continue  # nobody here wants it any more
+                missing = [(t, v) for t, v in samples if t > self.floor and not ledger.has(t)]
+                if not missing:
+                    continue
+                for t, _ in missing:
+                    ledger.add(t)
+                self._note_data(ledger)
+                fragment = encode_fragment(ledger.key, [t for t, _ in missing], [v for _, v in missing])
+                for session in self.groups.get(events.source_group(ledger.source_id), ()):
+                    session.offer_all((fragment,))
+                filled += len(missing)
+            if filled:
+                stats.SAMPLES_RECONCILED.inc(filled)
+                log.info("back-filled %d stored samples this hub had not delivered live", filled)
+        self._database_ok()
+        return filled
+
+    def _database_failed(self, exc: BaseException) -> None:
+        self.database_log.failure(exc, level=logging.WARNING)
+        self._set_degraded("database")
+
+    def _database_ok(self) -> None:
+        self.database_log.success()
+        self._clear_degraded("database")
+
+    # --- Degraded and stale notices ----------------------------------------------------------
+    def _set_degraded(self, reason: str) -> None:
+        if reason in self.degraded:
+            return
+        since = self.degraded[reason] = now_us()
+        stats.DEGRADED.labels(reason).inc()
+        log.warning("live delivery degraded (%s); telling %d connections", reason, len(self.sessions))
+        frame = degraded_frame(reason, "degraded", since)
+        for session in list(self.sessions):
+            session.send_now(frame)
+
+    def _clear_degraded(self, reason: str) -> None:
+        since = self.degraded.pop(reason, None)
+        if since is None:
+            return
+        log.warning("live delivery recovered (%s) after %.1f s", reason, (now_us() - since) / US)
+        frame = degraded_frame(reason, "ok", since)
+        for session in list(self.sessions):
+            session.send_now(frame)
+        self.reconcile_soon()  # back-fill now, not at the source's next publication
+
+    def _note_data(self, ledger: KeyLedger) -> None:
+        ledger.last_data_us = now_us()
+        if ledger.stale_since is not None:
+            ledger.stale_since = None
+            if self._recovered is None:
+                self._recovered = []
+                asyncio.get_running_loop().call_soon(self._announce_recovered)
+            self._recovered.append(ledger)
+
+    def _announce_recovered(self) -> None:
+        recovered, self._recovered = self._recovered or [], None
+        self._announce(recovered, "ok", now_us())
+
+    def check_stale(self, now: int | None = None) -> None:
+        """Tell connections about metrics whose source missed STALE_INTERVALS expected intervals."""
+        now = now_us() if now is None else now
+        newly = []
+        for ledger in self.ledgers.values():
+            limit = int(STALE_INTERVALS * ledger.interval_s * US)
+            if ledger.stale_since is None and ledger.seeded and now - ledger.last_data_us > limit:
+                ledger.stale_since = ledger.last_data_us + limit
+                newly.append(ledger)
+        if newly:
+            self._announce(newly, "stale", min(ledger.stale_since or now for ledger in newly))
+
+    def _announce(self, ledgers: list[KeyLedger], state: str, since: int) -> None:
+        by_source: dict[int, list[str]] = {}
+        for ledger in ledgers:
+            by_source.setdefault(ledger.source_id, []).append(ledger.key)
+        per_session: dict[Session, list[str]] = {}
+        for source_id, keys in by_source.items():
+            for session in self.groups.get(events.source_group(source_id), ()):
+                per_session.setdefault(session, []).extend(k for k in keys if k in session.cursors)
+        for session, keys in per_session.items():
+            if keys:
+                session.send_now(stale_frame(keys, state, since))
+
+    async def _probe_loop(self) -> None:
+        """Send this hub a message through the layer every probe_s; one not back in time means the layer is degraded."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.probe_s)
+            self._probe_sent += 1
+            number = self._probe_sent
+            try:
+                await asyncio.wait_for(self.layer.send(self.channel, {"type": "hub.probe", "n": number}), self.probe_s)
+                deadline = loop.time() + self.probe_s
+                while self._probe_seen < number and loop.time() < deadline:
+                    self._probe_arrived.clear()
+                    try:
+                        await asyncio.wait_for(self._probe_arrived.wait(), deadline - loop.time())
+                    except TimeoutError:
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                pass  # a send that fails or hangs is what the probe is for
+            if self._probe_seen >= number:
+                self._clear_degraded("layer")
+            else:
+                self._set_degraded("layer")
+
     async def _receive_loop(self) -> None:
         while True:
             try:
                 message = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("channel layer receive failed; retrying in 1 s")
+            except Exception as exc:
+                self.receive_log.failure(exc)
+                self._set_degraded("layer")
                 await asyncio.sleep(1)
+                continue
+            if self.receive_log.failing:
+                self.receive_log.success()
+                self.reconcile_soon()
+            if message.get("type") == "hub.probe":
+                self._probe_seen = max(self._probe_seen, message.get("n", 0))
+                if self._probe_arrived is not None:
+                    self._probe_arrived.set()
                 continue
             if message.get("publisher") == self.local_publisher:
                 continue  # delivered by deliver_local when it was published
@@ -704,7 +1073,7 @@ class Hub:
     async def _heartbeat_loop(self) -> None:
         """Send every connection a heartbeat; one task per process rather than one per connection (memory)."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
             frame = json.dumps({"type": "heartbeat", "time": now_us()}, separators=(",", ":"))
             for session in list(self.sessions):
                 session.send_now(frame)
@@ -713,6 +1082,7 @@ class Hub:
         while True:
             await asyncio.sleep(WATCHDOG_S)
             self.reap_stalled(time.monotonic())
+            self.check_stale()
             gcpolicy.maybe_refreeze(len(self.sessions))
 
     def reap_stalled(self, now: float) -> None:
@@ -744,16 +1114,49 @@ class Hub:
             if last is not None and event.seq > last + 1 and members:
                 stats.GAPS_DETECTED.inc()
                 log.warning(
-                    "sequence gap on %s from %s: %d -> %d; back-filling", group, event.publisher, last, event.seq
+                    "sequence gap on %s from %s: %d -> %d; checking against the database",
+                    group,
+                    event.publisher,
+                    last,
+                    event.seq,
                 )
-                for session in members:
-                    if session.on_gap is not None:
-                        session.on_gap(set(session.sources.get(event.source, ())))
+                self.reconcile_soon()
         if not members:
             return
         frames: dict[frozenset[str], str] = {}  # frames built from this message, shared by sessions
         # Each metric's fragment is encoded once, for every session; a session
-        # then takes the ones it subscribes to (offer_all).
-        fragments = [encode_fragment(key, series[0], series[1], frames) for key, series in event.series.items()]
+        # then takes the ones it subscribes to (offer_all). A sample the hub
+        # already delivered (the check against the database back-filled it
+        # before its live copy came) is dropped here, once for every session.
+        fragments = []
+        ledgers, floor = self.ledgers, self.floor
+        for key, (ts, values) in event.series.items():
+            ledger = ledgers.get(key)
+            if ledger is not None:
+                has = ledger.has
+                if any(t > floor and has(t) for t in ts):
+                    keep = [i for i, t in enumerate(ts) if t <= floor or not has(t)]
+                    if not keep:
+                        continue
+                    ts, values = [ts[i] for i in keep], [values[i] for i in keep]
+                add = ledger.add
+                for t in ts:
+                    if t > floor:
+                        add(t)
+                self._note_data(ledger)
+            fragments.append(encode_fragment(key, ts, values, frames))
+        if not fragments:
+            return
         for session in members:
             session.offer_all(fragments)
+
+
+def degraded_frame(reason: str, state: str, since: int) -> str:
+    """Return the connection-level notice that live delivery is degraded (or ok again) for a reason."""
+    body = {"type": "degraded", "reason": reason, "state": state, "since": since, "time": now_us()}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def stale_frame(keys: list[str], state: str, since: int) -> str:
+    """Return the notice that these metrics' sources missed their expected interval (or sent again)."""
+    return json.dumps({"type": "stale", "metrics": keys, "state": state, "since": since}, separators=(",", ":"))

@@ -21,7 +21,6 @@ from django.conf import settings
 from dashboard import permissions, stats
 from dashboard.fanout import (
     ACK_WINDOW_FRAMES,
-    HEARTBEAT_S,
     MAX_FRAME_SAMPLES,
     Hub,
     Session,
@@ -44,6 +43,7 @@ MAX_HISTORY_S = 24 * 3600  # live windows reach back at most a day; longer range
 MIN_RATE, MAX_RATE = 0.2, 100.0
 
 # Close codes (docs/protocol.md).
+CLOSE_GOING_AWAY = 1001  # the server process is stopping (SIGTERM)
 CLOSE_NOT_AUTHENTICATED = 4001
 CLOSE_FORBIDDEN = 4003
 CLOSE_TOO_SLOW = 4008
@@ -184,7 +184,7 @@ class LiveClient:
                     "type": "hello",
                     "protocol": PROTOCOL_VERSION,
                     "server": SERVER_VERSION,
-                    "heartbeat_s": HEARTBEAT_S,
+                    "heartbeat_s": self.hub.heartbeat_s,
                     "time": now_us(),
                     "limits": {
                         "max_message_bytes": MAX_MESSAGE_BYTES,
@@ -435,15 +435,28 @@ class LiveClient:
 
     # --- Back-fill ---------------------------------------------------------
     async def _replay(self, keys: set[str]) -> None:
-        """Send what the database holds past each key's cursor, then let live data for those keys flow."""
+        """Send what the database holds past each key's cursor, then let live data for those keys flow.
+
+        The hub follows the keys first (its ledger), so at the seam each
+        sample goes out exactly once: held live samples the replay sent are
+        dropped by timestamp, and replayed samples the hub has not delivered
+        yet are remembered (the session's seam) and dropped when they come.
+        """
+        replayed: dict[str, set[int]] = {}
         try:
             key_of = {self.metrics[k]: k for k in keys if k in self.metrics}
+            source_of = {k: source_id for source_id, ks in self.session.sources.items() for k in ks if k in keys}
+            await self.hub.track(
+                self.session,
+                {key: (metric_id, source_of[key]) for metric_id, key in key_of.items() if key in source_of},
+            )
             cursors = {metric_id: self.session.cursors[key] for metric_id, key in key_of.items()}
             rows = await load_samples(cursors)
             fragments: list = []
             filled, truncated = 0, []
             for metric_id, (ts, values, cut) in rows.items():
                 key = key_of[metric_id]
+                replayed[key] = set(ts)
                 if cut:
                     truncated.append(key)
                 if ts:
@@ -471,7 +484,9 @@ class LiveClient:
                     )
                 )
         finally:
-            self.session.release(keys)
+            # Keys whose replay never ran (an error) fall back to the cursor; the rest drop exactly what was sent.
+            seam = {key: self.hub.unseen(key, ts) for key, ts in replayed.items()}
+            self.session.release(keys, replayed if replayed.keys() >= keys else None, seam)
 
     def _on_gap(self, keys: set[str]) -> None:
         """Back-fill keys whose live samples were lost (layer gap or a shed buffer)."""

@@ -58,6 +58,11 @@ SAMPLES_DROPPED = Counter(
     "pulseboard_samples_dropped", "Samples dropped from a slow connection's buffer (then back-filled)"
 )
 GAPS_DETECTED = Counter("pulseboard_gaps_detected", "Sequence gaps seen on the channel layer (then back-filled)")
+SAMPLES_RECONCILED = Counter(
+    "pulseboard_samples_reconciled",
+    "Stored samples a hub found it had not delivered live (lost in the layer or by a dead publisher) and back-filled",
+)
+DEGRADED = Counter("pulseboard_degraded", "Times a hub told its connections live delivery is degraded", ["reason"])
 LATENCY_SECONDS = Histogram(
     "pulseboard_delivery_latency_seconds",
     "Sample timestamp to frame sent",

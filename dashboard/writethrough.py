@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 _installed = False
 
@@ -114,3 +114,56 @@ def wire_sender(send) -> Callable[[bytes], bool] | None:
         return True
 
     return send_wire
+
+
+def server_closer(send, handshake_s: float) -> Callable[[int], bool] | None:
+    """Return a function closing the Daphne connection behind `send` with a code, or None where it is not Daphne.
+
+    Two things Daphne's own `websocket.close` cannot do: autobahn's public
+    sendClose refuses 1001 (going away, what a stopping server should say)
+    though RFC 6455 defines it for servers, so the close frame goes through
+    its sendCloseFrame; and autobahn waits only 1 s (closeHandshakeTimeout)
+    for the answer before it resets the TCP connection, while a reader slow
+    enough to be closed with 4008 finds the close frame behind the data it
+    has not read yet, so the wait is `handshake_s`. The function returns
+    False when the connection is not open.
+    """
+    if not isinstance(send, functools.partial) or getattr(send.func, "__name__", "") != "handle_reply":
+        return None
+    protocol = send.args[0] if send.args else None
+    if protocol is None or not hasattr(protocol, "sendCloseFrame") or not hasattr(protocol, "closeHandshakeTimeout"):
+        return None
+
+    def close(code: int) -> bool:
+        if protocol.state != protocol.STATE_OPEN:
+            return False
+        protocol.closeHandshakeTimeout = handshake_s
+        protocol.sendCloseFrame(code=code, isReply=False)
+        return True
+
+    return close
+
+
+def before_shutdown(callback: Callable[[], Awaitable[None]]) -> bool:
+    """Run `callback` when Daphne's reactor begins to shut down (SIGTERM), before it drops the connections.
+
+    Daphne's own trigger cancels every application, but it raises KeyError
+    (and so cancels nothing) as soon as one finished HTTP request is still
+    in its connection table (daphne 4.2.3): the reactor then drops every
+    WebSocket without a close frame and clients see 1006. Returns False
+    where Twisted's reactor is not running (tests, another server).
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        return False
+    import asyncio
+
+    from twisted.internet import defer, reactor
+
+    if not reactor.running:
+        return False
+
+    def trigger():
+        return defer.Deferred.fromFuture(asyncio.ensure_future(callback()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", trigger)
+    return True

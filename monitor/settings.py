@@ -255,6 +255,10 @@ PULSEBOARD = {
     "HISTORY_ON_SUBSCRIBE_S": env_int("PULSEBOARD_HISTORY_ON_SUBSCRIBE_S", 300, minimum=0),
     # A live connection whose ack window stays full this long is closed with 4008 (docs/protocol.md).
     "LIVE_STALL_S": env_float("PULSEBOARD_LIVE_STALL_S", 30.0, minimum=0.5),
+    # Live heartbeat interval; connections hear of a degraded layer or database within two of them.
+    "LIVE_HEARTBEAT_S": env_float("PULSEBOARD_LIVE_HEARTBEAT_S", 25.0, minimum=0.5),
+    # How often each process checks what it delivered live against the database (at most 5 s).
+    "LIVE_RECONCILE_S": env_float("PULSEBOARD_LIVE_RECONCILE_S", 5.0, minimum=0.2),
     # Bytes one Server-Sent Events response carries before it ends and the browser resumes.
     "SSE_RESPONSE_BYTES": env_int("PULSEBOARD_SSE_RESPONSE_BYTES", 1024 * 1024, minimum=4096),
     # Send live frames straight to the socket when nothing is queued (dashboard/writethrough.py).

@@ -105,3 +105,12 @@ def test_a_401_on_the_sse_stream_goes_to_sign_in_instead_of_retrying_forever(rec
 def test_a_stream_refused_for_another_reason_keeps_retrying(reconnect: dict) -> None:
     assert reconnect["hrefAfter502"] == ""
     assert reconnect["streamsOpenedAfter502"] == 1
+
+
+def test_the_servers_degraded_and_stale_notices_show_in_the_top_bar_and_on_affected_panels(run: dict) -> None:
+    assert run["degradedState"].startswith("live · live delivery delayed (channel layer) since ")
+    assert "live delivery delayed (channel layer) since " in run["panelNotice"]
+    assert "source silent since " in run["panelNotice"]
+    assert "source silent" not in run["otherPanelNotice"]  # only panels showing a stale metric say so
+    assert run["recoveredState"] == "live"
+    assert run["recoveredNotice"] is None

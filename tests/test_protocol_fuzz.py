@@ -31,7 +31,19 @@ from dashboard.validation import Reading
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 KEYS = ["fz.host-a.cpu", "fz.host-a.mem", "fz.host-b.cpu", "fz.dev.temp"]
 CLOSE_CODES = {live.CLOSE_MESSAGE_TOO_BIG, live.CLOSE_TOO_MANY_MESSAGES, live.CLOSE_FORBIDDEN, live.CLOSE_TOO_SLOW}
-FRAME_TYPES = {"hello", "subscribed", "unsubscribed", "data", "lag", "pong", "error", "heartbeat", "alert"}
+FRAME_TYPES = {
+    "hello",
+    "subscribed",
+    "unsubscribed",
+    "data",
+    "lag",
+    "pong",
+    "error",
+    "heartbeat",
+    "alert",
+    "degraded",
+    "stale",
+}
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("clock")]
 

@@ -76,5 +76,24 @@ out.cursorAfterSse = conn.cursors.get("iot.a.t");
 out.stateOnSse = states[states.length - 1];
 out.socketsOpened = sockets.length;
 out.stale = describeState({ state: "reconnecting", transport: "websocket", staleSince: Date.UTC(2026, 0, 1, 12, 0, 0), backfilled: 0 });
+
+// 4. The server's degraded and stale notices reach the top bar and the affected panels, as words, and clear.
+const noticed = new LiveConnection();
+const noticedStates = [];
+noticed.on("state", (s) => noticedStates.push(describeState(s)));
+noticed.subscribe(["iot.*"], { historyS: 60 });
+noticed.start();
+const ws4 = sockets[sockets.length - 1];
+ws4.open();
+ws4.deliver({ type: "hello", protocol: 1, limits: { ack_window: 4 } });
+ws4.deliver({ type: "degraded", reason: "layer", state: "degraded", since: Date.UTC(2026, 0, 1, 12, 0, 0) * 1000 });
+ws4.deliver({ type: "stale", metrics: ["iot.a.t"], state: "stale", since: Date.UTC(2026, 0, 1, 12, 0, 5) * 1000 });
+out.degradedState = noticedStates[noticedStates.length - 1];
+out.panelNotice = noticed.noticeFor(["iot.a.t", "iot.b.t"]);
+out.otherPanelNotice = noticed.noticeFor(["iot.b.t"]);
+ws4.deliver({ type: "degraded", reason: "layer", state: "ok", since: Date.UTC(2026, 0, 1, 12, 0, 0) * 1000 });
+ws4.deliver({ type: "stale", metrics: ["iot.a.t"], state: "ok", since: Date.UTC(2026, 0, 1, 12, 0, 9) * 1000 });
+out.recoveredState = noticedStates[noticedStates.length - 1];
+out.recoveredNotice = noticed.noticeFor(["iot.a.t"]);
 console.log(JSON.stringify(out));
 process.exit(0);

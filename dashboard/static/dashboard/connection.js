@@ -40,6 +40,8 @@ export class LiveConnection extends EventTarget {
     this.ackEvery = 1; // half of hello's limits.ack_window
     this.ackPending = false;
     this.nextId = 1;
+    this.degraded = new Map(); // reason ("layer", "database") -> since (µs): the server's degraded notices
+    this.staleKeys = new Map(); // metric key -> since (µs): the server's stale notices
     setInterval(() => this.checkStale(), 5000);
   }
 
@@ -223,6 +225,9 @@ export class LiveConnection extends EventTarget {
     switch (event.type) {
       case "hello": {
         this.ackEvery = Math.max(1, Math.floor((event.limits?.ack_window || 0) / 2));
+        // A new connection: the server repeats whatever still holds (degraded, stale) after this.
+        this.degraded.clear();
+        this.staleKeys.clear();
         if (this.staleSince) this.backfilled = 0; // a new episode: count what this resume brings back
         if (this.transport === "websocket") {
           const resume = this.cursors.size > 0;
@@ -258,8 +263,25 @@ export class LiveConnection extends EventTarget {
       case "error":
         console.warn("pulseboard:", event.code, event.message);
         break;
+      case "degraded": // the server cannot vouch for live data: its channel layer or database is failing
+        if (event.state === "ok") this.degraded.delete(event.reason);
+        else this.degraded.set(event.reason, event.since);
+        this.setState(this.state);
+        break;
+      case "stale": // these metrics' sources missed three expected intervals (or sent again)
+        for (const k of event.metrics) {
+          if (event.state === "ok") this.staleKeys.delete(k);
+          else this.staleKeys.set(k, event.since);
+        }
+        this.setState(this.state);
+        break;
     }
     this.dispatchEvent(new CustomEvent(event.type, { detail: event }));
+  }
+
+  // The server's notice for a panel's keys, as words (null when none): degraded delivery wins, then stale sources.
+  noticeFor(keys) {
+    return describeNotice(this.degraded, keys.filter((k) => this.staleKeys.has(k)).map((k) => this.staleKeys.get(k)));
   }
 
   checkStale() {
@@ -274,7 +296,7 @@ export class LiveConnection extends EventTarget {
 
   setState(state) {
     this.state = state;
-    const detail = { state, transport: this.transport, staleSince: this.staleSince, backfilled: this.backfilled };
+    const detail = { state, transport: this.transport, staleSince: this.staleSince, backfilled: this.backfilled, degraded: this.degraded };
     this.dispatchEvent(new CustomEvent("state", { detail }));
   }
 }
@@ -284,11 +306,25 @@ export function defaultUrl() {
   return `${scheme}://${location.host}/ws/live/`;
 }
 
-// The words the status shows for a state: live / reconnecting / stale since T / back-filled N samples.
-export function describeState({ state, transport, staleSince, backfilled }) {
+const DEGRADED_WORDS = { layer: "live delivery delayed (channel layer)", database: "database unreachable" };
+
+// Words for the server's notices: degraded reasons (reason -> since µs), then the stale-since times of some keys.
+export function describeNotice(degraded, staleSinces = []) {
+  const parts = [];
+  for (const [reason, since] of degraded || []) {
+    parts.push(`${DEGRADED_WORDS[reason] || reason} since ${new Date(since / 1000).toLocaleTimeString()}`);
+  }
+  if (staleSinces.length) parts.push("source silent since " + new Date(Math.min(...staleSinces) / 1000).toLocaleTimeString());
+  return parts.length ? parts.join(" · ") : null;
+}
+
+// The words the status shows for a state: live / reconnecting / stale since T / back-filled N samples / degraded.
+export function describeState({ state, transport, staleSince, backfilled, degraded }) {
   let text = state === "live" && transport === "sse" ? "live (SSE fallback)" : state;
   if (state !== "live" && staleSince) text += " · stale since " + formatTime(staleSince);
   if (state === "live" && backfilled) text += ` · back-filled ${backfilled} sample${backfilled === 1 ? "" : "s"}`;
+  const notice = describeNotice(degraded);
+  if (notice) text += " · " + notice;
   return text;
 }
 
@@ -296,7 +332,7 @@ export function describeState({ state, transport, staleSince, backfilled }) {
 export function showState(conn, el = document.getElementById("conn-state")) {
   conn.on("state", (detail) => {
     if (!el) return;
-    el.dataset.state = detail.state;
+    el.dataset.state = detail.degraded?.size ? "degraded" : detail.state;
     el.dataset.transport = detail.transport;
     el.textContent = describeState(detail);
     el.title = detail.staleSince ? `data may be missing since ${formatDateTime(detail.staleSince)}` : "";

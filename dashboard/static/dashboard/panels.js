@@ -68,7 +68,9 @@ class Panel {
     else if (conn.state === "reconnecting" || conn.state === "connecting") { state = "reconnecting"; text = conn.state; }
     else {
       const newest = this.newest(store);
-      if (!newest) { state = "stale"; text = "no data"; }
+      const notice = conn.noticeFor ? conn.noticeFor(this.keys) : null; // the server's degraded or stale notice
+      if (notice) { state = "stale"; text = notice; }
+      else if (!newest) { state = "stale"; text = "no data"; }
       else if (Date.now() / 1000 - newest > this.staleS) { state = "stale"; text = "stale since " + formatTime(newest * 1000); }
       else if (conn.state === "stale") { state = "stale"; text = "stale since " + formatTime((conn.staleSince || Date.now())); }
       else { state = "live"; text = "live"; }
