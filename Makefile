@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-8)
 
-.PHONY: run test test-clock lint bench static setup clean fuzz soak
+.PHONY: run test test-clock lint bench static setup clean fuzz soak lock
 
 run: setup static  ## Install, migrate, start Daphne and the collectors, print the URL
 	$(PY) manage.py serve
@@ -34,8 +34,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 	bash scripts/bootstrap.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.txt
+	$(PY) -m pip check
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+lock:  ## Compile requirements*.in into the pinned, hashed requirements*.txt (after editing an .in file)
+	test -d .venv-tools || $(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/pip install --quiet pip-tools==7.7.0
+	.venv-tools/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links -o requirements.txt requirements.in
+	.venv-tools/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links -o requirements-dev.txt requirements-dev.in
 
 static: node_modules/uplot/dist/uPlot.iife.min.js  ## Copy uPlot from npm into static/vendor (never committed)
 	mkdir -p dashboard/static/vendor/uplot
