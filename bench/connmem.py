@@ -75,7 +75,7 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
         return f"{kind.__dict__.get('__module__', '?')}.{kind.__qualname__}"
 
     def dump(signum: int, frame: Any) -> None:
-        # The server freezes long-lived objects (dashboard/gcpolicy.py); frozen ones are neither collected
+        # The server freezes long-lived objects (dashboard/fastpaths/gcpolicy.py); frozen ones are neither collected
         # nor listed by gc.get_objects(), so thaw, collect and count, then freeze again as the policy would.
         frozen = gc.get_freeze_count() > 0
         gc.unfreeze()

@@ -50,7 +50,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_delete
 from django.utils import timezone
 
-from dashboard import events
+from dashboard import events, fastpaths
 from dashboard.models import AlertEvent, AlertInstance, AlertRule, Metric, NotificationDelivery, glob_matches
 from dashboard.timeutil import US, now_us
 
@@ -711,7 +711,7 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient
 
 def _prepare_tls() -> ssl.SSLContext:
     """Load the CA certificates and the modules httpx imports on its first request (slow: keep off the loop)."""
-    import anyio._backends._asyncio  # noqa: F401
+    fastpaths.warm_imports()
     import anyio.streams.tls  # noqa: F401
 
     return ssl.create_default_context()

@@ -24,8 +24,8 @@ from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 
-from dashboard import writethrough
 from dashboard.exceptions import NotAuthenticated
+from dashboard.fastpaths import writethrough
 from dashboard.live import CLOSE_GOING_AWAY, CLOSE_NOT_AUTHENTICATED, CloseConnection, LiveClient, error_frame
 from dashboard.models import ShareLink, SharePrincipal, TokenReader
 from dashboard.readtokens import bearer_secret, reader_for
@@ -185,7 +185,9 @@ class LiveConsumer:
         self.state = "closing"
         close = writethrough.server_closer(self.send, CLOSE_HANDSHAKE_S)
         if close is None or not close(code):
-            await self.send({"type": "websocket.close", "code": code})
+            # Daphne's own close goes through autobahn's sendClose, which refuses 1001.
+            public_code = 1000 if code == CLOSE_GOING_AWAY else code
+            await self.send({"type": "websocket.close", "code": public_code})
 
     async def receive(self, message: dict[str, Any]) -> None:
         if self.client is None:

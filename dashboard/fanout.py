@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from dashboard import background, events, gcpolicy, reconcile, stats, writethrough
+from dashboard import background, events, reconcile, stats
+from dashboard.fastpaths import gcpolicy, writethrough
 from dashboard.logthrottle import FailureLog
 from dashboard.timeutil import US, now_us
 
@@ -168,7 +169,7 @@ class Session:
         on_stuck: Callable[[str], None] | None = None,
     ) -> None:
         self._send = send
-        # Where the server allows it (Daphne: dashboard/writethrough.py), writes a data
+        # Where the server allows it (Daphne: dashboard/fastpaths/writethrough.py), writes a data
         # frame's wire bytes, framed once per pass for every socket; returns False
         # when it cannot, and the frame goes through `send`.
         self.send_wire: Callable[[bytes], bool] | None = None

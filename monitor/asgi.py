@@ -17,13 +17,14 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from dashboard import background  # noqa: E402
+from dashboard import background, fastpaths  # noqa: E402
 from dashboard.agenthandler import AgentAPIHandler, route  # noqa: E402
 from dashboard.origins import ServedOriginValidator  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 
-# Agent posts skip the middleware chain (dashboard/agenthandler.py says why).
-http_app = route(AgentAPIHandler(), django_asgi_app)
+# Agent posts skip the middleware chain (dashboard/agenthandler.py says why), where the guard
+# allows it (dashboard/fastpaths/__init__.py); else Django's own handler serves them too.
+http_app = route(AgentAPIHandler(), django_asgi_app) if fastpaths.enabled("agent_handler") else django_asgi_app
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
@@ -42,12 +43,12 @@ application = background.starting(
     )
 )
 
-if settings.PULSEBOARD["WRITE_THROUGH"]:
-    from dashboard import writethrough
+# Speed tricks on other libraries' private internals, each checked against the versions it was
+# written for and off with one WARNING when they differ (dashboard/fastpaths/__init__.py).
+from dashboard.fastpaths import gcpolicy, writethrough  # noqa: E402
 
+if settings.PULSEBOARD["WRITE_THROUGH"]:
     writethrough.install()
 
 # Few, planned full garbage collections instead of a 100 ms pause every few seconds.
-from dashboard import gcpolicy  # noqa: E402
-
 gcpolicy.configure()

@@ -261,7 +261,7 @@ PULSEBOARD = {
     "LIVE_RECONCILE_S": env_float("PULSEBOARD_LIVE_RECONCILE_S", 5.0, minimum=0.2),
     # Bytes one Server-Sent Events response carries before it ends and the browser resumes.
     "SSE_RESPONSE_BYTES": env_int("PULSEBOARD_SSE_RESPONSE_BYTES", 1024 * 1024, minimum=4096),
-    # Send live frames straight to the socket when nothing is queued (dashboard/writethrough.py).
+    # Send live frames straight to the socket when nothing is queued (dashboard/fastpaths/writethrough.py).
     "WRITE_THROUGH": env_bool("PULSEBOARD_WRITE_THROUGH", True),
     # How long each history tier is kept, in days; a metric's own
     # raw/minute/ten_minute/hour_retention_days override these (docs/history.md).

@@ -19,4 +19,12 @@ env -u DATABASE_URL -u REDIS_URL "$PY" -m pytest "$@" || status=1
 echo "== Pass 2: PostgreSQL ($PG_URL) =="
 env -u REDIS_URL DATABASE_URL="$PG_URL" "$PY" -m pytest -m "not sqlite_only and not browser" "$@" || status=1
 
+# The public paths behind every fast path on private internals (dashboard/fastpaths/) stay
+# correct: the live, ingest and fault tests again with all fast paths off, on PostgreSQL.
+echo "== Pass 3: fast paths off (PULSEBOARD_FAST_PATHS=0), live, ingest and fault tests =="
+env -u REDIS_URL DATABASE_URL="$PG_URL" PULSEBOARD_FAST_PATHS=0 "$PY" -m pytest -m "not sqlite_only and not browser" \
+  tests/test_fanout.py tests/test_consumer.py tests/test_workers.py tests/test_live_reconcile.py \
+  tests/test_end_to_end.py tests/test_ingest_api_more.py tests/test_faults_live.py tests/test_sse.py \
+  tests/test_subscriptions.py "$@" || status=1
+
 exit $status

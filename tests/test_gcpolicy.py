@@ -1,4 +1,4 @@
-"""The server's garbage-collector policy: planned refreezes as connections grow (dashboard/gcpolicy.py)."""
+"""The server's garbage-collector policy: planned refreezes as connections grow (dashboard/fastpaths/gcpolicy.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from dashboard import gcpolicy
+from dashboard.fastpaths import gcpolicy
 
 
 @pytest.fixture

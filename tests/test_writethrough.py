@@ -1,4 +1,4 @@
-"""Write-through on a real Twisted TCP connection over a real socket pair (dashboard/writethrough.py)."""
+"""Write-through on a real Twisted TCP connection over a real socket pair (dashboard/fastpaths/writethrough.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from dashboard import writethrough
+from dashboard.fastpaths import writethrough
 
 pytestmark = pytest.mark.usefixtures("clock")
 

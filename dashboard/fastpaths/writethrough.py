@@ -19,7 +19,11 @@ which they do only when the kernel buffer is full. TLS connections are
 untouched.
 
 Installed once per process by monitor/asgi.py (PULSEBOARD_WRITE_THROUGH=0
-turns it off); a no-op where Twisted is not imported.
+turns it off); a no-op where Twisted is not imported. Each function here
+asks the guard first (dashboard/fastpaths/__init__.py): a Twisted, autobahn
+or Daphne version it was not written for, or PULSEBOARD_FAST_PATHS=0, means
+the public path, and an unexpected error turns the fast path off for the
+process instead of closing the session.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ import struct
 import sys
 from collections.abc import Awaitable, Callable
 
+from dashboard import fastpaths
+
 _installed = False
 
 
 def install() -> bool:
     """Make Twisted's TCP connections write through; return whether that is (now) the case."""
     global _installed
-    if not _installed and "twisted.internet.reactor" in sys.modules:  # else: not running under Daphne
+    if not _installed and "twisted.internet.reactor" in sys.modules and fastpaths.enabled("write_through"):
         from twisted.internet import tcp
 
         patch(tcp.Connection)
@@ -43,20 +49,35 @@ def install() -> bool:
     return _installed
 
 
+_on = True  # write_through as the guard last said; a module global, read on every write
+
+
+def _turn_off(exc: BaseException) -> None:
+    global _on
+    _on = False
+    fastpaths.disable("write_through", exc)
+
+
 def patch(connection_class: type) -> None:
     """Replace connection_class.write with a write-through version of it."""
     queued_write = connection_class.write
 
     def write(self, data: bytes) -> None:
-        if (
-            not self.TLS
-            and self.connected
-            and not self._writeDisconnected
-            and not self.dataBuffer
-            and not self._tempDataBuffer
-            and type(data) is bytes
-            and data
-        ):
+        try:
+            direct = (
+                _on
+                and not self.TLS
+                and self.connected
+                and not self._writeDisconnected
+                and not self.dataBuffer
+                and not self._tempDataBuffer
+                and type(data) is bytes
+                and data
+            )
+        except AttributeError as exc:  # Twisted's private names changed: queued writes from now on
+            _turn_off(exc)
+            direct = False
+        if direct:
             # socket.send itself, not writeSomeData: its byte slicing and retry
             # wrapper cost about a microsecond per socket of every pass.
             try:
@@ -105,10 +126,18 @@ def wire_sender(send) -> Callable[[bytes], bool] | None:
     protocol = send.args[0] if send.args else None
     if protocol is None or not hasattr(protocol, "sendPreparedMessage") or not hasattr(protocol, "STATE_OPEN"):
         return None
+    if not fastpaths.enabled("wire_frames"):
+        return None
     state_open = protocol.STATE_OPEN
 
     def send_wire(data: bytes) -> bool:
-        if protocol.state != state_open or protocol.send_queue or protocol._perMessageCompress is not None:
+        if not fastpaths.enabled("wire_frames"):
+            return False
+        try:
+            if protocol.state != state_open or protocol.send_queue or protocol._perMessageCompress is not None:
+                return False
+        except AttributeError as exc:  # autobahn's private names changed under us: the public path from now on
+            fastpaths.disable("wire_frames", exc)
             return False
         protocol.transport.write(data)
         return True
@@ -133,12 +162,18 @@ def server_closer(send, handshake_s: float) -> Callable[[int], bool] | None:
     protocol = send.args[0] if send.args else None
     if protocol is None or not hasattr(protocol, "sendCloseFrame") or not hasattr(protocol, "closeHandshakeTimeout"):
         return None
+    if not fastpaths.enabled("server_close"):
+        return None
 
     def close(code: int) -> bool:
-        if protocol.state != protocol.STATE_OPEN:
+        try:
+            if protocol.state != protocol.STATE_OPEN:
+                return False
+            protocol.closeHandshakeTimeout = handshake_s
+            protocol.sendCloseFrame(code=code, isReply=False)
+        except Exception as exc:  # an autobahn that changed: Daphne's own close does it (without 1001)
+            fastpaths.disable("server_close", exc)
             return False
-        protocol.closeHandshakeTimeout = handshake_s
-        protocol.sendCloseFrame(code=code, isReply=False)
         return True
 
     return close

@@ -22,6 +22,8 @@ import gc
 import logging
 import time
 
+from dashboard import fastpaths
+
 log = logging.getLogger(__name__)
 
 THRESHOLDS = (5_000, 20, 50)
@@ -37,6 +39,8 @@ _connections_at_freeze = 0
 def configure() -> None:
     """Set the thresholds and freeze what start-up made (call once, at the end of loading the app)."""
     global _configured
+    if not fastpaths.enabled("gc_policy"):
+        return  # CPython's defaults: more frequent pauses, nothing else changes
     gc.set_threshold(*THRESHOLDS)
     refreeze(0)
     _configured = True
