@@ -106,7 +106,7 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
 # --- The client side: N idle viewers in another process --------------------------------
 
 
-async def open_viewer(spec: dict[str, Any], held: list) -> bool:
+async def open_viewer(spec: dict[str, Any], held: list, warmup: bool = False) -> bool:
     for attempt in range(5):  # a burst of handshakes can overflow a listen backlog
         try:
             ws = await websockets.connect(
@@ -118,14 +118,19 @@ async def open_viewer(spec: dict[str, Any], held: list) -> bool:
                 return False
             await asyncio.sleep(0.5 + attempt)
     try:
-        if spec["subscribe"]:
+        # Warm-up sockets hold one key: the first subscribe loads the key index and starts the hub's
+        # work, a per-process cost; their keys' memory, freed, must not be reused by the measured ones.
+        subscribe, keys = (
+            (spec.get("warmup"), 1) if warmup and spec.get("warmup") else (spec["subscribe"], spec["keys"])
+        )
+        if subscribe:
             hello = json.loads(await ws.recv())
             assert hello["type"] == "hello", hello
-            await ws.send(spec["subscribe"])
+            await ws.send(subscribe)
             while True:
                 frame = json.loads(await ws.recv())
                 if frame["type"] == "subscribed":
-                    assert len(frame["metrics"]) == METRICS, frame
+                    assert len(frame["metrics"]) == keys, (len(frame["metrics"]), keys)
                     break
                 if frame["type"] == "error":
                     raise RuntimeError(f"subscribe failed: {frame}")
@@ -139,10 +144,12 @@ async def client_main(conn, spec: dict[str, Any]) -> None:
     held: list = []
     while True:
         command, n = await asyncio.to_thread(conn.recv)
-        if command == "open":
+        if command in ("open", "warmup"):
             results = []
             for wave in range(0, n, 50):
-                results += await asyncio.gather(*(open_viewer(spec, held) for _ in range(min(50, n - wave))))
+                results += await asyncio.gather(
+                    *(open_viewer(spec, held, command == "warmup") for _ in range(min(50, n - wave)))
+                )
             conn.send(sum(results))
         elif command == "close":
             await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
@@ -160,7 +167,7 @@ def client_process(conn, spec: dict[str, Any]) -> None:
 
 
 def wait_port(port: int, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a server under tracemalloc on a busy machine starts slowly
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -182,8 +189,12 @@ def request_dump(process: subprocess.Popen, dump_dir: Path, number: int) -> dict
     return json.loads(path.read_text())
 
 
-def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int) -> dict[str, Any]:
-    """Start one system, connect n idle viewers, return RSS (and heap) growth per connection."""
+def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, keys: int = METRICS) -> dict[str, Any]:
+    """Start one system, connect n idle viewers, return RSS (and heap) growth per connection.
+
+    Pulseboard's viewers each hold `keys` metrics through one glob (`bench.*`: devices of 10 metrics
+    each, as a fleet is); 0 keys is a socket that only said hello.
+    """
     tmp = Path(tempfile.mkdtemp(prefix=f"connmem-{name}-"))
     port = free_port()
     env = bench_env(tmp, REDIS_URL, prefix="connmem", SQLITE_PATH=str(tmp / "db.sqlite3"), **extra_env)
@@ -218,15 +229,16 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int) 
         base = f"http://127.0.0.1:{port}"
         if name == "pulseboard":
             old = (time.time_ns() // 1000) - 10_000_000
-            body = {
-                "source": "bench.src",
-                "precision": "us",
-                "samples": [{"metric": f"m{i}", "ts": old, "value": 0.0} for i in range(METRICS)],
-            }
-            response = httpx.post(
-                base + "/api/v1/ingest", json=body, headers={"Authorization": f"Token {token}"}, timeout=30
-            )
-            assert response.status_code == 200 and not response.json()["rejected"], response.text
+            samples = [
+                {"source": f"bench.dev-{i // 10:05d}", "metric": f"m{i % 10}", "ts": old, "value": 0.0}
+                for i in range(keys)
+            ]
+            for start in range(0, len(samples), 5_000):
+                body = {"precision": "us", "samples": samples[start : start + 5_000]}
+                response = httpx.post(
+                    base + "/api/v1/ingest", json=body, headers={"Authorization": f"Token {token}"}, timeout=120
+                )
+                assert response.status_code == 200 and not response.json()["rejected"], response.text
 
             class _Server:  # what login_cookies needs
                 url = base
@@ -235,7 +247,13 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int) 
             spec = {
                 "url": f"ws://127.0.0.1:{port}/ws/live/",
                 "headers": {"Cookie": cookies, "Origin": base},
-                "subscribe": json.dumps({"type": "subscribe", "metrics": ["bench.src.*"], "history_s": 0}),
+                "subscribe": json.dumps({"type": "subscribe", "metrics": ["bench.*"], "history_s": 0})
+                if keys
+                else None,
+                "keys": keys,
+                "warmup": json.dumps({"type": "subscribe", "metrics": ["bench.dev-00000.m0"], "history_s": 0})
+                if keys not in (0, METRICS)
+                else None,
             }
         else:
             spec = {
@@ -249,7 +267,7 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int) 
         parent, child = mp.get_context("spawn").Pipe()
         client = mp.get_context("spawn").Process(target=client_process, args=(child, spec), daemon=True)
         client.start()
-        parent.send(("open", WARMUP_CONNECTIONS))
+        parent.send(("warmup", WARMUP_CONNECTIONS))
         parent.recv()  # a warm-up socket that failed changes nothing: they are closed before the baseline
         parent.send(("close", 0))
         parent.recv()
@@ -314,8 +332,16 @@ def main() -> None:
     parser.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE for the servers, e.g. MALLOC_ARENA_MAX=2"
     )
+    parser.add_argument(
+        "--keys",
+        default="",
+        help="Pulseboard only: comma-separated keys per socket (e.g. 0,250,1000,10000); prints bytes per held key",
+    )
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
+    if args.keys:
+        per_key(args, extra)
+        return
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: {psutil.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / 2**30:.1f} GiB, Python {platform.python_version()}, "
@@ -347,6 +373,41 @@ def main() -> None:
                 if o.get("heap_kb_per_conn"):
                     line += f", heap {p['heap_kb_per_conn'] / o['heap_kb_per_conn']:.2f}x"
                 print(line)
+
+
+def per_key(args: argparse.Namespace, extra: dict[str, str]) -> None:
+    """Measure Pulseboard at several key counts per socket and report memory per held key beyond an idle socket."""
+    counts = [int(k) for k in args.keys.split(",")]
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.viewers} viewers per run, keys per socket "
+        f"{counts}, load {tuple(round(x, 2) for x in os.getloadavg())}",
+        flush=True,
+    )
+    rows = []
+    for keys in counts:
+        row = measure("pulseboard", args.viewers, 0, extra, 0, keys)
+        if args.frames:
+            row["heap_kb_per_conn"] = measure("pulseboard", args.viewers, args.frames, extra, args.top, keys)[
+                "heap_kb_per_conn"
+            ]
+        row["keys"] = keys
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = next((r for r in rows if r["keys"] == 0), None)
+    print(
+        "\n| keys per socket | connected | RSS KB/conn | heap KB/conn | RSS B/key beyond idle | heap B/key beyond idle |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        rss_key = heap_key = "-"
+        if base is not None and r["keys"]:
+            rss_key = f"{(r['rss_kb_per_conn'] - base['rss_kb_per_conn']) * 1024 / r['keys']:.0f}"
+            if "heap_kb_per_conn" in r and "heap_kb_per_conn" in base:
+                heap_key = f"{(r['heap_kb_per_conn'] - base['heap_kb_per_conn']) * 1024 / r['keys']:.0f}"
+        print(
+            f"| {r['keys']} | {r['connected']} | {r['rss_kb_per_conn']} | {r.get('heap_kb_per_conn', '-')} | "
+            f"{rss_key} | {heap_key} |"
+        )
 
 
 if __name__ == "__main__":

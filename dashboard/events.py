@@ -115,7 +115,27 @@ class AlertState(Event):
     source: int = 0  # source id of the metric: hubs send the alert only to viewers who may read it
 
 
-EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (SampleBatch, AlertState)}
+@dataclass(slots=True)
+class MetricCreated(Event):
+    """A metric was committed by some process: every hub's key index takes it in without waiting for its poll."""
+
+    type: ClassVar[str] = "metric.created"
+    id: int
+    key: str
+    source: int  # source id
+    name: str
+    unit: str
+    kind: str
+    source_slug: str
+
+    def row(self) -> tuple:
+        """Return the metric as a row of dashboard.keyindex.ROW_FIELDS."""
+        return (self.id, self.key, self.source, self.name, self.unit, self.kind, self.source_slug)
+
+
+METRICS_GROUP = "metrics"  # MetricCreated events; every hub joins it
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (SampleBatch, AlertState, MetricCreated)}
 
 
 def parse(message: dict[str, Any]) -> Event:

@@ -22,11 +22,12 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from dashboard import background, events, reconcile, stats
+from dashboard import background, events, keyindex, reconcile, stats
 from dashboard.fastpaths import gcpolicy, writethrough
 from dashboard.logthrottle import FailureLog
 from dashboard.timeutil import US, now_us
@@ -76,8 +77,21 @@ class Fragment:
 def encode_fragment(
     key: str, ts: list[int], values: list[float], frames: dict[frozenset[str], str] | None = None
 ) -> Fragment:
-    """Return the encoded fragment of one metric's samples."""
-    text = json.dumps({"k": key, "t": ts, "v": values}, separators=(",", ":"))
+    """Return the encoded fragment of one metric's samples.
+
+    Built by hand, not json.dumps of a dict: the same text for the finite
+    floats and integers samples hold, at a third of the cost (a 1,000-key
+    replay encodes 1,000 fragments on the event loop).
+    """
+    text = (
+        '{"k":'
+        + encode_basestring_ascii(key)
+        + ',"t":['
+        + ",".join(map(str, ts))
+        + '],"v":['
+        + ",".join(map(repr, values))
+        + "]}"
+    )
     return Fragment(key, ts[0], ts[-1], len(ts), text, ts, values, frames)
 
 
@@ -208,6 +222,29 @@ class Session:
         if key not in keys:
             self.sources[source_id] = (*keys, key)
         self.cursors[key] = max(cursor, self.cursors.get(key, 0))
+
+    def add_keys(self, source_id: int, keys: list[str], cursors: list[int]) -> None:
+        """Subscribe to several keys of one source at once (add() per key rebuilds the source's tuple each time)."""
+        held = self.sources.get(source_id, ())
+        known = set(held)
+        fresh = [key for key in keys if key not in known]
+        if fresh:
+            self.sources[source_id] = (*held, *fresh)
+        own = self.cursors
+        for key, cursor in zip(keys, cursors, strict=True):
+            own[key] = max(cursor, own.get(key, 0))
+
+    def remove_keys(self, source_id: int, keys: set[str]) -> bool:
+        """Forget several keys of one source; return whether the session no longer wants any key of it."""
+        for key in keys:
+            self.cursors.pop(key, None)
+            self.delivered.pop(key, None)
+        rest = tuple(key for key in self.sources.get(source_id, ()) if key not in keys)
+        if rest:
+            self.sources[source_id] = rest
+            return False
+        self.sources.pop(source_id, None)
+        return True
 
     def remove(self, key: str) -> int | None:
         """Forget a key; return its source id when the session no longer wants any key of that source."""
@@ -741,6 +778,7 @@ class Hub:
                 self.local_publisher = events.local_publisher()
                 events.set_local_hub(self.deliver_local)
                 await self.layer.group_add(events.ALERTS_GROUP, self.channel)
+                await self.layer.group_add(events.METRICS_GROUP, self.channel)
                 self._reconcile_now = asyncio.Event()
                 self._probe_arrived = asyncio.Event()
                 loop = asyncio.get_running_loop()
@@ -1065,7 +1103,7 @@ class Hub:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(GROUP_REFRESH_S)
-            for group in [events.ALERTS_GROUP, *self.groups]:
+            for group in [events.ALERTS_GROUP, events.METRICS_GROUP, *self.groups]:
                 try:
                     await self.layer.group_add(group, self.channel)
                 except Exception:
@@ -1104,6 +1142,8 @@ class Hub:
             for session in self.sessions:
                 if session.alert_sources is None or event.source in session.alert_sources:
                     session.send_now(frame)
+        elif isinstance(event, events.MetricCreated):
+            keyindex.KeyIndex.get().take(event.row())  # live globs hear of it (dashboard/keyindex.py)
 
     def _route_samples(self, event: events.SampleBatch) -> None:
         group = events.source_group(event.source)

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
-from dashboard import stats
+from dashboard import live, stats
 from dashboard.api import error_response
 from dashboard.exceptions import BadRequest, NotAuthenticated
 from dashboard.live import LiveClient
@@ -33,7 +33,7 @@ from dashboard.live import LiveClient
 log = logging.getLogger(__name__)
 
 RETRY_MS = 1000  # EventSource waits this long before it reconnects after a response ends
-MAX_CURSOR_HEADER_KEYS = 500  # the same cap as max_subscriptions
+MAX_CURSOR_HEADER_KEYS = live.MAX_SUBSCRIPTIONS  # the same cap as max_subscriptions
 
 
 def encode_cursors(cursors: Mapping[str, int]) -> str:

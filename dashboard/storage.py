@@ -24,7 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
-from dashboard import rollups
+from dashboard import keyindex, rollups
 from dashboard.exceptions import UnknownMetric
 from dashboard.models import Metric, Source
 from dashboard.validation import Reading
@@ -99,7 +99,7 @@ def _create_metric(reading: Reading) -> Metric:
                     "labels": reading.labels,
                 },
             )
-            metric, _ = Metric.objects.get_or_create(
+            metric, created = Metric.objects.get_or_create(
                 key=reading.key,
                 defaults={
                     "source": source,
@@ -108,6 +108,9 @@ def _create_metric(reading: Reading) -> Metric:
                     "kind": reading.kind or Metric.Kind.GAUGE,
                 },
             )
+            if created:
+                # Live globs of this process take it in as soon as the batch commits, before its samples are published.
+                keyindex.note_created(metric, source.slug)
             return metric
     except IntegrityError:
         # Another process created it between our read and write.

@@ -253,6 +253,10 @@ PULSEBOARD = {
     "RATE_LIMIT_PER_S": env_float("PULSEBOARD_RATE_LIMIT_PER_S", 200.0, minimum=0.0),
     "RATE_LIMIT_BURST": env_int("PULSEBOARD_RATE_LIMIT_BURST", 400, minimum=1),
     "HISTORY_ON_SUBSCRIBE_S": env_int("PULSEBOARD_HISTORY_ON_SUBSCRIBE_S", 300, minimum=0),
+    # Metric keys one live connection may hold, however subscribed (keys or globs; docs/protocol.md).
+    "LIVE_MAX_KEYS": env_int("PULSEBOARD_LIVE_MAX_KEYS", 10_000, minimum=1),
+    # Globs one subscribe message may carry; each is matched against every metric key of the process.
+    "LIVE_MAX_GLOBS": env_int("PULSEBOARD_LIVE_MAX_GLOBS", 16, minimum=1),
     # A live connection whose ack window stays full this long is closed with 4008 (docs/protocol.md).
     "LIVE_STALL_S": env_float("PULSEBOARD_LIVE_STALL_S", 30.0, minimum=0.5),
     # Live heartbeat interval; connections hear of a degraded layer or database within two of them.

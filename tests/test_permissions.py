@@ -147,10 +147,8 @@ async def test_a_viewer_outside_the_group_gets_no_data_of_a_restricted_metric_ov
     await frames_until(ws, "hello")
     frames = await subscribe_and_collect(ws, ["vault.db-01.cpu", "vault.*", "*"])
     errors = [f for f in frames if f["type"] == "error"]
-    assert [(e["metric"], e["code"]) for e in errors[:2]] == [
-        ("vault.db-01.cpu", "forbidden"),
-        ("vault.*", "forbidden"),
-    ]
+    # One error frame per reason, naming every pattern refused for it (docs/protocol.md).
+    assert [(e["code"], e["metrics"][:2]) for e in errors] == [("forbidden", ["vault.db-01.cpu", "vault.*"])]
     subscribed = next(f for f in frames if f["type"] == "subscribed")
     assert "vault.db-01.cpu" not in {m["key"] for m in subscribed["metrics"]}
     assert not any(k.startswith("vault.") for k in data_keys(frames))
@@ -250,7 +248,7 @@ async def test_a_share_socket_streams_only_the_metrics_of_the_dashboards_panels(
     frames = await subscribe_and_collect(
         ws, ["lab.sensor-01.temperature", "lab.sensor-01.humidity", "vault.db-01.cpu", "*"]
     )
-    errors = {(f["metric"], f["code"]) for f in frames if f["type"] == "error"}
+    errors = {(m, f["code"]) for f in frames if f["type"] == "error" for m in f["metrics"]}
     assert errors == {("lab.sensor-01.humidity", "forbidden"), ("vault.db-01.cpu", "forbidden")}
     assert data_keys(frames) == {"lab.sensor-01.temperature"}
     await ws.disconnect()
