@@ -259,3 +259,20 @@ def test_other_bearer_credentials_pass_through_to_their_view(settings, data) -> 
     settings.METRICS_TOKEN = "scrape-secret-123"
     response = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret-123")
     assert response.status_code == 200 and b"pulseboard_" in response.content
+
+
+@TRANSACTIONAL
+async def test_a_narrowed_token_subscribes_only_within_its_source_patterns(data, viewer) -> None:
+    from asgiref.sync import sync_to_async
+
+    _, secret = await sync_to_async(ReadToken.issue)(viewer, "lab only socket", "lab.*")
+    ws = WebsocketCommunicator(
+        URLRouter(websocket_urlpatterns), "/ws/live/", headers=[(b"authorization", f"Bearer {secret}".encode())]
+    )
+    connected, _ = await ws.connect()
+    assert connected
+    await ws.send_to(text_data=json.dumps({"type": "subscribe", "id": 1, "metrics": ["*"], "history_s": 600}))
+    while (frame := json.loads(await ws.receive_from(5)))["type"] != "subscribed":
+        pass
+    assert [m["key"] for m in frame["metrics"]] == ["lab.sensor-01.temperature"]  # bob reads the vault, not this token
+    await ws.disconnect()
