@@ -18,7 +18,8 @@ batch: a conservative latency), count samples and duplicates. Loss = samples pro
 
 Loopback only, bounded in time (each step STEP_S + drain). Usage:
     python bench/fanout.py                       # all scenarios (~10 min)
-    python bench/fanout.py --scenarios latency   # one: latency, scale, ceiling
+    python bench/fanout.py --scenarios latency   # one: latency, scale, ceiling, fleet
+    python bench/fanout.py --scenarios fleet --systems pulseboard,raw   # 1,000 viewers of fleet.*, 1,000+ devices
     python bench/fanout.py --scenarios ceiling --systems pulseboard --in-flight 8
                                                  # 8 ingest requests always in flight: samples of a key commit
                                                  # out of order; "late" counts those delivered after a newer one
@@ -66,6 +67,10 @@ LATENCY_RESERVOIR = 20_000  # latency samples kept per client process
 VIEWER, PASSWORD = "bench", "bench-pass-123"
 LATE_WINDOW_US = 5_000_000  # a viewer tells a late sample from a duplicate within this much of the newest one
 LATE_SET_MAX = 2_000
+FLEET = [False]  # the fleet scenario: 1 Hz devices fleet.dev-NNNNN.temp posted by FLEET_AGENTS agents
+FLEET_AGENTS = 10  # agents, each posting every FLEET_TICK_S the samples of its devices that came due
+FLEET_TICK_S = 0.1
+FLEET_VERIFY_EVERY = 20  # every 20th viewer checks each key's sequence (loss, duplicates, order) in full
 IN_FLIGHT = [0]  # --in-flight: requests the producer keeps in flight (0: one request per 10 ms tick)
 
 
@@ -94,15 +99,24 @@ class System:
 
     # Each attribute below is what the client processes need (they get a plain dict).
     def client_spec(self) -> dict[str, Any]:
+        fleet = FLEET[0]
         if self.name == "pulseboard":
+            pattern = "fleet.*" if fleet else "bench.src.*"
             return {
                 "url": f"ws://127.0.0.1:{self.port}/ws/live/",
                 "headers": {"Cookie": self.cookies, "Origin": f"http://127.0.0.1:{self.port}"},
-                "subscribe": json.dumps({"type": "subscribe", "metrics": ["bench.src.*"], "history_s": 0}),
+                "subscribe": json.dumps({"type": "subscribe", "metrics": [pattern], "history_s": 0}),
                 "ack": True,
+                "fleet": fleet,
             }
         path = "/ws/" if self.name == "naive" else "/"
-        return {"url": f"ws://127.0.0.1:{self.port}{path}", "headers": {}, "subscribe": None, "ack": False}
+        return {
+            "url": f"ws://127.0.0.1:{self.port}{path}",
+            "headers": {},
+            "subscribe": None,
+            "ack": False,
+            "fleet": fleet,
+        }
 
     def start(self, metrics: int) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
@@ -159,7 +173,12 @@ class System:
             self.publisher = await websockets.connect(f"ws://127.0.0.1:{self.port}/publish", max_size=2**24)
         if self.name == "pulseboard":  # the metrics must exist before viewers subscribe to them
             old = now_us() - 10_000_000
-            await self.publish([(f"m{i}", old, 0.0) for i in range(metrics)])
+            if FLEET[0]:
+                names = [fleet_device(i) for i in range(metrics)]
+                for at in range(0, metrics, 1000):
+                    await self.publish([(name, old, -1.0) for name in names[at : at + 1000]])
+            else:
+                await self.publish([(f"m{i}", old, 0.0) for i in range(metrics)])
             if self.ingest == "action":
                 parent, child = mp.get_context("spawn").Pipe()
                 process = mp.get_context("spawn").Process(target=action_producer, args=(child, self.env), daemon=True)
@@ -167,6 +186,9 @@ class System:
                 self.producer = (process, parent)
 
     async def publish(self, samples: list[tuple[str, int, float]]) -> None:
+        if FLEET[0]:
+            await self.publish_fleet(samples)
+            return
         if self.name == "pulseboard":
             body = {
                 "source": "bench.src",
@@ -189,6 +211,31 @@ class System:
                 entry[1].append(v)
             batches = [{"k": k, "t": tv[0], "v": tv[1]} for k, tv in series.items()]
             await self.publisher.send(json.dumps({"type": "data", "batches": batches}, separators=(",", ":")))
+
+    async def publish_fleet(self, samples: list[tuple[str, int, float]]) -> None:
+        """Publish one agent's request: each sample is device `name`'s reading (its own source, as devices are).
+
+        Pulseboard gets one ingest request naming each sample's source; the raw
+        baseline broadcasts one message per sample, as a per-sample fan-out does.
+        """
+        if self.name == "pulseboard":
+            body = {
+                "precision": "us",
+                "samples": [
+                    {"source": f"fleet.{name}", "metric": "temp", "ts": t, "value": v} for name, t, v in samples
+                ],
+            }
+            response = await self.http.post(
+                "/api/v1/ingest", json=body, headers={"Authorization": f"Token {self.token}"}
+            )
+            if response.status_code != 200 or response.json()["rejected"]:
+                raise RuntimeError(f"ingest refused: {response.status_code} {response.text[:300]}")
+        elif self.name == "raw":
+            for name, t, v in samples:
+                message = {"type": "data", "batches": [{"k": f"fleet.{name}.temp", "t": [t], "v": [v]}]}
+                await self.publisher.send(json.dumps(message, separators=(",", ":")))
+        else:
+            raise SystemExit("the fleet scenario runs pulseboard and raw")
 
     async def produce_step(
         self, rate: float, metrics: int, duration: float, publish_ms: list[float]
@@ -272,6 +319,8 @@ class ViewerStats:
         self.latencies_ms: list[float] = []
         self.seen_latencies = 0
         self.closed: dict[int, int] = {}
+        self.verifiers = 0
+        self.checks: list[SequenceCheck] = []  # the fleet viewers that check every key's sequence
 
     def latency(self, ms: float) -> None:
         self.seen_latencies += 1
@@ -281,6 +330,89 @@ class ViewerStats:
             slot = random.randrange(self.seen_latencies)
             if slot < LATENCY_RESERVOIR:
                 self.latencies_ms[slot] = ms
+
+
+@dataclass(slots=True)
+class FleetFrame:
+    """What a fleet data frame holds inside the measured window: its readings and each key's sequence range."""
+
+    samples: int
+    oldest_t: int | None
+    replay: bool
+    ranges: list[tuple[str, int, int, int]]  # (key, first value, last value, count)
+
+
+class FleetFrames:
+    """Distinct fleet frames of this client process, decoded once each (bounded; emptied at each step)."""
+
+    def __init__(self) -> None:
+        self.frames: dict[bytes, FleetFrame | None] = {}
+
+    def get(self, payload: bytes, lo: int) -> FleetFrame | None:
+        found = self.frames.get(payload, False)
+        if found is not False:
+            return found
+        message = json.loads(payload)
+        summary = None
+        if message.get("type") == "data":
+            samples, oldest, ranges = 0, None, []
+            for batch in message["batches"]:
+                t, v = batch["t"], batch["v"]
+                if t[-1] < lo:
+                    continue
+                keep = [i for i, x in enumerate(t) if x >= lo] if t[0] < lo else range(len(t))
+                if not keep:
+                    continue
+                first = keep[0]
+                samples += len(keep)
+                oldest = t[first] if oldest is None else min(oldest, t[first])
+                ranges.append((batch["k"], int(v[first]), int(v[keep[-1]]), len(keep)))
+            summary = FleetFrame(samples, oldest, bool(message.get("replay")), ranges)
+        if len(self.frames) > 20_000:
+            self.frames.clear()
+        self.frames[payload] = summary
+        return summary
+
+
+FLEET_FRAMES = FleetFrames()
+VIEWERS_MADE = 0
+
+
+class SequenceCheck:
+    """One viewer's check of every key's readings: values are each device's 0, 1, 2... sequence."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.missing: dict[str, set[int]] = {}
+
+    def reset(self) -> None:
+        self.last.clear()
+        self.missing.clear()
+
+    def check(self, ranges: list[tuple[str, int, int, int]], stats: ViewerStats) -> None:
+        last, missing = self.last, self.missing
+        for key, first, end, count in ranges:
+            previous = last.get(key)
+            if previous is None or first == previous + 1:
+                if count == end - first + 1:
+                    last[key] = end
+                    continue
+            values = range(first, end + 1) if count == end - first + 1 else [first] * count  # odd: a repeat inside
+            for value in values:
+                previous = last.get(key)
+                if previous is None or value == previous + 1:
+                    last[key] = value
+                elif value > previous + 1:
+                    missing.setdefault(key, set()).update(range(previous + 1, value))
+                    last[key] = value
+                elif value in missing.get(key, ()):
+                    missing[key].discard(value)
+                    stats.late += 1  # committed after a newer reading of its key: delivered, out of order
+                else:
+                    stats.duplicates += 1
+
+    def unrepaired(self) -> int:
+        return sum(len(m) for m in self.missing.values())
 
 
 class Viewer(picows.WSListener):
@@ -299,6 +431,12 @@ class Viewer(picows.WSListener):
         self.state = "hello" if spec["subscribe"] else "live"
         self.last: dict[str, int] = {}
         self.recent: dict[str, set[int]] = {}  # per key: timestamps received within LATE_WINDOW_US of the newest
+        global VIEWERS_MADE
+        VIEWERS_MADE += 1
+        self.verify = SequenceCheck() if spec.get("fleet") and VIEWERS_MADE % FLEET_VERIFY_EVERY == 1 else None
+        if self.verify is not None:
+            stats.verifiers += 1
+            stats.checks.append(self.verify)
         self.frames = self.acked = 0
         self.ack_every = 1  # half of hello's limits.ack_window, as docs/protocol.md asks
         self.parts: list[bytes] = []
@@ -332,6 +470,9 @@ class Viewer(picows.WSListener):
         else:
             payload = frame.get_payload_as_bytes()
         received_at = now_us()
+        if self.state == "live" and self.spec.get("fleet"):
+            self.on_fleet_frame(payload, received_at)
+            return
         message = json.loads(payload)
         if self.state != "live":
             if self.state == "hello":
@@ -347,6 +488,28 @@ class Viewer(picows.WSListener):
                 self.ready.set_result(True)
             return
         self.on_message(message, received_at)
+
+    def on_fleet_frame(self, payload: bytes, received_at: int) -> None:
+        """Count a fleet frame from its summary, parsed once per client process for all viewers that share it.
+
+        Pulseboard sends the same bytes to every viewer of a fleet board, so a
+        client process decodes each distinct frame once (FleetFrames) and each
+        viewer only adds up numbers; one viewer in FLEET_VERIFY_EVERY also
+        checks every key's sequence: a gap, a repeat, or a late reading.
+        """
+        summary = FLEET_FRAMES.get(payload, self.stats.lo)
+        if summary is None:
+            return
+        stats = self.stats
+        self.frames += 1
+        stats.received += summary.samples
+        if summary.oldest_t is not None and not summary.replay:
+            stats.latency((received_at - summary.oldest_t) / 1000)
+        if self.verify is not None:
+            self.verify.check(summary.ranges, stats)
+        if self.spec["ack"] and self.frames - self.acked >= self.ack_every:
+            self.acked = self.frames
+            self.transport.send(picows.WSMsgType.TEXT, b'{"type":"ack","frame":%d}' % self.frames)
 
     def on_message(self, frame: dict, received_at: int) -> None:
         if frame.get("type") != "data":
@@ -444,6 +607,9 @@ async def client_main(conn, spec: dict[str, Any], viewers: int) -> None:
             stats.lo = args[0]
             stats.received = stats.duplicates = stats.late = stats.seen_latencies = 0
             stats.latencies_ms = []
+            FLEET_FRAMES.frames.clear()
+            for check in stats.checks:
+                check.reset()
             conn.send("ok")
         elif command == "report":
             conn.send(
@@ -454,6 +620,8 @@ async def client_main(conn, spec: dict[str, Any], viewers: int) -> None:
                     "latencies_ms": stats.latencies_ms,
                     "alive": sum(1 for t in tasks if not t.done()),
                     "closed": stats.closed,
+                    "verifiers": stats.verifiers,
+                    "gaps": sum(check.unrepaired() for check in stats.checks),
                 }
             )
         elif command == "close":
@@ -504,6 +672,8 @@ class LoadClient:
             "latencies_ms": [x for p in parts for x in p["latencies_ms"]],
             "alive": sum(p["alive"] for p in parts),
             "closed": closed,
+            "verifiers": sum(p["verifiers"] for p in parts),
+            "gaps": sum(p["gaps"] for p in parts),
         }
 
     def close(self) -> None:
@@ -528,6 +698,55 @@ async def timed_publish(system: System, samples: list[tuple[str, int, float]], d
     except (httpx.TimeoutException, httpx.TransportError):
         pass  # its samples may still arrive; if not, they count as loss
     durations.append((time.perf_counter() - started) * 1000)
+
+
+def fleet_device(i: int) -> str:
+    return f"dev-{i:05d}"
+
+
+SEQUENCES: dict[int, int] = {}  # device -> its next sequence number (the value of its next reading)
+
+
+async def produce_fleet(system: System, metrics: int, duration: float, publish_ms: list[float]) -> tuple[int, float]:
+    """Run a fleet of `metrics` devices at 1 Hz each, posted by FLEET_AGENTS agents every FLEET_TICK_S.
+
+    Agent a owns devices a, a + FLEET_AGENTS, ...; each tick it posts the
+    tenth of its devices whose second came due, one request with their new
+    readings. A reading's value is its device's sequence number (0, 1, 2...),
+    so a viewer can tell loss, duplicates and order per key from two numbers
+    per batch. Returns the readings produced and the producer's lag.
+    """
+    ticks_per_s = round(1 / FLEET_TICK_S)
+    owned = [list(range(a, metrics, FLEET_AGENTS)) for a in range(FLEET_AGENTS)]
+    produced = 0
+    lag = 0.0
+    start = time.monotonic()
+
+    async def agent(devices: list[int]) -> None:
+        nonlocal produced, lag
+        tick = 0
+        next_at = start
+        while next_at - start < duration:
+            due = devices[tick % ticks_per_s :: ticks_per_s]
+            if due:
+                ts = now_us()
+                samples = []
+                for i in due:
+                    seq = SEQUENCES.get(i, 0)
+                    SEQUENCES[i] = seq + 1
+                    samples.append((fleet_device(i), ts, float(seq)))
+                produced += len(samples)
+                await timed_publish(system, samples, publish_ms)
+            tick += 1
+            next_at += FLEET_TICK_S
+            wait = next_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            else:
+                lag = max(lag, -wait)
+
+    await asyncio.gather(*(agent(devices) for devices in owned))
+    return produced, lag
 
 
 async def produce_in_flight(
@@ -569,6 +788,8 @@ async def produce(
     system: System, rate: float, metrics: int, duration: float, publish_ms: list[float]
 ) -> tuple[int, float]:
     """Publish `rate` samples/s for `duration`; return samples produced and the publish lag (s) at the end."""
+    if FLEET[0]:
+        return await produce_fleet(system, metrics, duration, publish_ms)
     if IN_FLIGHT[0]:
         return await produce_in_flight(system, rate, metrics, duration, publish_ms, IN_FLIGHT[0])
     tick = max(TICK_S, 1.0 / rate)
@@ -656,6 +877,11 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         "duplicates": report["duplicates"],
         "late": report["late"],
         "in_flight": IN_FLIGHT[0],
+        "verifiers": report["verifiers"],
+        "gaps": report["gaps"],
+        "server_cpu_s_per_million": round(cpu * elapsed / (report["received"] / 1e6), 2)
+        if report["received"]
+        else None,
         "producer_behind_s": round(max(0.0, behind), 2),
         "publish_p50_ms": round(percentile(publish_ms, 0.5), 1),
         "publish_p99_ms": round(percentile(publish_ms, 0.99), 1),
@@ -750,6 +976,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default="latency,scale,ceiling")
     parser.add_argument("--systems", default="pulseboard,raw,naive")
+    parser.add_argument(
+        "--fleet-sizes", default="1000,2000,5000", help="fleet scenario: devices (1 Hz each), stepped up"
+    )
+    parser.add_argument("--fleet-viewers", type=int, default=1000, help="fleet scenario: viewers of fleet.*")
     parser.add_argument("--metrics", type=int, default=10, help="K")
     parser.add_argument("--latency-viewers", type=int, default=100, help="N for the latency scenario")
     parser.add_argument("--scale-rate", type=float, default=200.0, help="R for the scale scenario")
@@ -797,6 +1027,25 @@ async def main() -> None:
             for s in systems:
                 rows += await each(s, n, [args.scale_rate], False)
         sections.append((f"Scale: N viewers at {args.scale_rate:g} samples/s", rows))
+    if "fleet" in scenarios:
+        # A whole fleet on every board: each viewer subscribes to fleet.*; devices step up until a size
+        # no longer holds p99 <= 100 ms with nothing lost, repeated or left out of order per key.
+        FLEET[0] = True
+        rows = []
+        for s in [s for s in systems if s != "naive"]:
+            for size in [int(x) for x in args.fleet_sizes.split(",")]:
+                SEQUENCES.clear()
+                result = (await run_system(s, args.fleet_viewers, size, [float(size)], False))[-1]
+                rows.append(result)
+                if not (sustainable(result) and result["gaps"] == 0 and result["late"] == 0):
+                    break
+        FLEET[0] = False
+        sections.append(
+            (f"Fleet: {args.fleet_viewers} viewers of fleet.*, devices at 1 Hz from {FLEET_AGENTS} agents", rows)
+        )
+        for s in {r["system"] for r in rows}:
+            held = [r["metrics"] for r in rows if r["system"] == s and sustainable(r) and r["gaps"] == 0]
+            print(f"largest fleet {s} holds at {args.fleet_viewers} viewers: {max(held, default=0)} devices")
     if "ceiling" in scenarios:
         rows = []
         rates = [float(x) for x in args.ceiling_rates.split(",")]
