@@ -23,27 +23,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from dashboard.exceptions import BadRequest, InvalidReading
+from dashboard.exceptions import BadRequest, InvalidReading, PayloadTooLarge
 from dashboard.validation import (
     MAX_ABS_VALUE,
     MAX_LABEL_LEN,
     MAX_LABELS,
+    PRECISION_US,
     Reading,
     Rejection,
     accepted_window,
     check_key,
     check_reading,
     check_value,
+    scale_ts,
 )
 
 # The first of these tags present names the source, and gives its kind.
 SOURCE_TAGS = {"source": "", "host": "host", "device": "device"}
-PRECISION_TO_US = {
-    "ns": (1, 1000),
-    "us": (1, 1),
-    "ms": (1000, 1),
-    "s": (1_000_000, 1),
-}  # (multiply, divide)
+# (multiply, divide), the JSON endpoint's ratios (dashboard/validation.py) in InfluxDB's order.
+PRECISION_TO_US = {name: PRECISION_US[name] for name in ("ns", "us", "ms", "s")}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT64_MAX = 2**64 - 1
 MAX_LINE_CHARS = 64 * 1024  # InfluxDB's default limit is larger, but no sane line comes close
@@ -94,8 +92,7 @@ def to_us(raw: str, precision: str) -> int:
     """Return a line-protocol timestamp as µs since the epoch."""
     if not _INT_RE.match(raw):
         raise LineSyntaxError(f"timestamp {raw[:40]!r} is not an integer", field="ts")
-    multiply, divide = PRECISION_TO_US[precision]
-    return int(raw) * multiply // divide
+    return scale_ts(int(raw), precision)  # integer arithmetic, rounded down: the JSON endpoint's rule
 
 
 class _Scanner:
@@ -422,8 +419,18 @@ def _parse_one(line: str, precision: str, now: int, parsed: ParsedBody, line_no:
         parsed.add(item, line_no)
 
 
-def parse_body(body: bytes, precision: str, now: int, *, plain: bool = True) -> ParsedBody:
-    """Parse a whole write body into checked Readings and Rejections; only an unknown precision fails it whole.
+def too_many(max_items: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"more than {max_items} fields: over the limit per request (PULSEBOARD_MAX_SAMPLES_PER_REQUEST)",
+        field="body",
+    )
+
+
+def parse_body(
+    body: bytes, precision: str, now: int, *, plain: bool = True, max_items: int | None = None
+) -> ParsedBody:
+    """Parse a whole write body into checked Readings and Rejections; an unknown precision or more than
+    max_items fields (413) fails it whole.
 
     Every Reading returned has passed check_reading's rules, so the caller
     hands them to the ingest action with checked=True. A body without
@@ -439,7 +446,9 @@ def parse_body(body: bytes, precision: str, now: int, *, plain: bool = True) -> 
         except UnicodeDecodeError:
             pass  # the line-by-line path names each line that is not UTF-8
         else:
-            _parse_plain(text, precision, now, parsed)
+            _parse_plain(text, precision, now, parsed)  # fast enough to parse whole, then count
+            if max_items is not None and len(parsed.items) > max_items:
+                raise too_many(max_items)
             return parsed
     for line_no, raw in enumerate(body.split(b"\n"), start=1):
         try:
@@ -451,4 +460,7 @@ def parse_body(body: bytes, precision: str, now: int, *, plain: bool = True) -> 
             )
             continue
         _parse_one(line, precision, now, parsed, line_no)
+        if max_items is not None and len(parsed.items) > max_items:
+            # Stop here: the rest of a 5 MiB body would only be parsed to be refused.
+            raise too_many(max_items)
     return parsed

@@ -460,7 +460,8 @@ class LiveClient:
             return
         try:
             message = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: 20 KB of "[" is under the size limit and deeper than the decoder goes.
             await self._send(error_frame("bad_message", "messages must be JSON objects"))
             return
         if not isinstance(message, dict):
@@ -496,7 +497,7 @@ class LiveClient:
             if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0 or len(message) != 2:
                 return False
             return self.session.ack(frame)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return False
 
     async def ack(self, message: dict[str, Any]) -> None:
