@@ -179,6 +179,7 @@ class HttpSink(Sink):
         self.rejected = 0  # readings the server judged and refused one by one
         self.send_errors = 0
         self.buried = 0  # readings moved to the dead letters since start
+        self.splits = 0  # batches halved after a 413
         self.started = time.time()
         self.last_success: float | None = None
         self._ready = asyncio.Event()
@@ -290,6 +291,7 @@ class HttpSink(Sink):
                 continue
             if answer.outcome == "split":
                 self._batch_limit = max(1, len(batch) // 2)
+                self.splits += 1
                 continue
             if answer.outcome == "dead":
                 await self.spool.bury_through(last_id, answer.reason)
