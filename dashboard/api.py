@@ -149,11 +149,15 @@ def gunzip(body: bytes, limit: int) -> bytes:
 
 def read_body(request: HttpRequest) -> bytes:
     """Return the request body, gunzipped if needed, within PULSEBOARD_MAX_BODY_BYTES before and after unzipping."""
+    return decode_body(raw_body(request), request.headers.get("Content-Encoding", ""))
+
+
+def decode_body(body: bytes, content_encoding: str) -> bytes:
+    """Return a body as sent with a Content-Encoding, decoded, within PULSEBOARD_MAX_BODY_BYTES both ways."""
     limit = settings.PULSEBOARD["MAX_BODY_BYTES"]
-    body = raw_body(request)
     if len(body) > limit:
         raise too_large(limit, "")
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    encoding = content_encoding.strip().lower()
     if encoding in ("gzip", "x-gzip"):
         return gunzip(body, limit)
     if encoding not in ("", "identity"):
