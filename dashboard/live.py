@@ -469,6 +469,8 @@ class LiveClient:
             return
         kind = message.get("type")
         request_id = message.get("id")
+        if not isinstance(kind, str):  # {"type": [0]} is JSON too, and a list is no dictionary key
+            kind = repr(kind)[:40]
         handler = {
             "subscribe": self.subscribe,
             "unsubscribe": self.unsubscribe,
@@ -479,7 +481,7 @@ class LiveClient:
             await self._send(
                 error_frame(
                     "unknown_type",
-                    f"unknown message type {kind!r}; use subscribe, unsubscribe, ping or ack",
+                    f"unknown message type {kind[:40]!r}; use subscribe, unsubscribe, ping or ack",
                     id=request_id,
                 )
             )

@@ -184,7 +184,8 @@ def hostile_socket_messages(draw: st.DrawFn, max_message_bytes: int) -> str | by
         size = max_message_bytes + (1 if shape == "just over" else -40)
         text = '{"type":"ping","id":"' + "a" * (size - 22) + '"}'
     elif shape == "long":
-        text = '{"type":"subscribe","metrics":[' + ",".join(['"*"'] * draw(st.integers(100, 6000))) + "]}"
+        # Long but cheap: a subscribe of thousands of globs is the subject of its own test (issue #12, item 7).
+        text = '{"type":"ping","id":[' + ",".join(["1e999"] * draw(st.integers(100, 6000))) + "]}"
     else:
         first = draw(_message_types)
         text = draw(_message_bodies)
