@@ -105,6 +105,9 @@ class Command(BaseCommand):
             except (TypeError, ValueError, OSError) as exc:
                 raise CommandError(f"bad [agent] configuration: {exc}") from None
             where = server
+            for collector in collectors:  # e.g. MQTT's taken retained values live in the spool file too
+                if getattr(collector, "state_path", "") is None:
+                    collector.state_path = str(sink.spool.path)
             if options["requeue_dead"]:
                 self.requeue_dead(sink, server)
                 return
