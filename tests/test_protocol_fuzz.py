@@ -243,12 +243,12 @@ def test_hostile_messages_get_an_error_frame_or_a_documented_close_never_an_exce
     seen = {"messages": 0, "closed": 0, "frames": 0}
 
     @settings(
-        max_examples=max(1, FUZZ_INPUTS // 16),  # lists of 1-6 messages, 4 frames each
+        max_examples=max(1, FUZZ_INPUTS // 16),  # lists of 4-6 messages, 4 frames each: >= FUZZ_INPUTS frames
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(st.lists(hostile_messages, min_size=1, max_size=6))
+    @given(st.lists(hostile_messages, min_size=4, max_size=6))
     def run(batch: list[str | bytes]) -> None:
         frames: list[str] = []
 
@@ -277,7 +277,7 @@ def test_hostile_messages_get_an_error_frame_or_a_documented_close_never_an_exce
 
     run()
     print(f"\nhostile socket messages: {seen['messages']}, frames checked {seen['frames']}, closes {seen['closed']}")
-    assert seen["messages"] >= FUZZ_INPUTS * 0.8
+    assert seen["messages"] >= FUZZ_INPUTS
 
 
 async def test_hostile_frames_on_a_real_consumer_never_end_in_1011(viewer, error_lines) -> None:
