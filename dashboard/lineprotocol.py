@@ -55,6 +55,8 @@ _PLAIN_INT_RE = re.compile(r"-?\d{1,15}i\Z|\d{1,15}u\Z")
 # series every interval, so naming and checking is done once per series, not once per line.
 _SERIES: dict[str, _Series | bool] = {}
 MAX_CACHED_SERIES = 10_000
+# Longer series texts are not remembered: 10,000 lines of 64 KiB would otherwise pin 640 MB per process.
+MAX_CACHED_SERIES_CHARS = 1024
 _FLOAT_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 # Digit counts are capped so int() never meets Python's 4,300-digit conversion limit.
 _INT_RE = re.compile(r"^[+-]?\d{1,20}$")
@@ -343,7 +345,9 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
             _parse_one(line, precision, now, parsed, line_no)
             continue
         series = series_cache.get(parts[0])
-        if series is None:
+        if series is None and len(parts[0]) > MAX_CACHED_SERIES_CHARS:
+            series = False  # a series this long is rare: the full rules, nothing remembered
+        elif series is None:
             try:
                 series = _plain_series(parts[0])
             except InvalidReading:

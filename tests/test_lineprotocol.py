@@ -394,3 +394,15 @@ def test_the_plain_fast_path_answers_exactly_as_the_line_by_line_parser(lines: l
     slow = parse_body(body, precision, NOW, plain=False)
     assert fast.lines == slow.lines
     assert [repr(item) for item in fast.items] == [repr(item) for item in slow.items]
+
+
+def test_long_series_are_parsed_but_not_remembered() -> None:
+    from dashboard import lineprotocol
+
+    now = now_us()
+    tags = "".join(f",{c * 190}=a" for c in "pqrstu")  # long tag keys (labels), short values (the metric)
+    body = "\n".join(f"m,host=h{i}{tags} f=1 {now * 1000}" for i in range(50))
+    assert len(body.split("\n")[0].split(" ")[0]) > lineprotocol.MAX_CACHED_SERIES_CHARS
+    parsed = lineprotocol.parse_body(body.encode(), "ns", now)
+    assert len(parsed.items) == 50 and all(isinstance(r, Reading) for r in parsed.items), parsed.items[:1]
+    assert not any(key.startswith("m,host=h") for key in lineprotocol._SERIES)
