@@ -401,8 +401,8 @@ def test_long_series_are_parsed_but_not_remembered() -> None:
 
     now = now_us()
     tags = "".join(f",{c * 190}=a" for c in "pqrstu")  # long tag keys (labels), short values (the metric)
-    body = "\n".join(f"m,host=h{i}{tags} f=1 {now * 1000}" for i in range(50))
+    body = "\n".join(f"longseries,host=h{i}{tags} f=1 {now * 1000}" for i in range(50))
     assert len(body.split("\n")[0].split(" ")[0]) > lineprotocol.MAX_CACHED_SERIES_CHARS
     parsed = lineprotocol.parse_body(body.encode(), "ns", now)
     assert len(parsed.items) == 50 and all(isinstance(r, Reading) for r in parsed.items), parsed.items[:1]
-    assert not any(key.startswith("m,host=h") for key in lineprotocol._SERIES)
+    assert not any(key.startswith("longseries,") for key in lineprotocol._SERIES)
