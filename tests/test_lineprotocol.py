@@ -406,3 +406,13 @@ def test_long_series_are_parsed_but_not_remembered() -> None:
     parsed = lineprotocol.parse_body(body.encode(), "ns", now)
     assert len(parsed.items) == 50 and all(isinstance(r, Reading) for r in parsed.items), parsed.items[:1]
     assert not any(key.startswith("longseries,") for key in lineprotocol._SERIES)
+
+
+def test_a_field_of_thousands_of_digits_is_refused_in_linear_time() -> None:
+    # "\d+\.?\d*" backtracked quadratically: 4,300 digits and an "i" took 2.5 s, 60,000 would take minutes.
+    now = now_us()
+    for value in ("9" * 60_000 + "i", "9" * 60_000 + "x", "9" * 60_000 + ".5e", "1" + "0" * 60_000):
+        started = time.perf_counter()
+        (item,) = parse_body(f"m,host=h v={value} {now * 1000}".encode(), "ns", now).items
+        print(f"{len(value)} characters refused in {time.perf_counter() - started:.4f} s")
+        assert isinstance(item, Rejection)
