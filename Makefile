@@ -22,8 +22,9 @@ bench: setup  ## Benchmarks against their baselines (InfluxDB, bare COPY, raw we
 	bash scripts/bench-deps.sh
 	$(PY) bench/ingest.py && $(PY) bench/history.py && $(PY) bench/fanout.py
 
-fuzz: setup  ## The long fuzzing run of the live protocol, 100,000 inputs (docs/security.md); not in CI
-	FUZZ_EXAMPLES=100000 $(PY) -m pytest tests/test_protocol_fuzz.py -k arbitrary -p no:cacheprovider -q -s
+fuzz: setup  ## Hostile inputs, 100,000 per endpoint: JSON, line protocol, socket (docs/security.md); not in CI
+	FUZZ_INPUTS=100000 FUZZ_HTTP_INPUTS=3000 FUZZ_SOCKET_INPUTS=1000 $(PY) -m pytest \
+	  tests/test_ingest_fuzz.py tests/test_protocol_fuzz.py -k "hostile or bomb" -p no:cacheprovider -q -s --durations=10
 
 soak: setup  ## 1,000 viewers and 4 agents for 10 minutes (bench/README.md, Soak); not in CI
 	$(PY) bench/soak.py --sqlite

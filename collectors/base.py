@@ -36,6 +36,10 @@ class Collector:
         self.options = options
         self.errors = 0  # readings or payloads this collector could not turn into readings
 
+    def health(self) -> dict[str, float]:
+        """Return counters the agent reports as its own readings, collector.<name>.<counter> (docs/ingest.md)."""
+        return {"errors": self.errors}
+
     def batches(self) -> AsyncIterator[list[Reading]]:
         """Yield lists of readings forever; raise to have the runner back off and call again."""
         raise NotImplementedError

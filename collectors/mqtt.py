@@ -10,19 +10,32 @@ or an object `{"value": 21.5, "ts": <ms since epoch or ISO 8601>, "unit": "°C"}
 Subscriptions use QoS 1 (at least once: a redelivered message is a duplicate
 the ingest action ignores). A lost connection is retried with exponential
 backoff and jitter, and every pattern is subscribed again. A payload that is
-not a reading is counted in `errors` and logged with its topic; it never
-stops the collector.
+not a reading is counted (`bad_payloads`, `unmatched_topics`, both in
+`errors`), logged with its topic, and reported in the agent's health
+readings (collector.<name>.bad_payloads...); it never stops the collector.
+
+Retained messages (what the broker hands every new subscription: the last
+value published with the retain flag) are skipped by default: without a
+`ts`, each one would become a new reading, stamped with the time of
+arrival, at every agent start or reconnect. `accept_retained = true` takes
+them, each retained value of a topic once: what was taken is remembered per
+topic (a hash of the payload) in a small table of a SQLite file
+(`state_path`; the agent's spool file by default), across restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
 import random
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -123,6 +136,41 @@ def parse_payload(payload: bytes) -> tuple[float, int | None, str]:
     return value, ts, unit[:32]
 
 
+class RetainedMemory:
+    """Per topic, the hash of the retained payload last taken; in SQLite, so it survives agent restarts."""
+
+    def __init__(self, path: Path | str, collector: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.collector = collector
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=20)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS mqtt_retained (collector TEXT NOT NULL, topic TEXT NOT NULL,"
+            " payload_sha256 TEXT NOT NULL, taken_at REAL NOT NULL, PRIMARY KEY (collector, topic))"
+        )
+
+    @staticmethod
+    def digest(payload: bytes) -> str:
+        return hashlib.sha256(payload).hexdigest()
+
+    def seen(self, topic: str, digest: str) -> bool:
+        row = self._db.execute(
+            "SELECT payload_sha256 FROM mqtt_retained WHERE collector = ? AND topic = ?", (self.collector, topic)
+        ).fetchone()
+        return row is not None and row[0] == digest
+
+    def remember(self, taken: dict[str, str]) -> None:
+        """Record the retained values just handed over (topic -> payload hash), in one transaction."""
+        if taken:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO mqtt_retained (collector, topic, payload_sha256, taken_at) VALUES (?, ?, ?, ?)",
+                [(self.collector, topic, digest, time.time()) for topic, digest in taken.items()],
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
 def parse_url(url: str) -> dict[str, Any]:
     """Return aiomqtt.Client keyword arguments for mqtt://user:password@host:port (mqtts:// for TLS)."""
     parsed = urlparse(url)
@@ -162,9 +210,15 @@ class MqttCollector(Collector):
         client_id: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        accept_retained: bool = False,
+        state_path: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(name, interval_s, **options)
+        if not isinstance(accept_retained, bool):
+            raise ValueError(f"{self.name}: accept_retained must be true or false")
+        self.accept_retained = accept_retained
+        self.state_path = state_path  # where taken retained values are remembered; runcollectors sets the spool
         self.client_options = parse_url(url)
         if username:
             self.client_options["username"] = username
@@ -184,6 +238,32 @@ class MqttCollector(Collector):
         self.connects = 0
         self.reconnects = 0
         self.messages = 0
+        self.bad_payloads = 0
+        self.unmatched_topics = 0
+        self.retained_skipped = 0  # retained messages not taken (accept_retained off, or a value already taken)
+        self.retained_taken = 0
+        self._memory: RetainedMemory | None = None
+        self._pending: dict[str, str] = {}  # retained values in the batch being handed over: topic -> hash
+
+    def health(self) -> dict[str, float]:
+        return {
+            "errors": self.errors,
+            "bad_payloads": self.bad_payloads,
+            "unmatched_topics": self.unmatched_topics,
+            "retained_skipped": self.retained_skipped,
+            "retained_taken": self.retained_taken,
+            "messages": self.messages,
+            "reconnects": self.reconnects,
+        }
+
+    def memory(self) -> RetainedMemory:
+        if self._memory is None:
+            if not self.state_path:
+                from django.conf import settings
+
+                self.state_path = str(settings.VAR_DIR / "agent-spool.sqlite3")
+            self._memory = RetainedMemory(self.state_path, self.name)
+        return self._memory
 
     def reading(self, topic: str, payload: bytes, received_us: int) -> Reading | None:
         """Return the reading a message carries, or None (counted and logged) when it carries none."""
@@ -193,6 +273,7 @@ class MqttCollector(Collector):
                 break
         else:
             self.errors += 1
+            self.unmatched_topics += 1
             log.warning("%s: topic %r matches no configured pattern; ignored", self.name, topic)
             return None
         device, metric = found
@@ -200,6 +281,7 @@ class MqttCollector(Collector):
             value, ts, unit = parse_payload(payload)
         except PayloadError as exc:
             self.errors += 1
+            self.bad_payloads += 1
             log.warning("%s: malformed payload on %r: %s", self.name, topic, exc)
             return None
         source = self.source_prefix + slugify_key(device) if device is not None else self.default_source
@@ -247,11 +329,29 @@ class MqttCollector(Collector):
                 batch = self._collect(await anext(messages), batch)
             if batch:
                 yield batch
+            # The runner resumes us only once the batch is in the spool: now the retained values are taken.
+            if self._pending:
+                self.memory().remember(self._pending)
+                self._pending.clear()
 
     def _collect(self, message: aiomqtt.Message, batch: list[Reading]) -> list[Reading]:
         self.messages += 1
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        reading = self.reading(message.topic.value, payload, now_us())
+        topic = message.topic.value
+        digest = None
+        if message.retain:
+            if not self.accept_retained:
+                self.retained_skipped += 1
+                log.debug("%s: retained message on %r skipped (accept_retained is off)", self.name, topic)
+                return batch
+            digest = RetainedMemory.digest(payload)
+            if self._pending.get(topic) == digest or self.memory().seen(topic, digest):
+                self.retained_skipped += 1
+                return batch
+        reading = self.reading(topic, payload, now_us())
         if reading is not None:
             batch.append(reading)
+            if digest is not None:
+                self._pending[topic] = digest
+                self.retained_taken += 1
         return batch

@@ -25,6 +25,7 @@ class Runner:
     def __init__(self, collectors: list[Collector], sink: Sink) -> None:
         self.collectors = collectors
         self.sink = sink
+        sink.collectors = collectors  # their counters join the agent's health readings
         self.stop = asyncio.Event()
         self.failures: dict[str, int] = {c.name: 0 for c in collectors}
         self._puts: set[asyncio.Future] = set()

@@ -3,7 +3,8 @@
 Both end in the same ingest action (dashboard/actions.py); the HTTP sink is
 what a separate agent process uses, the local sink what a co-located one uses.
 The HTTP sink keeps everything in an on-disk spool (collectors/spool.py) until
-the server has accepted it, and reports its own health as readings.
+the server has judged it sample by sample, keeps what the server refuses
+as a whole in the spool's dead letters, and reports its own health as readings.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import logging
 import random
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -63,16 +66,85 @@ BACKOFF_MAX_S = 30.0  # by default an agent polls a dead server about every 30 s
 REQUEST_TIMEOUT_S = 10.0
 SHUTDOWN_GRACE_S = 10.0  # on SIGTERM, keep trying to empty the spool this long; the rest waits on disk
 HEALTH_INTERVAL_S = 10.0  # a source is stale after 3 silent expected intervals (10 s by default)
+# The server is away (restarting, overloaded, its database down): wait and send the same batch again, forever.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+# Other 5xx are a fault of the server with this batch; after this many answers in a row it goes to the dead letters.
+SERVER_ERROR_ATTEMPTS = 5
+
+
+@dataclass
+class Answer:
+    """What the server's answer to one batch means for the spool (docs/ingest.md, "What the agent deletes")."""
+
+    outcome: str  # "judged" | "split" | "retry" | "dead"
+    reason: str = ""
+    rejected: list[dict] = field(default_factory=list)
+    retry_after: float | None = None
+
+
+def _rejections(payload: Any, count: int) -> list[dict] | None:
+    """Return the `rejected` list of a per-sample answer to `count` readings, or None when it is not one."""
+    if not isinstance(payload, dict):
+        return None
+    rejected = payload.get("rejected")
+    numbers = (payload.get("accepted"), payload.get("duplicates"))
+    if not isinstance(rejected, list) or not all(type(n) is int and n >= 0 for n in numbers):
+        return None
+    for item in rejected:
+        if not isinstance(item, dict) or type(item.get("index")) is not int or not 0 <= item["index"] < count:
+            return None
+    return rejected
+
+
+def judge(status: int, payload: Any, count: int) -> Answer:
+    """Classify the server's answer to a batch of `count` readings.
+
+    Only a per-sample judgement lets the agent delete the readings:
+    * a 2xx whose JSON body has integer `accepted` and `duplicates` and a
+      `rejected` list naming each refused sample by its `index` in the batch
+      (the refused ones are counted and logged; the rest are stored);
+    * a 400 with error code `invalid_reading` and such a body in which every
+      sample of the batch is rejected by index (no sample was acceptable);
+    * a 413 to a batch of one reading: that reading alone is too large.
+    A 413 to a bigger batch splits it. 429, 502, 503 and 504 mean the server
+    is away: the same batch is sent again later. Any other answer refuses
+    the batch as a whole without judging its samples (400 without
+    per-sample rejections, 401, 403, 404, other 4xx, other 5xx after
+    SERVER_ERROR_ATTEMPTS tries, or a 2xx that is not a per-sample answer):
+    the readings go to the dead letters, kept for `--requeue-dead`.
+    """
+    error = payload.get("error") if isinstance(payload, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    reason = f"{status} {code}: {message}" if code else f"{status} without a per-sample answer"
+    if 200 <= status < 300:
+        rejected = _rejections(payload, count)
+        if rejected is not None:
+            return Answer("judged", rejected=rejected)
+        return Answer("dead", reason=reason)
+    if status == 400 and code == "invalid_reading":
+        rejected = _rejections(payload, count)
+        if rejected is not None and {item["index"] for item in rejected} == set(range(count)):
+            return Answer("judged", rejected=rejected)
+    if status == 413:
+        if count > 1:
+            return Answer("split", reason=reason)
+        too_large = message or "the server found this one reading too large"
+        return Answer("judged", rejected=[{"index": 0, "code": "payload_too_large", "reason": too_large}])
+    if status in TRANSIENT_STATUSES or status >= 500:
+        return Answer("retry", reason=reason)
+    return Answer("dead", reason=reason)
 
 
 class HttpSink(Sink):
     """POST batches to /api/v1/ingest from a durable spool, in order, with backoff; report health as readings.
 
-    A batch leaves the spool only after a 2xx answer. Connection errors, 5xx
-    and 429 (honouring Retry-After) are retried with exponential backoff and
-    jitter; 401/403 are retried slowly too (an operator can fix the token),
-    413 halves the batch; any other 4xx drops the batch loudly, since sending
-    it again cannot help.
+    A batch leaves the spool only when the server judged it sample by sample
+    (see judge). Connection errors, 429 and 502-504 (honouring Retry-After)
+    are retried with exponential backoff and jitter; 413 halves the batch,
+    down to one reading; a batch refused as a whole moves to the spool's
+    dead letters, counted in the `dead_letters` health metric and logged
+    once per reason, and the next batch waits a backoff step.
     """
 
     def __init__(
@@ -95,24 +167,28 @@ class HttpSink(Sink):
         self.token = token
         self.spool = Spool(spool_path, spool_max_readings)
         self.batch_size = batch_size
-        self._batch_limit = batch_size  # shrinks after a 413
+        self._batch_limit = batch_size  # shrinks after a 413, grows back slowly
         self.flush_interval_s = flush_interval_s
         self.health_interval_s = health_interval_s
         self.health_source = "agent." + slugify_key(agent_name or socket.gethostname())
         self.shutdown_grace_s = shutdown_grace_s
         self.max_backoff_s = max_backoff_s
         self.transport = transport  # tests hand in the ASGI app; agents use the network
+        self.collectors: list = []  # set by the runner: their counters join the health readings
         self.sent = 0
-        self.rejected = 0
+        self.rejected = 0  # readings the server judged and refused one by one
         self.send_errors = 0
-        self.refused = 0  # readings dropped because the server refused their batch for good
+        self.buried = 0  # readings moved to the dead letters since start
+        self.splits = 0  # batches halved after a 413
         self.started = time.time()
         self.last_success: float | None = None
         self._ready = asyncio.Event()
+        self._server_errors = 0  # 5xx answers in a row to the batch at the head of the spool
+        self._logged_reason: str | None = None  # a refusal is logged once, until a success or another reason
 
     @property
     def dropped(self) -> int:
-        return self.spool.dropped + self.refused
+        return self.spool.dropped
 
     async def put(self, readings: list[Reading]) -> None:
         """Append readings to the spool (durably) and wake the sender when a batch is ready."""
@@ -125,6 +201,7 @@ class HttpSink(Sink):
             "spooled": self.spool.depth,
             "sent": self.sent,
             "rejected": self.rejected,
+            "dead_letters": self.spool.dead,
             "dropped": self.dropped,
             "send_errors": self.send_errors,
             "last_success": self.last_success,
@@ -136,11 +213,16 @@ class HttpSink(Sink):
         values = [
             ("heartbeat", 1.0, "", "gauge"),
             ("spool.depth", float(self.spool.depth), "", "gauge"),
+            ("dead_letters", float(self.spool.dead), "", "gauge"),
             ("last_success_age", round(time.time() - since, 3), "s", "gauge"),
             ("send_errors", float(self.send_errors), "", "counter"),
+            ("rejected", float(self.rejected), "", "counter"),
             ("dropped", float(self.dropped), "", "counter"),
             ("sent", float(self.sent), "", "counter"),
         ]
+        for collector in self.collectors:
+            prefix = "collector." + slugify_key(collector.name)
+            values += [(f"{prefix}.{name}", float(value), "", "counter") for name, value in collector.health().items()]
         labels = {"name": self.health_source.removeprefix("agent."), "host": socket.gethostname()}
         return [Reading(self.health_source, m, ts, v, unit, kind, "agent", labels) for m, v, unit, kind in values]
 
@@ -154,19 +236,31 @@ class HttpSink(Sink):
             except TimeoutError:
                 pass
 
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=REQUEST_TIMEOUT_S, headers={"Authorization": f"Token {self.token}"}, transport=self.transport
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
         health = asyncio.create_task(self._health(stop), name="agent-health")
         try:
-            async with httpx.AsyncClient(
-                timeout=REQUEST_TIMEOUT_S, headers={"Authorization": f"Token {self.token}"}, transport=self.transport
-            ) as client:
+            async with self._client() as client:
                 await self._deliver(client, stop)
         finally:
             health.cancel()
             await asyncio.gather(health, return_exceptions=True)
             if self.spool.depth:
                 log.error("stopping with %d readings in the spool; they are sent at the next start", self.spool.depth)
+            if self.spool.dead:
+                log.error(
+                    "%d readings are in the dead letters; send them again with runcollectors --requeue-dead",
+                    self.spool.dead,
+                )
             self.spool.close()
+
+    def _grow(self) -> None:
+        # After a 413, grow back by a quarter per success: doubling would send the refused size every other time.
+        self._batch_limit = min(self.batch_size, self._batch_limit + max(1, self._batch_limit // 4))
 
     async def _deliver(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         backoff = BACKOFF_START_S
@@ -188,30 +282,57 @@ class HttpSink(Sink):
                 if stop.is_set():
                     return
                 continue
-            outcome, retry_after = await self._send(client, batch)
-            if outcome in ("sent", "judged"):
+            answer = await self._send(client, batch)
+            if answer.outcome == "judged":
                 await self.spool.delete_through(last_id)
-                self.sent += len(batch) if outcome == "sent" else 0
-                self.last_success = time.time()
+                self._judged(batch, answer)
                 backoff = BACKOFF_START_S
-                self._batch_limit = min(self.batch_size, self._batch_limit * 2)
+                self._grow()
                 continue
-            if outcome == "refused":
-                await self.spool.delete_through(last_id)
-                self.refused += len(batch)
-                continue
-            if outcome == "smaller":
+            if answer.outcome == "split":
                 self._batch_limit = max(1, len(batch) // 2)
+                self.splits += 1
                 continue
-            delay = retry_after if retry_after is not None else backoff * random.uniform(0.5, 1.5)
+            if answer.outcome == "dead":
+                await self.spool.bury_through(last_id, answer.reason)
+                self._buried(batch, answer.reason)
+                delay = backoff * random.uniform(0.5, 1.5)  # the server refuses: do not spin through the spool
+            else:
+                delay = answer.retry_after if answer.retry_after is not None else backoff * random.uniform(0.5, 1.5)
+                log.info("retrying in %.1f s with %d readings spooled", delay, self.spool.depth)
             backoff = min(backoff * 2, self.max_backoff_s)
             if give_up_at is not None:
                 delay = min(delay, max(0.0, give_up_at - time.monotonic()))
-            log.info("retrying in %.1f s with %d readings spooled", delay, self.spool.depth)
             await asyncio.sleep(delay)
 
-    async def _send(self, client: httpx.AsyncClient, batch: list[Reading]) -> tuple[str, float | None]:
-        """POST one batch; return ("sent" | "judged" | "retry" | "smaller" | "refused", Retry-After seconds or None)."""
+    def _judged(self, batch: list[Reading], answer: Answer) -> None:
+        self.sent += len(batch) - len(answer.rejected)
+        self.rejected += len(answer.rejected)
+        self.last_success = time.time()
+        self._server_errors = 0
+        self._logged_reason = None
+        for item in answer.rejected[:5]:
+            reading = batch[item["index"]]
+            log.warning("server rejected %s at %d: %s", reading.key, reading.ts, item.get("reason"))
+        if len(answer.rejected) > 5:
+            log.warning("server rejected %d more readings of that batch", len(answer.rejected) - 5)
+
+    def _buried(self, batch: list[Reading], reason: str) -> None:
+        self.buried += len(batch)
+        self._server_errors = 0
+        if reason != self._logged_reason:
+            self._logged_reason = reason
+            log.error(
+                "server refused a batch of %d as a whole (%s); kept in the dead letters (%d readings), "
+                "send them again with runcollectors --requeue-dead once fixed; "
+                "further refusals for this reason are only counted",
+                len(batch),
+                reason,
+                self.spool.dead,
+            )
+
+    async def _send(self, client: httpx.AsyncClient, batch: list[Reading]) -> Answer:
+        """POST one batch and judge the answer (see judge)."""
         try:
             response = await client.post(
                 self.url, json={"precision": "us", "samples": [reading_to_json(r) for r in batch]}
@@ -219,31 +340,73 @@ class HttpSink(Sink):
         except httpx.HTTPError as exc:
             self.send_errors += 1
             log.warning("server unreachable (%s); %d readings spooled", type(exc).__name__, self.spool.depth)
-            return "retry", None
-        status = response.status_code
-        if status < 300:
-            body = response.json()
-            self.rejected += len(body.get("rejected", []))
-            for rejected in body.get("rejected", [])[:5]:
-                log.warning("server rejected a reading: %s", rejected)
-            return "sent", None
+            return Answer("retry", reason=type(exc).__name__)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        answer = judge(response.status_code, payload, len(batch))
+        if payload is None and answer.outcome == "dead":
+            answer.reason = f"{response.status_code} {response.text[:200]!r}"
+        if answer.outcome == "judged" and response.status_code < 300:
+            return answer
         self.send_errors += 1
-        if status == 429 or status >= 500:
-            log.warning("server answered %d; %d readings spooled", status, self.spool.depth)
-            return "retry", _retry_after(response)
-        if status in (401, 403):
-            log.error("server refused the token (%d %s); fix it, readings stay spooled", status, response.text[:300])
-            return "retry", self.max_backoff_s
-        if status == 413 and len(batch) > 1:
+        if answer.outcome == "split":
             log.warning("server found a batch of %d too large; halving it", len(batch))
-            return "smaller", None
-        if status == 400:
-            # The server judged every sample and refused them all; sending again gives the same answer.
-            self.rejected += len(batch)
-            log.error("server rejected a whole batch of %d: %s", len(batch), response.text[:300])
-            return "judged", None
-        log.error("server refused a batch of %d for good: %d %s", len(batch), status, response.text[:300])
-        return "refused", None
+        elif answer.outcome == "retry":
+            if response.status_code not in TRANSIENT_STATUSES:
+                self._server_errors += 1
+                if self._server_errors >= SERVER_ERROR_ATTEMPTS:
+                    return Answer("dead", reason=f"{answer.reason} ({self._server_errors} times)")
+            log.warning("server answered %d; %d readings spooled", response.status_code, self.spool.depth)
+            answer.retry_after = _retry_after(response)
+        return answer
+
+    async def requeue_dead(self, progress: Any = None, attempts: int = SERVER_ERROR_ATTEMPTS) -> int:
+        """Send the dead letters again, oldest first; return how many the server judged.
+
+        Stops (raising RequeueStopped, the rest kept) at the first whole-batch
+        refusal, or after `attempts` tries while the server is away.
+        `progress(done, total)` is called after each judged batch.
+        """
+        await self.spool.dead_reasons()  # counts them
+        total = self.spool.dead
+        done = 0
+        limit = self.batch_size
+        tries = 0
+        backoff = BACKOFF_START_S
+        async with self._client() as client:
+            while True:
+                last_id, batch = await self.spool.peek_dead(limit)
+                if not batch:
+                    return done
+                answer = await self._send(client, batch)
+                if answer.outcome == "judged":
+                    await self.spool.delete_dead_through(last_id)
+                    self._judged(batch, answer)
+                    done += len(batch)
+                    tries = 0
+                    limit = min(self.batch_size, limit + max(1, limit // 4))
+                    if progress is not None:
+                        progress(done, total)
+                elif answer.outcome == "split":
+                    limit = max(1, len(batch) // 2)
+                elif answer.outcome == "retry" and tries + 1 < attempts:
+                    tries += 1
+                    await asyncio.sleep(answer.retry_after if answer.retry_after is not None else backoff)
+                    backoff = min(backoff * 2, self.max_backoff_s)
+                else:
+                    raise RequeueStopped(answer.reason or "the server is unreachable", done, self.spool.dead)
+
+
+class RequeueStopped(Exception):
+    """--requeue-dead stopped: the server refused a batch as a whole again, or stayed away."""
+
+    def __init__(self, reason: str, done: int, left: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.done = done
+        self.left = left
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -31,6 +31,8 @@ agent and its token has already crossed the wire in clear.
 
 from __future__ import annotations
 
+import tempfile
+
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -61,6 +63,36 @@ class AgentAPIHandler(ASGIHandler):
             response.close()  # JSON responses: no I/O; request_finished finds no connection on this thread
         finally:
             body_file.close()
+
+    async def read_body(self, receive):
+        """Read the body, keeping at most one byte over PULSEBOARD_MAX_BODY_BYTES; the rest is read and dropped.
+
+        Django's own read keeps everything (to a temporary file), and its
+        request.body then refuses anything over DATA_UPLOAD_MAX_MEMORY_SIZE
+        (2.5 MiB) with an HTML 400 and a logged traceback. Here the
+        documented limit is the real one: the view reads what was kept with
+        dashboard.api.read_body, which answers 413 payload_too_large in JSON
+        when the one extra byte is there. The body is read to its end
+        rather than cut off, so that the client, still sending, gets that
+        answer instead of a reset connection.
+        """
+        keep = settings.PULSEBOARD["MAX_BODY_BYTES"] + 1
+        body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+        kept = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body_file.close()
+                raise RequestAborted()
+            chunk = message.get("body", b"")
+            if chunk and kept < keep:
+                chunk = chunk[: keep - kept]
+                body_file.write(chunk)
+                kept += len(chunk)
+            if not message.get("more_body", False):
+                break
+        body_file.seek(0)
+        return body_file
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=is_async)

@@ -7,7 +7,6 @@ Every error has one shape, built by error_response:
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import zlib
 from typing import Any
@@ -98,32 +97,97 @@ async def authenticate_agent(request: HttpRequest) -> AgentToken:
     return token
 
 
-def read_body(request: HttpRequest) -> bytes:
-    """Return the request body, gunzipped if needed, within the size limit."""
-    limit = settings.PULSEBOARD["MAX_BODY_BYTES"]
-    body = request.body
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the body is over {limit} bytes; send smaller batches")
-    if request.headers.get("Content-Encoding", "").lower() == "gzip":
+def raw_body(request: HttpRequest) -> bytes:
+    """Return the body as sent, at most one byte over PULSEBOARD_MAX_BODY_BYTES (the rest is never kept).
+
+    Read with request.read, not request.body: Django's body refuses anything
+    over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB) with an HTML 400 before the
+    documented 5 MiB limit could answer. Read once and remembered.
+    """
+    body = getattr(request, "_pulseboard_raw_body", None)
+    if body is None:
+        limit = settings.PULSEBOARD["MAX_BODY_BYTES"]
+        if hasattr(request, "_body"):  # something read request.body already
+            body = request.body[: limit + 1]
+        else:
+            body = request.read(limit + 1)
+        request._pulseboard_raw_body = body
+    return body
+
+
+def too_large(limit: int, how: str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the body is over the limit of {limit} bytes{how} (PULSEBOARD_MAX_BODY_BYTES); send smaller batches",
+        field="body",
+    )
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """Return a gzip body unzipped, member after member, never inflating more than limit + 1 bytes.
+
+    A gzip bomb (a few KB that inflate to gigabytes) costs at most the limit
+    in memory: each step asks zlib for no more than what is left of it.
+    Several concatenated members (`cat a.gz b.gz`) are one valid gzip body;
+    a truncated one is refused rather than read as far as it goes.
+    """
+    out = bytearray()
+    rest = body
+    while True:
+        decompressor = zlib.decompressobj(wbits=31)
         try:
-            decompressor = zlib.decompressobj(wbits=31)
-            body = decompressor.decompress(body, limit + 1)
-        except (zlib.error, gzip.BadGzipFile):
+            out += decompressor.decompress(rest, limit + 1 - len(out))
+        except zlib.error:
             raise BadRequest("Content-Encoding is gzip but the body is not valid gzip", field="body") from None
-        if len(body) > limit or decompressor.unconsumed_tail:
-            raise PayloadTooLarge(f"the unzipped body is over {limit} bytes; send smaller batches")
+        if len(out) > limit or decompressor.unconsumed_tail:
+            raise too_large(limit, " once unzipped")
+        if not decompressor.eof:
+            raise BadRequest("Content-Encoding is gzip but the body is cut short", field="body")
+        rest = decompressor.unused_data
+        if not rest.strip(b"\0"):  # gzip(1) ignores trailing zero padding too
+            return bytes(out)
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """Return the request body, gunzipped if needed, within PULSEBOARD_MAX_BODY_BYTES before and after unzipping."""
+    return decode_body(raw_body(request), request.headers.get("Content-Encoding", ""))
+
+
+def decode_body(body: bytes, content_encoding: str) -> bytes:
+    """Return a body as sent with a Content-Encoding, decoded, within PULSEBOARD_MAX_BODY_BYTES both ways."""
+    limit = settings.PULSEBOARD["MAX_BODY_BYTES"]
+    if len(body) > limit:
+        raise too_large(limit, "")
+    encoding = content_encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return gunzip(body, limit)
+    if encoding not in ("", "identity"):
+        raise BadRequest(
+            f"Content-Encoding {encoding[:40]!r} is not supported; send gzip or no encoding", field="Content-Encoding"
+        )
     return body
 
 
 def parse_json_batch(body: bytes) -> list[Reading | Rejection]:
-    """Turn a JSON ingest body into readings and per-sample rejections (docs/ingest.md)."""
+    """Turn a JSON ingest body into readings and per-sample rejections (docs/ingest.md).
+
+    The body must be UTF-8 (RFC 8259). Whatever else it holds, the answer
+    is readings, rejections or a PulseboardError: invalid UTF-8, nesting
+    deeper than Python's recursion limit and numbers of more than 4,300
+    digits are a 400 bad_request, never an exception of the decoder.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the body is not valid UTF-8 (byte {exc.start})", field="body") from None
     items = readings_from_json(body, now_us(), settings.PULSEBOARD["MAX_SAMPLES_PER_REQUEST"])
     if items is not None:  # the common shape, decoded and checked in one pass
         return items
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        payload = json.loads(text)
+    except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", field="body") from None
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply to be an ingest batch", field="body") from None
     if isinstance(payload, list):
         payload = {"samples": payload}
     if not isinstance(payload, dict):
@@ -133,7 +197,10 @@ def parse_json_batch(body: bytes) -> list[Reading | Rejection]:
         raise BadRequest("'samples' must be a list", field="samples")
     limit = settings.PULSEBOARD["MAX_SAMPLES_PER_REQUEST"]
     if len(samples) > limit:
-        raise PayloadTooLarge(f"{len(samples)} samples is over the limit of {limit} per request", field="samples")
+        raise PayloadTooLarge(
+            f"{len(samples)} samples is over the limit of {limit} per request (PULSEBOARD_MAX_SAMPLES_PER_REQUEST)",
+            field="samples",
+        )
     precision = payload.get("precision", "ms")
     if not isinstance(precision, str) or precision not in PRECISION_US:
         raise BadRequest(f"precision must be one of {sorted(PRECISION_US)}", field="precision")
@@ -171,7 +238,7 @@ async def ingest(request: HttpRequest) -> JsonResponse:
     try:
         token = await authenticate_agent(request)
         ratelimit.check_rate(token.pk)
-        if len(request.body) > PARSE_ON_LOOP_MAX_BYTES or request.headers.get("Content-Encoding"):
+        if len(raw_body(request)) > PARSE_ON_LOOP_MAX_BYTES or request.headers.get("Content-Encoding"):
             items = await asyncio.to_thread(lambda: parse_json_batch(read_body(request)))
         else:
             items = parse_json_batch(read_body(request))
@@ -223,13 +290,16 @@ async def write_line_protocol(request: HttpRequest) -> HttpResponse:
         token = await authenticate_agent(request)
         ratelimit.check_rate(token.pk)
         precision = request.GET.get("precision", "ns")
-        if len(request.body) > PARSE_ON_LOOP_MAX_BYTES or request.headers.get("Content-Encoding"):
-            parsed = await asyncio.to_thread(lambda: lineprotocol.parse_body(read_body(request), precision, now_us()))
+
+        def parse() -> lineprotocol.ParsedBody:
+            limit = settings.PULSEBOARD["MAX_SAMPLES_PER_REQUEST"]
+            return lineprotocol.parse_body(read_body(request), precision, now_us(), max_items=limit)
+
+        # Big bodies are parsed on a worker thread, as JSON ones are: 5 MiB of lines holds the loop ~1 s.
+        if len(raw_body(request)) > PARSE_ON_LOOP_MAX_BYTES or request.headers.get("Content-Encoding"):
+            parsed = await asyncio.to_thread(parse)
         else:
-            parsed = lineprotocol.parse_body(read_body(request), precision, now_us())
-        limit = settings.PULSEBOARD["MAX_SAMPLES_PER_REQUEST"]
-        if len(parsed.items) > limit:
-            raise PayloadTooLarge(f"{len(parsed.items)} fields is over the limit of {limit} per request", field="body")
+            parsed = parse()
         check_scope(token, parsed.items)
         result = await actions.ingest(parsed.items, token=token, checked=True)
     except PulseboardError as exc:

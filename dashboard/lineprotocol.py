@@ -23,27 +23,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from dashboard.exceptions import BadRequest, InvalidReading
+from dashboard.exceptions import BadRequest, InvalidReading, PayloadTooLarge
 from dashboard.validation import (
     MAX_ABS_VALUE,
     MAX_LABEL_LEN,
     MAX_LABELS,
+    PRECISION_US,
     Reading,
     Rejection,
     accepted_window,
     check_key,
     check_reading,
     check_value,
+    scale_ts,
 )
 
 # The first of these tags present names the source, and gives its kind.
 SOURCE_TAGS = {"source": "", "host": "host", "device": "device"}
-PRECISION_TO_US = {
-    "ns": (1, 1000),
-    "us": (1, 1),
-    "ms": (1000, 1),
-    "s": (1_000_000, 1),
-}  # (multiply, divide)
+# (multiply, divide), the JSON endpoint's ratios (dashboard/validation.py) in InfluxDB's order.
+PRECISION_TO_US = {name: PRECISION_US[name] for name in ("ns", "us", "ms", "s")}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT64_MAX = 2**64 - 1
 MAX_LINE_CHARS = 64 * 1024  # InfluxDB's default limit is larger, but no sane line comes close
@@ -51,13 +49,17 @@ MAX_LINE_CHARS = 64 * 1024  # InfluxDB's default limit is larger, but no sane li
 # Field values float() reads exactly as line protocol means them (no underscores, no words like "inf"):
 # a decimal with at most a 3-digit exponent, or an integer of at most 15 digits (which a float holds
 # exactly) with its i/u suffix. Anything else, and anything out of range, takes the full rules.
-_PLAIN_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?\Z")
+_PLAIN_FLOAT_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?\Z")
 _PLAIN_INT_RE = re.compile(r"-?\d{1,15}i\Z|\d{1,15}u\Z")
 # Series (the text before a line's first space) seen lately, with their names: senders repeat the same
 # series every interval, so naming and checking is done once per series, not once per line.
 _SERIES: dict[str, _Series | bool] = {}
 MAX_CACHED_SERIES = 10_000
-_FLOAT_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+# Longer series texts are not remembered: 10,000 lines of 64 KiB would otherwise pin 640 MB per process.
+MAX_CACHED_SERIES_CHARS = 1024
+# Written so that no two parts can match the same digits: "\d+\.?\d*" backtracked quadratically, and a
+# field of 4,300 digits and an "i" took 2.5 s to refuse (found by tests/hostile.py).
+_FLOAT_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 # Digit counts are capped so int() never meets Python's 4,300-digit conversion limit.
 _INT_RE = re.compile(r"^[+-]?\d{1,20}$")
 _UINT_RE = re.compile(r"^\d{1,20}$")
@@ -94,8 +96,7 @@ def to_us(raw: str, precision: str) -> int:
     """Return a line-protocol timestamp as µs since the epoch."""
     if not _INT_RE.match(raw):
         raise LineSyntaxError(f"timestamp {raw[:40]!r} is not an integer", field="ts")
-    multiply, divide = PRECISION_TO_US[precision]
-    return int(raw) * multiply // divide
+    return scale_ts(int(raw), precision)  # integer arithmetic, rounded down: the JSON endpoint's rule
 
 
 class _Scanner:
@@ -346,7 +347,9 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
             _parse_one(line, precision, now, parsed, line_no)
             continue
         series = series_cache.get(parts[0])
-        if series is None:
+        if series is None and len(parts[0]) > MAX_CACHED_SERIES_CHARS:
+            series = False  # a series this long is rare: the full rules, nothing remembered
+        elif series is None:
             try:
                 series = _plain_series(parts[0])
             except InvalidReading:
@@ -422,8 +425,18 @@ def _parse_one(line: str, precision: str, now: int, parsed: ParsedBody, line_no:
         parsed.add(item, line_no)
 
 
-def parse_body(body: bytes, precision: str, now: int, *, plain: bool = True) -> ParsedBody:
-    """Parse a whole write body into checked Readings and Rejections; only an unknown precision fails it whole.
+def too_many(max_items: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"more than {max_items} fields: over the limit per request (PULSEBOARD_MAX_SAMPLES_PER_REQUEST)",
+        field="body",
+    )
+
+
+def parse_body(
+    body: bytes, precision: str, now: int, *, plain: bool = True, max_items: int | None = None
+) -> ParsedBody:
+    """Parse a whole write body into checked Readings and Rejections; an unknown precision or more than
+    max_items fields (413) fails it whole.
 
     Every Reading returned has passed check_reading's rules, so the caller
     hands them to the ingest action with checked=True. A body without
@@ -439,7 +452,9 @@ def parse_body(body: bytes, precision: str, now: int, *, plain: bool = True) -> 
         except UnicodeDecodeError:
             pass  # the line-by-line path names each line that is not UTF-8
         else:
-            _parse_plain(text, precision, now, parsed)
+            _parse_plain(text, precision, now, parsed)  # fast enough to parse whole, then count
+            if max_items is not None and len(parsed.items) > max_items:
+                raise too_many(max_items)
             return parsed
     for line_no, raw in enumerate(body.split(b"\n"), start=1):
         try:
@@ -451,4 +466,7 @@ def parse_body(body: bytes, precision: str, now: int, *, plain: bool = True) -> 
             )
             continue
         _parse_one(line, precision, now, parsed, line_no)
+        if max_items is not None and len(parsed.items) > max_items:
+            # Stop here: the rest of a 5 MiB body would only be parsed to be refused.
+            raise too_many(max_items)
     return parsed

@@ -460,7 +460,8 @@ class LiveClient:
             return
         try:
             message = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: 20 KB of "[" is under the size limit and deeper than the decoder goes.
             await self._send(error_frame("bad_message", "messages must be JSON objects"))
             return
         if not isinstance(message, dict):
@@ -468,6 +469,8 @@ class LiveClient:
             return
         kind = message.get("type")
         request_id = message.get("id")
+        if not isinstance(kind, str):  # {"type": [0]} is JSON too, and a list is no dictionary key
+            kind = repr(kind)[:40]
         handler = {
             "subscribe": self.subscribe,
             "unsubscribe": self.unsubscribe,
@@ -478,7 +481,7 @@ class LiveClient:
             await self._send(
                 error_frame(
                     "unknown_type",
-                    f"unknown message type {kind!r}; use subscribe, unsubscribe, ping or ack",
+                    f"unknown message type {kind[:40]!r}; use subscribe, unsubscribe, ping or ack",
                     id=request_id,
                 )
             )
@@ -496,7 +499,7 @@ class LiveClient:
             if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0 or len(message) != 2:
                 return False
             return self.session.ack(frame)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return False
 
     async def ack(self, message: dict[str, Any]) -> None:

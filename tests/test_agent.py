@@ -76,9 +76,9 @@ async def test_a_full_spool_drops_the_oldest_and_says_so_loudly(tmp_path: Path, 
 
 @dataclass
 class ScriptedServer:
-    """A tiny HTTP server that answers each POST with the next scripted status, then 200."""
+    """A tiny HTTP server that answers each POST with the next scripted status (and body), then 200."""
 
-    script: list[tuple[int, dict[str, str]]]
+    script: list[tuple]
     bodies: list[dict] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     server: asyncio.Server | None = None
@@ -98,11 +98,12 @@ class ScriptedServer:
                     if line.lower().startswith(b"content-length")
                 )
                 body = json.loads(await reader.readexactly(length))
-                status, headers = self.script.pop(0) if self.script else (200, {})
+                status, headers, *answer = self.script.pop(0) if self.script else (200, {})
                 self.statuses.append(status)
-                if status == 200:
+                if status == 200 and not answer:  # what a real server would have stored
                     self.bodies.append(body)
-                payload = json.dumps({"accepted": len(body["samples"]), "duplicates": 0, "rejected": []}).encode()
+                default = {"accepted": len(body["samples"]), "duplicates": 0, "rejected": []}
+                payload = json.dumps(answer[0] if answer else default).encode()
                 extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
                 writer.write(
                     f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n{extra}\r\n".encode()
@@ -183,7 +184,7 @@ async def test_the_sink_keeps_readings_while_the_server_is_down_and_sends_them_l
     # The next agent start finds them on disk and delivers them.
     async with ScriptedServer([]) as server:
         again = sink_for(server.url, tmp_path)
-        assert again.spool.depth == 5 + 6  # and one round of the agent's own health readings
+        assert again.spool.depth == 5 + 8  # and one round of the agent's own health readings
         await run_until(again, lambda: len(values_sent(server)) >= 5)
     assert values_sent(server) == [0.0, 1.0, 2.0, 3.0, 4.0]
 
@@ -197,13 +198,122 @@ async def test_the_sink_halves_a_batch_the_server_finds_too_large(tmp_path: Path
     assert values_sent(server) == [float(i) for i in range(10)]
 
 
-async def test_the_sink_drops_a_batch_refused_for_good_and_counts_it(tmp_path: Path) -> None:
-    async with ScriptedServer([(422, {})]) as server:
-        sink = sink_for(server.url, tmp_path, batch_size=5)
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        (401, {}, {"error": {"code": "not_authenticated", "message": "the agent token is unknown"}}),
+        (403, {}, {"error": {"code": "out_of_scope", "message": "token may not write source 'test.spool'"}}),
+        (404, {}, "<html>not found</html>"),
+        (400, {}, {"error": {"code": "bad_request", "message": "the body is not valid JSON"}}),
+        (400, {}, {"error": {"code": "invalid_reading"}, "accepted": 0, "duplicates": 0, "rejected": [{"index": 0}]}),
+        (422, {}),
+        (200, {}, "<html>captive portal</html>"),
+    ],
+    ids=["401", "403", "404", "400-bad-request", "400-partial-rejections", "422", "200-not-an-answer"],
+)
+async def test_a_batch_refused_as_a_whole_goes_to_the_dead_letters_not_away(
+    tmp_path: Path, caplog, refusal: tuple
+) -> None:
+    async with ScriptedServer([refusal, refusal]) as server:
+        sink = sink_for(server.url, tmp_path, batch_size=5, max_backoff_s=0.05)
+        await sink.put(readings(0, 15))
+        with caplog.at_level(logging.ERROR, logger="collectors.sink"):
+            await run_until(sink, lambda: len(values_sent(server)) >= 5)
+        # Kept, with the server's reason, and counted; logged once for the two refusals of the same reason.
+        reopened = Spool(tmp_path / "spool.sqlite3")
+        _, kept = await reopened.peek_dead(100)
+        reasons = await reopened.dead_reasons()
+        reopened.close()
+    assert [r.value for r in kept] == [float(i) for i in range(10)]
+    assert values_sent(server) == [10.0, 11.0, 12.0, 13.0, 14.0]
+    assert [count for _, count in reasons] == [10] and reasons[0][0].startswith(str(refusal[0]))
+    assert sink.status()["dead_letters"] == 10 and sink.dropped == 0
+    refused = [r for r in caplog.records if "refused a batch of 5 as a whole" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in caplog.records]
+
+
+async def test_repeated_5xx_moves_the_batch_to_the_dead_letters_after_the_retries(tmp_path: Path) -> None:
+    from collectors.sinks import SERVER_ERROR_ATTEMPTS
+
+    async with ScriptedServer([(500, {})] * SERVER_ERROR_ATTEMPTS) as server:
+        sink = sink_for(server.url, tmp_path, batch_size=5, max_backoff_s=0.05)
         await sink.put(readings(0, 10))
         await run_until(sink, lambda: len(values_sent(server)) >= 5)
     assert values_sent(server) == [5.0, 6.0, 7.0, 8.0, 9.0]
-    assert sink.dropped == 5
+    assert server.statuses[:SERVER_ERROR_ATTEMPTS] == [500] * SERVER_ERROR_ATTEMPTS
+    reopened = Spool(tmp_path / "spool.sqlite3")
+    _, kept = await reopened.peek_dead(100)
+    reopened.close()
+    assert [r.value for r in kept] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+async def test_503_and_502_are_retried_forever_and_never_dead_lettered(tmp_path: Path) -> None:
+    async with ScriptedServer([(503, {"Retry-After": "0"}), (502, {}), (504, {})] * 3) as server:
+        sink = sink_for(server.url, tmp_path, batch_size=5, max_backoff_s=0.05)
+        await sink.put(readings(0, 5))
+        await run_until(sink, lambda: len(values_sent(server)) >= 5)
+    assert values_sent(server) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert sink.status()["dead_letters"] == 0
+
+
+async def test_a_per_sample_judgement_removes_the_batch_and_counts_the_rejected(tmp_path: Path) -> None:
+    judged_all = {
+        "error": {"code": "invalid_reading", "message": "no sample was accepted"},
+        "accepted": 0,
+        "duplicates": 0,
+        "rejected": [{"index": i, "code": "invalid_reading", "reason": "ts is older"} for i in range(5)],
+    }
+    some = {"accepted": 3, "duplicates": 1, "rejected": [{"index": 4, "code": "invalid_reading", "reason": "bad"}]}
+    async with ScriptedServer([(400, {}, judged_all), (200, {}, some)]) as server:
+        sink = sink_for(server.url, tmp_path, batch_size=5)
+        await sink.put(readings(0, 15))
+        await run_until(sink, lambda: sink.spool.depth == 0 and len(server.statuses) >= 3)
+    assert sink.rejected == 6 and sink.spool.dead == 0
+    assert sink.sent + sink.rejected == 15 + 8  # and one round of the 8 health readings
+
+
+def test_which_answers_are_a_per_sample_judgement() -> None:
+    from collectors.sinks import judge
+
+    ok = {"accepted": 2, "duplicates": 0, "rejected": [{"index": 2}]}
+    assert judge(200, ok, 3).outcome == "judged"
+    assert judge(200, {**ok, "rejected": [{"index": 3}]}, 3).outcome == "dead"  # an index outside the batch
+    assert judge(200, {"accepted": 3}, 3).outcome == "dead"
+    assert judge(200, None, 3).outcome == "dead"
+    every = {"error": {"code": "invalid_reading"}, "accepted": 0, "duplicates": 0}
+    assert judge(400, {**every, "rejected": [{"index": i} for i in range(3)]}, 3).outcome == "judged"
+    assert judge(400, {**every, "rejected": [{"index": 0}, {"index": 0}, {"index": 1}]}, 3).outcome == "dead"
+    assert judge(400, {"error": {"code": "bad_request"}}, 3).outcome == "dead"
+    assert judge(413, None, 3).outcome == "split"
+    assert judge(413, {"error": {"code": "payload_too_large", "message": "over"}}, 1).outcome == "judged"
+    for status in (429, 500, 502, 503, 504):
+        assert judge(status, None, 3).outcome == "retry"
+    for status in (401, 403, 404, 405, 409, 422):
+        assert judge(status, {"error": {"code": "x", "message": "y"}}, 3).outcome == "dead"
+
+
+async def test_requeue_dead_sends_the_dead_letters_again_and_empties_them(tmp_path: Path) -> None:
+    from collectors.sinks import RequeueStopped
+
+    refusal = (401, {}, {"error": {"code": "not_authenticated", "message": "the agent token is unknown"}})
+    async with ScriptedServer([refusal] * 3) as server:
+        sink = sink_for(server.url, tmp_path, batch_size=5, max_backoff_s=0.05)
+        await sink.put(readings(0, 15))
+        await run_until(sink, lambda: sink.spool.dead == 15)
+    async with ScriptedServer([(413, {}), (200, {}), refusal]) as server:
+        again = sink_for(server.url, tmp_path, batch_size=10)
+        progress: list[tuple[int, int]] = []
+        with pytest.raises(RequeueStopped) as stopped:
+            await again.requeue_dead(lambda done, total: progress.append((done, total)))
+        assert stopped.value.left == 15 - 5 and stopped.value.reason.startswith("401")
+        assert await again.requeue_dead(lambda done, total: progress.append((done, total))) == 10
+        again.spool.close()
+    assert values_sent(server) == [float(i) for i in range(15)]
+    assert server.statuses == [413, 200, 401, 200]
+    assert progress == [(5, 15), (10, 10)]
+    reopened = Spool(tmp_path / "spool.sqlite3")
+    assert reopened.dead == 0
+    reopened.close()
 
 
 async def test_the_sink_flushes_what_it_holds_on_stop(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ quick local run.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -24,11 +26,12 @@ from hypothesis import strategies as st
 
 from dashboard.api import parse_json_batch
 from dashboard.exceptions import BadRequest, PulseboardError
-from dashboard.lineprotocol import PRECISION_TO_US, name_reading, parse_body, parse_line
+from dashboard.lineprotocol import MAX_LINE_CHARS, PRECISION_TO_US, name_reading, parse_body, parse_line
 from dashboard.models import AgentToken, Sample
 from dashboard.timeutil import US, now_us
 from dashboard.validation import MAX_ABS_VALUE, Reading, Rejection
 from dashboard.writer import Writer
+from tests import hostile
 
 # Examples per test; each parser example checks a list of 1-10 bodies (5.5 on average), which
 # costs Hypothesis far less than one example per body: about 11,000-14,000 parser bodies in all (Hypothesis
@@ -321,3 +324,192 @@ def test_the_http_views_never_fail_and_store_every_valid_sample(body: tuple, htt
     endpoint, raw, expected = body
     status = http_state["loop"].run_until_complete(post_one(http_state["secret"], endpoint, raw, expected))
     http_state["statuses"][status] = http_state["statuses"].get(status, 0) + 1
+
+
+# --- Hostile shapes (tests/hostile.py): deep nesting, invalid UTF-8, surrogates, huge numbers, just over limits ----
+
+# Inputs per endpoint: `make fuzz` sets FUZZ_INPUTS=100000; CI runs a modest slice. Each example is a list of
+# 1-10 bodies (5.5 on average), which costs Hypothesis far less than one example per body.
+FUZZ_INPUTS = int(os.environ.get("FUZZ_INPUTS", "1500"))
+# Over real HTTP (the ASGI application a server runs, the writer, the database): a sample of the same shapes.
+FUZZ_HTTP_INPUTS = int(os.environ.get("FUZZ_HTTP_INPUTS", "120"))
+# Small limits, so that "just over the limit" is cheap to generate; the code paths are the same.
+SMALL_LIMITS = {"MAX_BODY_BYTES": 64 * 1024, "MAX_SAMPLES_PER_REQUEST": 40, "RATE_LIMIT_PER_S": 0.0}
+hostile_counts: dict[str, int] = {}
+
+
+class ErrorLines(logging.Handler):
+    """Collect every ERROR (or worse) log record, from any logger, while installed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()[:300]}")
+
+
+@pytest.fixture
+def error_lines(settings) -> Iterator[ErrorLines]:
+    settings.PULSEBOARD = {**settings.PULSEBOARD, **SMALL_LIMITS}
+    handler = ErrorLines()
+    logging.getLogger().addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert not handler.lines, handler.lines[:5]
+
+
+def check_storable(reading: Reading, now: int) -> None:
+    """A reading the parser let through passes every rule again (the views store them with checked=True)."""
+    from dashboard.validation import check_reading
+
+    check_reading(Reading(**{f: getattr(reading, f) for f in Reading.__struct_fields__}), now)
+    for text in (reading.source, reading.metric, reading.unit, *reading.labels, *reading.labels.values()):
+        text.encode("utf-8")
+
+
+def with_encoding(body: bytes, data: st.DataObject) -> tuple[bytes, str]:
+    """Maybe gzip the body, pad it to just over or at the body limit, or replace it with a gzip bomb."""
+    limit = SMALL_LIMITS["MAX_BODY_BYTES"]
+    how = data.draw(st.sampled_from(["plain"] * 6 + ["gzip", "pad to limit", "pad over limit", "bomb", "bad gzip"]))
+    if how == "gzip":
+        return gzip.compress(body), "gzip"
+    if how in ("pad to limit", "pad over limit"):
+        size = limit + (how == "pad over limit")
+        return body + b" " * max(0, size - len(body)), data.draw(st.sampled_from(["", "identity"]))
+    if how == "bomb":
+        return gzip.compress(b" " * (limit + data.draw(st.integers(-1, 2)))), "gzip"
+    if how == "bad gzip":
+        return body[:20], "gzip"
+    return body, ""
+
+
+def variants(body: bytes) -> list[tuple[bytes, str]]:
+    """Five inputs from one generated body: as is, gzipped, cut in half, with a byte UTF-8 forbids, just over the limit.
+
+    Deriving them costs nothing next to Hypothesis drawing a new body (about 5 ms), which is what makes
+    100,000 inputs a few minutes' run.
+    """
+    limit = SMALL_LIMITS["MAX_BODY_BYTES"]
+    third = len(body) // 3
+    return [
+        (body, ""),
+        (gzip.compress(body, compresslevel=1), "gzip"),
+        (body[: len(body) // 2], ""),
+        (body[:third] + b"\xff" + body[third:], ""),
+        (body + b" " * max(1, limit + 1 - len(body)), ""),
+    ]
+
+
+def parse_hostile(endpoint: str, body: bytes, encoding: str) -> str:
+    """Run a body through what the view runs before storing; return 'refused' or 'parsed'."""
+    from dashboard.api import decode_body
+
+    now = now_us()
+    try:
+        decoded = decode_body(body, encoding)
+        if endpoint == "json":
+            items = parse_json_batch(decoded)
+        else:
+            items = parse_body(decoded, "ns", now, max_items=SMALL_LIMITS["MAX_SAMPLES_PER_REQUEST"]).items
+    except PulseboardError as exc:
+        assert 400 <= exc.status < 500, exc
+        assert exc.message and exc.code
+        return "refused"
+    for item in items:
+        if isinstance(item, Reading):
+            check_storable(item, now)
+        else:
+            assert isinstance(item, Rejection) and item.reason and item.code
+    return "parsed"
+
+
+hostile_json_bodies = hostile.hostile_ingest_json(SMALL_LIMITS["MAX_SAMPLES_PER_REQUEST"])
+hostile_lp_bodies = hostile.hostile_line_protocol(SMALL_LIMITS["MAX_SAMPLES_PER_REQUEST"], MAX_LINE_CHARS)
+
+
+# Examples: each gives at least 3 bodies (lists of 3-8) of 5 variants each, so FUZZ_INPUTS / 15 examples give
+# at least FUZZ_INPUTS inputs; the count check below prints the figure.
+HOSTILE_EXAMPLES = max(1, FUZZ_INPUTS // 15)
+
+
+def run_hostile(endpoint: str, bodies: list[bytes]) -> None:
+    for body in bodies:
+        for variant in variants(body):
+            parse_hostile(endpoint, *variant)
+            hostile_counts[endpoint] = hostile_counts.get(endpoint, 0) + 1
+
+
+@PARSER_ONLY
+@fuzz(HOSTILE_EXAMPLES)
+@given(bodies=st.lists(hostile_json_bodies, min_size=3, max_size=8))
+def test_hostile_json_bodies_are_parsed_or_refused_with_a_4xx(bodies: list[bytes], error_lines) -> None:
+    run_hostile("json", bodies)
+
+
+@PARSER_ONLY
+@fuzz(HOSTILE_EXAMPLES)
+@given(bodies=st.lists(hostile_lp_bodies, min_size=3, max_size=8))
+def test_hostile_line_protocol_is_parsed_or_refused_with_a_4xx(bodies: list[bytes], error_lines) -> None:
+    run_hostile("lp", bodies)
+
+
+@PARSER_ONLY
+def test_a_gzip_bomb_and_every_limit_just_over_are_refused_with_413(error_lines) -> None:
+    limit = SMALL_LIMITS["MAX_BODY_BYTES"]
+    for endpoint in ("json", "lp"):
+        assert parse_hostile(endpoint, gzip.compress(b" " * (limit + 1)), "gzip") == "refused"
+        assert parse_hostile(endpoint, gzip.compress(b" " * (200 * limit)), "gzip") == "refused"
+        assert parse_hostile(endpoint, b" " * (limit + 1), "") == "refused"
+    too_many = SMALL_LIMITS["MAX_SAMPLES_PER_REQUEST"] + 1
+    with pytest.raises(PulseboardError) as refused:
+        parse_json_batch(json.dumps([{"source": "a", "metric": "b", "ts": 1, "value": 1}] * too_many).encode())
+    assert refused.value.status == 413
+    with pytest.raises(PulseboardError) as refused:
+        parse_body(b"m v=1\n" * too_many, "ns", NOW, max_items=too_many - 1)
+    assert refused.value.status == 413
+
+
+async def post_hostile(secret: str, endpoint: str, body: bytes, encoding: str) -> int:
+    """POST through monitor.asgi's application (the agent handler), as a real server receives it."""
+    import httpx
+
+    from monitor.asgi import application
+
+    url = "/api/v1/ingest" if endpoint == "json" else "/api/v2/write?precision=ns"
+    headers = {"Authorization": f"Token {secret}"}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://localhost") as c:
+        response = await c.post(url, content=body, headers=headers)
+    assert response.status_code < 500, (endpoint, body[:200], response.text[:500])
+    if response.status_code != 204:
+        answer = response.json()  # JSON, whatever the status
+        if response.status_code >= 400:
+            assert set(answer["error"]) <= {"code", "message", "field"}, answer
+    return response.status_code
+
+
+@pytest.mark.django_db(transaction=True)
+@fuzz(FUZZ_HTTP_INPUTS, shrink=False)
+@given(
+    body=st.tuples(st.just("json"), hostile_json_bodies) | st.tuples(st.just("lp"), hostile_lp_bodies),
+    data=st.data(),
+)
+def test_hostile_bodies_over_http_get_a_json_4xx_or_are_stored_never_a_5xx_or_an_error_line(
+    body: tuple[str, bytes], data, http_state: dict[str, Any], error_lines
+) -> None:
+    endpoint, raw = body
+    raw, encoding = with_encoding(raw, data)
+    status = http_state["loop"].run_until_complete(post_hostile(http_state["secret"], endpoint, raw, encoding))
+    http_state["statuses"][status] = http_state["statuses"].get(status, 0) + 1
+    hostile_counts[f"http {endpoint}"] = hostile_counts.get(f"http {endpoint}", 0) + 1
+
+
+def test_the_hostile_runs_checked_what_they_were_asked_to() -> None:
+    """Runs last (file order): print the figures docs/security.md quotes, and catch a silent shrink."""
+    print(f"\nhostile inputs checked: {hostile_counts}")
+    if "json" in hostile_counts and "lp" in hostile_counts:
+        assert hostile_counts["json"] >= FUZZ_INPUTS and hostile_counts["lp"] >= FUZZ_INPUTS

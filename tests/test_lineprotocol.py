@@ -394,3 +394,25 @@ def test_the_plain_fast_path_answers_exactly_as_the_line_by_line_parser(lines: l
     slow = parse_body(body, precision, NOW, plain=False)
     assert fast.lines == slow.lines
     assert [repr(item) for item in fast.items] == [repr(item) for item in slow.items]
+
+
+def test_long_series_are_parsed_but_not_remembered() -> None:
+    from dashboard import lineprotocol
+
+    now = now_us()
+    tags = "".join(f",{c * 190}=a" for c in "pqrstu")  # long tag keys (labels), short values (the metric)
+    body = "\n".join(f"longseries,host=h{i}{tags} f=1 {now * 1000}" for i in range(50))
+    assert len(body.split("\n")[0].split(" ")[0]) > lineprotocol.MAX_CACHED_SERIES_CHARS
+    parsed = lineprotocol.parse_body(body.encode(), "ns", now)
+    assert len(parsed.items) == 50 and all(isinstance(r, Reading) for r in parsed.items), parsed.items[:1]
+    assert not any(key.startswith("longseries,") for key in lineprotocol._SERIES)
+
+
+def test_a_field_of_thousands_of_digits_is_refused_in_linear_time() -> None:
+    # "\d+\.?\d*" backtracked quadratically: 4,300 digits and an "i" took 2.5 s, 60,000 would take minutes.
+    now = now_us()
+    for value in ("9" * 60_000 + "i", "9" * 60_000 + "x", "9" * 60_000 + ".5e", "1" + "0" * 60_000):
+        started = time.perf_counter()
+        (item,) = parse_body(f"m,host=h v={value} {now * 1000}".encode(), "ns", now).items
+        print(f"{len(value)} characters refused in {time.perf_counter() - started:.4f} s")
+        assert isinstance(item, Rejection)

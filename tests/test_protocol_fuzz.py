@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Iterator
 
@@ -27,6 +28,7 @@ from dashboard import live, storage
 from dashboard.fanout import Hub
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
+from tests import hostile
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 KEYS = ["fz.host-a.cpu", "fz.host-a.mem", "fz.host-b.cpu", "fz.dev.temp"]
@@ -191,3 +193,127 @@ def test_edge_values_get_an_answer_not_an_exception(loop, viewer) -> None:
         loop.run_until_complete(scenario())
         check_frames(frames)
         assert len(frames) >= 2, (message, frames)
+
+
+# --- Hostile shapes (tests/hostile.py) ----------------------------------------------------------------
+
+# Messages per run: `make fuzz` sets FUZZ_INPUTS=100000; CI runs a modest slice.
+FUZZ_INPUTS = int(os.environ.get("FUZZ_INPUTS", "1500"))
+FUZZ_SOCKET_INPUTS = int(os.environ.get("FUZZ_SOCKET_INPUTS", "60"))  # through a real consumer
+hostile_messages = hostile.hostile_socket_messages(live.MAX_MESSAGE_BYTES)
+
+
+class ErrorLines(logging.Handler):
+    """Collect every ERROR (or worse) log record, from any logger, while installed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()[:300]}")
+
+
+@pytest.fixture
+def error_lines() -> Iterator[ErrorLines]:
+    from channels.layers import channel_layers
+
+    # A fresh in-memory layer: the process's one is bound to the event loop of the test before this one.
+    channel_layers.backends.clear()
+    handler = ErrorLines()
+    logging.getLogger().addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert not handler.lines, handler.lines[:5]
+
+
+def message_variants(message: str | bytes) -> list[str | bytes]:
+    """Four frames from one generated message: as text, as bytes, cut in half, with a byte UTF-8 forbids."""
+    raw = message.encode("utf-8", "surrogatepass") if isinstance(message, str) else message
+    text = message if isinstance(message, str) else raw.decode("utf-8", "replace")
+    third = len(raw) // 3
+    return [text, raw, raw[: len(raw) // 2], raw[:third] + b"\xff" + raw[third:]]
+
+
+def test_hostile_messages_get_an_error_frame_or_a_documented_close_never_an_exception(
+    loop, viewer, error_lines
+) -> None:
+    seen = {"messages": 0, "closed": 0, "frames": 0}
+
+    @settings(
+        max_examples=max(1, FUZZ_INPUTS // 16),  # lists of 4-6 messages, 4 frames each: >= FUZZ_INPUTS frames
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.lists(hostile_messages, min_size=4, max_size=6))
+    def run(batch: list[str | bytes]) -> None:
+        frames: list[str] = []
+
+        async def send(text: str) -> None:
+            frames.append(text)
+
+        async def scenario() -> None:
+            client = live.LiveClient(viewer, send)
+            await client.start()
+            try:
+                for message in batch:
+                    for frame in message_variants(message):
+                        client._tokens = float(live.MESSAGE_BURST)  # the rate limit is not what is tested here
+                        seen["messages"] += 1
+                        try:
+                            await client.handle(frame)
+                        except live.CloseConnection as exc:
+                            assert exc.code in CLOSE_CODES
+                            seen["closed"] += 1
+            finally:
+                await client.stop()
+
+        loop.run_until_complete(scenario())
+        check_frames(frames)
+        seen["frames"] += len(frames)
+
+    run()
+    print(f"\nhostile socket messages: {seen['messages']}, frames checked {seen['frames']}, closes {seen['closed']}")
+    assert seen["messages"] >= FUZZ_INPUTS
+
+
+async def test_hostile_frames_on_a_real_consumer_never_end_in_1011(viewer, error_lines) -> None:
+    """The consumer as Daphne runs it: an exception escaping here is what Daphne turns into close 1011."""
+    from channels.testing import WebsocketCommunicator
+
+    from dashboard.consumers import LiveConsumer
+
+    sent = closed = 0
+    frames: list[str | bytes] = []
+
+    @settings(max_examples=FUZZ_SOCKET_INPUTS, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(hostile_messages)
+    def collect(message: str | bytes) -> None:
+        frames.extend(message_variants(message)[:2])
+
+    await asyncio.to_thread(collect)
+    for start in range(0, len(frames), 20):
+        ws = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
+        ws.scope["user"] = viewer
+        connected, _ = await ws.connect()
+        assert connected
+        await ws.receive_from()  # hello
+        for frame in frames[start : start + 20]:
+            kind = "text" if isinstance(frame, str) else "bytes"
+            await ws.send_input({"type": "websocket.receive", kind: frame})  # send_to refuses empty frames
+            sent += 1
+        await ws.send_to(text_data='{"type":"ping","id":"last"}')
+        while True:
+            output = await ws.receive_output(10)  # an exception in the consumer is raised here
+            if output["type"] == "websocket.close":
+                assert output.get("code") in CLOSE_CODES, output
+                closed += 1
+                break
+            frame = json.loads(output["text"])
+            if frame.get("type") == "pong" and frame.get("id") == "last":
+                break
+        await ws.disconnect()
+    print(f"\n{sent} hostile frames through the consumer, {closed} documented closes, no 1011")

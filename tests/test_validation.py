@@ -115,10 +115,15 @@ def test_the_one_pass_json_path_takes_plain_agent_bodies_and_leaves_the_rest() -
         {**plain, "unit": "%"},
         {"source": "web-01", "samples": [{**sample, "value": float("nan")}]},
         {"source": "web-01", "samples": [{**sample, "ts": "2026-11-26T00:00:00Z"}]},
-        {"source": "web-01", "precision": "ns", "samples": [sample]},
         [sample],
     ):
         assert readings_from_json(json.dumps(other).encode(), NOW, 1000) is None
+    # Nanoseconds take the one-pass path too, scaled with integers (rounded down), not through a float.
+    ns = NOW * 1000 + 999
+    got = readings_from_json(
+        json.dumps({"source": "web-01", "precision": "ns", "samples": [{**sample, "ts": ns}]}).encode(), NOW + 1, 1000
+    )
+    assert got == [Reading("web-01", "cpu", NOW, 0.5)]
 
 
 def test_it_remembers_only_keys_that_pass_and_forgets_them_all_when_full(monkeypatch) -> None:

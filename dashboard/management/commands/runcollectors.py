@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from collectors import registry
 from collectors.runner import Runner
-from collectors.sinks import BACKOFF_MAX_S, HEALTH_INTERVAL_S, SHUTDOWN_GRACE_S, HttpSink, LocalSink
+from collectors.sinks import BACKOFF_MAX_S, HEALTH_INTERVAL_S, SHUTDOWN_GRACE_S, HttpSink, LocalSink, RequeueStopped
 from collectors.spool import DEFAULT_MAX_READINGS
 
 DEFAULT_COLLECTORS: list[dict[str, Any]] = [{"kind": "system"}, {"kind": "iot_sim"}, {"kind": "market_sim"}]
@@ -25,7 +25,10 @@ class Command(BaseCommand):
         "Run the configured collectors and ship their readings to a Pulseboard server's ingest API "
         "(--server with a token from --token-file or PULSEBOARD_AGENT_TOKEN), or straight into this "
         "project's database with --in-process. Without --config it runs the system collector and the "
-        "IoT and market simulators. See collectors.example.toml and docs/ingest.md."
+        "IoT and market simulators. With --requeue-dead it instead sends the readings kept in the spool's "
+        "dead letters (batches the server refused as a whole: bad token, 403, 400 without per-sample reasons, "
+        "repeated 5xx...) to the server again, prints its progress, and exits. "
+        "See collectors.example.toml and docs/ingest.md."
     )
 
     def add_arguments(self, parser) -> None:
@@ -34,6 +37,18 @@ class Command(BaseCommand):
         parser.add_argument("--token-file", type=Path, help="file holding the agent token secret")
         parser.add_argument(
             "--in-process", action="store_true", help="write through the local ingest action instead of HTTP"
+        )
+        parser.add_argument(
+            "--requeue-dead",
+            action="store_true",
+            help=(
+                "do not run collectors: send the spool's dead letters (readings the server refused as a whole, "
+                "kept with the reason) to the server again, oldest first, with the same rules as the agent "
+                "(a per-sample answer removes them, 413 splits the batch); print progress and exit. Stops at the "
+                "first batch refused as a whole again, keeping the rest, and exits with status 1. Fix the cause "
+                "first (token, its source patterns, the server). Safe while the agent runs: stored readings "
+                "are never stored twice."
+            ),
         )
 
     def handle(self, *args, **options) -> None:
@@ -52,6 +67,8 @@ class Command(BaseCommand):
         except (KeyError, TypeError, ValueError) as exc:
             raise CommandError(f"bad collector configuration: {exc}") from None
 
+        if options["requeue_dead"] and (options["in_process"] or agent.get("mode") == "in-process"):
+            raise CommandError("--requeue-dead sends the dead letters to a server; it does not go with --in-process")
         if options["in_process"] or agent.get("mode") == "in-process":
             sink = LocalSink()
             where = "the local database"
@@ -88,6 +105,12 @@ class Command(BaseCommand):
             except (TypeError, ValueError, OSError) as exc:
                 raise CommandError(f"bad [agent] configuration: {exc}") from None
             where = server
+            for collector in collectors:  # e.g. MQTT's taken retained values live in the spool file too
+                if getattr(collector, "state_path", "") is None:
+                    collector.state_path = str(sink.spool.path)
+            if options["requeue_dead"]:
+                self.requeue_dead(sink, server)
+                return
         self.stdout.write(f"Running {len(collectors)} collectors ({', '.join(c.name for c in collectors)}) -> {where}")
 
         async def main() -> None:
@@ -96,3 +119,40 @@ class Command(BaseCommand):
             await runner.run()
 
         asyncio.run(main())
+
+    def requeue_dead(self, sink: HttpSink, server: str) -> None:
+        """Send the dead letters to the server again, printing progress; CommandError when some are left."""
+
+        async def main() -> list[tuple[str, int]]:
+            reasons = await sink.spool.dead_reasons()
+            if not reasons:
+                return []
+            self.stdout.write(f"{sink.spool.dead} readings in the dead letters of {sink.spool.path}:")
+            for reason, count in reasons:
+                self.stdout.write(f"  {count} refused with {reason}")
+            self.stdout.write(f"sending them to {server} ...")
+
+            def progress(done: int, total: int) -> None:
+                self.stdout.write(f"  {done}/{total} sent ({sink.rejected} of them rejected one by one)")
+
+            await sink.requeue_dead(progress)
+            return reasons
+
+        try:
+            reasons = asyncio.run(main())
+        except RequeueStopped as stop:
+            raise CommandError(
+                f"stopped after {stop.done} readings: the server refused again ({stop.reason}); "
+                f"{stop.left} readings are still in the dead letters"
+            ) from None
+        finally:
+            sink.spool.close()
+        if not reasons:
+            self.stdout.write(f"no dead letters in {sink.spool.path}; nothing to send")
+            return
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"done: {sink.sent} stored or already stored, {sink.rejected} rejected one by one "
+                "(the server's reasons are logged above); the dead letters are empty"
+            )
+        )
