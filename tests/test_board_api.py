@@ -314,3 +314,19 @@ def test_bad_panel_options_are_refused_naming_the_field(options: dict, field: st
     with pytest.raises(layout.LayoutError) as caught:
         layout.check_panel({"title": "T", "metrics": ["a.b"], "options": options})
     assert caught.value.field == field
+
+
+def test_the_admin_refuses_bad_variables_naming_the_field(owner, board) -> None:
+    from dashboard.admin import DashboardForm
+
+    data = {
+        "title": "Boilers",
+        "slug": "boilers-2",
+        "created": "2026-01-01 00:00:00",
+        "variables": '[{"name": "d", "glob": "iot"}]',
+    }
+    form = DashboardForm(data=data)
+    assert not form.is_valid()
+    assert "variables[0].glob" in form.errors["variables"][0]
+    form = DashboardForm(data={**data, "variables": '[{"name": "d", "glob": "iot.*"}]'})
+    assert form.is_valid(), form.errors

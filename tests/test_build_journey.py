@@ -215,6 +215,26 @@ def test_build_a_board_from_nothing_export_delete_import_and_see_it_live(site, p
     stat.locator(".stat-value", has_text=re.compile(r"^40\.00")).wait_for(timeout=10_000)
     assert stat.get_attribute("data-threshold") == "#00ff00"
 
+    # 4b. Duplicate a panel, edit the copy's legend to the latest value only, then remove the copy.
+    page.click("#edit-toggle")
+    temperature.locator("[data-tool=duplicate]").click()
+    copy = panel(page, "Temperature (copy)")
+    copy.wait_for(timeout=5_000)
+    page.locator("#edit-status", has_text="saved").wait_for(timeout=5_000)
+    copy.locator("[data-tool=edit]").click()
+    assert page.locator("#panel-form input[name=metrics]").input_value() == "iot.$device.temperature"
+    page.uncheck("#panel-form input[name=legend_min]")
+    page.uncheck("#panel-form input[name=legend_max]")
+    page.click("#panel-apply")
+    page.locator("#panel-dialog").wait_for(state="hidden")
+    assert copy.locator("table.legend td.legend-head").all_text_contents() == ["", "latest"]
+    assert temperature.locator("table.legend td.legend-head").all_text_contents() == ["", "latest", "min", "max"]
+    copy.locator("[data-tool=remove]").click()
+    page.click("#edit-save")
+    page.locator("#edit-status", has_text="saved").wait_for(timeout=5_000)
+    assert panel(page, "Temperature (copy)").count() == 0
+    page.click("#edit-toggle")
+
     # 5. The picker narrows the board; the choice is in the URL and survives reload and a range change.
     page.select_option("select[data-variable=device]", "boiler-2")
     page.wait_for_url(re.compile(r"var-device=boiler-2"))
