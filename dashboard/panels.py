@@ -105,7 +105,7 @@ def board_variables(dashboard: Dashboard, user, chosen: Any = None) -> list[dict
     out = []
     for var in declared:
         values = [var.value_of(slug) for slug in sources if glob_matches(var.glob, slug)]
-        asked = (chosen or {}).get(var.name)
+        asked = chosen.get(var.name) if isinstance(chosen, dict) else None
         current = asked if isinstance(asked, str) and asked in values else ALL
         out.append(
             {

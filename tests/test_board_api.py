@@ -7,6 +7,8 @@ import json
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.test import Client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dashboard import layout, panels
 from dashboard.models import Dashboard, Metric, Panel, Source
@@ -330,3 +332,49 @@ def test_the_admin_refuses_bad_variables_naming_the_field(owner, board) -> None:
     assert "variables[0].glob" in form.errors["variables"][0]
     form = DashboardForm(data={**data, "variables": '[{"name": "d", "glob": "iot.*"}]'})
     assert form.is_valid(), form.errors
+
+
+@pytest.mark.parametrize("chosen", [["boiler-1"], "boiler-1", 7, {"device": ["x"]}, {"device": None}])
+def test_a_hostile_choice_in_a_layout_post_is_all_not_an_error(owner, board, sensors, chosen) -> None:
+    panel = panels.export_board(board)["panels"][0]
+    response = send(
+        client_of(owner), "post", "/api/v1/dashboards/boilers/layout", {"panels": [panel], "chosen": chosen}
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["variables"][0]["current"] == "All"
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=30,
+)
+BOARD_KEYS = ["slug", "title", "panels", "variables", "description", "pulseboard_dashboard"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.dictionaries(st.sampled_from(BOARD_KEYS), JSON, max_size=6)
+    | st.fixed_dictionaries(
+        {"slug": st.just("fuzz"), "title": st.just("F"), "panels": st.lists(JSON, max_size=3), "variables": JSON}
+    )
+)
+def test_a_hostile_board_file_is_refused_in_the_one_error_shape_and_writes_nothing(owner, data) -> None:
+    response = send(client_of(owner), "post", "/api/v1/dashboards/import", data)
+    assert response.status_code < 500, response.content
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) >= {"code", "message"}
+        assert not Dashboard.objects.filter(slug=data.get("slug") if isinstance(data.get("slug"), str) else "").exists()
+    else:
+        Dashboard.objects.filter(slug=response.json()["slug"]).delete()
+
+
+@settings(max_examples=200, deadline=None)
+@given(variables=JSON)
+def test_hostile_variables_raise_only_layout_errors(variables) -> None:
+    try:
+        checked = layout.check_variables(variables)
+    except layout.LayoutError as exc:
+        assert exc.field.startswith("variables")
+    else:
+        assert all(v.all_value() for v in checked)

@@ -248,6 +248,7 @@ def test_build_a_board_from_nothing_export_delete_import_and_see_it_live(site, p
     assert "var-device=boiler-2" in page.url and "range=1h" in page.url
     assert page.locator("select[data-variable=device]").input_value() == "boiler-2"
     assert temperature.locator("table.legend tr[data-key]").count() == 1
+    temperature.locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
     shot(page, "build-board-with-variable")
 
     # 6. Export: the file is the board in the one schema, variables and patterns as written.

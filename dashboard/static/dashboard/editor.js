@@ -110,7 +110,7 @@ export class LayoutEditor {
     this.status = document.getElementById("edit-status");
     if (!this.bar || !this.toggle) return;
     this.toggle.addEventListener("click", () => this.setEditing(!this.editing));
-    document.getElementById("edit-cancel").addEventListener("click", () => { this.page.rebuild(this.saved); this.renderVariables(); this.setEditing(false); });
+    document.getElementById("edit-cancel").addEventListener("click", () => { this.page.rebuild(this.saved); this.page.renderVariables(); this.renderVariables(); this.setEditing(false); });
     document.getElementById("edit-save").addEventListener("click", () => this.save());
     this.bar.addEventListener("submit", (e) => e.preventDefault());
     document.getElementById("add-panel").addEventListener("click", () => this.open(null));
