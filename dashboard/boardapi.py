@@ -22,7 +22,7 @@ import json
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from dashboard import boards, panels
+from dashboard import boards, panels, permissions
 from dashboard.api import error_response
 from dashboard.exceptions import PulseboardError
 from dashboard.models import Dashboard
@@ -127,6 +127,8 @@ def board_import(request: HttpRequest) -> JsonResponse:
         existing = Dashboard.objects.filter(slug=slug).first() if isinstance(slug, str) else None
         if existing is not None and replace and not existing.can_edit(request.user):
             raise Forbidden(f"you may not edit the dashboard {slug!r}, so you may not replace it")
+        # As for a layout saved in the page: no pattern reaching sources the importer may not read.
+        permissions.check_layout(request.user, existing if replace else None, data.get("panels"), data.get("variables"))
         board, created = panels.import_board(data, replace=replace, owner=request.user)
     except PulseboardError as exc:
         return error_response(exc)

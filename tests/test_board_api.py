@@ -243,12 +243,16 @@ def test_the_page_takes_the_choice_from_the_url(viewer, board, sensors) -> None:
     assert keys_of(config) == ["iot.boiler-1.temperature"]
 
 
-def test_a_share_link_expands_variables_within_its_own_grant(board, sensors) -> None:
+def test_a_share_link_expands_variables_within_its_own_grant(owner, viewer, board, sensors) -> None:
     from dashboard.models import ShareLink
 
-    link, secret = ShareLink.issue(board, "wall")
+    link, secret = ShareLink.issue(board, "wall", created_by=viewer)
     config = panels.share_config(board, link.principal(), secret, {"device": "boiler-1"})
     assert keys_of(config) == ["iot.boiler-1.temperature"]
+    # All, through the link of a creator who may not read the vault: the vault stays out.
+    config = panels.share_config(board, link.principal(), secret)
+    assert keys_of(config) == ["iot.boiler-1.temperature", "iot.boiler-2.temperature"]
+    assert config["variables"][0]["values"] == ["boiler-1", "boiler-2"]
     response = Client().get(f"/share/{secret}/?var-device=boiler-2")
     assert b"iot.boiler-2.temperature" in response.content and b"iot.boiler-1.temperature" not in response.content
 
@@ -378,3 +382,35 @@ def test_hostile_variables_raise_only_layout_errors(variables) -> None:
         assert exc.field.startswith("variables")
     else:
         assert all(v.all_value() for v in checked)
+
+
+def test_an_editor_may_not_reach_a_restricted_source_through_a_variable(viewer, board, sensors) -> None:
+    editors = Group.objects.create(name="editors")
+    board.editor_groups.add(editors)
+    viewer.groups.add(editors)
+    spec = {"title": "Vault", "metrics": ["iot.$room.humidity"], "x": 0, "y": 4}
+    body = {
+        "panels": [*panels.export_board(board)["panels"], spec],
+        "variables": [*board.variables, {"name": "room", "glob": "iot.*"}],
+    }
+    response = send(client_of(viewer), "post", "/api/v1/dashboards/boilers/layout", body)
+    assert_error(response, 403, "pattern_not_allowed", "panels[1].metrics[0]")
+    # Moving the panel someone with more rights made (iot.$device.temperature over iot.*) is still allowed.
+    moved = {**panels.export_board(board)["panels"][0], "x": 6}
+    response = send(client_of(viewer), "post", "/api/v1/dashboards/boilers/layout", {"panels": [moved]})
+    assert response.status_code == 200, response.content
+
+
+def test_an_import_may_not_reach_a_restricted_source(viewer, sensors) -> None:
+    viewer = grant(viewer, "add_dashboard")
+    data = {
+        "slug": "sneaky",
+        "title": "Sneaky",
+        "variables": [{"name": "d", "glob": "iot.*"}],
+        "panels": [{"title": "All", "metrics": ["iot.$d.temperature"]}],
+    }
+    response = send(client_of(viewer), "post", "/api/v1/dashboards/import", data)
+    assert_error(response, 403, "pattern_not_allowed", "panels[0].metrics[0]")
+    assert not Dashboard.objects.filter(slug="sneaky").exists()
+    data["variables"][0]["glob"] = "iot.boiler-*"
+    assert send(client_of(viewer), "post", "/api/v1/dashboards/import", data).status_code == 201
