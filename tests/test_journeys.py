@@ -502,7 +502,13 @@ def test_the_editor_never_saves_overlapping_panels(site, page) -> None:
 
 
 def test_a_legend_click_isolates_a_series_and_a_modified_click_hides_it(site, page) -> None:
-    site.ingest([{"source": LONELY, "metric": "humidity", "ts": now_us(), "value": 41.0, "unit": "%"}])
+    # Both sources report now: a source silent for 3 of its intervals makes the panel stale (server notice).
+    site.ingest(
+        [
+            {"source": LONELY, "metric": "humidity", "ts": now_us(), "value": 41.0, "unit": "%"},
+            {"source": SENSOR, "metric": "humidity", "ts": now_us(), "value": 41.5, "unit": "%"},
+        ]
+    )
     page.goto(site.url + "/d/iot-fleet/?range=15m")
     humidity = panel(page, "Humidity")
     humidity.locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
