@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+import msgspec
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
@@ -255,8 +256,24 @@ class PanelInline(admin.TabularInline):
         return PatternCheckedFormSet
 
 
+class DashboardForm(forms.ModelForm):
+    """A dashboard's variables checked by the layout schema (dashboard/layout.py), as the page and import check them."""
+
+    class Meta:
+        model = Dashboard
+        fields = "__all__"
+
+    def clean_variables(self) -> list:
+        try:
+            checked = layout.check_variables(self.cleaned_data.get("variables"))
+        except layout.LayoutError as exc:
+            raise forms.ValidationError(f"{exc.field}: {exc.message}") from None
+        return [msgspec.to_builtins(v) for v in checked]
+
+
 @admin.register(Dashboard)
 class DashboardAdmin(admin.ModelAdmin):
+    form = DashboardForm
     list_display = ["title", "slug", "owner", "updated"]
     prepopulated_fields = {"slug": ["title"]}
     inlines = [PanelInline]

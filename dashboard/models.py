@@ -433,6 +433,11 @@ class Dashboard(models.Model):
     # Empty: every signed-in user may view it. Otherwise only these groups (and staff).
     viewer_groups = models.ManyToManyField(Group, blank=True, related_name="visible_dashboards")
     editor_groups = models.ManyToManyField(Group, blank=True, related_name="editable_dashboards")
+    variables = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Pickers for $name in panel patterns, e.g. [{"name": "device", "glob": "iot.*"}]',
+    )
 
     objects = VisibleQuerySet.as_manager()
 
@@ -535,17 +540,21 @@ class ShareLink(models.Model):
         The grant is the dashboard's panel keys and globs as the link's creator
         may read them, read from the database on every call: a revocation, a
         deactivated or deleted creator, or a creator who lost a group narrows
-        the link at once.
+        the link at once. A board variable counts as "All" (its glob): the
+        link grants every choice of its pickers.
         """
-        fresh = ShareLink.usable().select_related("created_by").filter(pk=self.pk).first()
+        from dashboard.layout import all_values, expand
+
+        fresh = ShareLink.usable().select_related("created_by", "dashboard").filter(pk=self.pk).first()
         if fresh is None:
             return None
         readable = Metric.objects.visible_to(fresh.created_by)
+        everything = all_values(fresh.dashboard.variables)
         ids: set[int] = set()
         for patterns in Panel.objects.filter(dashboard_id=fresh.dashboard_id).values_list("metrics", flat=True):
             for pattern in patterns if isinstance(patterns, list) else []:
                 if isinstance(pattern, str) and pattern:
-                    ids.update(readable.matching(pattern).values_list("id", flat=True))
+                    ids.update(readable.matching(expand(pattern, everything)).values_list("id", flat=True))
         return frozenset(ids)
 
     def metric_ids(self) -> list[int]:

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
-from dashboard import alerts, events, panels, permissions
+from dashboard import alerts, boards, events, panels, permissions
 from dashboard.api import error_response
 from dashboard.exceptions import BadRequest, NotAuthenticated, PulseboardError
 from dashboard.models import AlertInstance, Dashboard, Metric
@@ -56,15 +56,21 @@ def _signed_in(request: HttpRequest) -> None:
 @login_required
 def dashboard_list(request: HttpRequest) -> HttpResponse:
     """Every dashboard the user may view."""
-    boards = Dashboard.objects.visible_to(request.user).prefetch_related("panels")
-    return render(request, "dashboard/dashboard_list.html", {"dashboards": boards})
+    found = Dashboard.objects.visible_to(request.user).prefetch_related("panels")
+    rows = [(board, boards.rights(request.user, board)) for board in found]
+    return render(
+        request,
+        "dashboard/dashboard_list.html",
+        {"rows": rows, "dashboards": found, "can_create": boards.may_create(request.user)},
+    )
 
 
 @login_required
 def dashboard_page(request: HttpRequest, slug: str) -> HttpResponse:
     """One dashboard: its panels live or over a history range; ?kiosk=1 for a wall screen."""
     board = get_object_or_404(Dashboard.objects.visible_to(request.user), slug=slug)
-    config = panels.dashboard_config(board, request.user)
+    config = panels.dashboard_config(board, request.user, panels.chosen_values(request.GET))
+    config.update(boards.rights(request.user, board))
     config["can_operate_alerts"] = request.user.is_staff or request.user.has_perm("dashboard.change_alertinstance")
     kiosk = request.GET.get("kiosk") == "1"
     return render(request, "dashboard/dashboard.html", {"board": board, "config": config, "kiosk": kiosk})
@@ -80,14 +86,15 @@ def save_layout(request: HttpRequest, slug: str) -> JsonResponse:
             raise NotFound(f"no dashboard {slug!r} that you may view")
         if not board.can_edit(request.user):
             raise Forbidden("you may view this dashboard but not edit it; ask its owner for editor rights")
-        specs = _json_body(request).get("panels")
+        body = _json_body(request)
+        specs = body.get("panels")
         # Through a share link a panel is read with its creator's rights, so an
         # editor may only add patterns within what the editor may read.
-        permissions.check_layout(request.user, board, specs)
-        panels.save_layout(board, specs)
+        permissions.check_layout(request.user, board, specs, body.get("variables"))
+        panels.save_layout(board, specs, body.get("variables"))
     except PulseboardError as exc:
         return error_response(exc)
-    return JsonResponse(panels.dashboard_config(board, request.user))
+    return JsonResponse(panels.dashboard_config(board, request.user, body.get("chosen")))
 
 
 @require_POST

@@ -10,11 +10,12 @@ from __future__ import annotations
 import zoneinfo
 from typing import Any
 
+import msgspec
 from django.db import transaction
 
 from dashboard import layout
 from dashboard.exceptions import BadRequest
-from dashboard.models import Dashboard, Metric, Panel, UserPreference
+from dashboard.models import Dashboard, Metric, Panel, Source, UserPreference, glob_matches
 
 MAX_KEYS_PER_PANEL = 40  # a chart with more lines than this is unreadable; also bounds history requests
 
@@ -44,7 +45,7 @@ def resolve(patterns: list[str], user) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def panel_config(panel: Panel, user) -> dict[str, Any]:
+def panel_config(panel: Panel, user, values: dict[str, str] | None = None) -> dict[str, Any]:
     """Return what the page needs to draw one panel; a panel that breaks the layout schema carries `error`.
 
     A broken panel (saved before the schema, or written straight into the
@@ -79,46 +80,99 @@ def panel_config(panel: Panel, user) -> dict[str, Any]:
         "y": panel.y,
         "w": panel.w,
         "h": panel.h,
-        "series": resolve(panel.metrics, user),
+        # `$device` replaced by the viewer's choice here, on the server: the series (and so the live
+        # subscription and history) are the expanded patterns resolved with the viewer's rights.
+        "series": resolve([layout.expand(m, values or {}) for m in panel.metrics], user),
     }
 
 
-def dashboard_config(dashboard: Dashboard, user) -> dict[str, Any]:
-    """Return the page configuration of a dashboard for one viewer."""
+ALL = "All"  # a variable's choice that stands for its whole glob
+
+
+def board_variables(dashboard: Dashboard, user, chosen: Any = None) -> list[dict[str, Any]]:
+    """Return the board's variables for one viewer: the values they may read and the current choice.
+
+    `chosen` maps a name to the value asked for (the page's ?var-<name>=);
+    a value the viewer may not read, or none, is "All" (the glob itself).
+    A stored list that breaks the schema gives no variables (its panels'
+    `$name` then match nothing) rather than a broken page.
+    """
+    try:
+        declared = layout.check_variables(dashboard.variables)
+    except layout.LayoutError:
+        return []
+    sources = list(Source.objects.visible_to(user).order_by("slug").values_list("slug", flat=True))
+    out = []
+    for var in declared:
+        values = [var.value_of(slug) for slug in sources if glob_matches(var.glob, slug)]
+        asked = chosen.get(var.name) if isinstance(chosen, dict) else None
+        current = asked if isinstance(asked, str) and asked in values else ALL
+        out.append(
+            {
+                "name": var.name,
+                "label": var.label or var.name,
+                "glob": var.glob,
+                "values": values,
+                "current": current,
+                "pattern": var.all_value() if current == ALL else current,
+            }
+        )
+    return out
+
+
+def dashboard_config(dashboard: Dashboard, user, chosen: Any = None) -> dict[str, Any]:
+    """Return the page configuration of a dashboard for one viewer (`chosen`: variable values asked for)."""
+    variables = board_variables(dashboard, user, chosen)
+    values = {v["name"]: v["pattern"] for v in variables}
     return {
         "slug": dashboard.slug,
         "title": dashboard.title,
+        "description": dashboard.description,
         "can_edit": dashboard.can_edit(user),
-        "panels": [panel_config(p, user) for p in dashboard.panels.all()],
+        "variables": variables,
+        "panels": [panel_config(p, user, values) for p in dashboard.panels.all()],
         "dashboards": list(Dashboard.objects.visible_to(user).values_list("slug", flat=True)),
     }
 
 
-def share_config(dashboard: Dashboard, principal, secret: str) -> dict[str, Any]:
+def share_config(dashboard: Dashboard, principal, secret: str, chosen: Any = None) -> dict[str, Any]:
     """Return the page configuration of a shared dashboard: the same panels, read through the share link only."""
+    variables = board_variables(dashboard, principal, chosen)
+    values = {v["name"]: v["pattern"] for v in variables}
     return {
         "slug": dashboard.slug,
         "title": dashboard.title,
+        "description": dashboard.description,
         "can_edit": False,
         "can_operate_alerts": False,
-        "panels": [panel_config(p, principal) for p in dashboard.panels.all()],
+        "variables": variables,
+        "panels": [panel_config(p, principal, values) for p in dashboard.panels.all()],
         "dashboards": [],
         "share": {"socket": f"/ws/share/{secret}/", "series": f"/share/{secret}/series"},
     }
 
 
-def save_layout(dashboard: Dashboard, specs: Any) -> None:
+def chosen_values(query) -> dict[str, str]:
+    """Return the variable choices of a page URL: ?var-device=boiler-1 -> {"device": "boiler-1"}."""
+    return {k[4:]: v for k, v in query.items() if k.startswith("var-") and isinstance(v, str)}
+
+
+def save_layout(dashboard: Dashboard, specs: Any, variables: Any = None) -> None:
     """Replace the dashboard's panels with the edited list: update by id, create new ones, delete the missing.
 
     The whole layout is checked against dashboard.layout first (fields, grid,
-    overlaps); a refusal names the panel and field (`panels[2].metrics`) and
-    changes nothing.
+    overlaps, `$name` declared); a refusal names the panel and field
+    (`panels[2].metrics`) and changes nothing. `variables` None keeps the
+    board's own; a list replaces them.
     """
     try:
-        checked = layout.check_layout(specs)
+        declared = layout.check_variables(dashboard.variables if variables is None else variables)
+        checked = layout.check_layout(specs, declared)
     except layout.LayoutError as exc:
         raise BadRequest(exc.message, field=exc.field) from None
     with transaction.atomic():
+        if variables is not None:
+            dashboard.variables = [msgspec.to_builtins(v) for v in declared]
         existing = {p.id: p for p in dashboard.panels.select_for_update()}
         kept: set[int] = set()
         for spec in checked:
@@ -130,7 +184,7 @@ def save_layout(dashboard: Dashboard, specs: Any) -> None:
             panel.save()
             kept.add(panel.id)
         dashboard.panels.exclude(id__in=kept).delete()
-        dashboard.save(update_fields=["updated"])
+        dashboard.save(update_fields=["updated", "variables"])
 
 
 def export_board(dashboard: Dashboard) -> dict[str, Any]:
@@ -140,10 +194,18 @@ def export_board(dashboard: Dashboard) -> dict[str, Any]:
         "slug": dashboard.slug,
         "title": dashboard.title,
         "description": dashboard.description,
+        "variables": _stored_variables(dashboard),
         "panels": [
             layout.as_fields(layout.check_panel(_stored_spec(p), i)) for i, p in enumerate(dashboard.panels.all())
         ],
     }
+
+
+def _stored_variables(dashboard: Dashboard) -> list[dict[str, Any]]:
+    try:
+        return [msgspec.to_builtins(v) for v in layout.check_variables(dashboard.variables)]
+    except layout.LayoutError:
+        return []
 
 
 def _stored_spec(panel: Panel) -> dict[str, Any]:
@@ -151,16 +213,16 @@ def _stored_spec(panel: Panel) -> dict[str, Any]:
     return {name: getattr(panel, name) for name in fields} | {"options": panel.options or {}}
 
 
-def import_board(data: Any, *, replace: bool = False) -> tuple[Dashboard, bool]:
+def import_board(data: Any, *, replace: bool = False, owner=None) -> tuple[Dashboard, bool]:
     """Create (or with replace, overwrite) a dashboard from an exported file; return it and whether it was new.
 
     The whole file is checked first (layout.check_board); a refusal names the
     field (`panels[2].metrics`) and changes nothing. Viewer and editor groups
-    and the owner are not part of the file: a new board has none, a replaced
-    board keeps its own.
+    and the owner are not part of the file: a new board has none (or `owner`,
+    who imported it in the page), a replaced board keeps its own.
     """
     try:
-        header, checked = layout.check_board(data)
+        header, variables, checked = layout.check_board(data)
     except layout.LayoutError as exc:
         raise BadRequest(exc.message, field=exc.field) from None
     with transaction.atomic():
@@ -169,8 +231,9 @@ def import_board(data: Any, *, replace: bool = False) -> tuple[Dashboard, bool]:
             raise BadRequest(f"a dashboard {header.slug!r} exists; import with replace to overwrite it", field="slug")
         created = board is None
         if created:
-            board = Dashboard(slug=header.slug)
+            board = Dashboard(slug=header.slug, owner=owner)
         board.title, board.description = header.title, header.description
+        board.variables = [msgspec.to_builtins(v) for v in variables]
         board.save()
         board.panels.all().delete()
         Panel.objects.bulk_create([Panel(dashboard=board, **layout.as_fields(spec)) for spec in checked])

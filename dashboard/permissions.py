@@ -179,14 +179,31 @@ def check_patterns(user, panels: Iterable[tuple[int, str, list[Any]]], already: 
             )
 
 
-def check_layout(user, dashboard: Dashboard, specs: Any) -> None:
-    """Check the patterns of a layout posted to /api/v1/dashboards/<slug>/layout before it is saved."""
+def check_layout(user, dashboard: Dashboard | None, specs: Any, variables: Any = None) -> None:
+    """Check the patterns of a layout posted to /api/v1/dashboards/<slug>/layout (or imported) before it is saved.
+
+    Board variables are checked at "All" (`iot.$device.temperature` as
+    `iot.*.temperature`), which covers every choice of their pickers; the
+    posted `variables` (None: the board's own) expand the new patterns, the
+    board's stored ones the patterns already there.
+    """
+    from dashboard.layout import all_values, expand
+
     if not isinstance(specs, list):
         return  # the layout schema answers this
-    already = stored_patterns(dashboard)
+    stored = dashboard.variables if dashboard is not None and dashboard.pk is not None else None
+    before = all_values(stored)
+    after = all_values(stored if variables is None else variables)
+    already = {expand(p, before) for p in stored_patterns(dashboard)}
+
+    def expanded(patterns: Any) -> Any:
+        if not isinstance(patterns, list):
+            return patterns
+        return [expand(p, after) if isinstance(p, str) else p for p in patterns]
+
     check_patterns(
         user,
-        ((i, s.get("title", ""), s.get("metrics")) for i, s in enumerate(specs) if isinstance(s, dict)),
+        ((i, s.get("title", ""), expanded(s.get("metrics"))) for i, s in enumerate(specs) if isinstance(s, dict)),
         already,
     )
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import alertscreen, pages
+from dashboard import alertscreen, boardapi, pages
 
 urlpatterns = [
     path("d/", pages.dashboard_list, name="dashboards"),
     path("d/<slug:slug>/", pages.dashboard_page, name="dashboard"),
     path("api/v1/dashboards/<slug:slug>/layout", pages.save_layout, name="api-dashboard-layout"),
+    # Dashboards in the page (#13 items 5 and 7): dashboard/boardapi.py.
+    path("api/v1/dashboards", boardapi.board_collection, name="api-dashboards"),
+    path("api/v1/dashboards/import", boardapi.board_import, name="api-dashboard-import"),
+    path("api/v1/dashboards/<slug:slug>", boardapi.board_detail, name="api-dashboard"),
+    path("api/v1/dashboards/<slug:slug>/duplicate", boardapi.board_duplicate, name="api-dashboard-duplicate"),
+    path("api/v1/dashboards/<slug:slug>/export", boardapi.board_export, name="api-dashboard-export"),
     path("api/v1/preferences", pages.save_preferences, name="api-preferences"),
     path("api/v1/alerts", pages.active_alerts, name="api-alerts"),
     path("api/v1/alerts/<int:pk>/ack", pages.acknowledge_alert, name="api-alert-ack"),

@@ -212,7 +212,7 @@ def share_page(request: HttpRequest, secret: str) -> HttpResponse:
     link = _share_link_or_404(secret)
     dashboard = link.dashboard
     # The dashboards' own page and renderer (dashboard.js, panels.js) in share mode: same panels, same charts.
-    config = panels.share_config(dashboard, link.principal(), secret)
+    config = panels.share_config(dashboard, link.principal(), secret, panels.chosen_values(request.GET))
     response = render(request, "dashboard/share.html", {"board": dashboard, "config": config})
     # The secret is in the URL: keep it out of other sites' logs and out of shared caches.
     response["Referrer-Policy"] = "no-referrer"

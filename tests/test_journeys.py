@@ -502,7 +502,13 @@ def test_the_editor_never_saves_overlapping_panels(site, page) -> None:
 
 
 def test_a_legend_click_isolates_a_series_and_a_modified_click_hides_it(site, page) -> None:
-    site.ingest([{"source": LONELY, "metric": "humidity", "ts": now_us(), "value": 41.0, "unit": "%"}])
+    # Both sources report now: a source silent for 3 of its intervals makes the panel stale (server notice).
+    site.ingest(
+        [
+            {"source": LONELY, "metric": "humidity", "ts": now_us(), "value": 41.0, "unit": "%"},
+            {"source": SENSOR, "metric": "humidity", "ts": now_us(), "value": 41.5, "unit": "%"},
+        ]
+    )
     page.goto(site.url + "/d/iot-fleet/?range=15m")
     humidity = panel(page, "Humidity")
     humidity.locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
@@ -540,16 +546,18 @@ def test_the_cursor_on_a_line_chart_moves_the_candlestick_cursor_too(site, page)
 def test_the_panel_editor_suggests_metrics_and_warns_about_a_pattern_that_matches_nothing(site, page) -> None:
     page.goto(site.url + "/d/mixed/?range=15m")
     page.click("#edit-toggle")
+    page.click("#add-panel")
     page.wait_for_function("() => document.querySelectorAll('#metric-keys option').length > 3")
     suggested = page.evaluate("() => [...document.querySelectorAll('#metric-keys option')].map((o) => o.value)")
     assert f"{SENSOR}.temperature" in suggested and "iot.*.temperature" in suggested
-    metrics = page.locator("#editor-bar input[name=metrics]")
+    metrics = page.locator("#panel-form input[name=metrics]")
     metrics.fill("iot.*.humidity")
     page.locator("#metrics-preview[data-state=ok]", has_text="2 series").wait_for(timeout=5_000)
-    assert page.locator("#editor-bar input[name=unit]").get_attribute("placeholder") == "%"
+    assert page.locator("#panel-form input[name=unit]").get_attribute("placeholder") == "%"
     metrics.fill("iot.*.temprature")
     page.locator("#metrics-preview[data-state=none]", has_text="matches nothing").wait_for(timeout=5_000)
-    page.fill("#editor-bar input[name=title]", "Typo")
-    page.click("#editor-bar button[type=submit]")
+    page.fill("#panel-form input[name=title]", "Typo")
+    page.click("#panel-apply")
+    page.locator("#panel-error", has_text="iot.*.temprature matches no metric").wait_for(timeout=5_000)
     page.locator("#edit-status", has_text="not added: iot.*.temprature").wait_for(timeout=5_000)
     shot(page, "editor-metric-preview")

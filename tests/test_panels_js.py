@@ -119,3 +119,21 @@ def test_the_editor_previews_how_many_series_each_pattern_matches_like_the_serve
     server = [sum(glob_matches(p, k) for k in preview["keys"]) for p in preview["patterns"]]
     assert preview["counts"] == server, "the same counts as dashboard/models.py glob_matches (fnmatch)"
     assert preview["counts"][:2] == [2, 0], "a typo such as iot.*.temprature matches nothing"
+
+
+def test_a_variable_in_a_pattern_stands_for_its_choice_or_its_glob(run: dict) -> None:
+    assert run["expanded"] == ["iot.boiler-1.temperature", "iot.*.t", "iot.$room.t"]
+    assert run["variableCounts"] == [2, 1]
+
+
+def test_decimals_fix_the_digits_of_legends_and_stats(run: dict) -> None:
+    assert run["decimals"] == ["21.5 °C", "21.46 °C", "0.00 %", "123k", "2 KiB"]
+
+
+def test_min_and_max_are_the_value_axis_and_a_side_left_out_follows_the_data(run: dict) -> None:
+    auto, both, low, high, empty = run["yRanges"]
+    assert auto == "auto"
+    assert both == [0, 60]
+    assert low[0] == 0 and low[1] > 30
+    assert high[1] == 10 and high[0] < 10  # a max below the data still gives a valid range
+    assert empty == [0, 5]

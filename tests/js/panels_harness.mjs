@@ -6,10 +6,10 @@ globalThis.location = { search: "", pathname: "/d/host/" };
 let replaced = null;
 globalThis.history = { replaceState: (s, t, url) => { replaced = url; } };
 
-const { alignWithGaps, gapSeconds, isolatedPoints, thresholdColor } = await import(panelsUrl);
+const { alignWithGaps, gapSeconds, isolatedPoints, thresholdColor, yScale } = await import(panelsUrl);
 const { readTimeState, writeTimeState, bounds } = await import(rangeUrl);
-const { formatInputTime, parseInputTime, formatTime, formatDateTime } = await import(new URL("format.js", panelsUrl).href);
-const { settle, previewMatches } = await import(new URL("editor.js", panelsUrl).href);
+const { formatInputTime, parseInputTime, formatTime, formatDateTime, formatValue } = await import(new URL("format.js", panelsUrl).href);
+const { settle, previewMatches, expandVariables } = await import(new URL("editor.js", panelsUrl).href);
 
 const plain = (data) => data.map((col) => Array.from(col, (v) => (v === undefined ? "u" : v)));
 const out = {};
@@ -73,4 +73,12 @@ out.settled = { cells: board.map((p) => [p.title, p.x, p.y, p.w, p.h]), pushed: 
 const keys = ["iot.sensor-01.temperature", "iot.sensor-02.temperature", "iot.sensor-01.humidity", "host.a.cpu.core1", "host.a.cpu.core2", "a.b(c)"];
 const patterns = "iot.*.temperature, iot.*.temprature,host.a.cpu.core[12],host.a.cpu.core[!1], iot.sensor-0?.humidity, a.b(c), a?b*, a.b[(]c?, [";
 out.preview = { keys, patterns: previewMatches(patterns, keys).map((f) => f.pattern), counts: previewMatches(patterns, keys).map((f) => f.count) };
+// Board variables: `$device` stands for the current choice, or the glob's rest for All.
+out.expanded = [expandVariables("iot.$device.temperature", { device: "boiler-1" }), expandVariables("iot.$device.t", { device: "*" }), expandVariables("iot.$room.t", { device: "*" })];
+out.variableCounts = previewMatches("iot.$device.temperature", keys, { device: "*" }).map((f) => f.count)
+  .concat(previewMatches("iot.$device.temperature", keys, { device: "sensor-02" }).map((f) => f.count));
+// A panel's decimals, and its min/max as the value axis (a side left out follows the data).
+out.decimals = [formatValue(21.456, "°C", 1), formatValue(21.456, "°C"), formatValue(0, "%", 2), formatValue(123456, "", 0), formatValue(2048, "B", 0)];
+const range = (o, lo, hi) => { const s = yScale(o); return s.range ? s.range(null, lo, hi) : "auto"; };
+out.yRanges = [range({}, 1, 2), range({ min: 0, max: 60 }, 20, 25), range({ min: 0 }, 20, 30), range({ max: 10 }, 20, 30), range({ min: 0, max: 5 }, null, null)];
 console.log(JSON.stringify(out));

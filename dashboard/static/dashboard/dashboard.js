@@ -1,10 +1,12 @@
 // Dashboard page: a grid of panels fed by the tab's one live connection (live windows)
-// or by GET /api/v1/series (history ranges), with time controls kept in the URL,
-// the alert banner, kiosk mode and, for editors, the layout editor.
+// or by GET /api/v1/series (history ranges), with time controls and variable choices
+// (?var-device=boiler-1, expanded on the server) kept in the URL, the alert banner,
+// kiosk mode, the Board menu (rename, duplicate, export, delete) and, for editors, the editor.
 // The share view (/share/<secret>/) is this same page in share mode: its config names the
 // share link's socket and series URL, and it is always a kiosk.
 
 import { AlertBanner, postJSON } from "./alerts.js";
+import { bindBoardMenu } from "./boards.js";
 import { LiveConnection, showState } from "./connection.js";
 import { LayoutEditor } from "./editor.js";
 import { BrokenPanel, makePanel } from "./panels.js";
@@ -46,6 +48,8 @@ class DashboardPage {
     this.conn.start();
     if (!this.share) this.banner.load().then((list) => list.forEach((a) => this.annotate(a)));
     this.bindControls();
+    this.renderVariables();
+    if (!this.share) bindBoardMenu(this.config);
     this.applyState();
     this.editor = new LayoutEditor(this);
     if (params.get("kiosk") === "1" || this.share) this.kiosk(this.share ? 0 : Number(params.get("rotate")) || 0);
@@ -88,13 +92,50 @@ class DashboardPage {
       this.place(root, spec);
       return panel;
     });
-    const keys = [...new Set(this.panels.flatMap((p) => p.keys))].filter((k) => !this.subscribed.has(k));
-    if (keys.length) {
-      keys.forEach((k) => this.subscribed.add(k));
-      this.conn.subscribe(keys, { historyS: MAX_LIVE_S, maxRate: 10 });
-    }
+    this.subscribeKeys(this.panels.flatMap((p) => p.keys));
     this.dirty = true;
     if (this.state && this.state.mode === "history") this.loadHistory();
+  }
+
+  // Live data (with the last hour back-filled) for keys this tab does not follow yet.
+  subscribeKeys(all) {
+    const keys = [...new Set(all)].filter((k) => !this.subscribed.has(k));
+    if (!keys.length) return;
+    keys.forEach((k) => this.subscribed.add(k));
+    this.conn.subscribe(keys, { historyS: MAX_LIVE_S, maxRate: 10 });
+  }
+
+  // The variable choices in the URL: {device: "boiler-1"}.
+  chosenVariables() {
+    const chosen = {};
+    for (const [k, v] of new URLSearchParams(location.search)) if (k.startsWith("var-")) chosen[k.slice(4)] = v;
+    return chosen;
+  }
+
+  // One picker per board variable in the top bar. A choice goes into the URL (?var-device=boiler-1,
+  // beside the time range) and the page reloads: the server expands the patterns with the reader's rights.
+  renderVariables() {
+    const box = document.getElementById("variables");
+    if (!box) return;
+    box.replaceChildren();
+    for (const v of this.config.variables || []) {
+      const label = document.createElement("label");
+      label.className = "variable";
+      label.append(`${v.label || v.name} `);
+      const select = document.createElement("select");
+      select.name = `var-${v.name}`;
+      select.dataset.variable = v.name;
+      for (const value of ["All", ...(v.values || [])]) select.append(new Option(value, value, false, value === v.current));
+      select.addEventListener("change", () => {
+        const now = new URLSearchParams(location.search);
+        if (select.value === "All") now.delete(`var-${v.name}`);
+        else now.set(`var-${v.name}`, select.value);
+        now.delete("edit");
+        location.search = now.toString();
+      });
+      label.append(select);
+      box.append(label);
+    }
   }
 
   // A panel whose drawing threw: replace it by its error, keep drawing the rest.

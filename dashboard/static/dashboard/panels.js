@@ -32,6 +32,7 @@ class Panel {
     this.keys = cfg.series.map((s) => s.key);
     this.unit = cfg.options.unit ?? (cfg.series[0] ? cfg.series[0].unit : "");
     this.staleS = cfg.options.stale_s || DEFAULT_STALE_S;
+    this.decimals = Number.isInteger(cfg.options.decimals) ? cfg.options.decimals : null;
     this.annotations = [];
     root.className = `panel panel-${cfg.kind}`;
     root.dataset.panelId = cfg.id ?? "";
@@ -45,6 +46,12 @@ class Panel {
     root.append(this.body);
     if (!this.keys.length) this.body.append(el("p", "empty", `No readable metric matches ${cfg.metrics.join(", ")}`));
   }
+
+  // A value as legends, stats and tables show it: the panel's unit and decimals.
+  fmt(v, unit = this.unit) { return formatValue(v, unit, this.decimals); }
+
+  // The colour of series i: the panel's own (options.colors) or the palette's.
+  color(i) { return (this.cfg.options.colors || [])[i] || COLORS[i % COLORS.length]; }
 
   label(key) {
     const s = this.cfg.series.find((x) => x.key === key);
@@ -158,6 +165,20 @@ function axes(unit) {
   ];
 }
 
+// The value axis: the panel's min and max when set (a side left out follows the data), else uPlot's own.
+export function yScale({ min = null, max = null } = {}) {
+  if (min === null && max === null) return {};
+  return {
+    range: (u, dataMin, dataMax) => {
+      const lo = dataMin ?? min ?? 0, hi = dataMax ?? max ?? 1;
+      const pad = (hi - lo) * 0.1 || Math.abs(hi) * 0.1 || 1;
+      const from = min ?? Math.min(lo - pad, (max ?? Infinity) - 1);
+      const to = max ?? Math.max(hi + pad, (min ?? -Infinity) + 1);
+      return [from, to];
+    },
+  };
+}
+
 // uPlot with the dashboard's look, drag-to-zoom reported to the page instead of zooming itself.
 function makePlot(panel, container, series, { onZoom, extraHooks = {} }) {
   const zone = viewerTimeZone();
@@ -165,7 +186,7 @@ function makePlot(panel, container, series, { onZoom, extraHooks = {} }) {
   const opts = {
     ...size(),
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), zone),
-    scales: { x: { time: true } },
+    scales: { x: { time: true }, y: yScale(panel.cfg.options) },
     axes: axes(panel.unit),
     series: [{}, ...series],
     legend: { show: false },
@@ -283,15 +304,17 @@ export class TimeSeriesPanel extends Panel {
     this.chartBox = el("div", "chart-box");
     this.chartBox.setAttribute("role", "img"); // its text alternative: the legend's current values (fillLegend)
     this.legend = el("table", "legend");
+    const legend = cfg.options.legend || {};
+    this.legendValues = legend.values || ["latest", "min", "max"];
     this.body.append(this.chartBox, this.legend);
     const series = this.keys.map((k, i) => ({
       label: this.label(k),
-      stroke: COLORS[i % COLORS.length],
-      fill: this.keys.length === 1 ? COLORS[0] + "22" : undefined,
+      stroke: this.color(i),
+      fill: this.keys.length === 1 && /^#[0-9a-f]{6}$/i.test(this.color(0)) ? this.color(0) + "22" : undefined,
       width: 1.5,
       spanGaps: false,
       // No markers on lines; a sample with no neighbour is drawn as a dot, or it would be invisible.
-      points: { show: false, size: 5, fill: COLORS[i % COLORS.length], filter: lonePoints },
+      points: { show: false, size: 5, fill: this.color(i), filter: lonePoints },
     }));
     this.expectedS = this.keys.map((k) => (this.cfg.series.find((s) => s.key === k) || {}).interval_s || DEFAULT_INTERVAL_S);
     this.plot = makePlot(this, this.chartBox, series, { onZoom: page.zoomTo, extraHooks: { setCursor: [(u) => this.showCursor(u)] } });
@@ -300,19 +323,23 @@ export class TimeSeriesPanel extends Panel {
       tr.dataset.key = k;
       const name = el("th");
       name.append(el("i", "swatch"));
-      name.firstChild.style.background = COLORS[i % COLORS.length];
+      name.firstChild.style.background = this.color(i);
       name.append(this.label(k));
       name.title = "click: show only this series (again: all); Ctrl/Shift-click: hide or show it";
       name.addEventListener("click", (e) => this.toggleSeries(i, !(e.ctrlKey || e.metaKey || e.shiftKey)));
-      const last = el("td", "num"), min = el("td", "num"), max = el("td", "num");
-      tr.append(name, last, min, max);
+      const cells = { latest: el("td", "num"), min: el("td", "num"), max: el("td", "num") };
+      tr.append(name, ...this.legendValues.map((v) => cells[v])); // a column left out is filled but not shown
       this.legend.append(tr);
-      return { tr, last, min, max };
+      return { tr, last: cells.latest, min: cells.min, max: cells.max };
     });
     const head = el("tr");
-    for (const h of ["", "latest", "min", "max"]) head.append(el("td", "legend-head", h));
-    this.lastHead = head.children[1];
+    head.append(el("td", "legend-head", ""));
+    const heads = { latest: el("td", "legend-head", "latest"), min: el("td", "legend-head", "min"), max: el("td", "legend-head", "max") };
+    for (const v of this.legendValues) head.append(heads[v]);
+    this.lastHead = heads.latest;
     this.legend.prepend(head);
+    this.legend.hidden = legend.show === false;
+    this.root.classList.toggle("no-legend", legend.show === false);
   }
 
   // Isolate series i (or show all again when it already is alone), or toggle it alone.
@@ -339,14 +366,14 @@ export class TimeSeriesPanel extends Panel {
     this.lastHead.textContent = formatTime(u.data[0][idx] * 1000);
     this.legendRows.forEach((row, i) => {
       const v = valueNear(u.data[i + 1], idx);
-      row.last.textContent = formatValue(v, this.unit);
+      row.last.textContent = this.fmt(v);
       row.last.style.color = v === null ? "" : thresholdColor(v, this.cfg.options.thresholds, "");
     });
   }
 
   fillLegend(columns) {
     this.lastColumns = columns;
-    const alt = `${this.cfg.title}: ` + columns.map((c, i) => `${this.label(this.keys[i])} ${formatValue(c.v.length ? c.v[c.v.length - 1] : null, this.unit)}`).join(", ");
+    const alt = `${this.cfg.title}: ` + columns.map((c, i) => `${this.label(this.keys[i])} ${this.fmt(c.v.length ? c.v[c.v.length - 1] : null)}`).join(", ");
     if (this.chartBox.getAttribute("aria-label") !== alt) this.chartBox.setAttribute("aria-label", alt);
     const hovering = this.cursorIdx != null;
     columns.forEach((c, i) => {
@@ -355,11 +382,11 @@ export class TimeSeriesPanel extends Panel {
       for (const v of c.v) { if (v < mn) mn = v; if (v > mx) mx = v; }
       const last = c.v.length ? c.v[c.v.length - 1] : null;
       if (!hovering) {
-        row.last.textContent = formatValue(last, this.unit);
+        row.last.textContent = this.fmt(last);
         row.last.style.color = last === null ? "" : thresholdColor(last, this.cfg.options.thresholds, "");
       }
-      row.min.textContent = c.v.length ? formatValue(mn, this.unit) : "–";
-      row.max.textContent = c.v.length ? formatValue(mx, this.unit) : "–";
+      row.min.textContent = c.v.length ? this.fmt(mn) : "–";
+      row.max.textContent = c.v.length ? this.fmt(mx) : "–";
     });
   }
 
@@ -391,8 +418,8 @@ export class TimeSeriesPanel extends Panel {
     // min/max of a range are the buckets' extremes, not of their averages
     columns.forEach((c, i) => {
       if (!c.min || !c.min.length) return;
-      this.legendRows[i].min.textContent = formatValue(Math.min(...c.min), this.unit);
-      this.legendRows[i].max.textContent = formatValue(Math.max(...c.max), this.unit);
+      this.legendRows[i].min.textContent = this.fmt(Math.min(...c.min));
+      this.legendRows[i].max.textContent = this.fmt(Math.max(...c.max));
     });
     if (this.cursorIdx != null) this.showCursor(this.plot); // new data under a pointer that stayed put
   }
@@ -447,11 +474,15 @@ export class StatPanel extends Panel {
 
   render(value, t, col) {
     const color = value === null ? "var(--muted)" : thresholdColor(value, this.cfg.options.thresholds, "var(--ok)");
-    const text = formatValue(value, this.unit);
+    const text = this.fmt(value);
     const unitSuffix = this.unit && text.endsWith(" " + this.unit) ? this.unit : "";
     this.value.textContent = unitSuffix ? text.slice(0, -unitSuffix.length - 1) : text;
     if (unitSuffix) this.value.append(el("small", "stat-unit", unitSuffix));
     this.value.style.color = color;
+    // A threshold reached also tints the whole stat, readable from across the room.
+    const reached = value !== null && (this.cfg.options.thresholds || []).some((t) => value >= t.value);
+    this.body.style.background = reached ? `color-mix(in srgb, ${color} 22%, transparent)` : "";
+    this.root.dataset.threshold = reached ? color : "";
     const age = t ? Date.now() / 1000 - t : null;
     this.root.classList.toggle("stale", age !== null && age > this.staleS);
     this.sub.textContent = t === null ? "no data" : age > this.staleS ? "stale since " + formatTime(t * 1000) : "updated " + formatTime(t * 1000);
@@ -537,7 +568,7 @@ export class TablePanel extends Panel {
       const tr = this.tbody.rows[i];
       tr.dataset.key = r.key;
       tr.cells[0].textContent = r.name;
-      tr.cells[1].textContent = formatValue(r.value, this.cfg.options.unit ?? (this.cfg.series.find((s) => s.key === r.key) || {}).unit);
+      tr.cells[1].textContent = this.fmt(r.value, this.cfg.options.unit ?? (this.cfg.series.find((s) => s.key === r.key) || {}).unit);
       tr.cells[1].style.color = r.value === null ? "" : thresholdColor(r.value, this.cfg.options.thresholds, "");
       const stale = r.t && now - r.t > this.staleS;
       tr.classList.toggle("stale", !!stale);
