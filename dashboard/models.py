@@ -57,7 +57,7 @@ class Source(models.Model):
         AGENT = "agent", "Collector agent"
         OTHER = "other", "Other"
 
-    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.OTHER)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.OTHER, verbose_name="source kind")
     name = models.CharField(max_length=200)
     slug = models.CharField(max_length=120, unique=True, validators=[key_validator])
     labels = models.JSONField(default=dict, blank=True)
@@ -121,7 +121,7 @@ class Metric(models.Model):
     name = models.CharField(max_length=200)
     key = models.CharField(max_length=200, unique=True, validators=[key_validator])
     unit = models.CharField(max_length=32, blank=True)
-    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.GAUGE)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.GAUGE, verbose_name="metric kind")
     description = models.TextField(blank=True)
     created = models.DateTimeField(default=timezone.now)
     last_ts = models.BigIntegerField(null=True, blank=True, help_text="µs since epoch of the newest sample")
@@ -690,6 +690,9 @@ class AlertEvent(models.Model):
     class Meta:
         ordering = ["-at"]
 
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.from_state} → {self.to_state} at {self.at:%Y-%m-%d %H:%M:%S} UTC"
+
 
 class NotificationDelivery(models.Model):
     """One attempt series to deliver an alert event to a webhook or an email address."""
@@ -702,3 +705,9 @@ class NotificationDelivery(models.Model):
     last_error = models.TextField(blank=True)
     created = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "notification deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.channel} to {self.target}: {self.status} after {self.attempts} attempt(s)"
