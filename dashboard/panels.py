@@ -70,6 +70,7 @@ def panel_config(panel: Panel, user, values: dict[str, str] | None = None) -> di
             "series": [],
             **cell,
         }
+    expanded = [layout.expand(m, values or {}) for m in panel.metrics]
     return {
         "id": panel.id,
         "title": panel.title,
@@ -82,7 +83,11 @@ def panel_config(panel: Panel, user, values: dict[str, str] | None = None) -> di
         "h": panel.h,
         # `$device` replaced by the viewer's choice here, on the server: the series (and so the live
         # subscription and history) are the expanded patterns resolved with the viewer's rights.
-        "series": resolve([layout.expand(m, values or {}) for m in panel.metrics], user),
+        "series": resolve(expanded, user),
+        # The same patterns, which the page also subscribes to as globs, so that a device created
+        # after the page opened joins the panel (the server's `subscribed` delta, docs/protocol.md).
+        "patterns": expanded,
+        "max_series": MAX_KEYS_PER_PANEL,
     }
 
 

@@ -8,7 +8,7 @@
 import { AlertBanner, postJSON } from "./alerts.js";
 import { bindBoardMenu } from "./boards.js";
 import { LiveConnection, showState } from "./connection.js";
-import { LayoutEditor } from "./editor.js";
+import { LayoutEditor, globMatch } from "./editor.js";
 import { BrokenPanel, makePanel } from "./panels.js";
 import { SeriesStore } from "./store.js";
 import { HISTORY_RANGES, LIVE_RANGES, MAX_LIVE_S, bounds, describe, readTimeState, writeTimeState } from "./timerange.js";
@@ -41,7 +41,7 @@ class DashboardPage {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     this.conn = this.share ? new LiveConnection(`${scheme}://${location.host}${this.share.socket}`) : new LiveConnection();
     showState(this.conn);
-    for (const type of ["data", "alert", "lag"]) this.conn.on(type, (event) => this.dispatch(event));
+    for (const type of ["data", "alert", "lag", "subscribed"]) this.conn.on(type, (event) => this.dispatch(event));
     this.conn.on("state", () => this.updateStatus()); // a dropped socket shows at once, not on the next tick
     this.banner = new AlertBanner(undefined, { canOperate: config.can_operate_alerts });
     this.rebuild(config);
@@ -69,7 +69,30 @@ class DashboardPage {
         break;
       case "lag":
         break; // the server back-fills by itself; replayed data follows
+      case "subscribed":
+        if (event.globs) this.follow(event.metrics); // a delta: metrics created after the page opened
+        break;
     }
+  }
+
+  // Metrics created after the page opened that one of the board's globs now takes in (a new device
+  // of the fleet): each panel whose patterns match one adds it as a series and is drawn again.
+  follow(metrics) {
+    this.panels.forEach((panel, i) => {
+      const spec = this.config.panels[i];
+      if (!spec || !spec.patterns || spec.kind === "broken") return;
+      const fresh = metrics.filter((m) => !spec.series.some((s) => s.key === m.key)
+        && spec.patterns.some((p) => globMatch(p, m.key)));
+      if (!fresh.length) return;
+      spec.series = [...spec.series, ...fresh].slice(0, spec.max_series || 40);
+      panel.destroy();
+      const root = this.panelRoots[i];
+      root.replaceChildren();
+      try { this.panels[i] = makePanel(root, spec, this); } catch (err) { this.fail(panel, err); }
+      this.place(root, spec);
+    });
+    this.dirty = true;
+    if (this.state && this.state.mode === "history") this.loadHistory();
   }
 
   annotate(alert) {
@@ -93,6 +116,8 @@ class DashboardPage {
       return panel;
     });
     this.subscribeKeys(this.panels.flatMap((p) => p.keys));
+    // The globs too: the server keeps them live and announces metrics created later (follow).
+    this.subscribeKeys(config.panels.flatMap((spec) => (spec.patterns || []).filter((p) => /[*?[]/.test(p))));
     this.dirty = true;
     if (this.state && this.state.mode === "history") this.loadHistory();
   }
