@@ -75,18 +75,24 @@ class Fragment:
 
 
 def encode_fragment(
-    key: str, ts: list[int], values: list[float], frames: dict[frozenset[str], str] | None = None
+    key: str,
+    ts: list[int],
+    values: list[float],
+    frames: dict[frozenset[str], str] | None = None,
+    late: bool = False,
 ) -> Fragment:
     """Return the encoded fragment of one metric's samples.
 
     Built by hand, not json.dumps of a dict: the same text for the finite
     floats and integers samples hold, at a third of the cost (a 1,000-key
-    replay encodes 1,000 fragments on the event loop).
+    replay encodes 1,000 fragments on the event loop). `late` marks samples
+    that committed after a newer sample of their key went out live
+    (docs/protocol.md: the client inserts them by `t`).
     """
     text = (
         '{"k":'
         + encode_basestring_ascii(key)
-        + ',"t":['
+        + (',"late":true,"t":[' if late else ',"t":[')
         + ",".join(map(str, ts))
         + '],"v":['
         + ",".join(map(repr, values))
@@ -688,7 +694,17 @@ class Flusher:
 class KeyLedger:
     """What a hub delivered of one metric: its timestamps above the hub's floor, and when data last came."""
 
-    __slots__ = ("key", "metric_id", "source_id", "buckets", "seeded", "interval_s", "last_data_us", "stale_since")
+    __slots__ = (
+        "key",
+        "metric_id",
+        "source_id",
+        "buckets",
+        "seeded",
+        "interval_s",
+        "last_data_us",
+        "stale_since",
+        "newest_live",
+    )
 
     def __init__(self, key: str, metric_id: int, source_id: int) -> None:
         self.key = key
@@ -702,6 +718,7 @@ class KeyLedger:
         self.interval_s = 10.0  # its source's expected_interval_s
         self.last_data_us = now_us()  # when its newest sample reached the hub (or was stored, before that)
         self.stale_since: int | None = None
+        self.newest_live = 0  # the newest ts this hub routed live: an older one routed after it is late
 
     def has(self, t: int) -> bool:
         bucket = self.buckets.get(t // reconcile.BUCKET_US)
@@ -1173,6 +1190,7 @@ class Hub:
         ledgers, floor = self.ledgers, self.floor
         for key, (ts, values) in event.series.items():
             ledger = ledgers.get(key)
+            late = False
             if ledger is not None:
                 has = ledger.has
                 if any(t > floor and has(t) for t in ts):
@@ -1185,7 +1203,11 @@ class Hub:
                     if t > floor:
                         add(t)
                 self._note_data(ledger)
-            fragments.append(encode_fragment(key, ts, values, frames))
+                # Commit order is not time order (several requests in flight): say so, so viewers insert it.
+                late = ts[0] <= ledger.newest_live
+                if ts[-1] > ledger.newest_live:
+                    ledger.newest_live = ts[-1]
+            fragments.append(encode_fragment(key, ts, values, frames, late))
         if not fragments:
             return
         for session in members:

@@ -298,14 +298,23 @@ async def test_samples_committed_out_of_order_all_reach_a_viewer_of_a_real_serve
             await asyncio.gather(*(sender() for _ in range(8)))
         stored = sqlite_samples(env)
         await async_wait_until(lambda: set(stored) <= set(watcher.samples()), 15, "every stored sample live")
-        late, newest = 0, 0
-        for t, _ in watcher.samples():
-            late += t < newest
-            newest = max(newest, t)
-        print(f"[out-of-order ingest] {len(stored)} stored, {late} delivered after a newer sample of the key")
+        late, unmarked, newest = 0, 0, 0
+        for _, frame in watcher.frames:
+            if frame["type"] != "data" or frame.get("replay"):
+                continue
+            for batch in frame["batches"]:
+                if batch["t"][0] < newest:
+                    late += len(batch["t"])
+                    unmarked += 0 if batch.get("late") else len(batch["t"])  # docs/protocol.md: marked late
+                newest = max(newest, batch["t"][-1])
+        print(
+            f"[out-of-order ingest] {len(stored)} stored, {late} delivered after a newer sample of the key, "
+            f"{unmarked} of them not marked late"
+        )
         await asyncio.sleep(1)
         check_delivery("out-of-order ingest, 8 requests in flight", sqlite_samples(env), watcher)
         assert late >= 1  # the inverted pair at least
+        assert unmarked == 0
     finally:
         if watcher is not None:
             await watcher.stop()
