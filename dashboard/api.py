@@ -55,7 +55,7 @@ def _find_token(secret: str) -> AgentToken | None:
     """AgentToken.find on the shared sync thread, which keeps its connection; a broken one is dropped.
 
     The agent handler sends no request_started/finished signals
-    (dashboard/agenthandler.py), so close_old_connections never runs for
+    (dashboard/fastpaths/agenthandler.py), so close_old_connections never runs for
     this thread: like the writer, it keeps one connection and closes it only
     after an error, so the next lookup reconnects.
     """

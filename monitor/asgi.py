@@ -18,11 +18,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from dashboard import background, fastpaths  # noqa: E402
-from dashboard.agenthandler import AgentAPIHandler, route  # noqa: E402
+from dashboard.fastpaths.agenthandler import AgentAPIHandler, route  # noqa: E402
 from dashboard.origins import ServedOriginValidator  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 
-# Agent posts skip the middleware chain (dashboard/agenthandler.py says why), where the guard
+# Agent posts skip the middleware chain (dashboard/fastpaths/agenthandler.py says why), where the guard
 # allows it (dashboard/fastpaths/__init__.py); else Django's own handler serves them too.
 http_app = route(AgentAPIHandler(), django_asgi_app) if fastpaths.enabled("agent_handler") else django_asgi_app
 if settings.SERVE_STATIC:

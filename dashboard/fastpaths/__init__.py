@@ -32,7 +32,7 @@ server_close       close frames with 1001 and a 5 s handshake   Channels' `webso
                    wait (writethrough.py: server_closer;        refuses 1001 there: a stopping server
                    autobahn's sendCloseFrame)                   closes with 1000)
 agent_handler      agent endpoints without Django's middleware  Django's ASGIHandler and middleware
-                   chain (dashboard/agenthandler.py;
+                   chain (agenthandler.py;
                    BaseHandler._middleware_chain)
 gc_policy          gc.freeze and rarer young collections        CPython's default collector thresholds
                    (gcpolicy.py)
