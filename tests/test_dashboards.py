@@ -348,7 +348,7 @@ def test_demodashboards_is_idempotent() -> None:
     Panel.objects.filter(title="CPU").update(w=12)  # an operator's edit survives a second run
     call_command("demodashboards", host="web-01")
     assert (Dashboard.objects.count(), Panel.objects.count(), AlertRule.objects.count()) == counts
-    assert counts[0] == 3 and set(Panel.objects.values_list("kind", flat=True)) == {
+    assert counts[0] == 4 and set(Panel.objects.values_list("kind", flat=True)) == {
         "timeseries",
         "stat",
         "table",

@@ -727,6 +727,18 @@ metrics_allow = ["pulseboard_*"]
         assert series["app.exporter.scrape.up"]["min"] == [1.0] * len(series["app.exporter.scrape.up"]["min"])
         # The server counted the agent's own posts: its ingest counter, scraped back, went up.
         assert series["pulseboard.pulseboard_ingest_accepted_total"]["max"][-1] > 0
+        # The demo board of Pulseboard's own health (demodashboards) names keys this scrape makes.
+        from fnmatch import fnmatchcase
+
+        from dashboard.management.commands.demodashboards import pulseboard_board
+
+        with httpx.Client(base_url=pulseboard.url, cookies=cookies) as client:
+            keys = [m["key"] for m in client.get("/api/v1/metrics").json()["metrics"]]
+        for spec in pulseboard_board()[1]:
+            for pattern in spec["metrics"]:
+                if "rejected" in pattern or "failures" in pattern or "dropped" in pattern or ".mean" in pattern:
+                    continue  # series that appear with their first rejection, failure, drop or second write
+                assert any(fnmatchcase(k, pattern) for k in keys), (spec["title"], pattern)
     finally:
         agent.terminate()
         agent.wait(20)

@@ -270,6 +270,62 @@ def market_board() -> tuple[dict, list[dict]]:
     )
 
 
+def pulseboard_board() -> tuple[dict, list[dict]]:
+    """Pulseboard's own health, from the scrape of its /metrics that `serve` runs (the prometheus collector)."""
+    p = "pulseboard.pulseboard_"
+
+    def panel(title: str, kind: str, metrics: list[str], x: int, y: int, w: int, h: int, **options) -> dict:
+        return {"title": title, "kind": kind, "metrics": metrics, "options": options, "x": x, "y": y, "w": w, "h": h}
+
+    return (
+        {"slug": "pulseboard", "title": "Pulseboard", "description": "This server's own health, scraped from /metrics"},
+        [
+            panel(
+                "Scrape up",
+                "stat",
+                ["pulseboard.scrape.up"],
+                0,
+                0,
+                3,
+                2,
+                thresholds=[{"value": 0, "color": BAD}, {"value": 1, "color": OK}],
+            ),
+            panel("Live connections", "stat", [f"{p}connections"], 3, 0, 3, 2),
+            panel("Subscriptions", "stat", [f"{p}subscriptions"], 6, 0, 3, 2),
+            panel(
+                "Publish failures /s",
+                "stat",
+                [f"{p}publish_failures_total.rate"],
+                9,
+                0,
+                3,
+                2,
+                thresholds=[{"value": 0.01, "color": BAD}],
+            ),
+            panel(
+                "Samples stored /s",
+                "timeseries",
+                [f"{p}ingest_accepted_total.rate", f"{p}ingest_duplicates_total.rate"],
+                0,
+                2,
+                6,
+                4,
+            ),
+            panel("Samples rejected /s", "timeseries", [f"{p}ingest_rejected_total.code:*.rate"], 6, 2, 6, 4),
+            panel(
+                "Samples sent live /s",
+                "timeseries",
+                [f"{p}samples_sent_total.rate", f"{p}samples_dropped_total.rate"],
+                0,
+                6,
+                6,
+                4,
+            ),
+            panel("Write batch (mean s)", "timeseries", [f"{p}write_batch_seconds.mean"], 6, 6, 6, 4, unit="s"),
+        ],
+    )
+
+
 def demo_rules(host: str) -> list[dict]:
     return [
         {
@@ -359,7 +415,7 @@ class Command(BaseCommand):
         host = slugify_key(host)
         created = []
         with transaction.atomic():
-            for fields, panels in (host_board(host), iot_board(), market_board()):
+            for fields, panels in (host_board(host), iot_board(), market_board(), pulseboard_board()):
                 board, new = Dashboard.objects.get_or_create(slug=fields["slug"], defaults=fields)
                 if new or reset or not board.panels.exists():
                     board.panels.all().delete()
