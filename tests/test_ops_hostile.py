@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -78,3 +82,21 @@ def test_metrics_answers_the_configured_token(client, settings, authorization: s
     settings.METRICS_TOKEN = "t0ken-ABC"
     response = client.get("/metrics", headers={"Authorization": authorization})
     assert response.status_code == 200 and b"pulseboard_ingest_accepted" in response.content
+
+
+def test_an_unwritable_multiproc_dir_is_refused_at_start_with_a_clear_message(tmp_path) -> None:
+    """/proc/self is a directory nobody, root included, can create files in."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": "/proc/self", "DJANGO_SETTINGS_MODULE": "monitor.settings"}
+    run = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); import dashboard.stats"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "django.core.exceptions.ImproperlyConfigured: PROMETHEUS_MULTIPROC_DIR='/proc/self' is not writable"
+    ), last
