@@ -278,22 +278,35 @@ def _form_error(form: AlertRuleForm) -> InvalidRule:
 def save_rule(user, data: dict[str, Any], rule: AlertRule | None = None) -> AlertRule:
     """Validate and store a new or changed rule (a partial change keeps the other fields).
 
-    Saving a rule with enabled off resolves its active alerts, notifies and
-    pushes them (`alerts.retire_rule`, run by AlertRule's post_save signal).
+    A change reads the rule again inside its transaction (locked on
+    PostgreSQL) and writes only the fields it was given: two people changing
+    one rule at once (one disables it, the other moves its threshold) keep
+    both changes, where saving every field from a copy read earlier put the
+    first one back. Saving a rule with enabled off resolves its active
+    alerts, notifies and pushes them (`alerts.retire_rule`, run by
+    AlertRule's post_save signal).
     """
-    # Fields left out keep their value (a change) or take the model's default (a new rule).
-    merged = {name: getattr(rule or AlertRule(), name) for name in AlertRuleForm.Meta.fields}
     _form_data(data)  # unknown fields and wrong types are refused before they are merged
-    merged.update(data)
-    if rule is not None and merged["metric_pattern"] == rule.metric_pattern:
-        # Disabling a rule whose metrics are gone must not fail on its (unchanged) pattern.
-        merged["allow_empty_match"] = True
-    data = merged
-    form = AlertRuleForm(_form_data(data), instance=rule, user=user)
-    if not form.is_valid():
-        raise _form_error(form)
     with transaction.atomic():
-        return form.save()
+        if rule is not None:
+            try:
+                rule = AlertRule.objects.select_for_update().get(pk=rule.pk)
+            except AlertRule.DoesNotExist:
+                raise NotFound(f"no alert rule {rule.pk} that you may see") from None
+        # Fields left out keep their value (a change) or take the model's default (a new rule).
+        merged = {name: getattr(rule or AlertRule(), name) for name in AlertRuleForm.Meta.fields}
+        merged.update(data)
+        if rule is not None and merged["metric_pattern"] == rule.metric_pattern:
+            # Disabling a rule whose metrics are gone must not fail on its (unchanged) pattern.
+            merged["allow_empty_match"] = True
+        form = AlertRuleForm(_form_data(merged), instance=rule, user=user)
+        if not form.is_valid():
+            raise _form_error(form)
+        if rule is None:
+            return form.save()
+        changed = form.save(commit=False)
+        changed.save(update_fields=[name for name in AlertRuleForm.Meta.fields if name in data])
+        return changed
 
 
 def delete_rule(rule: AlertRule) -> None:

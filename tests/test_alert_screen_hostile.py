@@ -273,3 +273,29 @@ def test_the_alerts_scripts_never_write_html_built_from_data() -> None:
         assert not re.search(r"outerHTML|insertAdjacentHTML|document\.write|\beval\(", code), name
         for assigned in re.findall(r"innerHTML\s*=\s*([^;]*);", code):
             assert re.fullmatch(r"`[^`$]*`|\"[^\"]*\"|'[^']*'", assigned.strip()), (name, assigned)  # a constant only
+
+
+# --- Concurrent edits --------------------------------------------------------------------------
+
+
+def test_two_changes_to_one_rule_at_once_keep_both(admin, metrics) -> None:
+    """B read the rule, A disabled it, B saved a new threshold: the rule stays disabled (it was re-enabled)."""
+    from dashboard.alertscreen import save_rule
+
+    rule = AlertRule.objects.create(name="r", metric_pattern="iot.*.temperature", threshold=1)
+    read_by_b = AlertRule.objects.get(pk=rule.pk)
+    save_rule(admin, {"enabled": False}, AlertRule.objects.get(pk=rule.pk))  # A
+    save_rule(admin, {"threshold": 5}, read_by_b)  # B, from what it read before A's change
+    rule.refresh_from_db()
+    assert (rule.enabled, rule.threshold) == (False, 5.0)
+
+
+def test_changing_a_rule_deleted_meanwhile_is_a_404(admin, metrics) -> None:
+    from dashboard.alertscreen import save_rule
+    from dashboard.pages import NotFound
+
+    rule = AlertRule.objects.create(name="r", metric_pattern="iot.*.temperature", threshold=1)
+    stale = AlertRule.objects.get(pk=rule.pk)
+    rule.delete()
+    with pytest.raises(NotFound):
+        save_rule(admin, {"threshold": 5}, stale)
