@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dashboard.alertrules import KeySet
-from dashboard.models import AlertRule, Metric, Source
+from dashboard.models import AlertInstance, AlertRule, Metric, Source
 
 pytestmark = pytest.mark.django_db
 
@@ -299,3 +299,44 @@ def test_changing_a_rule_deleted_meanwhile_is_a_404(admin, metrics) -> None:
     rule.delete()
     with pytest.raises(NotFound):
         save_rule(admin, {"threshold": 5}, stale)
+
+
+# --- Acknowledge and silence (dashboard/pages.py), used from the screen ---------------------------
+
+
+@pytest.fixture
+def firing(metrics) -> AlertInstance:
+    rule = AlertRule.objects.create(name="r", metric_pattern="iot.*.temperature", threshold=1)
+    metric = Metric.objects.get(key="iot.sensor-01.temperature")
+    return AlertInstance.objects.create(rule=rule, metric=metric, state="firing", last_value=9)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b"\xff\xfe",
+        b'{"duration_s": 1e999}',
+        b'{"duration_s": 99999999999999999999999}',
+        b"x" * (3 * 1024 * 1024),
+    ],
+    ids=["nested", "not-utf8", "inf", "huge", "3MiB"],
+)
+def test_a_hostile_silence_body_gets_a_json_4xx(admin, firing, body: bytes) -> None:
+    response = signed_in(admin).post(f"/api/v1/alerts/{firing.pk}/silence", body, content_type="application/json")
+    assert_json_4xx(response)
+    firing.refresh_from_db()
+    assert firing.silenced_until is None
+
+
+def test_an_operator_may_not_touch_alerts_on_metrics_they_may_not_read(viewer, metrics) -> None:
+    bob = grant(viewer, "change_alertinstance")
+    rule = AlertRule.objects.create(name="v", metric_pattern="lab.vault.temperature", threshold=1)
+    vault = AlertInstance.objects.create(
+        rule=rule, metric=Metric.objects.get(key="lab.vault.temperature"), state="firing"
+    )
+    client = signed_in(bob)
+    for action in ("ack", "silence"):
+        assert_json_4xx(
+            client.post(f"/api/v1/alerts/{vault.pk}/{action}", "{}", content_type="application/json"), "not_found"
+        )
