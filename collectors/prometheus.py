@@ -40,6 +40,7 @@ import os
 import random
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,8 @@ DEFAULT_MAX_BACKOFF_S = 120.0
 FAILURE_LOG_EVERY_S = 300.0  # a target down for hours says so every 5 minutes, not at every scrape
 SUFFIX_LEN = 5  # room kept in every key for ".rate" / ".mean"
 HASH_CHARS = 12
+MAX_REDIRECTS = 5  # on the target's own origin (Prometheus follows up to 10, to any host)
+INT64_MAX = 2**63 - 1  # µs timestamps beyond it cannot be stored (the spool, the server's BIGINT)
 # Only the classic text format is asked for: prometheus_client (and others) answer OpenMetrics to any
 # Accept that names it, whatever its q. A body that is OpenMetrics anyway is parsed as such.
 ACCEPT = "text/plain;version=0.0.4,*/*;q=0.1"
@@ -322,8 +325,12 @@ class PrometheusCollector(Collector):
     # --- one scrape -----------------------------------------------------------------------------
 
     def client(self) -> httpx.AsyncClient:
-        """Return the HTTP client scrapes share (connections are kept alive between scrapes)."""
-        return httpx.AsyncClient(headers=self.headers, timeout=self.timeout_s, follow_redirects=True)
+        """Return the HTTP client scrapes share (connections are kept alive between scrapes).
+
+        Redirects are followed by `_fetch`, on the target's own origin only: httpx would follow one to
+        any host with every configured header but Authorization (headers_env secrets included).
+        """
+        return httpx.AsyncClient(headers=self.headers, timeout=self.timeout_s, follow_redirects=False)
 
     async def scrape(self, target: Target, client: httpx.AsyncClient) -> list[Reading]:
         """Scrape one target once; return its readings and scrape.* series. Never raises (but for cancellation)."""
@@ -355,17 +362,54 @@ class PrometheusCollector(Collector):
     async def _fetch(self, target: Target, client: httpx.AsyncClient) -> tuple[bytes, str]:
         # asyncio.timeout bounds the whole scrape; httpx's own timeout is per read, which a slow drip never trips.
         async with asyncio.timeout(self.timeout_s):
-            async with client.stream("GET", target.url) as response:
-                if response.status_code != 200:
-                    raise ScrapeError(f"HTTP {response.status_code} {response.reason_phrase}".rstrip())
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
+            origin = httpx.URL(target.url)
+            url = origin
+            for _ in range(MAX_REDIRECTS + 1):
+                async with client.stream("GET", url) as response:
+                    if response.is_redirect:
+                        url = response.url.join(response.headers["location"])
+                        if (url.scheme, url.host, url.port) != (origin.scheme, origin.host, origin.port):
+                            raise ScrapeError(
+                                f"redirected to another origin ({str(url)[:200]}); scrapes follow redirects on the "
+                                "target's own scheme, host and port only: make that URL the target"
+                            )
+                        continue
+                    if response.status_code != 200:
+                        raise ScrapeError(f"HTTP {response.status_code} {response.reason_phrase}".rstrip())
+                    return await self._body(response), response.headers.get("content-type", "")
+            raise ScrapeError(f"more than {MAX_REDIRECTS} redirects")
+
+    async def _body(self, response: httpx.Response) -> bytes:
+        """Read a body, inflating gzip or deflate here, never more than one byte past max_body_bytes.
+
+        httpx inflates each network chunk whole: a 64 KB gzip bomb became 64 MiB in memory before any
+        size check could see it (141 MiB peak with max_body_bytes at 1 MiB).
+        """
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, told apart by zlib
+        elif encoding in ("", "identity"):
+            inflate = None
+        else:
+            raise ScrapeError(f"unsupported Content-Encoding {encoding[:40]!r}")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for raw in response.aiter_raw():
+                data = raw
+                while data:
+                    if inflate is None:
+                        piece, data = data, b""
+                    else:
+                        piece = inflate.decompress(data, self.max_body_bytes - size + 1)
+                        data = inflate.unconsumed_tail
+                    size += len(piece)
                     if size > self.max_body_bytes:
                         raise ScrapeError(f"body over max_body_bytes ({self.max_body_bytes})")
-                    chunks.append(chunk)
-                return b"".join(chunks), response.headers.get("content-type", "")
+                    chunks.append(piece)
+        except zlib.error as exc:
+            raise ScrapeError(f"body is not valid {encoding} ({exc})") from None
+        return b"".join(chunks)
 
     def _failed(self, target: Target, reason: str) -> None:
         target.failures += 1
@@ -649,9 +693,11 @@ def _sample_ts(timestamp: Any, scrape_ts: int) -> int | None:
         return scrape_ts
     try:
         seconds = float(timestamp)  # the parsers give seconds, or an OpenMetrics Timestamp
-        return round(seconds * 1000) * 1000 if math.isfinite(seconds) else None
+        us = round(seconds * 1000) * 1000 if math.isfinite(seconds) else None
     except (OverflowError, TypeError, ValueError):
         return None
+    # Before 1970 or past int64 µs (year 294,247) is no reading anyone can store: skipped and counted.
+    return us if us is not None and 0 <= us <= INT64_MAX else None
 
 
 def _rate(before: tuple[int, float] | None, ts: int, value: float) -> float | None:

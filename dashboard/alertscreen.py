@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import EmptyPage, Paginator
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -27,9 +28,16 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from dashboard.alertrules import EMPTY_MATCH_CODE, AlertRuleForm, matching_keys, preview, readable_keys
+from dashboard.alertrules import (
+    EMPTY_MATCH_CODE,
+    UNREADABLE_MATCH_CODE,
+    AlertRuleForm,
+    matching_keys,
+    preview,
+    readable_keys,
+)
 from dashboard.api import error_response
-from dashboard.exceptions import BadRequest, NotAuthenticated, PulseboardError
+from dashboard.exceptions import BadRequest, NotAuthenticated, PayloadTooLarge, PulseboardError
 from dashboard.models import AlertEvent, AlertInstance, AlertRule, Metric
 from dashboard.pages import Forbidden, NotFound
 from dashboard.timeutil import US
@@ -38,6 +46,8 @@ ACTIVE_STATES = (AlertInstance.State.PENDING, AlertInstance.State.FIRING, AlertI
 HISTORY_PER_PAGE = 20  # events per history page; ?per_page= up to HISTORY_MAX_PER_PAGE
 HISTORY_MAX_PER_PAGE = 200
 PREVIEW_MAX_PATTERN = 200  # the model's max_length for metric_pattern
+MAX_RULE_BODY_BYTES = 64 * 1024  # a rule is a few hundred bytes; its longest field (email_to) a few KB
+MAX_EXACT_INT = 2**53  # JSON integers beyond a float's exact range are no threshold or duration anyone means
 
 
 class InvalidRule(BadRequest):
@@ -62,6 +72,12 @@ class PatternMatchesNothing(InvalidRule):
     """The rule's metric pattern matches no metric the author may read, and they did not allow that."""
 
     code = "pattern_matches_nothing"  # alertrules.EMPTY_MATCH_CODE
+
+
+class PatternMatchesUnreadable(InvalidRule):
+    """The rule's metric pattern also matches a metric the author may not read (its notifications would show it)."""
+
+    code = "pattern_matches_unreadable"  # alertrules.UNREADABLE_MATCH_CODE
 
 
 # --- Rights ---------------------------------------------------------------------
@@ -175,26 +191,31 @@ def visible_rules(user) -> list[tuple[AlertRule, list[str]]]:
     a rule that matches no metric at all yet is visible to those who may
     add or change rules (so its author does not lose it).
     """
+    return [(rule, matched) for rule, matched, _ in _rules_with_reach(user)]
+
+
+def _rules_with_reach(user) -> list[tuple[AlertRule, list[str], bool]]:
+    """Return (rule, readable keys it matches, whether it also matches a metric the user may not read)."""
     keys = readable_keys(user)
+    every_key = keys if user.is_staff or user.is_superuser else readable_keys(None)
     editor = user.has_perm("dashboard.add_alertrule") or user.has_perm("dashboard.change_alertrule")
-    every_key: list[str] | None = None
     found = []
     for rule in AlertRule.objects.order_by("name", "id"):
         matched = matching_keys(rule.metric_pattern, keys)
-        if not matched:
-            if not editor:
-                continue
-            if every_key is None:
-                every_key = readable_keys(None)
-            if matching_keys(rule.metric_pattern, every_key):
-                continue  # it watches metrics this user may not read
-        found.append((rule, matched))
+        if not matched and not editor:
+            continue
+        wider = every_key is not keys and len(matching_keys(rule.metric_pattern, every_key)) > len(matched)
+        if not matched and wider:
+            continue  # it watches metrics this user may not read
+        found.append((rule, matched, wider))
     return found
 
 
 def rules_payload(user) -> dict[str, Any]:
     """Return the alerts screen's data: the visible rules with their state and active instances, and the rights."""
-    found = visible_rules(user)
+    reach = _rules_with_reach(user)
+    found = [(rule, keys) for rule, keys, _ in reach]
+    wider = {rule.id for rule, _, beyond in reach if beyond}
     can = rights(user)
     instances: dict[int, list[AlertInstance]] = {rule.id: [] for rule, _ in found}
     active = (
@@ -213,7 +234,12 @@ def rules_payload(user) -> dict[str, Any]:
     return {
         "rules": [
             _rule_json(
-                rule, instances[rule.id], len(keys), units.get(keys[0], "") if keys else "", can["can_change"], now
+                rule,
+                instances[rule.id],
+                len(keys),
+                units.get(keys[0], "") if keys else "",
+                can["can_change"] and rule.id not in wider,
+                now,
             )
             for rule, keys in found
         ],
@@ -221,9 +247,15 @@ def rules_payload(user) -> dict[str, Any]:
     }
 
 
-def _visible_rule(user, pk: int) -> AlertRule:
-    for rule, _ in visible_rules(user):
+def _visible_rule(user, pk: int, *, to_change: bool = False) -> AlertRule:
+    """Return a rule the user may see; to change or delete it, it must watch only metrics they may read."""
+    for rule, _, wider in _rules_with_reach(user):
         if rule.pk == pk:
+            if to_change and wider:
+                raise Forbidden(
+                    f"alert rule {pk} also watches metrics you may not read; only someone who may read them all "
+                    "can change or delete it"
+                )
             return rule
     raise NotFound(f"no alert rule {pk} that you may see")
 
@@ -234,7 +266,11 @@ def _visible_rule(user, pk: int) -> AlertRule:
 def _form_error(form: AlertRuleForm) -> InvalidRule:
     errors = {name: [str(m) for m in messages] for name, messages in form.errors.items()}
     field = next(iter(errors))
-    cls = PatternMatchesNothing if form.has_error("metric_pattern", EMPTY_MATCH_CODE) else InvalidRule
+    cls = InvalidRule
+    if form.has_error("metric_pattern", EMPTY_MATCH_CODE):
+        cls = PatternMatchesNothing
+    elif form.has_error("metric_pattern", UNREADABLE_MATCH_CODE):
+        cls = PatternMatchesUnreadable
     message = f"{field}: {errors[field][0]}" if field != "__all__" else errors[field][0]
     return cls(message, field=field, errors=errors, suggestions=form.suggestions)
 
@@ -242,22 +278,35 @@ def _form_error(form: AlertRuleForm) -> InvalidRule:
 def save_rule(user, data: dict[str, Any], rule: AlertRule | None = None) -> AlertRule:
     """Validate and store a new or changed rule (a partial change keeps the other fields).
 
-    Saving a rule with enabled off resolves its active alerts, notifies and
-    pushes them (`alerts.retire_rule`, run by AlertRule's post_save signal).
+    A change reads the rule again inside its transaction (locked on
+    PostgreSQL) and writes only the fields it was given: two people changing
+    one rule at once (one disables it, the other moves its threshold) keep
+    both changes, where saving every field from a copy read earlier put the
+    first one back. Saving a rule with enabled off resolves its active
+    alerts, notifies and pushes them (`alerts.retire_rule`, run by
+    AlertRule's post_save signal).
     """
-    # Fields left out keep their value (a change) or take the model's default (a new rule).
-    merged = {name: getattr(rule or AlertRule(), name) for name in AlertRuleForm.Meta.fields}
     _form_data(data)  # unknown fields and wrong types are refused before they are merged
-    merged.update(data)
-    if rule is not None and merged["metric_pattern"] == rule.metric_pattern:
-        # Disabling a rule whose metrics are gone must not fail on its (unchanged) pattern.
-        merged["allow_empty_match"] = True
-    data = merged
-    form = AlertRuleForm(_form_data(data), instance=rule, user=user)
-    if not form.is_valid():
-        raise _form_error(form)
     with transaction.atomic():
-        return form.save()
+        if rule is not None:
+            try:
+                rule = AlertRule.objects.select_for_update().get(pk=rule.pk)
+            except AlertRule.DoesNotExist:
+                raise NotFound(f"no alert rule {rule.pk} that you may see") from None
+        # Fields left out keep their value (a change) or take the model's default (a new rule).
+        merged = {name: getattr(rule or AlertRule(), name) for name in AlertRuleForm.Meta.fields}
+        merged.update(data)
+        if rule is not None and merged["metric_pattern"] == rule.metric_pattern:
+            # Disabling a rule whose metrics are gone must not fail on its (unchanged) pattern.
+            merged["allow_empty_match"] = True
+        form = AlertRuleForm(_form_data(merged), instance=rule, user=user)
+        if not form.is_valid():
+            raise _form_error(form)
+        if rule is None:
+            return form.save()
+        changed = form.save(commit=False)
+        changed.save(update_fields=[name for name in AlertRuleForm.Meta.fields if name in data])
+        return changed
 
 
 def delete_rule(rule: AlertRule) -> None:
@@ -289,12 +338,29 @@ def _form_data(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
+    length = request.headers.get("Content-Length", "")
+    if length.isascii() and length.isdigit() and int(length) > MAX_RULE_BODY_BYTES:
+        raise PayloadTooLarge(f"a rule's body is at most {MAX_RULE_BODY_BYTES} bytes", field="body")
     try:
-        body = json.loads(request.body or b"{}")
-    except ValueError:
+        raw = request.body
+    except RequestDataTooBig:  # no Content-Length (chunked): Django's own limit stops the read
+        raise PayloadTooLarge(f"a rule's body is at most {MAX_RULE_BODY_BYTES} bytes", field="body") from None
+    if len(raw) > MAX_RULE_BODY_BYTES:
+        raise PayloadTooLarge(f"a rule's body is at most {MAX_RULE_BODY_BYTES} bytes", field="body")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested '['
         raise BadRequest("the body is not valid JSON", field="body") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", field="body")
+    for name, value in body.items():
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INT:
+            raise BadRequest(f"{name} is out of range", field=name)  # float() of 10**400 raises OverflowError
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800") cannot be stored
+                raise BadRequest(f"{name} is not valid Unicode text", field=name) from None
     return body
 
 
@@ -333,7 +399,7 @@ def rule_detail(request: HttpRequest, pk: int) -> JsonResponse:
             _require(request.user, "change", "change")
         elif request.method == "DELETE":
             _require(request.user, "delete", "delete")
-        rule = _visible_rule(request.user, pk)
+        rule = _visible_rule(request.user, pk, to_change=request.method != "GET")
         if request.method == "PATCH":
             rule = save_rule(request.user, _json_body(request), rule)
         elif request.method == "DELETE":
@@ -401,8 +467,9 @@ def rule_history(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 def _positive(text: str, field: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise BadRequest(f"{field} must be a whole number from 1", field=field)
+    # isdigit() alone lets '²' through to int() (a 500), and int() refuses over 4,300 digits.
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) < 1:
+        raise BadRequest(f"{field} must be a whole number from 1 to 999999999", field=field)
     return int(text)
 
 

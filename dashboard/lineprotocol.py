@@ -60,6 +60,8 @@ MAX_CACHED_SERIES_CHARS = 1024
 # Written so that no two parts can match the same digits: "\d+\.?\d*" backtracked quadratically, and a
 # field of 4,300 digits and an "i" took 2.5 s to refuse (found by tests/hostile.py).
 _FLOAT_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+# Field names learnt per series grow with every new key a sender invents: at most this many are kept.
+MAX_FIELDS_PER_SERIES = 1000
 # Digit counts are capped so int() never meets Python's 4,300-digit conversion limit.
 _INT_RE = re.compile(r"^[+-]?\d{1,20}$")
 _UINT_RE = re.compile(r"^\d{1,20}$")
@@ -354,6 +356,8 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
                 series = _plain_series(parts[0])
             except InvalidReading:
                 series = False  # unreadable, or labels over the limits: every line of it gets the full rules
+            if len(series_cache) >= MAX_CACHED_SERIES:  # within one body too: a 5 MiB body of new series
+                series_cache.clear()
             series_cache[parts[0]] = series
         if series is False:
             _parse_one(line, precision, now, parsed, line_no)
@@ -364,6 +368,8 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
         known = series.names
         fields = parts[1].split(",")
         readings = []
+        # Each line its own labels: the series is shared by every request, a reading's dict is its own.
+        tags = dict(series.tags) if series.tags else {}
         for item in fields:
             key, _, raw = item.partition("=")
             names = known.get(key)
@@ -377,7 +383,7 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
                 break
             if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
                 break
-            readings.append(Reading(names[0], names[1], ts, value, "", "", series.source_kind, series.tags))
+            readings.append(Reading(names[0], names[1], ts, value, "", "", series.source_kind, tags))
         else:
             for reading in readings:
                 add_item(reading)
@@ -388,7 +394,7 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
         _parse_one(line, precision, now, parsed, line_no)
         for item in fields:
             key = item.partition("=")[0]
-            if key and key not in known:
+            if key and key not in known and len(known) < MAX_FIELDS_PER_SERIES:
                 try:
                     source, metric = name_reading(series.measurement, series.tags, key)
                     known[key] = (check_key(source, "source"), check_key(metric, "metric"))

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_POST
 
 from dashboard import alerts, boards, events, panels, permissions
 from dashboard.api import error_response
-from dashboard.exceptions import BadRequest, NotAuthenticated, PulseboardError
+from dashboard.exceptions import BadRequest, NotAuthenticated, PayloadTooLarge, PulseboardError
 from dashboard.models import AlertInstance, Dashboard, Metric
 
 MAX_SILENCE_S = 7 * 86400
@@ -40,8 +42,12 @@ class NotFound(PulseboardError):
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
     try:
-        body = json.loads(request.body or b"{}")
-    except ValueError:
+        raw = request.body
+    except RequestDataTooBig:  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE; its own answer is an HTML 400
+        raise PayloadTooLarge(f"the body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes", field="body") from None
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested '['
         raise BadRequest("the body is not valid JSON", field="body") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", field="body")

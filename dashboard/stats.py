@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import tempfile
 
 from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -30,6 +31,13 @@ if MULTIPROC_DIR and not os.path.isdir(MULTIPROC_DIR):
         f"PROMETHEUS_MULTIPROC_DIR={MULTIPROC_DIR!r} is not a directory: create it (empty) before the workers start."
     )
 if MULTIPROC_DIR:
+    try:  # prometheus_client opens its files as the metrics below are declared: say why, not FileNotFoundError
+        tempfile.TemporaryFile(dir=MULTIPROC_DIR).close()
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"PROMETHEUS_MULTIPROC_DIR={MULTIPROC_DIR!r} is not writable by this process ({exc.strerror}): "
+            "every worker writes its counters there."
+        ) from None
     # A pid is reused after a worker dies: start this process's gauges from zero, not from its predecessor's.
     multiprocess.mark_process_dead(os.getpid(), MULTIPROC_DIR)
 

@@ -1,0 +1,159 @@
+"""The line-protocol fast path against hostile bodies: same answer as the line-by-line parser, a bounded shared cache."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from dashboard import lineprotocol
+from dashboard.lineprotocol import parse_body
+from dashboard.timeutil import US
+
+NOW = 1_700_000_000 * US
+
+# Characters a hostile or careless client puts where names go: unicode letters and spaces, control
+# characters str.split() takes for whitespace (\x1c-\x1f, \x85, \u2028), tabs, \r, BOM, NUL.
+_odd = st.sampled_from(
+    [
+        "é",
+        "Ⅻ",
+        "ß",
+        "İ",
+        "\t",
+        "\r",
+        "\x0b",
+        "\x0c",
+        "\x1c",
+        "\x85",
+        "\u00a0",
+        "\u2028",
+        "\ufeff",
+        "\x00",
+        "=",
+        ",",
+        "#",
+    ]
+)
+_word = st.lists(
+    st.one_of(st.sampled_from(["cpu", "host", "m", "a", "0", "_", "-", ":"]), _odd), min_size=1, max_size=4
+).map("".join)
+_number = st.one_of(
+    st.sampled_from(
+        [
+            "1",
+            "-1.5",
+            "1e3",
+            "1e308",
+            "1e-400",
+            "0.0000001",
+            "123456789012345i",
+            "1234567890123456i",
+            "18446744073709551615u",
+            "9223372036854775807i",
+            "-9223372036854775808i",
+            "1" * 400,
+        ]
+    ),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(min_value=-(2**64), max_value=2**64).map(lambda i: f"{i}i"),
+)
+# Timestamps at the int64 edges (and past them) and around the accepted window, for each precision.
+_ts = st.one_of(
+    st.just(""),
+    st.sampled_from(
+        [
+            " 9223372036854775807",
+            " 9223372036854775808",
+            " 99999999999999999999",
+            " 0",
+            " 00000000000000000001700000000",
+            " -9223372036854775808",
+            " 1700000000",
+            " 1700000000000",
+            " 1700000000000000",
+            " 1700000000000000000",
+            " ١٧٠٠٠٠٠٠٠٠",
+        ]
+    ),
+    st.integers(min_value=-(2**64), max_value=2**64).map(lambda i: f" {i}"),
+)
+_fields = st.lists(st.tuples(_word, _number), min_size=1, max_size=6).map(
+    lambda fs: ",".join(f"{k}={v}" for k, v in fs)
+)
+_line = st.one_of(
+    st.builds(
+        lambda m, tags, fields, dup, ts, end: (
+            m
+            + "".join(f",{k}={v}" for k, v in tags)
+            + " "
+            + fields
+            + ("," + fields if dup else "")  # every field key twice
+            + ts
+            + end
+        ),
+        _word,
+        st.lists(st.tuples(_word, _word), max_size=4),
+        _fields,
+        st.booleans(),
+        _ts,
+        st.sampled_from(["", "\r", " ", "\t", "\r\r"]),
+    ),
+    st.builds(lambda n: "m " + ",".join(f"f{i}={i}" for i in range(n)), st.integers(0, 300)),  # many fields
+    st.builds(lambda n: "m,t=" + "v" * n + " f=1", st.integers(0, 70_000)),  # very long series
+)
+
+
+@given(lines=st.lists(_line, max_size=8), precision=st.sampled_from(["ns", "us", "ms", "s"]))
+@hsettings(max_examples=1500, deadline=None)
+def test_the_fast_path_answers_hostile_bodies_exactly_as_the_line_by_line_parser(
+    lines: list[str], precision: str
+) -> None:
+    body = "\n".join(lines).encode()
+    for _ in range(2):  # the second pass meets the series the first one cached
+        fast = parse_body(body, precision, NOW)
+        slow = parse_body(body, precision, NOW, plain=False)
+        assert fast.lines == slow.lines
+        assert [repr(item) for item in fast.items] == [repr(item) for item in slow.items]
+
+
+def test_one_clients_series_never_changes_anothers_answer() -> None:
+    """A series cached (and its field names learnt) by one request answers every later request as if fresh."""
+    first = b"cpu,host=web1 usage=1 1700000000000000000\ncpu,host=web1 usage=x 1700000000000000000"
+    later = b"cpu,host=web1 usage=2i,idle=3 1700000000000000000\ncpu,host=web1 usage=1e999"
+    parse_body(first, "ns", NOW)
+    fast = parse_body(later, "ns", NOW)
+    lineprotocol._SERIES.clear()
+    fresh = parse_body(later, "ns", NOW)
+    assert [repr(i) for i in fast.items] == [repr(i) for i in fresh.items]
+    cached = parse_body(later, "ns", NOW)  # every field name now learnt: the per-series path
+    cached.items[0].labels["host"] = "evil"  # a consumer that changes a reading's labels...
+    again = parse_body(later, "ns", NOW)
+    assert again.items[0].labels == {"host": "web1"}  # ...does not change the next request's
+    assert again.items[0].source == "web1"
+
+
+def test_the_series_cache_is_bounded_in_characters_and_field_names() -> None:
+    lineprotocol._SERIES.clear()
+    long_tag = "v" * 60_000
+    for i in range(40):  # 40 bodies of 60 series of 60,000 characters: 144 MB if every series were kept
+        body = "\n".join(f"m,t={long_tag}{i:03d}{j:03d} f=1" for j in range(60)).encode()
+        parse_body(body, "ns", NOW)
+    kept = sum(len(text) for text in lineprotocol._SERIES)
+    print(f"series cache after 2,400 long series: {len(lineprotocol._SERIES)} entries, {kept:,} characters")
+    assert all(len(text) <= lineprotocol.MAX_CACHED_SERIES_CHARS for text in lineprotocol._SERIES)
+    parse_body("\n".join(f"m,t={i} f=1" for i in range(25_000)).encode(), "ns", NOW)  # one body of new series
+    assert len(lineprotocol._SERIES) <= lineprotocol.MAX_CACHED_SERIES
+    for i in range(20):  # one series, 20 bodies of 5,000 new field keys each
+        parse_body(("m " + ",".join(f"f{i}_{j}=1" for j in range(5000))).encode(), "ns", NOW)
+    names = max(len(s.names) for s in lineprotocol._SERIES.values() if s)
+    print(f"field names learnt for one series: {names}")
+    assert names <= lineprotocol.MAX_FIELDS_PER_SERIES
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    lineprotocol._SERIES.clear()
+    yield
+    lineprotocol._SERIES.clear()
