@@ -17,9 +17,10 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+# The one Reading type is shared with the agent, which runs without Django.
+from collectors.reading import US, Reading, now_us
 from dashboard.exceptions import InvalidReading
 from dashboard.models import KEY_CHARSET_HELP, KEY_RE, Metric, Source
-from dashboard.timeutil import US, now_us
 
 MAX_UNIT_LEN = 32
 # Rollups keep sums per bucket; PostgreSQL raises (instead of giving inf) when a
@@ -44,30 +45,6 @@ METRIC_KINDS = set(Metric.Kind.values)
 # checked when parsed and again by the ingest action). Bounded: emptied when full.
 _VALID_KEYS: set[tuple[str, str]] = set()
 VALID_KEYS_MAX = 100_000
-
-
-class Reading(msgspec.Struct, gc=False):
-    """One validated measurement on its way to storage.
-
-    A msgspec Struct rather than a dataclass: built in C (3x faster), and
-    not tracked by the cyclic garbage collector, which otherwise scans the
-    5,000 readings of a big request again at every young collection. It
-    holds only strings, numbers and a dict of strings, so it can never be
-    part of a reference cycle. An empty labels dict is copied per reading.
-    """
-
-    source: str
-    metric: str
-    ts: int  # µs since epoch
-    value: float
-    unit: str = ""
-    kind: str = ""
-    source_kind: str = ""
-    labels: dict[str, str] = {}
-
-    @property
-    def key(self) -> str:
-        return f"{self.source}.{self.metric}"
 
 
 @dataclass(slots=True)
