@@ -25,7 +25,7 @@ from collectors import registry
 from collectors.base import Collector
 from collectors.exceptions import AgentError
 from collectors.runner import Runner
-from collectors.sinks import BACKOFF_MAX_S, HEALTH_INTERVAL_S, SHUTDOWN_GRACE_S, HttpSink, Sink
+from collectors.sinks import BACKOFF_MAX_S, HEALTH_INTERVAL_S, SHUTDOWN_GRACE_S, HttpSink, RequeueStopped, Sink
 from collectors.spool import DEFAULT_MAX_READINGS
 
 DEFAULT_COLLECTORS: list[dict[str, Any]] = [{"kind": "system"}, {"kind": "iot_sim"}, {"kind": "market_sim"}]
@@ -36,7 +36,10 @@ SPOOL_NAME = "agent-spool.sqlite3"
 DESCRIPTION = (
     "Run the configured collectors and ship their readings to a Pulseboard server's ingest API "
     f"(--server with a token from --token-file or {TOKEN_ENV}). Without --config it runs the system "
-    "collector and the IoT and market simulators. See collectors.example.toml and docs/ingest.md."
+    "collector and the IoT and market simulators. With --requeue-dead it instead sends the readings kept in "
+    "the spool's dead letters (batches the server refused as a whole: bad token, 403, 400 without per-sample "
+    "reasons, repeated 5xx...) to the server again, prints its progress, and exits. "
+    "See collectors.example.toml and docs/ingest.md."
 )
 
 
@@ -65,6 +68,18 @@ def add_arguments(parser: argparse.ArgumentParser, *, default_spool: Path | str)
         "--spool",
         type=Path,
         help=f"SQLite file holding readings until the server has them (default: [agent] spool_path, then {default_spool})",
+    )
+    parser.add_argument(
+        "--requeue-dead",
+        action="store_true",
+        help=(
+            "do not run collectors: send the spool's dead letters (readings the server refused as a whole, "
+            "kept with the reason) to the server again, oldest first, with the same rules as the agent "
+            "(a per-sample answer removes them, 413 splits the batch); print progress and exit. Stops at the "
+            "first batch refused as a whole again, keeping the rest, and exits with status 1. Fix the cause "
+            "first (token, its source patterns, the server). Safe while the agent runs: stored readings "
+            "are never stored twice."
+        ),
     )
 
 
@@ -103,6 +118,44 @@ class Agent:
 
         asyncio.run(main())
 
+    def requeue_dead(self, write: Callable[[str], None], write_done: Callable[[str], None] | None = None) -> None:
+        """Send the spool's dead letters to the server again, writing progress; AgentError when some are left."""
+        sink = self.sink
+        if not isinstance(sink, HttpSink):
+            raise AgentError("--requeue-dead sends the dead letters to a server; it does not go with --in-process")
+
+        async def main() -> list[tuple[str, int]]:
+            reasons = await sink.spool.dead_reasons()
+            if not reasons:
+                return []
+            write(f"{sink.spool.dead} readings in the dead letters of {sink.spool.path}:")
+            for reason, count in reasons:
+                write(f"  {count} refused with {reason}")
+            write(f"sending them to {self.where} ...")
+
+            def progress(done: int, total: int) -> None:
+                write(f"  {done}/{total} sent ({sink.rejected} of them rejected one by one)")
+
+            await sink.requeue_dead(progress)
+            return reasons
+
+        try:
+            reasons = asyncio.run(main())
+        except RequeueStopped as stop:
+            raise AgentError(
+                f"stopped after {stop.done} readings: the server refused again ({stop.reason}); "
+                f"{stop.left} readings are still in the dead letters"
+            ) from None
+        finally:
+            sink.spool.close()
+        if not reasons:
+            write(f"no dead letters in {sink.spool.path}; nothing to send")
+            return
+        (write_done or write)(
+            f"done: {sink.sent} stored or already stored, {sink.rejected} rejected one by one "
+            "(the server's reasons are logged above); the dead letters are empty"
+        )
+
 
 def build_agent(
     options: dict[str, Any], *, default_spool: Path | str, local_sink: Callable[[], Sink] | None = None
@@ -119,7 +172,10 @@ def build_agent(
     except (KeyError, TypeError, ValueError) as exc:
         raise AgentError(f"bad collector configuration: {exc}") from None
 
-    if options.get("in_process") or agent.get("mode") == "in-process":
+    in_process = options.get("in_process") or agent.get("mode") == "in-process"
+    if options.get("requeue_dead") and in_process:
+        raise AgentError("--requeue-dead sends the dead letters to a server; it does not go with --in-process")
+    if in_process:
         if local_sink is None:
             raise AgentError(
                 "in-process mode writes into the server's own database: run `manage.py runcollectors "
@@ -155,6 +211,9 @@ def build_agent(
         )
     except (TypeError, ValueError, OSError) as exc:
         raise AgentError(f"bad [agent] configuration: {exc}") from None
+    for collector in collectors:  # e.g. MQTT's taken retained values live in the spool file too
+        if getattr(collector, "state_path", "") is None:
+            collector.state_path = str(sink.spool.path)
     return Agent(collectors, sink, server)
 
 
@@ -168,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("collectors").setLevel(logging.INFO)
     try:
         agent = build_agent(options, default_spool=default_spool)
+        if options["requeue_dead"]:
+            agent.requeue_dead(lambda line: print(line, flush=True))
+            return 0
     except AgentError as exc:
         parser.exit(1, f"pulseboard-agent: error: {exc}\n")
     print(agent.describe(), flush=True)
