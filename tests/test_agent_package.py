@@ -84,6 +84,20 @@ def test_the_server_and_the_agent_share_one_reading_type_and_one_error() -> None
     assert AgentReading.__struct_config__.gc is False
 
 
+def test_runcollectors_is_the_same_agent_with_in_process_added(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from dashboard.management.commands.runcollectors import Command
+
+    monkeypatch.delenv("PULSEBOARD_SERVER", raising=False)
+    with pytest.raises(CommandError, match=r"^say where to send readings: .* or --in-process$"):
+        call_command("runcollectors")
+    usage = Command().create_parser("manage.py", "runcollectors").format_help()
+    for option in ("--config", "--server", "--token-file", "--spool", "--in-process"):
+        assert option in usage, option
+
+
 # --- A fresh virtual environment without Django -------------------------------------------------
 
 
