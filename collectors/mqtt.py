@@ -42,9 +42,8 @@ from urllib.parse import unquote, urlparse
 import aiomqtt
 
 from collectors.base import Collector, Reading, slugify_key
-from dashboard.exceptions import InvalidReading
-from dashboard.timeutil import now_us
-from dashboard.validation import parse_ts
+from collectors.exceptions import InvalidReading
+from collectors.reading import now_us, parse_ts
 
 log = logging.getLogger("collectors.mqtt")
 
