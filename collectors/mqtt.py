@@ -258,6 +258,8 @@ class MqttCollector(Collector):
     def memory(self) -> RetainedMemory:
         if self._memory is None:
             if not self.state_path:
+                # Only without an HttpSink (in-process runcollectors, tests): the agent sets state_path to
+                # its spool file (collectors/agent.py), so pulseboard-agent never needs Django here.
                 from django.conf import settings
 
                 self.state_path = str(settings.VAR_DIR / "agent-spool.sqlite3")

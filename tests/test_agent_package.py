@@ -94,7 +94,7 @@ def test_runcollectors_is_the_same_agent_with_in_process_added(monkeypatch: pyte
     with pytest.raises(CommandError, match=r"^say where to send readings: .* or --in-process$"):
         call_command("runcollectors")
     usage = Command().create_parser("manage.py", "runcollectors").format_help()
-    for option in ("--config", "--server", "--token-file", "--spool", "--in-process"):
+    for option in ("--config", "--server", "--token-file", "--spool", "--in-process", "--requeue-dead"):
         assert option in usage, option
 
 
@@ -185,7 +185,15 @@ def test_pulseboard_agent_help_explains_its_options(agent_venv: Path, tmp_path: 
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    for option in ("--config", "--server", "--token-file", "--spool", "PULSEBOARD_AGENT_TOKEN", "PULSEBOARD_SERVER"):
+    for option in (
+        "--config",
+        "--server",
+        "--token-file",
+        "--spool",
+        "--requeue-dead",
+        "PULSEBOARD_AGENT_TOKEN",
+        "PULSEBOARD_SERVER",
+    ):
         assert option in result.stdout, option
     assert "--in-process" not in result.stdout  # that mode needs the server's database: manage.py runcollectors
 
@@ -216,6 +224,29 @@ def test_a_config_it_cannot_run_is_refused_with_a_reason(
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "pulseboard-agent: error:" in result.stderr and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_requeue_dead_with_no_dead_letters_says_so_and_exits_0(agent_venv: Path, tmp_path: Path) -> None:
+    spool = tmp_path / "spool.sqlite3"
+    result = subprocess.run(
+        [
+            str(agent_venv / "pulseboard-agent"),
+            "--server",
+            "http://127.0.0.1:9",
+            "--spool",
+            str(spool),
+            "--requeue-dead",
+        ],
+        cwd=tmp_path,
+        env=agent_env(tmp_path, PULSEBOARD_AGENT_TOKEN="not-needed-for-an-empty-spool"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"no dead letters in {spool}; nothing to send" in result.stdout
+    assert "Running" not in result.stdout  # no collectors were started
 
 
 @pytest.mark.slow
