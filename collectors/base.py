@@ -11,7 +11,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-from dashboard.validation import Reading
+from collectors.reading import Reading
 
 __all__ = ["Collector", "Reading", "slugify_key"]
 

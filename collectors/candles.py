@@ -13,8 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from dashboard.timeutil import US
-from dashboard.validation import Reading
+from collectors.reading import US, Reading
 
 log = logging.getLogger("collectors.candles")
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from collectors.base import Collector, Reading
-from dashboard.timeutil import now_us
+from collectors.reading import now_us
 
 
 class CounterCollector(Collector):

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from collectors.base import Collector, Reading
-from dashboard.timeutil import US, now_us
+from collectors.reading import US, now_us
 
 
 @dataclass

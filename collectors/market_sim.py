@@ -8,7 +8,7 @@ import random
 from collections.abc import AsyncIterator
 
 from collectors.base import Collector, Reading, slugify_key
-from dashboard.timeutil import now_us
+from collectors.reading import now_us
 
 DEFAULT_SYMBOLS = {"BTC-USD": 65000.0, "ETH-USD": 3200.0, "SOL-USD": 150.0, "AAPL": 230.0, "EUR-USD": 1.08}
 SECONDS_PER_YEAR = 365 * 86400

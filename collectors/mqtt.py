@@ -42,9 +42,8 @@ from urllib.parse import unquote, urlparse
 import aiomqtt
 
 from collectors.base import Collector, Reading, slugify_key
-from dashboard.exceptions import InvalidReading
-from dashboard.timeutil import now_us
-from dashboard.validation import parse_ts
+from collectors.exceptions import InvalidReading
+from collectors.reading import now_us, parse_ts
 
 log = logging.getLogger("collectors.mqtt")
 
@@ -259,6 +258,8 @@ class MqttCollector(Collector):
     def memory(self) -> RetainedMemory:
         if self._memory is None:
             if not self.state_path:
+                # Only without an HttpSink (in-process runcollectors, tests): the agent sets state_path to
+                # its spool file (collectors/agent.py), so pulseboard-agent never needs Django here.
                 from django.conf import settings
 
                 self.state_path = str(settings.VAR_DIR / "agent-spool.sqlite3")

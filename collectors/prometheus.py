@@ -51,7 +51,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from collectors.base import Collector, Reading, slugify_key
-from dashboard.timeutil import US, now_us
+from collectors.reading import US, now_us
 
 log = logging.getLogger("collectors.prometheus")
 

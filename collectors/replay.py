@@ -26,8 +26,8 @@ from typing import Any
 
 from collectors.base import Collector, Reading, slugify_key
 from collectors.candles import DEFAULT_INTERVALS_S, CandleBuilder
+from collectors.reading import US, now_us
 from collectors.ticker import exchange_time, number
-from dashboard.timeutil import US, now_us
 
 log = logging.getLogger("collectors.replay")
 

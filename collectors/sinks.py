@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 
 from collectors.base import slugify_key
+from collectors.reading import Reading, now_us
 from collectors.spool import DEFAULT_MAX_READINGS, Spool, reading_to_json
-from dashboard.validation import Reading
 
 log = logging.getLogger("collectors.sink")
 
@@ -49,6 +49,8 @@ class LocalSink(Sink):
         self.rejected = 0
 
     async def put(self, readings: list[Reading]) -> None:
+        # Imported here, not at the top: only a host with the whole project (Django, the
+        # database) has it, and the agent alone (pip install ./collectors) must import this module.
         from dashboard import actions
 
         result = await actions.ingest(readings)
@@ -227,8 +229,6 @@ class HttpSink(Sink):
         return [Reading(self.health_source, m, ts, v, unit, kind, "agent", labels) for m, v, unit, kind in values]
 
     async def _health(self, stop: asyncio.Event) -> None:
-        from dashboard.timeutil import now_us
-
         while not stop.is_set():
             await self.put(self.health_readings(now_us()))
             try:

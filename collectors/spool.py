@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dashboard.validation import Reading
+from collectors.reading import Reading
 
 log = logging.getLogger("collectors.spool")
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import psutil
 
 from collectors.base import Collector, Reading, slugify_key
-from dashboard.timeutil import now_us
+from collectors.reading import now_us
 
 
 class SystemCollector(Collector):

@@ -33,7 +33,7 @@ import websockets
 
 from collectors.base import Collector, Reading, slugify_key
 from collectors.candles import DEFAULT_INTERVALS_S, CandleBuilder
-from dashboard.timeutil import US, now_us
+from collectors.reading import US, now_us
 
 log = logging.getLogger("collectors.ticker")
 

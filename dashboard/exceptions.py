@@ -6,29 +6,20 @@ API views turn these into one JSON shape with dashboard.api.error_response:
 
 from __future__ import annotations
 
+# The base class and InvalidReading are shared with the agent, which runs without Django.
+from collectors.exceptions import InvalidReading, PulseboardError
 
-class PulseboardError(Exception):
-    """Base class: carries a stable machine code, an HTTP status and the offending field."""
-
-    code = "error"
-    status = 400
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
-    def as_dict(self) -> dict:
-        body = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return body
-
-
-class InvalidReading(PulseboardError):
-    """One reading is malformed (bad number, key or timestamp); its neighbours are unaffected."""
-
-    code = "invalid_reading"
+__all__ = [
+    "BadRequest",
+    "InvalidReading",
+    "NotAuthenticated",
+    "OutOfScope",
+    "PayloadTooLarge",
+    "PulseboardError",
+    "RateLimited",
+    "StorageUnavailable",
+    "UnknownMetric",
+]
 
 
 class UnknownMetric(InvalidReading):

@@ -7,20 +7,12 @@ share a millisecond, and fits a JavaScript number until the year 2255.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
-US = 1_000_000
+# Defined with the Reading type, so that the agent needs no Django (collectors/reading.py).
+from collectors.reading import US, now_us
 
-
-def now_us() -> int:
-    """Return the current time in microseconds.
-
-    This and django.utils.timezone.now are the only wall clocks the code reads
-    (the database's now() is never used), so tests move both in-process with
-    time-machine: tests/conftest.py's clock fixture.
-    """
-    return time.time_ns() // 1000
+__all__ = ["US", "from_datetime", "now_us", "to_datetime"]
 
 
 def to_datetime(ts_us: int | None) -> datetime | None:

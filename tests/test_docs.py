@@ -23,6 +23,8 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 NOT_SETTINGS = {
     "DJANGO_SETTINGS_MODULE": "Django's own; set by manage.py and monitor/asgi.py",
     "PYTHONPATH": "the interpreter's",
+    "STATE_DIRECTORY": "systemd's (StateDirectory=): where pulseboard-agent keeps its spool by default (docs/ingest.md)",
+    "XDG_STATE_HOME": "the XDG base directories': pulseboard-agent's default spool outside systemd (docs/ingest.md)",
 }
 
 
