@@ -90,6 +90,20 @@ def payload(source: str, rows: list[tuple[str, int, float]]) -> bytes:
     ).encode()
 
 
+def wait_until_up(url: str, status: int, name: str) -> None:
+    """Poll a server's health URL until it answers `status`, or stop the run after START_TIMEOUT_S."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == status:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name} did not answer {url} within {START_TIMEOUT_S:.0f} s")
+        time.sleep(0.2)
+
+
 def lp_body(source: str, rows: list[tuple[str, int, float]]) -> bytes:
     """Return the rows as line protocol: one point per sample, field `value`, timestamps in µs."""
     return "".join(f"{m},source={source} value={v!r} {ts}\n" for m, ts, v in rows).encode()
@@ -177,16 +191,7 @@ def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) ->
     results = []
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"daphne did not start on port {port}")
-            time.sleep(0.2)
+        wait_until_up(f"{base}/healthz", 200, "daphne")
         for batch in BATCH_SIZES:
             source = f"bench-{backend[:2]}-{batch}"
             batches = make_rows(args.samples, batch, source, now_us)
@@ -246,16 +251,7 @@ def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Res
     base = f"http://127.0.0.1:{port}"
     results = []
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{base}/ping", timeout=1).status_code == 204:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"influxd did not start on port {port}")
-            time.sleep(0.2)
+        wait_until_up(f"{base}/ping", 204, "influxd")
         for batch in BATCH_SIZES:
             db = f"bench{batch}"
             httpx.post(f"{base}/query", params={"q": f"CREATE DATABASE {db}"}, timeout=30).raise_for_status()
