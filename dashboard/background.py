@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import weakref
 from importlib import import_module
+
+from dashboard import loops
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +24,18 @@ log = logging.getLogger(__name__)
 JOBS: list[str] = ["dashboard.alerts.nodata_loop", "dashboard.retention.retention_loop"]
 
 RESTART_DELAY_S = 10.0
-_started: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
 def ensure_started() -> None:
     """Start every job once on the running event loop (no-op when PULSEBOARD_BACKGROUND=0, as in tests)."""
     if os.environ.get("PULSEBOARD_BACKGROUND", "1") == "0":
         return
+    loops.service("background.jobs", _start_jobs)
+
+
+def _start_jobs() -> list[asyncio.Task]:
     loop = asyncio.get_running_loop()
-    if loop in _started:
-        return
-    _started.add(loop)
-    for path in JOBS:
-        loop.create_task(_supervise(path), name=f"background:{path}")
+    return [loop.create_task(_supervise(path), name=f"background:{path}") for path in JOBS]
 
 
 def starting(app):

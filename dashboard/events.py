@@ -15,14 +15,12 @@ import functools
 import logging
 import os
 import uuid
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from channels.layers import get_channel_layer
 
-from dashboard import stats
+from dashboard import loops, stats
 from dashboard.logthrottle import FailureLog
 
 log = logging.getLogger(__name__)
@@ -37,9 +35,14 @@ _seq: dict[str, int] = {}  # group -> last sequence number sent by this process
 # process that ingested the sample does not wait for the round trip through
 # Redis; the hub then ignores the copy the layer brings back (its publisher
 # is local_publisher()).
-_local_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Callable[[str, dict], None]] = (
-    weakref.WeakKeyDictionary()
-)
+# (The hub registers itself as the loop's LocalDelivery service in dashboard/loops.py.)
+
+
+class LocalDelivery(Protocol):
+    """What publish hands this loop's sample batches to directly: the loop's hub."""
+
+    def deliver_local(self, group: str, message: dict[str, Any]) -> None:
+        """Take one published layer message (a sample batch) of this process, before the layer sees it."""
 
 
 def local_publisher() -> str:
@@ -47,9 +50,9 @@ def local_publisher() -> str:
     return f"{PUBLISHER_ID}-{id(asyncio.get_running_loop()):x}"
 
 
-def set_local_hub(deliver: Callable[[str, dict], None]) -> None:
-    """Register the running loop's hub to receive this loop's publications directly."""
-    _local_hubs[asyncio.get_running_loop()] = deliver
+def set_local_hub(hub: LocalDelivery | None) -> None:
+    """Register the running loop's hub to receive this loop's publications directly (None: none)."""
+    loops.register(LocalDelivery, hub)
 
 
 def source_group(source_id: int) -> str:
@@ -153,10 +156,10 @@ def _number_and_deliver(group: str, event: Event) -> dict[str, Any]:
         event.seq = _seq[group] = _seq.get(group, 0) + 1
     message = event.as_message()
     # Sample batches only: they carry the publisher id the hub uses to ignore the layer's copy.
-    deliver = _local_hubs.get(asyncio.get_running_loop()) if isinstance(event, SampleBatch) else None
-    if deliver is not None:
+    hub: LocalDelivery | None = loops.existing(LocalDelivery) if isinstance(event, SampleBatch) else None
+    if hub is not None:
         try:
-            deliver(group, message)
+            hub.deliver_local(group, message)
         except Exception:
             log.exception("local delivery of %s failed", event.type)
     return message
@@ -220,19 +223,16 @@ class Outbox:
     """
 
     MAX_BACKLOG = 10_000
-    _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Outbox] = weakref.WeakKeyDictionary()
 
     @classmethod
     def get(cls) -> Outbox:
-        loop = asyncio.get_running_loop()
-        outbox = cls._instances.get(loop)
-        if outbox is None:
-            outbox = cls._instances[loop] = cls()
-        return outbox
+        """Return the running loop's outbox, making it on first use."""
+        return loops.service(Outbox, cls)
 
     @classmethod
     def of_running_loop(cls) -> Outbox | None:
-        return cls._instances.get(asyncio.get_running_loop())
+        """Return the running loop's outbox if it was made."""
+        return loops.existing(Outbox)
 
     def __init__(self) -> None:
         self._queue: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()

@@ -19,7 +19,6 @@ import concurrent.futures
 import json
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -27,7 +26,7 @@ from json.encoder import encode_basestring_ascii
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from dashboard import background, events, keyindex, reconcile, stats
+from dashboard import background, events, keyindex, loops, reconcile, stats
 from dashboard.fastpaths import gcpolicy, writethrough
 from dashboard.logthrottle import FailureLog
 from dashboard.timeutil import US, now_us
@@ -584,8 +583,6 @@ class Flusher:
     Daphne's send does not suspend, so one task walks them all quickly.
     """
 
-    _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher] = weakref.WeakKeyDictionary()
-
     _last: tuple[asyncio.AbstractEventLoop | None, Flusher | None] = (None, None)
 
     @classmethod
@@ -594,9 +591,7 @@ class Flusher:
         last_loop, flusher = cls._last
         if last_loop is loop:  # called once per due session: skip the weak-key lookup (py-spy: 5 %)
             return flusher
-        flusher = cls._instances.get(loop)
-        if flusher is None:
-            flusher = cls._instances[loop] = cls()
+        flusher = loops.service(Flusher, cls)
         cls._last = (loop, flusher)
         return flusher
 
@@ -745,17 +740,15 @@ def ledger_floor(now: int) -> int:
 class Hub:
     """The process's single reader of the channel layer, and the check of what it delivered against the database."""
 
-    _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
-
     @classmethod
     def get(cls) -> Hub:
-        """Return the hub of the running event loop."""
-        loop = asyncio.get_running_loop()
-        hub = cls._instances.get(loop)
-        if hub is None:
-            hub = cls._instances[loop] = cls()
-            background.ensure_started()
-        return hub
+        """Return the hub of the running event loop, starting the background jobs with the first."""
+        return loops.service(Hub, cls._first)
+
+    @classmethod
+    def _first(cls) -> Hub:
+        background.ensure_started()
+        return cls()
 
     def __init__(self) -> None:
         self.layer = get_channel_layer()
@@ -793,7 +786,7 @@ class Hub:
             if self.channel is None:
                 self.channel = await self.layer.new_channel("hub.")
                 self.local_publisher = events.local_publisher()
-                events.set_local_hub(self.deliver_local)
+                events.set_local_hub(self)
                 await self.layer.group_add(events.ALERTS_GROUP, self.channel)
                 await self.layer.group_add(events.METRICS_GROUP, self.channel)
                 self._reconcile_now = asyncio.Event()

@@ -28,7 +28,6 @@ import json
 import logging
 import re
 import sys
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from typing import Any
 
 from django.db import close_old_connections, transaction
 
-from dashboard import events
+from dashboard import events, loops
 
 log = logging.getLogger(__name__)
 
@@ -189,19 +188,13 @@ class KeyIndex:
     loop; each test has its own, so no test sees another's metrics).
     """
 
-    _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, KeyIndex] = weakref.WeakKeyDictionary()
-
     @classmethod
     def get(cls) -> KeyIndex:
         """Return the index of the running event loop."""
-        loop = asyncio.get_running_loop()
-        index = cls._instances.get(loop)
-        if index is None:
-            index = cls._instances[loop] = cls(loop)
-        return index
+        return loops.service(KeyIndex, lambda: cls(asyncio.get_running_loop()))
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop_ref = weakref.ref(loop)  # not the loop itself: it is this index's key in _instances
+        self._loop_ref = weakref.ref(loop)  # not the loop itself: it is this index's key in dashboard/loops.py
         self.by_key: dict[str, MetricEntry] = {}
         self.keys: list[str] = []  # sorted; replaced, never changed in place (a scan in progress keeps its list)
         self.restricted: dict[int, frozenset[int]] = {}  # source id -> its viewer group ids (restricted ones only)
@@ -361,8 +354,8 @@ def note_created(metric, source_slug: str) -> None:
 
     def announce() -> None:
         loop = _writer_loop()
-        loops = [loop] if loop is not None else [index._loop_ref() for index in list(KeyIndex._instances.values())]
-        for target in loops:
+        targets = [loop] if loop is not None else [target for target, _index in loops.instances(KeyIndex)]
+        for target in targets:
             if target is not None and not target.is_closed():
                 try:
                     target.call_soon_threadsafe(_announce, row)
@@ -376,8 +369,8 @@ def _writer_loop() -> asyncio.AbstractEventLoop | None:
     """Return the event loop whose writer runs on this thread, if it is a writer's thread."""
     from dashboard.writer import Writer
 
-    for loop, writer in list(Writer._instances.items()):
-        if writer._thread is threading.current_thread():
+    for loop, writer in loops.instances(Writer):
+        if writer.runs_on_this_thread():
             return loop
     return None
 

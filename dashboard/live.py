@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -19,7 +18,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connection
 
-from dashboard import permissions, stats
+from dashboard import loops, permissions, stats
 from dashboard.fanout import (
     ACK_WINDOW_FRAMES,
     MAX_FRAME_SAMPLES,
@@ -182,7 +181,6 @@ def alert_sources(user) -> frozenset[int] | None:
 
 
 SUBSCRIBE_CONCURRENCY = 1  # subscribes resolved at once per process: a storm takes turns
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def _subscribe_gate() -> asyncio.Semaphore:
@@ -194,11 +192,7 @@ def _subscribe_gate() -> asyncio.Semaphore:
     The history replay is outside the gate: it may wait for a slow reader's
     acknowledgements.
     """
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    if gate is None:
-        gate = _gates[loop] = asyncio.Semaphore(SUBSCRIBE_CONCURRENCY)
-    return gate
+    return loops.service("live.subscribe_gate", lambda: asyncio.Semaphore(SUBSCRIBE_CONCURRENCY))
 
 
 class HeldMetrics(Mapping[str, int]):
@@ -236,15 +230,15 @@ class LiveGlobs:
     match per glob, not one per connection.
     """
 
-    _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LiveGlobs] = weakref.WeakKeyDictionary()
-
     @classmethod
     def get(cls) -> LiveGlobs:
-        loop = asyncio.get_running_loop()
-        registry = cls._instances.get(loop)
-        if registry is None:
-            registry = cls._instances[loop] = cls()
-            KeyIndex.get().listen(registry.on_new)
+        """Return the running loop's globs, listening to its key index from the first use."""
+        return loops.service(LiveGlobs, cls._first)
+
+    @classmethod
+    def _first(cls) -> LiveGlobs:
+        registry = cls()
+        KeyIndex.get().listen(registry.on_new)
         return registry
 
     def __init__(self) -> None:

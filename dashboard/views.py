@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, render
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from dashboard import panels, stats
+from dashboard import loops, panels, stats
 from dashboard.models import Metric, ShareLink, Source
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 READY_TIMEOUT_S = 2.0  # a load balancer probes every few seconds; an answer later than this is a failure
-_probe_channels: dict[asyncio.AbstractEventLoop, str] = {}
-_probe_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+
+class LayerProbe:
+    """One event loop's probe channel on the layer, used by one readiness probe at a time."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.channel: str | None = None
 
 
 def _database_ready() -> None:
@@ -61,20 +67,19 @@ def _database_ready() -> None:
 async def _channel_layer_ready() -> None:
     """Send a message to this process's probe channel through the layer and receive it back."""
     layer = get_channel_layer()
-    loop = asyncio.get_running_loop()
-    lock = _probe_locks.setdefault(loop, asyncio.Lock())
-    async with lock:
+    probe = loops.service(LayerProbe, LayerProbe)
+    async with probe.lock:
         # One probe channel per process: the pub/sub layer keeps a channel subscribed after a receive.
-        channel = _probe_channels.get(loop)
+        channel = probe.channel
         if channel is None:
-            channel = _probe_channels[loop] = await layer.new_channel("readyz.")
+            channel = probe.channel = await layer.new_channel("readyz.")
         nonce = secrets.token_hex(8)
         try:
             await layer.send(channel, {"type": "readyz.probe", "nonce": nonce})
             while (await layer.receive(channel)).get("nonce") != nonce:
                 pass  # a late answer to an earlier probe that timed out
         except BaseException:
-            _probe_channels.pop(loop, None)  # a cancelled receive unsubscribes it
+            probe.channel = None  # a cancelled receive unsubscribes it
             raise
 
 

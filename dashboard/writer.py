@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -22,7 +21,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from dashboard import alerts, background, events, stats, storage
+from dashboard import alerts, background, events, loops, stats, storage
 from dashboard.exceptions import StorageUnavailable
 from dashboard.validation import Reading
 
@@ -113,24 +112,26 @@ def _close_connection() -> None:
 class Writer:
     """Accept readings from any coroutine of this process and commit them in groups."""
 
-    _instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Writer] = weakref.WeakKeyDictionary()
-
     @classmethod
     def get(cls) -> Writer:
         """Return the writer of the running event loop, starting it on first use."""
-        loop = asyncio.get_running_loop()
-        writer = cls._instances.get(loop)
-        if writer is None:
-            writer = cls._instances[loop] = cls(loop)
-            background.ensure_started()
-        return writer
+        return loops.service(Writer, cls._first)
+
+    @classmethod
+    def _first(cls) -> Writer:
+        background.ensure_started()
+        return cls(asyncio.get_running_loop())
 
     @classmethod
     def close_all(cls) -> None:
         """Stop every writer and close its database connection (tests, shutdown)."""
-        for writer in list(cls._instances.values()):
+        for _loop, writer in loops.instances(Writer):
             writer.close()
-        cls._instances.clear()
+        loops.forget(Writer)
+
+    def runs_on_this_thread(self) -> bool:
+        """Return whether the calling thread is this writer's database thread."""
+        return self._thread is threading.current_thread()
 
     def close(self) -> None:
         """Stop the writer thread once it has written what it took, and close its connection."""

@@ -318,7 +318,12 @@ async def test_publish_soon_delivers_locally_at_once_and_to_the_layer_in_order()
     channel = await layer.new_channel("other-process.")
     await layer.group_add(events.source_group(7), channel)
     delivered: list[dict] = []
-    events.set_local_hub(lambda group, message: delivered.append(message))
+
+    class Recorder:
+        def deliver_local(self, group: str, message: dict) -> None:
+            delivered.append(message)
+
+    events.set_local_hub(Recorder())
     try:
         for value in range(5):
             events.publish_soon(
@@ -331,7 +336,7 @@ async def test_publish_soon_delivers_locally_at_once_and_to_the_layer_in_order()
         seqs = [m["seq"] for m in received]
         assert seqs == list(range(seqs[0], seqs[0] + 5))
     finally:
-        events._local_hubs.pop(asyncio.get_running_loop(), None)
+        events.set_local_hub(None)
         await layer.group_discard(events.source_group(7), channel)
 
 
