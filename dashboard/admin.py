@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from dashboard import layout, permissions
-from dashboard.alertrules import AlertRuleForm
+from dashboard.alerts.forms import AlertRuleForm
 from dashboard.models import (
     AgentToken,
     AlertEvent,
@@ -316,7 +316,7 @@ class AlertInstanceInline(admin.TabularInline):
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
-    form = AlertRuleForm  # the one rule validation, shared with the alerts screen (dashboard/alertrules.py)
+    form = AlertRuleForm  # the one rule validation, shared with the alerts screen (dashboard/alerts/forms.py)
     list_display = [
         "name",
         "metric_pattern",
@@ -335,7 +335,7 @@ class AlertRuleAdmin(admin.ModelAdmin):
 
     @admin.action(description="Disable selected rules (their alerts resolve)", permissions=["change"])
     def disable_rules(self, request, queryset) -> None:
-        # One save per rule, not QuerySet.update: the save ends each rule's alerts at once (alerts.retire_rule).
+        # One save per rule, not QuerySet.update: the save ends each rule's alerts at once (actions.retire_rule).
         rules = list(queryset.filter(enabled=True))
         for rule in rules:
             rule.enabled = False

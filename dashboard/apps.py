@@ -9,7 +9,9 @@ class DashboardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from dashboard import lockout, permissions
+        # Imported here: models must be loaded before these modules import them.
+        from dashboard import actions, lockout, permissions
 
         permissions.connect_signals()
         lockout.connect_signals()
+        actions.connect_signals()

@@ -21,7 +21,7 @@ from dashboard import loops
 log = logging.getLogger(__name__)
 
 # Dotted paths of `async def job() -> None` loops.
-JOBS: list[str] = ["dashboard.alerts.nodata_loop", "dashboard.retention.retention_loop"]
+JOBS: list[str] = ["dashboard.alerts.nodata.nodata_loop", "dashboard.retention.retention_loop"]
 
 RESTART_DELAY_S = 10.0
 

@@ -1,6 +1,6 @@
 """Board actions (issue #13 item 5): create, rename, duplicate and delete a dashboard, and who may.
 
-Rights, checked by the JSON API (dashboard/boardapi.py) whatever the page shows:
+Rights, checked by the JSON API (dashboard/pages/dashboards.py) whatever the page shows:
 - create (and duplicate, and import a new board): the "add dashboard" model
   permission; the new board's owner is its creator;
 - rename: whoever may edit the board's layout (Dashboard.can_edit: staff,

@@ -11,9 +11,14 @@ from collectors.exceptions import InvalidReading, PulseboardError
 
 __all__ = [
     "BadRequest",
+    "Forbidden",
     "InvalidReading",
+    "InvalidRule",
     "NotAuthenticated",
+    "NotFound",
     "OutOfScope",
+    "PatternMatchesNothing",
+    "PatternMatchesUnreadable",
     "PayloadTooLarge",
     "PulseboardError",
     "RateLimited",
@@ -78,3 +83,47 @@ class ReadOnlyToken(PulseboardError):
 
     code = "read_only_token"
     status = 403
+
+
+class Forbidden(PulseboardError):
+    """The user is signed in but may not change this dashboard, alert or rule."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(PulseboardError):
+    """The dashboard, alert or rule does not exist or the user may not read it."""
+
+    code = "not_found"
+    status = 404
+
+
+class InvalidRule(BadRequest):
+    """A rule written in the alerts screen does not validate; names the first bad field (and close keys)."""
+
+    code = "invalid_rule"
+
+    def __init__(self, message: str, *, field: str, errors: dict[str, list[str]], suggestions: list[str]) -> None:
+        super().__init__(message, field=field)
+        self.errors = errors
+        self.suggestions = suggestions
+
+    def as_dict(self) -> dict:
+        body = super().as_dict()
+        body["errors"] = self.errors
+        if self.suggestions:
+            body["suggestions"] = self.suggestions
+        return body
+
+
+class PatternMatchesNothing(InvalidRule):
+    """The rule's metric pattern matches no metric the author may read, and they did not allow that."""
+
+    code = "pattern_matches_nothing"  # dashboard/alerts/forms.py EMPTY_MATCH_CODE
+
+
+class PatternMatchesUnreadable(InvalidRule):
+    """The rule's metric pattern also matches a metric the author may not read (its notifications would show it)."""
+
+    code = "pattern_matches_unreadable"  # dashboard/alerts/forms.py UNREADABLE_MATCH_CODE

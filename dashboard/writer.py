@@ -21,13 +21,14 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from dashboard import alerts, background, events, loops, stats, storage
+from collectors.retry import delays
+from dashboard import background, events, loops, stats, storage
 from dashboard.exceptions import StorageUnavailable
 from dashboard.validation import Reading
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAYS_S = (0.05, 0.25, 1.0)  # then the callers get 503 and retry themselves
+RETRY_DELAYS_S = tuple(delays(0.05, factor=5, max_s=1.0, attempts=3))  # 0.05, 0.25, 1 s; then the callers get 503
 _STOP = object()  # tells the writer thread to finish
 
 
@@ -226,8 +227,11 @@ class Writer:
         if previous is not None:
             await previous
         # Alerting (#6): evaluate rules on the committed rows; a failure must never cost the writers.
+        # Imported here: dashboard.actions imports this module (its ingest action writes through it).
+        from dashboard import actions
+
         try:
-            await alerts.evaluate(batch.inserted)
+            await actions.evaluate_alerts(batch.inserted)
         except Exception:
             log.exception("alert evaluation of %d rows failed", len(batch.inserted))
         offset = 0

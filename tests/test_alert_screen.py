@@ -1,4 +1,4 @@
-"""The alerts screen's page and JSON API (dashboard/alertscreen.py) and the shared rule validation (dashboard/alertrules.py)."""
+"""The alerts screen's page and JSON API (dashboard/pages/alerts.py, dashboard/alerts/screen.py) and the shared rule validation (dashboard/alerts/forms.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from django.utils import timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashboard.alertrules import KeySet
+from dashboard.alerts.forms import KeySet
 from dashboard.models import AlertEvent, AlertInstance, AlertRule, Metric, Source
 from dashboard.timeutil import US
 

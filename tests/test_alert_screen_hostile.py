@@ -14,7 +14,7 @@ from django.test import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashboard.alertrules import KeySet
+from dashboard.alerts.forms import KeySet
 from dashboard.models import AlertInstance, AlertRule, Metric, Source
 
 pytestmark = pytest.mark.django_db
@@ -280,28 +280,28 @@ def test_the_alerts_scripts_never_write_html_built_from_data() -> None:
 
 def test_two_changes_to_one_rule_at_once_keep_both(admin, metrics) -> None:
     """B read the rule, A disabled it, B saved a new threshold: the rule stays disabled (it was re-enabled)."""
-    from dashboard.alertscreen import save_rule
+    from dashboard.actions import save_alert_rule
 
     rule = AlertRule.objects.create(name="r", metric_pattern="iot.*.temperature", threshold=1)
     read_by_b = AlertRule.objects.get(pk=rule.pk)
-    save_rule(admin, {"enabled": False}, AlertRule.objects.get(pk=rule.pk))  # A
-    save_rule(admin, {"threshold": 5}, read_by_b)  # B, from what it read before A's change
+    save_alert_rule(admin, {"enabled": False}, AlertRule.objects.get(pk=rule.pk))  # A
+    save_alert_rule(admin, {"threshold": 5}, read_by_b)  # B, from what it read before A's change
     rule.refresh_from_db()
     assert (rule.enabled, rule.threshold) == (False, 5.0)
 
 
 def test_changing_a_rule_deleted_meanwhile_is_a_404(admin, metrics) -> None:
-    from dashboard.alertscreen import save_rule
-    from dashboard.pages import NotFound
+    from dashboard.actions import save_alert_rule
+    from dashboard.exceptions import NotFound
 
     rule = AlertRule.objects.create(name="r", metric_pattern="iot.*.temperature", threshold=1)
     stale = AlertRule.objects.get(pk=rule.pk)
     rule.delete()
     with pytest.raises(NotFound):
-        save_rule(admin, {"threshold": 5}, stale)
+        save_alert_rule(admin, {"threshold": 5}, stale)
 
 
-# --- Acknowledge and silence (dashboard/pages.py), used from the screen ---------------------------
+# --- Acknowledge and silence (dashboard/pages/alerts.py), used from the screen ---------------------------
 
 
 @pytest.fixture
@@ -347,7 +347,7 @@ def test_suggestions_for_a_long_glob_over_many_long_keys_are_bounded(monkeypatch
     import difflib
     import time
 
-    from dashboard import alertrules
+    from dashboard.alerts import forms
 
     compared = [0]
 
@@ -356,9 +356,9 @@ def test_suggestions_for_a_long_glob_over_many_long_keys_are_bounded(monkeypatch
             compared[0] += len(self.a) * len(self.b)
             return super().ratio()
 
-    monkeypatch.setattr(alertrules.difflib, "SequenceMatcher", Counting)
+    monkeypatch.setattr(forms.difflib, "SequenceMatcher", Counting)
     keys = KeySet(sorted(f"host-{i:05d}.cpu{i % 7}.usage_{'x' * 150}" for i in range(20_000)))
     started = time.perf_counter()
-    alertrules.suggest("*.cpu1.usage_" + "x" * 180, keys)
+    forms.suggest("*.cpu1.usage_" + "x" * 180, keys)
     print(f"suggestions: {compared[0]:,} character pairs in {time.perf_counter() - started:.2f} s")
-    assert compared[0] <= alertrules.SUGGEST_WORK_MAX
+    assert compared[0] <= forms.SUGGEST_WORK_MAX

@@ -1,4 +1,7 @@
-"""Alert rules on the stream: the state machine, no-data, races between processes, notifications, operator actions."""
+"""Alert rules on the stream end to end: states stored, no-data, races between processes, notifications, operator actions.
+
+The state machine alone, without a database: tests/test_alert_machine.py.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.core import mail
 
-from dashboard import actions, alerts, events
+from dashboard import actions, events
+from dashboard.alerts import cache, screen, transports
 from dashboard.models import AlertEvent, AlertInstance, AlertRule, Metric, NotificationDelivery
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
@@ -28,9 +32,9 @@ def _fresh_alert_cache(settings) -> Iterator[None]:
     settings.PULSEBOARD = {**settings.PULSEBOARD, "NOTIFY_BACKOFF_S": 0.05, "NOTIFY_ATTEMPTS": 3}
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    alerts.clear_cache()
+    cache.clear_cache()
     yield
-    alerts.clear_cache()
+    cache.clear_cache()
 
 
 def temp(value: float, ts: int) -> Reading:
@@ -94,9 +98,9 @@ async def test_each_condition_fires_only_when_it_holds(rule: dict, values: list[
 async def test_a_silent_metric_goes_to_nodata_and_recovers_when_data_returns() -> None:
     await make_rule(nodata_s=30)
     await feed((20, 0))
-    changes = await alerts.check_nodata(now_us() + 60 * US)
+    changes = await actions.check_nodata(now_us() + 60 * US)
     assert [c.event.state for c in changes] == ["nodata"]
-    assert await alerts.check_nodata(now_us() + 70 * US) == []  # already nodata: nothing stored twice
+    assert await actions.check_nodata(now_us() + 70 * US) == []  # already nodata: nothing stored twice
     await actions.ingest([temp(21, now_us())])
     assert await states() == [("ok", "nodata"), ("nodata", "resolved")]
 
@@ -163,7 +167,7 @@ async def test_a_firing_alert_is_posted_to_the_webhook_after_retries_and_each_at
     Receiver.fail = 2
     await make_rule(webhook_url=receiver)
     await feed((35, 0))
-    await alerts.drain()
+    await transports.drain()
     delivery = await NotificationDelivery.objects.aget()
     assert (delivery.status, delivery.attempts, delivery.channel) == ("sent", 3, "webhook")
     assert [body["state"] for _, body in Receiver.received] == ["firing"]
@@ -173,7 +177,7 @@ async def test_a_firing_alert_is_posted_to_the_webhook_after_retries_and_each_at
 async def test_an_unreachable_webhook_is_recorded_as_failed_after_every_attempt() -> None:
     await make_rule(webhook_url="http://127.0.0.1:9/nothing-listens-here")
     await feed((35, 0))
-    await alerts.drain()
+    await transports.drain()
     delivery = await NotificationDelivery.objects.aget()
     assert (delivery.status, delivery.attempts) == ("failed", 3)
     assert "attempt 3" in delivery.last_error
@@ -182,7 +186,7 @@ async def test_an_unreachable_webhook_is_recorded_as_failed_after_every_attempt(
 async def test_firing_and_resolving_send_an_email_each() -> None:
     await make_rule(email_to="ops@example.com\noncall@example.com")
     await feed((35, 0), (20, 1))
-    await alerts.drain()
+    await transports.drain()
     assert sorted(m.to[0] for m in mail.outbox) == [
         "oncall@example.com",
         "oncall@example.com",
@@ -196,10 +200,10 @@ async def test_a_silenced_alert_changes_state_but_notifies_nobody() -> None:
     rule = await make_rule(email_to="ops@example.com")
     await feed((20, 0))
     inst = await AlertInstance.objects.aget(rule=rule)
-    event = await sync_to_async(alerts.silence)(inst, 3600)
+    event = await actions.silence_alert(inst, 3600)
     assert event.silenced_until > now_us()
     await feed((35, 1))
-    await alerts.drain()
+    await transports.drain()
     assert await states() == [("ok", "firing")]
     assert mail.outbox == [] and await NotificationDelivery.objects.acount() == 0
 
@@ -217,8 +221,8 @@ def test_only_staff_who_may_read_the_metric_operate_alerts(owner, viewer) -> Non
     source = Source.objects.create(slug="iot.sensor-01", name="sensor")
     metric = Metric.objects.create(source=source, name="temperature", key=KEY)
     inst = AlertInstance.objects.create(rule=rule, metric=metric, state="firing")
-    assert alerts.can_operate(owner, inst)
-    assert not alerts.can_operate(viewer, inst)
+    assert screen.can_operate(owner, inst)
+    assert not screen.can_operate(viewer, inst)
 
 
 async def test_a_live_viewer_hears_alerts_only_on_sources_they_may_read(viewer) -> None:
@@ -256,14 +260,14 @@ async def test_a_notification_left_pending_by_a_stopped_process_is_sent_by_anoth
     event = await AlertEvent.objects.acreate(
         rule=rule, metric=inst.metric, from_state="ok", to_state="firing", value=35
     )
-    old = timezone.now() - timedelta(seconds=alerts.stale_after_s() + 1)
+    old = timezone.now() - timedelta(seconds=transports.stale_after_s() + 1)
     stale = await NotificationDelivery.objects.acreate(
         event=event, channel="email", target="ops@example.com", created=old
     )
     fresh = await NotificationDelivery.objects.acreate(event=event, channel="email", target="new@example.com")
-    assert await alerts.retry_stale_deliveries() == [stale.id]
-    assert await alerts.retry_stale_deliveries() == [], "claimed once"
-    await alerts.drain()
+    assert await transports.retry_stale_deliveries() == [stale.id]
+    assert await transports.retry_stale_deliveries() == [], "claimed once"
+    await transports.drain()
     assert [m.to for m in mail.outbox] == [["ops@example.com"]]
     assert (await NotificationDelivery.objects.aget(pk=stale.id)).status == "sent"
     assert (await NotificationDelivery.objects.aget(pk=fresh.id)).status == "pending"
@@ -272,16 +276,16 @@ async def test_a_notification_left_pending_by_a_stopped_process_is_sent_by_anoth
 async def test_stale_rules_serve_while_they_reload_in_the_background_and_a_change_here_applies_at_once() -> None:
     """The writer evaluates rules after every commit; a reload there was a latency spike every 5 s."""
     rule = await make_rule(threshold=30.0)
-    assert [r.threshold for r in await alerts._ensure_rules()] == [30.0]
+    assert [r.threshold for r in await cache.ensure_rules()] == [30.0]
     # Another process's admin edits the rule (no signal here), and the cache goes stale.
     await AlertRule.objects.filter(pk=rule.pk).aupdate(threshold=40.0)
-    alerts._cache.loaded_at -= alerts.RULES_REFRESH_S + 1
-    assert [r.threshold for r in await alerts._ensure_rules()] == [30.0]  # served at once, not awaited
-    await alerts.drain()
-    assert [r.threshold for r in await alerts._ensure_rules()] == [40.0]  # the reload is in
+    cache._cache.loaded_at -= cache.RULES_REFRESH_S + 1
+    assert [r.threshold for r in await cache.ensure_rules()] == [30.0]  # served at once, not awaited
+    await transports.drain()
+    assert [r.threshold for r in await cache.ensure_rules()] == [40.0]  # the reload is in
     rule.threshold = 50.0
     await rule.asave()  # a change made in this process: the next evaluation loads it first
-    assert [r.threshold for r in await alerts._ensure_rules()] == [50.0]
+    assert [r.threshold for r in await cache.ensure_rules()] == [50.0]
 
 
 # --- Rules switched off: their alerts end, notify and reach open pages --------------
@@ -350,7 +354,7 @@ def rule_form(rule: AlertRule, **changes) -> dict:
 async def firing_rule(receiver: str) -> AlertRule:
     rule = await make_rule(webhook_url=receiver)
     await feed((35, 0))
-    await alerts.drain()
+    await transports.drain()
     assert [body["state"] for _, body in Receiver.received] == ["firing"]
     return rule
 
@@ -370,7 +374,7 @@ async def test_disabling_a_firing_rule_in_the_admin_resolves_notifies_and_tells_
         assert "rule disabled" in frame["message"]
     finally:
         await communicator.disconnect()
-    await alerts.drain()
+    await transports.drain()
     assert (await AlertInstance.objects.aget()).state == "resolved"
     assert await states() == [("ok", "firing"), ("firing", "resolved")]
     last = await AlertEvent.objects.order_by("-at", "-id").afirst()
@@ -398,7 +402,7 @@ async def test_deleting_a_firing_rule_in_the_admin_resolves_notifies_and_tells_o
         assert "rule deleted" in frame["message"]
     finally:
         await communicator.disconnect()
-    await alerts.drain()
+    await transports.drain()
     assert not await AlertRule.objects.aexists() and not await AlertInstance.objects.aexists()
     assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]
     assert "rule deleted" in Receiver.received[-1][1]["message"]
@@ -417,12 +421,12 @@ def test_disabling_a_rule_from_a_script_notifies_before_it_returns(receiver: str
 async def test_a_rule_disabled_without_signals_is_resolved_by_the_periodic_sweep(receiver: str) -> None:
     rule = await firing_rule(receiver)
     await AlertRule.objects.filter(pk=rule.pk).aupdate(enabled=False)  # QuerySet.update sends no signal
-    changes = await alerts.retire_disabled_rules()
-    await alerts.drain()
+    changes = await actions.retire_disabled_rules()
+    await transports.drain()
     assert [c.event.state for c in changes] == ["resolved"]
     assert (await AlertInstance.objects.aget()).state == "resolved"
     assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]
-    assert await alerts.retire_disabled_rules() == []
+    assert await actions.retire_disabled_rules() == []
 
 
 async def test_a_process_that_has_not_seen_the_rule_disabled_yet_does_not_fire_it() -> None:
@@ -430,7 +434,7 @@ async def test_a_process_that_has_not_seen_the_rule_disabled_yet_does_not_fire_i
     await feed((20, 0))
     # Disabled in another process: this one's cached rules still hold it for up to RULES_REFRESH_S.
     await AlertRule.objects.filter(pk=rule.pk).aupdate(enabled=False)
-    assert [r.id for r in await alerts._ensure_rules()] == [rule.pk]
+    assert [r.id for r in await cache.ensure_rules()] == [rule.pk]
     await feed((35, 1))
     assert await AlertEvent.objects.acount() == 0
     assert (await AlertInstance.objects.aget()).state == "ok"
@@ -444,7 +448,7 @@ async def test_the_admin_action_disabling_several_rules_resolves_their_alerts(re
         {"action": "disable_rules", "_selected_action": [rule.pk, other.pk], "index": 0},
     )
     assert response.status_code == 302, response.content.decode()[:2000]
-    await alerts.drain()
+    await transports.drain()
     assert not await AlertRule.objects.filter(enabled=True).aexists()
     assert (await AlertInstance.objects.aget(rule=rule)).state == "resolved"
     assert [body["state"] for _, body in Receiver.received] == ["firing", "resolved"]

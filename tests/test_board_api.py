@@ -1,4 +1,4 @@
-"""The dashboards JSON API (dashboard/boardapi.py): create, rename, duplicate, delete, export, import, variables."""
+"""The dashboards JSON API (dashboard/pages/dashboards.py): create, rename, duplicate, delete, export, import, variables."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import logging
 
 import pytest
 
-from dashboard import alerts, events, logthrottle
+from dashboard import actions, events, logthrottle
+from dashboard.alerts import nodata
 from dashboard.fanout import Hub
 from dashboard.logthrottle import FailureLog
 
@@ -108,13 +109,13 @@ async def test_a_failing_no_data_check_logs_one_traceback_then_a_recovery(caplog
         if runs <= 5:
             raise ConnectionError("the database is unreachable")
 
-    monkeypatch.setattr(alerts, "check_nodata", check)
-    monkeypatch.setattr(alerts, "NODATA_CHECK_S", 0.0)
-    with caplog.at_level(logging.INFO, logger="dashboard.alerts"):
-        task = asyncio.ensure_future(alerts.nodata_loop())
+    monkeypatch.setattr(actions, "check_nodata", check)
+    monkeypatch.setattr(nodata, "NODATA_CHECK_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="dashboard.alerts.nodata"):
+        task = asyncio.ensure_future(nodata.nodata_loop())
         while runs < 7:
             await asyncio.sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert len(tracebacks(caplog, "dashboard.alerts")) == 1
+    assert len(tracebacks(caplog, "dashboard.alerts.nodata")) == 1
     assert any("recovered after 5 failures" in r.getMessage() for r in caplog.records)

@@ -375,13 +375,13 @@ def database_down(monkeypatch) -> None:
     """The readiness probe's database round trip fails with a driver message naming host and port."""
     from django.db import OperationalError
 
-    from dashboard import views
+    from dashboard.pages import health
 
     def refuse() -> None:
         raise OperationalError(LEAKY)
 
-    monkeypatch.setattr(views, "_database_ready", refuse)
-    views._ready_logged.clear()
+    monkeypatch.setattr(health, "_database_ready", refuse)
+    health._ready_logged.clear()
 
 
 @TRANSACTIONAL
@@ -394,7 +394,7 @@ async def test_readyz_tells_anonymous_callers_only_which_check_failed(database_d
     assert "10.9.8.7" not in response.content.decode()
     # The operator finds the reason in the log, once, not at every probe.
     await AsyncClient().get("/readyz")
-    logged = [r.getMessage() for r in caplog.records if r.name == "dashboard.views"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "dashboard.pages.health"]
     assert len([m for m in logged if "10.9.8.7" in m]) == 1, logged
 
 

@@ -37,7 +37,7 @@ agent_handler      agent endpoints without Django's middleware  Django's ASGIHan
 gc_policy          gc.freeze and rarer young collections        CPython's default collector thresholds
                    (gcpolicy.py)
 warm_imports       anyio's asyncio backend imported off the     imported on the first alert notification
-                   event loop (dashboard/alerts.py)
+                   event loop (alerts/transports.py)
 =================  ===========================================  ============================================
 """
 

@@ -1,5 +1,5 @@
 // Dashboards in the page: new, rename, duplicate, delete (after a confirmation), export and import,
-// through the dashboards JSON API (dashboard/boardapi.py; rights are checked there, whatever is shown).
+// through the dashboards JSON API (dashboard/pages/dashboards.py; rights are checked there, whatever is shown).
 // The list page (/d/) binds itself; the dashboard page calls bindBoardMenu(config).
 
 import { csrfToken } from "./alerts.js";

@@ -1,5 +1,7 @@
-"""The dashboards JSON API (issue #13 items 5 and 7): list, create, rename, duplicate, delete, export, import.
+"""Dashboards: the list, one dashboard's page, and the JSON API the page calls (issue #6; #13 items 5 and 7).
 
+    POST   /api/v1/dashboards/<slug>/layout    {"panels", "variables"?}: replace the panels (editors)
+    POST   /api/v1/preferences                 {"timezone"}: the viewer's time zone
     GET    /api/v1/dashboards                  boards the user may view, with what they may do
     POST   /api/v1/dashboards                  {"title", "description"?, "slug"?} -> 201, owner = the user
     GET    /api/v1/dashboards/<slug>           one board
@@ -10,25 +12,85 @@
     POST   /api/v1/dashboards/import[?replace=1]  body: a board file -> 201 (200 when replaced)
 
 Writes need a signed-in user and the CSRF token (header X-CSRFToken); rights
-are in dashboard/boards.py. Every error has the one shape of
-dashboard.api.error_response; a refused import names the field
-(`panels[2].metrics`) and changes nothing.
+are in dashboard/boards.py and checked here, on the server, whatever the page
+shows. Every error has the one shape of dashboard.api.error_response; a
+refused import names the field (`panels[2].metrics`) and changes nothing.
 """
 
 from __future__ import annotations
 
 import json
 
+from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from dashboard import boards, panels, permissions
 from dashboard.api import error_response
-from dashboard.exceptions import PulseboardError
+from dashboard.exceptions import BadRequest, Forbidden, NotFound, PayloadTooLarge, PulseboardError
 from dashboard.models import Dashboard
-from dashboard.pages import Forbidden, NotFound, _json_body, _signed_in
+from dashboard.pages.http import json_body, signed_in
 
 MAX_IMPORT_BYTES = 2 * 1024 * 1024  # a 60-panel board is ~30 KB; anything near this is not a board file
+
+
+@login_required
+def dashboard_list(request: HttpRequest) -> HttpResponse:
+    """Every dashboard the user may view."""
+    found = Dashboard.objects.visible_to(request.user).prefetch_related("panels")
+    rows = [(board, boards.rights(request.user, board)) for board in found]
+    return render(
+        request,
+        "dashboard/dashboard_list.html",
+        {"rows": rows, "dashboards": found, "can_create": boards.may_create(request.user)},
+    )
+
+
+@login_required
+def dashboard_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """One dashboard: its panels live or over a history range; ?kiosk=1 for a wall screen."""
+    board = get_object_or_404(Dashboard.objects.visible_to(request.user), slug=slug)
+    config = panels.dashboard_config(board, request.user, panels.chosen_values(request.GET))
+    config.update(boards.rights(request.user, board))
+    config["can_operate_alerts"] = request.user.is_staff or request.user.has_perm("dashboard.change_alertinstance")
+    kiosk = request.GET.get("kiosk") == "1"
+    return render(request, "dashboard/dashboard.html", {"board": board, "config": config, "kiosk": kiosk})
+
+
+@require_POST
+def save_layout(request: HttpRequest, slug: str) -> JsonResponse:
+    """POST {"panels": [...]}: replace the dashboard's panels (editors only); answer the new page configuration."""
+    try:
+        signed_in(request)
+        board = Dashboard.objects.visible_to(request.user).filter(slug=slug).first()
+        if board is None:
+            raise NotFound(f"no dashboard {slug!r} that you may view")
+        if not board.can_edit(request.user):
+            raise Forbidden("you may view this dashboard but not edit it; ask its owner for editor rights")
+        body = json_body(request)
+        specs = body.get("panels")
+        # Through a share link a panel is read with its creator's rights, so an
+        # editor may only add patterns within what the editor may read.
+        permissions.check_layout(request.user, board, specs, body.get("variables"))
+        panels.save_layout(board, specs, body.get("variables"))
+    except PulseboardError as exc:
+        return error_response(exc)
+    return JsonResponse(panels.dashboard_config(board, request.user, body.get("chosen")))
+
+
+@require_POST
+def save_preferences(request: HttpRequest) -> JsonResponse:
+    """POST {"timezone": "Europe/Berlin"}: remember the viewer's time zone."""
+    try:
+        signed_in(request)
+        zone = panels.set_timezone(request.user, json_body(request).get("timezone"))
+    except PulseboardError as exc:
+        return error_response(exc)
+    return JsonResponse({"timezone": zone})
+
+
+# --- The dashboards API ----------------------------------------------------------------
 
 
 def _visible(request: HttpRequest, slug: str) -> Dashboard:
@@ -47,10 +109,10 @@ def _may_create(request: HttpRequest) -> None:
 def board_collection(request: HttpRequest) -> JsonResponse:
     """GET the boards the user may view; POST a new empty board owned by the user."""
     try:
-        _signed_in(request)
+        signed_in(request)
         if request.method == "POST":
             _may_create(request)
-            body = _json_body(request)
+            body = json_body(request)
             board = boards.create_board(request.user, body.get("title"), body.get("description", ""), body.get("slug"))
             return JsonResponse(boards.summary(board, request.user), status=201)
     except PulseboardError as exc:
@@ -65,12 +127,12 @@ def board_collection(request: HttpRequest) -> JsonResponse:
 def board_detail(request: HttpRequest, slug: str) -> JsonResponse:
     """GET one board; PATCH its title/description (its editors); DELETE it (an editor who owns it or may delete)."""
     try:
-        _signed_in(request)
+        signed_in(request)
         board = _visible(request, slug)
         if request.method == "PATCH":
             if not board.can_edit(request.user):
                 raise Forbidden("you may view this dashboard but not edit it; ask its owner for editor rights")
-            body = _json_body(request)
+            body = json_body(request)
             boards.rename_board(board, body.get("title"), body.get("description"))
         elif request.method == "DELETE":
             if not boards.may_delete(request.user, board):
@@ -86,10 +148,10 @@ def board_detail(request: HttpRequest, slug: str) -> JsonResponse:
 def board_duplicate(request: HttpRequest, slug: str) -> JsonResponse:
     """POST {"title"?}: a copy of the board (panels, variables, groups) owned by the user."""
     try:
-        _signed_in(request)
+        signed_in(request)
         board = _visible(request, slug)
         _may_create(request)
-        copy = boards.duplicate_board(board, request.user, _json_body(request).get("title"))
+        copy = boards.duplicate_board(board, request.user, json_body(request).get("title"))
     except PulseboardError as exc:
         return error_response(exc)
     return JsonResponse(boards.summary(copy, request.user), status=201)
@@ -99,7 +161,7 @@ def board_duplicate(request: HttpRequest, slug: str) -> JsonResponse:
 def board_export(request: HttpRequest, slug: str) -> HttpResponse:
     """GET: the board as a JSON file of the one layout schema, as `manage.py exportdashboard` writes it."""
     try:
-        _signed_in(request)
+        signed_in(request)
         board = _visible(request, slug)
     except PulseboardError as exc:
         return error_response(exc)
@@ -112,14 +174,12 @@ def board_export(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def board_import(request: HttpRequest) -> JsonResponse:
     """POST a board file: a new board owned by the user, or with ?replace=1 the board of that slug (its editors)."""
-    from dashboard.exceptions import BadRequest, PayloadTooLarge
-
     try:
-        _signed_in(request)
+        signed_in(request)
         _may_create(request)
         if len(request.body) > MAX_IMPORT_BYTES:
             raise PayloadTooLarge(f"a board file is at most {MAX_IMPORT_BYTES // 1024} KiB", field="body")
-        data = _json_body(request)
+        data = json_body(request)
         replace = request.GET.get("replace") == "1"
         slug = data.get("slug")
         if isinstance(slug, str) and slug in boards.RESERVED_SLUGS:

@@ -12,10 +12,12 @@ import difflib
 import fnmatch
 import heapq
 import re
+from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
 
+from dashboard.exceptions import BadRequest, InvalidRule, PatternMatchesNothing, PatternMatchesUnreadable
 from dashboard.models import AlertRule, Metric
 
 PREVIEW_KEYS = 20  # keys shown in the live preview; the count covers them all
@@ -245,3 +247,38 @@ class AlertRuleForm(forms.ModelForm):
                 ),
             )
         return data
+
+
+def form_data(data: dict[str, Any]) -> dict[str, Any]:
+    """Turn JSON values into what a Django form reads (None -> '', booleans as booleans)."""
+    unknown = set(data) - set(AlertRuleForm.Meta.fields) - {"allow_empty_match"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise BadRequest(f"unknown field {name!r}", field=name)
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        if value is None:
+            out[name] = ""
+        elif name in ("enabled", "allow_empty_match"):
+            if not isinstance(value, bool):
+                raise BadRequest(f"{name} must be true or false", field=name)
+            if value:
+                out[name] = "on"
+        elif isinstance(value, dict | list):
+            raise BadRequest(f"{name} must be a plain value", field=name)
+        else:
+            out[name] = value
+    return out
+
+
+def form_error(form: AlertRuleForm) -> InvalidRule:
+    """Return the API error of a rule that did not validate: its first field, every message, close keys."""
+    errors = {name: [str(m) for m in messages] for name, messages in form.errors.items()}
+    field = next(iter(errors))
+    cls = InvalidRule
+    if form.has_error("metric_pattern", EMPTY_MATCH_CODE):
+        cls = PatternMatchesNothing
+    elif form.has_error("metric_pattern", UNREADABLE_MATCH_CODE):
+        cls = PatternMatchesUnreadable
+    message = f"{field}: {errors[field][0]}" if field != "__all__" else errors[field][0]
+    return cls(message, field=field, errors=errors, suggestions=form.suggestions)

@@ -1,4 +1,4 @@
-"""Operator pages and health checks."""
+"""Health and scraping endpoints: /healthz (liveness), /readyz (database and channel layer), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -10,37 +10,15 @@ import time
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from dashboard import loops, panels, stats
-from dashboard.models import Metric, ShareLink, Source
+from dashboard import loops, stats
+from dashboard.models import Metric, Source
 
 log = logging.getLogger(__name__)
-
-
-@login_required
-def overview(request: HttpRequest) -> HttpResponse:
-    """All sources the user may read, with each metric's latest value updating live."""
-    sources = Source.objects.visible_to(request.user).prefetch_related("metrics")
-    return render(request, "dashboard/overview.html", {"sources": sources})
-
-
-@login_required
-def source_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    """One source: a live chart per metric that starts from the last minutes of history."""
-    source = get_object_or_404(Source.objects.visible_to(request.user), slug=slug)
-    metrics = list(source.metrics.all())
-    config = [{"key": m.key, "name": m.name, "unit": m.unit, "kind": m.kind} for m in metrics]
-    return render(
-        request,
-        "dashboard/source.html",
-        {"source": source, "metrics": metrics, "config": config},
-    )
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -203,36 +181,3 @@ def prometheus_metrics(request: HttpRequest) -> HttpResponse:
         return response
     body = stats.exposition() + _agent_gauges()
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
-
-
-def _share_link_or_404(secret: str) -> ShareLink:
-    link = ShareLink.find(secret)
-    if link is None:
-        raise Http404("This share link is unknown or was revoked.")
-    return link
-
-
-def share_page(request: HttpRequest, secret: str) -> HttpResponse:
-    """GET /share/<secret>/: a read-only kiosk view of one dashboard, no sign-in needed."""
-    link = _share_link_or_404(secret)
-    dashboard = link.dashboard
-    # The dashboards' own page and renderer (dashboard.js, panels.js) in share mode: same panels, same charts.
-    config = panels.share_config(dashboard, link.principal(), secret, panels.chosen_values(request.GET))
-    response = render(request, "dashboard/share.html", {"board": dashboard, "config": config})
-    # The secret is in the URL: keep it out of other sites' logs and out of shared caches.
-    response["Referrer-Policy"] = "no-referrer"
-    response["Cache-Control"] = "private, no-store"
-    return response
-
-
-async def share_series(request: HttpRequest, secret: str) -> HttpResponse:
-    """GET /share/<secret>/series: /api/v1/series limited to the shared dashboard's panel metrics (JSON or CSV)."""
-    from asgiref.sync import sync_to_async
-
-    from dashboard.api import error_response, series_response
-    from dashboard.exceptions import NotAuthenticated
-
-    link = await sync_to_async(ShareLink.find)(secret)
-    if link is None:
-        return error_response(NotAuthenticated("this share link is unknown or was revoked"))
-    return await series_response(link.principal(), request)
