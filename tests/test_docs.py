@@ -97,7 +97,8 @@ def test_every_command_the_docs_name_exists() -> None:
 def url_paths() -> set[str]:
     """Return each route's fixed prefix (up to its first converter), with a leading slash."""
     paths = set()
-    for urls in (ROOT / "monitor" / "urls.py", ROOT / "dashboard" / "urls.py", ROOT / "dashboard" / "routing.py"):
+    route_files = [ROOT / "monitor" / "urls.py", *sorted((ROOT / "dashboard").rglob("urls.py"))]
+    for urls in [*route_files, *sorted((ROOT / "dashboard").rglob("routing.py"))]:
         for route in re.findall(r"(?:re_)?path\(\s*r?[\"']([^\"']*)[\"']", read(urls)):
             fixed = re.split(r"[<(^$]", route, maxsplit=1)[0]
             if fixed and fixed not in ("accounts/", "admin/"):
