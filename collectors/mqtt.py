@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -44,6 +43,7 @@ import aiomqtt
 from collectors.base import Collector, Reading, slugify_key
 from collectors.exceptions import InvalidReading
 from collectors.reading import now_us, parse_ts
+from collectors.retry import Backoff
 
 log = logging.getLogger("collectors.mqtt")
 
@@ -290,7 +290,7 @@ class MqttCollector(Collector):
         return Reading(source, slugify_key(metric), ts or received_us, value, unit, "gauge", self.source_kind, labels)
 
     async def batches(self) -> AsyncIterator[list[Reading]]:
-        backoff = BACKOFF_START_S
+        backoff = Backoff(BACKOFF_START_S, max_s=BACKOFF_MAX_S, jitter=0.5)
         while True:
             try:
                 async with aiomqtt.Client(
@@ -304,12 +304,11 @@ class MqttCollector(Collector):
                         log.info("%s: reconnected to %s; subscribing again", self.name, self.url)
                     for pattern in self.patterns:
                         await client.subscribe(pattern.subscription, qos=self.qos)
-                    backoff = BACKOFF_START_S
+                    backoff.reset()
                     async for batch in self._read(client):
                         yield batch
             except aiomqtt.MqttError as exc:
-                delay = backoff * random.uniform(0.5, 1.5)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                delay = backoff.next()
                 log.warning(
                     "%s: MQTT connection to %s lost or refused (%s); retrying in %.1f s",
                     self.name,

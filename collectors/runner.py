@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import signal
 
 from collectors.base import Collector
+from collectors.retry import Backoff
 from collectors.sinks import Sink
 
 log = logging.getLogger("collectors.runner")
 
-MAX_BACKOFF_S = 60.0
+MAX_BACKOFF_S = 60.0  # a collector failing for good is retried once a minute, not forgotten
 
 
 class Runner:
@@ -56,7 +56,7 @@ class Runner:
         log.info("stopped: %s", self.sink.status())
 
     async def _drive(self, collector: Collector) -> None:
-        backoff = 1.0
+        backoff = Backoff(1.0, max_s=MAX_BACKOFF_S, jitter=0.2)
         while not self.stop.is_set():
             try:
                 async for batch in collector.batches():
@@ -65,7 +65,7 @@ class Runner:
                     self._puts.add(put)
                     put.add_done_callback(self._puts.discard)
                     await asyncio.shield(put)
-                    backoff = 1.0
+                    backoff.reset()
                     if self.stop.is_set():
                         return
                 return  # a finite collector (a replay) is done
@@ -73,9 +73,8 @@ class Runner:
                 raise
             except Exception as exc:
                 self.failures[collector.name] += 1
-                delay = min(backoff, MAX_BACKOFF_S) * random.uniform(0.8, 1.2)
+                delay = backoff.next()
                 log.warning("%s failed (%s: %s); retrying in %.1f s", collector.name, type(exc).__name__, exc, delay)
-                backoff *= 2
                 try:
                     await asyncio.wait_for(self.stop.wait(), delay)
                 except TimeoutError:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import httpx
 
 from collectors.base import slugify_key
 from collectors.reading import Reading, now_us
+from collectors.retry import Backoff
 from collectors.spool import DEFAULT_MAX_READINGS, Spool, reading_to_json
 
 log = logging.getLogger("collectors.sink")
@@ -263,7 +263,8 @@ class HttpSink(Sink):
         self._batch_limit = min(self.batch_size, self._batch_limit + max(1, self._batch_limit // 4))
 
     async def _deliver(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
-        backoff = BACKOFF_START_S
+        # Jittered: agents that lost the server together do not all come back in the same second.
+        backoff = Backoff(BACKOFF_START_S, max_s=self.max_backoff_s, jitter=0.5)
         give_up_at: float | None = None
         while True:
             if stop.is_set() and give_up_at is None:
@@ -286,7 +287,7 @@ class HttpSink(Sink):
             if answer.outcome == "judged":
                 await self.spool.delete_through(last_id)
                 self._judged(batch, answer)
-                backoff = BACKOFF_START_S
+                backoff.reset()
                 self._grow()
                 continue
             if answer.outcome == "split":
@@ -296,11 +297,11 @@ class HttpSink(Sink):
             if answer.outcome == "dead":
                 await self.spool.bury_through(last_id, answer.reason)
                 self._buried(batch, answer.reason)
-                delay = backoff * random.uniform(0.5, 1.5)  # the server refuses: do not spin through the spool
+                delay = backoff.next()  # the server refuses: do not spin through the spool
             else:
-                delay = answer.retry_after if answer.retry_after is not None else backoff * random.uniform(0.5, 1.5)
+                wait = backoff.next()
+                delay = answer.retry_after if answer.retry_after is not None else wait
                 log.info("retrying in %.1f s with %d readings spooled", delay, self.spool.depth)
-            backoff = min(backoff * 2, self.max_backoff_s)
             if give_up_at is not None:
                 delay = min(delay, max(0.0, give_up_at - time.monotonic()))
             await asyncio.sleep(delay)
@@ -374,7 +375,7 @@ class HttpSink(Sink):
         done = 0
         limit = self.batch_size
         tries = 0
-        backoff = BACKOFF_START_S
+        backoff = Backoff(BACKOFF_START_S, max_s=self.max_backoff_s)
         async with self._client() as client:
             while True:
                 last_id, batch = await self.spool.peek_dead(limit)
@@ -393,8 +394,8 @@ class HttpSink(Sink):
                     limit = max(1, len(batch) // 2)
                 elif answer.outcome == "retry" and tries + 1 < attempts:
                     tries += 1
-                    await asyncio.sleep(answer.retry_after if answer.retry_after is not None else backoff)
-                    backoff = min(backoff * 2, self.max_backoff_s)
+                    wait = backoff.next()
+                    await asyncio.sleep(answer.retry_after if answer.retry_after is not None else wait)
                 else:
                     raise RequeueStopped(answer.reason or "the server is unreachable", done, self.spool.dead)
 

@@ -11,10 +11,10 @@
 
 import { formatDateTime, formatTime } from "./format.js";
 
-const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
+const RECONNECT = { startMs: 500, maxMs: 15000 }; // 0.5, 1, 2, 4, 8, 15 s between reconnects
 const STALE_AFTER_MS = 60000; // two missed heartbeats (25 s) and some slack
 const WS_FAILURES_BEFORE_SSE = 3; // sockets in a row that closed before the server's hello
-const WS_PROBE_MS = [1000, 2000, 4000, 8000, 16000, 32000, 60000]; // WebSocket probes while on SSE, then every 60 s
+const WS_PROBE = { startMs: 1000, maxMs: 60000 }; // WebSocket probes while on SSE: 1, 2, 4 ... 32 s, then every 60 s
 const WS_PROBE_GIVE_UP_MS = 10000; // a probe the server has not greeted by then has failed
 const BACKFILL_SHOWN_MS = 10000; // how long "back-filled N samples" stays in the status
 
@@ -82,7 +82,7 @@ export class LiveConnection extends EventTarget {
         return;
       }
       // 4008 (too slow) resumes at once; anything else backs off.
-      const delay = ev.code === 4008 ? 0 : BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)] * (0.8 + Math.random() * 0.4);
+      const delay = ev.code === 4008 ? 0 : backoffDelay(this.attempt, { ...RECONNECT, jitter: 0.2 });
       this.attempt += 1;
       setTimeout(() => this.open(), delay);
     };
@@ -127,7 +127,7 @@ export class LiveConnection extends EventTarget {
       es.close();
       this.es = null;
       this.lostConnection();
-      const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+      const delay = backoffDelay(this.attempt, RECONNECT);
       this.attempt += 1;
       // EventSource hides the status of a refused stream: retry only if it was not 401.
       this.checkSignedIn(es.url).then((signedIn) => {
@@ -152,7 +152,7 @@ export class LiveConnection extends EventTarget {
 
   scheduleProbe() {
     clearTimeout(this.probeTimer);
-    const delay = WS_PROBE_MS[Math.min(this.probeAttempt, WS_PROBE_MS.length - 1)];
+    const delay = backoffDelay(this.probeAttempt, WS_PROBE);
     this.probeAttempt += 1;
     this.lastProbeDelay = delay;
     this.probeTimer = setTimeout(() => this.probeWebSocket(), delay);
@@ -299,6 +299,14 @@ export class LiveConnection extends EventTarget {
     const detail = { state, transport: this.transport, staleSince: this.staleSince, backfilled: this.backfilled, degraded: this.degraded };
     this.dispatchEvent(new CustomEvent("state", { detail }));
   }
+}
+
+// The one retry schedule of the front end (collectors/retry.py is the Python one): the wait before
+// try `attempt` + 1 is startMs doubled per attempt, capped at maxMs, spread by ±jitter (a fraction)
+// so tabs that lost the server together do not all come back in the same instant.
+export function backoffDelay(attempt, { startMs, maxMs = Infinity, factor = 2, jitter = 0 }, random = Math.random) {
+  const wait = Math.min(startMs * factor ** Math.min(attempt, 64), maxMs);
+  return jitter ? wait * (1 - jitter + 2 * jitter * random()) : wait;
 }
 
 export function defaultUrl() {
