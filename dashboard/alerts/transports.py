@@ -14,7 +14,6 @@ import asyncio
 import contextvars
 import logging
 import ssl
-import weakref
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
@@ -24,7 +23,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 
 from collectors.retry import delays
-from dashboard import fastpaths
+from dashboard import fastpaths, loops
 from dashboard.alerts import storage
 from dashboard.alerts.storage import DetachedDelivery
 from dashboard.models import NotificationDelivery
@@ -77,7 +76,7 @@ TRANSPORTS: dict[str, type[Transport]] = {cls.kind: cls for cls in (Webhook, Ema
 
 # --- Work in flight ----------------------------------------------------------------
 
-_tasks: set[asyncio.Task] = set()
+IN_FLIGHT = "alerts.in_flight"  # dashboard/loops.py key: the running loop's notification tasks
 
 
 def spawn(coro: Coroutine[Any, Any, Any]) -> None:
@@ -85,19 +84,19 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> None:
     # A fresh context: spawned from inside async_to_sync (a rule disabled in the admin), the task
     # would inherit that request thread's executor, which is gone by the time it calls sync_to_async.
     task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    tasks: set[asyncio.Task] = loops.service(IN_FLIGHT, set)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 async def drain() -> None:
-    """Wait for notifications in flight (tests, shutdown)."""
-    while _tasks:
-        await asyncio.gather(*list(_tasks), return_exceptions=True)
+    """Wait for this loop's notifications in flight (tests, shutdown)."""
+    tasks: set[asyncio.Task] = loops.service(IN_FLIGHT, set)
+    while tasks:
+        await asyncio.gather(*list(tasks), return_exceptions=True)
 
 
 # --- The webhook client of each event loop -----------------------------------------
-
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
 
 
 def _prepare_tls() -> ssl.SSLContext:
@@ -111,24 +110,23 @@ def _prepare_tls() -> ssl.SSLContext:
 
 def client_ready() -> bool:
     """Return whether the running loop's webhook client exists already."""
-    return asyncio.get_running_loop() in _clients
+    return loops.existing(Webhook) is not None
 
 
 async def webhook_client() -> httpx.AsyncClient:
-    """Return the event loop's webhook client: one connection pool, created once.
+    """Return the event loop's webhook client (dashboard/loops.py): one connection pool, created once.
 
     Loading the CA certificates takes a few hundred milliseconds of CPU; it runs
     on a thread so it never stalls the loop that serves ingest and live sockets.
     """
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
+    client = loops.existing(Webhook)
     if client is None:
-        context = await loop.run_in_executor(None, _prepare_tls)
-        client = _clients.get(loop)  # another notification may have made it meanwhile
-        if client is None:
-            client = _clients[loop] = httpx.AsyncClient(
-                timeout=WEBHOOK_TIMEOUT_S, headers={"User-Agent": "Pulseboard"}, verify=context
-            )
+        context = await asyncio.get_running_loop().run_in_executor(None, _prepare_tls)
+        # Another notification may have made it meanwhile: service() keeps the first.
+        client = loops.service(
+            Webhook,
+            lambda: httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, headers={"User-Agent": "Pulseboard"}, verify=context),
+        )
     return client
 
 
