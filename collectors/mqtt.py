@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import sqlite3
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -184,8 +185,6 @@ def parse_url(url: str) -> dict[str, Any]:
     if parsed.password:
         options["password"] = unquote(parsed.password)
     if parsed.scheme == "mqtts":
-        import ssl
-
         options["tls_context"] = ssl.create_default_context()
     return options
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import math
 
+from axes.helpers import get_client_username, get_cool_off
+from axes.models import AccessAttempt
+from axes.signals import user_locked_out
 from django.conf import settings
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
@@ -24,9 +27,6 @@ def _client_ip(request: HttpRequest) -> str | None:
 
 def retry_at(request: HttpRequest, username: str):
     """Return when this client's lockout ends: its last counted failure plus the cool-off."""
-    from axes.helpers import get_cool_off
-    from axes.models import AccessAttempt
-
     attempts = AccessAttempt.objects.filter(ip_address=_client_ip(request))
     if settings.LOGIN_LOCKOUT_BY == "username+ip":
         attempts = attempts.filter(username=username)
@@ -36,8 +36,6 @@ def retry_at(request: HttpRequest, username: str):
 
 def locked_out(request: HttpRequest, original_response=None, credentials: dict | None = None) -> HttpResponse:
     """Answer a sign-in while the client is locked out: 429, what happened, what to do and when to retry."""
-    from axes.helpers import get_client_username
-
     username = get_client_username(request, credentials) or ""
     until = retry_at(request, username)
     seconds = max(1, math.ceil((until - timezone.now()).total_seconds()))
@@ -57,7 +55,6 @@ def locked_out(request: HttpRequest, original_response=None, credentials: dict |
 
 def connect_signals() -> None:
     """Log each lockout once, when it starts (called from DashboardConfig.ready)."""
-    from axes.signals import user_locked_out
 
     @receiver(user_locked_out, dispatch_uid="pulseboard-lockout-log")
     def _log_lockout(sender, request, username, ip_address, **kwargs) -> None:

@@ -18,6 +18,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
+from dashboard.layout import all_values, expand
 from dashboard.timeutil import to_datetime
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
@@ -543,8 +544,6 @@ class ShareLink(models.Model):
         the link at once. A board variable counts as "All" (its glob): the
         link grants every choice of its pickers.
         """
-        from dashboard.layout import all_values, expand
-
         fresh = ShareLink.usable().select_related("created_by", "dashboard").filter(pk=self.pk).first()
         if fresh is None:
             return None

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from dashboard.exceptions import PulseboardError
+from dashboard.layout import all_values, expand
 from dashboard.models import Dashboard, Panel, ShareLink, Source
 
 GLOB_CHARS = "*?["
@@ -187,8 +188,6 @@ def check_layout(user, dashboard: Dashboard | None, specs: Any, variables: Any =
     posted `variables` (None: the board's own) expand the new patterns, the
     board's stored ones the patterns already there.
     """
-    from dashboard.layout import all_values, expand
-
     if not isinstance(specs, list):
         return  # the layout schema answers this
     stored = dashboard.variables if dashboard is not None and dashboard.pk is not None else None

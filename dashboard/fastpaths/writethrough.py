@@ -28,6 +28,7 @@ process instead of closing the session.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import struct
 import sys
@@ -42,6 +43,7 @@ def install() -> bool:
     """Make Twisted's TCP connections write through; return whether that is (now) the case."""
     global _installed
     if not _installed and "twisted.internet.reactor" in sys.modules and fastpaths.enabled("write_through"):
+        # Imported only under Daphne (its reactor is running): this module must not pull Twisted into tests.
         from twisted.internet import tcp
 
         patch(tcp.Connection)
@@ -190,8 +192,7 @@ def before_shutdown(callback: Callable[[], Awaitable[None]]) -> bool:
     """
     if "twisted.internet.reactor" not in sys.modules:
         return False
-    import asyncio
-
+    # Imported here: importing twisted.internet.reactor installs a reactor, which is Daphne's choice.
     from twisted.internet import defer, reactor
 
     if not reactor.running:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -23,8 +24,6 @@ class Command(BaseCommand):
         parser.add_argument("--replace", action="store_true", help="overwrite a dashboard with the same slug")
 
     def handle(self, *args, file: str, replace: bool, **options) -> None:
-        import sys
-
         try:
             text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
             data = json.loads(text)

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+
+from collectors.agent import DEFAULT_COLLECTORS
 
 
 class Command(BaseCommand):
@@ -103,8 +106,6 @@ class Command(BaseCommand):
 
 def write_default_agent_config(url: str) -> Path:
     """Write the built-in agent's config: runcollectors' default set plus a scrape of this server's /metrics."""
-    from dashboard.management.commands.runcollectors import DEFAULT_COLLECTORS
-
     tables = [*DEFAULT_COLLECTORS, SELF_SCRAPE | {"targets": [url.rstrip("/") + "/metrics"]}]
     lines = ["# Written by `manage.py serve` at each start; pass --collectors-config to use your own."]
     for table in tables:
@@ -126,8 +127,6 @@ SELF_SCRAPE = {
 
 
 def _wait_for_port(host: str, port: int, timeout_s: float = 20.0) -> None:
-    import socket
-
     deadline = time.monotonic() + timeout_s
     target = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     while time.monotonic() < deadline:
