@@ -120,10 +120,10 @@ class InvalidRule(BadRequest):
 class PatternMatchesNothing(InvalidRule):
     """The rule's metric pattern matches no metric the author may read, and they did not allow that."""
 
-    code = "pattern_matches_nothing"  # dashboard/alerts/forms.py EMPTY_MATCH_CODE
+    code = "pattern_matches_nothing"
 
 
 class PatternMatchesUnreadable(InvalidRule):
     """The rule's metric pattern also matches a metric the author may not read (its notifications would show it)."""
 
-    code = "pattern_matches_unreadable"  # dashboard/alerts/forms.py UNREADABLE_MATCH_CODE
+    code = "pattern_matches_unreadable"

@@ -27,8 +27,8 @@ SUGGEST_FROM_MAX = 20_000  # keys compared with difflib (a few ms each thousand)
 # 20-150 ns a pair here, the slow end on keys of repeated characters): a 190-character glob over 20,000 long
 # keys compared 1.3 G pairs, 68 s on the thread other requests share. Past it: the best among those compared.
 SUGGEST_WORK_MAX = 10_000_000
-EMPTY_MATCH_CODE = "pattern_matches_nothing"
-UNREADABLE_MATCH_CODE = "pattern_matches_unreadable"
+EMPTY_MATCH_CODE = PatternMatchesNothing.code  # the form error's code is the API error's
+UNREADABLE_MATCH_CODE = PatternMatchesUnreadable.code
 RULE_FIELDS = [
     "name",
     "metric_pattern",
