@@ -37,7 +37,6 @@ import hashlib
 import logging
 import math
 import os
-import random
 import re
 import time
 import zlib
@@ -50,6 +49,7 @@ import httpx
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from collectors import retry
 from collectors.base import Collector, Reading, slugify_key
 from collectors.reading import US, now_us
 
@@ -624,8 +624,7 @@ class PrometheusCollector(Collector):
         """Return seconds from one scrape's start to the next: the interval, longer while the target fails."""
         if not target.failing:
             return self.interval_s
-        backoff = min(self.interval_s * 2 ** min(target.failing - 1, 16), self.max_backoff_s)
-        return backoff * random.uniform(0.9, 1.1)
+        return retry.wait(target.failing, self.interval_s, max_s=self.max_backoff_s, jitter=0.1)
 
     async def batches(self) -> AsyncIterator[list[Reading]]:
         queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=2 * len(self.targets))

@@ -2,7 +2,7 @@
 
 Every loop that tries again after a failure takes its waits from here: the
 writer's database retries, the agent's HTTP sink, the collector runner, the
-MQTT bridge and alert notifications. It lives in `collectors` because the
+MQTT bridge, Prometheus scrapes and alert notifications. It lives in `collectors` because the
 agent runs without Django and imports nothing from `dashboard`; the server
 imports it from here. It only computes waits: each caller sleeps its own way
 (a thread's time.sleep, an event's wait, asyncio.sleep).
@@ -10,9 +10,30 @@ imports it from here. It only computes waits: each caller sleeps its own way
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
+
+MAX_DOUBLINGS = 64  # past this the cap has long been reached; the exponent stays small enough for a float
+
+
+def wait(
+    failures: int,
+    start_s: float,
+    *,
+    factor: float = 2.0,
+    max_s: float = math.inf,
+    jitter: float = 0.0,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Return the wait after `failures` failures in a row (the first wait for 1): start_s, times factor each, capped.
+
+    `jitter` spreads the wait by up to that fraction either way (0.2: 80-120 %),
+    after the cap, so clients that failed together do not retry together.
+    """
+    step = min(start_s * factor ** min(max(failures - 1, 0), MAX_DOUBLINGS), max_s)
+    return step * uniform(1 - jitter, 1 + jitter) if jitter else step
 
 
 def delays(
@@ -24,18 +45,10 @@ def delays(
     attempts: int | None = None,
     uniform: Callable[[float, float], float] = random.uniform,
 ) -> Iterator[float]:
-    """Yield the waits between tries: start_s, start_s * factor, ... capped at max_s; forever unless attempts given.
-
-    `jitter` spreads each wait by up to that fraction either way (0.2: 80-120 %),
-    after the cap, so clients that failed together do not retry together.
-    """
-    step = start_s
-    count = 0
-    while attempts is None or count < attempts:
-        wait = min(step, max_s)
-        yield wait * uniform(1 - jitter, 1 + jitter) if jitter else wait
-        step = min(step * factor, max_s)  # capped, so a long outage never overflows
-        count += 1
+    """Yield the waits between tries (see `wait`): start_s, start_s * factor, ...; forever unless attempts given."""
+    failures = itertools.count(1) if attempts is None else range(1, attempts + 1)
+    for failure in failures:
+        yield wait(failure, start_s, factor=factor, max_s=max_s, jitter=jitter, uniform=uniform)
 
 
 class Backoff:
