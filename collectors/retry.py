@@ -2,9 +2,9 @@
 
 Every loop that tries again after a failure takes its waits from here: the
 writer's database retries, the agent's HTTP sink, the collector runner, the
-MQTT bridge, Prometheus scrapes and alert notifications. It lives in `collectors` because the
-agent runs without Django and imports nothing from `dashboard`; the server
-imports it from here. It only computes waits: each caller sleeps its own way
+MQTT bridge, Prometheus scrapes and alert notifications. It lives in
+`collectors` because the agent runs without Django and imports nothing from
+`dashboard`; the server imports it from here. It only computes waits: each caller sleeps its own way
 (a thread's time.sleep, an event's wait, asyncio.sleep).
 """
 
