@@ -40,6 +40,7 @@ def rights(user) -> dict[str, bool]:
 
 
 def require(user, perm: str, what: str) -> None:
+    """Raise Forbidden unless the user has the AlertRule model permission `perm` (add, change, delete)."""
     if not user.has_perm(f"dashboard.{perm}_alertrule"):
         raise Forbidden(f"you may not {what} alert rules; ask an administrator for the '{perm} alert rule' permission")
 
