@@ -35,6 +35,18 @@ from dashboard.pages.http import json_body, signed_in
 MAX_IMPORT_BYTES = 2 * 1024 * 1024  # a 60-panel board is ~30 KB; anything near this is not a board file
 
 
+def _visible(request: HttpRequest, slug: str) -> Dashboard:
+    board = Dashboard.objects.visible_to(request.user).filter(slug=slug).first()
+    if board is None:
+        raise NotFound(f"no dashboard {slug!r} that you may view")
+    return board
+
+
+def _may_create(request: HttpRequest) -> None:
+    if not boards.may_create(request.user):
+        raise Forbidden("you may not add dashboards; ask an administrator for the 'add dashboard' permission")
+
+
 @login_required
 def dashboard_list(request: HttpRequest) -> HttpResponse:
     """Every dashboard the user may view."""
@@ -63,9 +75,7 @@ def save_layout(request: HttpRequest, slug: str) -> JsonResponse:
     """POST {"panels": [...]}: replace the dashboard's panels (editors only); answer the new page configuration."""
     try:
         signed_in(request)
-        board = Dashboard.objects.visible_to(request.user).filter(slug=slug).first()
-        if board is None:
-            raise NotFound(f"no dashboard {slug!r} that you may view")
+        board = _visible(request, slug)
         if not board.can_edit(request.user):
             raise Forbidden("you may view this dashboard but not edit it; ask its owner for editor rights")
         body = json_body(request)
@@ -91,18 +101,6 @@ def save_preferences(request: HttpRequest) -> JsonResponse:
 
 
 # --- The dashboards API ----------------------------------------------------------------
-
-
-def _visible(request: HttpRequest, slug: str) -> Dashboard:
-    board = Dashboard.objects.visible_to(request.user).filter(slug=slug).first()
-    if board is None:
-        raise NotFound(f"no dashboard {slug!r} that you may view")
-    return board
-
-
-def _may_create(request: HttpRequest) -> None:
-    if not boards.may_create(request.user):
-        raise Forbidden("you may not add dashboards; ask an administrator for the 'add dashboard' permission")
 
 
 @require_http_methods(["GET", "POST"])
