@@ -33,7 +33,6 @@ import multiprocessing as mp
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import bench_env, free_port, login_cookies, manage  # noqa: E402
+from dashboard.testing import bench_env, free_port, login_cookies, manage, wait_port  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 VIEWER, PASSWORD = "bench", "bench-pass-123"
@@ -166,18 +165,6 @@ def client_process(conn, spec: dict[str, Any]) -> None:
 # --- One system ------------------------------------------------------------------------
 
 
-def wait_port(port: int, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 120  # a server under tracemalloc on a busy machine starts slowly
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.2)
-
-
 def request_dump(process: subprocess.Popen, dump_dir: Path, number: int) -> dict[str, Any]:
     process.send_signal(signal.SIGUSR1)
     path = dump_dir / f"dump{number}.json"
@@ -225,7 +212,7 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
     )
     client = None
     try:
-        wait_port(port, process, log)
+        wait_port(port, timeout_s=120, process=process, log_path=log)  # under tracemalloc a busy machine is slow
         base = f"http://127.0.0.1:{port}"
         if name == "pulseboard":
             old = (time.time_ns() // 1000) - 10_000_000
@@ -239,11 +226,7 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
                     base + "/api/v1/ingest", json=body, headers={"Authorization": f"Token {token}"}, timeout=120
                 )
                 assert response.status_code == 200 and not response.json()["rejected"], response.text
-
-            class _Server:  # what login_cookies needs
-                url = base
-
-            cookies = "; ".join(f"{k}={v}" for k, v in login_cookies(_Server, VIEWER, PASSWORD).items())
+            cookies = "; ".join(f"{k}={v}" for k, v in login_cookies(base, VIEWER, PASSWORD).items())
             spec = {
                 "url": f"ws://127.0.0.1:{port}/ws/live/",
                 "headers": {"Cookie": cookies, "Origin": base},

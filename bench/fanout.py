@@ -35,7 +35,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import bench_env, free_port, login_cookies, manage  # noqa: E402
+from dashboard.testing import bench_env, free_port, login_cookies, manage, wait_port  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -148,22 +147,10 @@ class System:
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "server.log", "w")
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    log = (self.tmp / "server.log").read_text()[-2000:]
-                    raise RuntimeError(f"{self.name} did not start: {log}") from None
-                time.sleep(0.2)
+        wait_port(self.port, timeout_s=30, process=self.process, log_path=self.tmp / "server.log")
         if self.name == "pulseboard":
-
-            class _S:  # what login_cookies needs
-                url = f"http://127.0.0.1:{self.port}"
-
-            self.cookies = "; ".join(f"{k}={v}" for k, v in login_cookies(_S, VIEWER, PASSWORD).items())
+            cookies = login_cookies(f"http://127.0.0.1:{self.port}", VIEWER, PASSWORD)
+            self.cookies = "; ".join(f"{k}={v}" for k, v in cookies.items())
 
     async def open_publisher(self, metrics: int) -> None:
         self.http = httpx.AsyncClient(

@@ -48,8 +48,7 @@ import psutil  # noqa: E402
 import psycopg  # noqa: E402
 import websockets  # noqa: E402
 
-from tests.faultkit import Agent, RedisServer, Worker, prepare_database  # noqa: E402
-from tests.servers import project_env  # noqa: E402
+from dashboard.testing import Agent, RedisServer, Server, prepare_database, project_env  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("FAULT_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 RSS_INTERVAL_S = 10.0
@@ -171,7 +170,7 @@ class Store:
         return [r[0] for r in rows], sums
 
 
-def rss_mb(workers: list[Worker]) -> list[float]:
+def rss_mb(workers: list[Server]) -> list[float]:
     return [psutil.Process(w.process.pid).memory_info().rss / 2**20 for w in workers]
 
 
@@ -188,7 +187,7 @@ async def soak(args: argparse.Namespace) -> int:
     extra = {"DATABASE_URL": f"{base}/{pg_db}"} if pg_db else {}
     env = project_env(workdir, REDIS_URL=redis.url, LOG_LEVEL="WARNING", DEBUG="1", **extra)
     store = Store(env, f"{base}/{pg_db}" if pg_db else None)
-    workers: list[Worker] = []
+    workers: list[Server] = []
     agents: list[Agent] = []
     viewers: list[Viewer] = []
     tasks: list[asyncio.Task] = []
@@ -196,9 +195,9 @@ async def soak(args: argparse.Namespace) -> int:
         print(
             f"soak: {args.viewers} viewers, {args.agents} agents, {args.workers} workers, {args.duration} s; {workdir}"
         )
-        token, session = prepare_database(env, workdir)
+        token, session = prepare_database(env)
         (workdir / "agent-token").write_text(token)
-        workers = [Worker(env, workdir, f"worker-{i}").start() for i in range(args.workers)]
+        workers = [Server(env, workdir, f"worker-{i}").start() for i in range(args.workers)]
         keys = [f"soak.agent-{i}.n" for i in range(args.agents)]
         for i in range(args.agents):
             agent_dir = workdir / f"agent-{i}"

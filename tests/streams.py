@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import websockets
 
-from tests.servers import Server, login_cookies, manage
+from dashboard.testing import Server, login_cookies, manage
 
 VIEWER, VIEWER_PASSWORD = "watcher", "watch-pass-123"
 

@@ -1,6 +1,6 @@
 """The agent against a real server with default limits: a big backlog drains whole; refused batches come back.
 
-Real processes: Daphne serving monitor.asgi (tests/livedaphne.py) with its own
+Real processes: Daphne serving monitor.asgi (dashboard/testing.py) with its own
 SQLite file, queried directly; the agent's HttpSink in this process; and
 `manage.py runcollectors --requeue-dead` as a subprocess.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from collectors.sinks import HttpSink
+from dashboard.testing import ROOT, Server, prepare_database, project_env
 from dashboard.timeutil import now_us
 from dashboard.validation import Reading
-from tests.livedaphne import REPO, LiveDaphne
 
 # Keys of 200 characters, the longest allowed, and labels of 300 bytes: about 560 bytes a reading in JSON,
 # so a batch of 10,000 is about 5.6 MB, over the server's 5 MiB body limit (413), and half of one is under it.
@@ -46,7 +46,7 @@ async def drain(sink: HttpSink, done, timeout_s: float = 300.0) -> None:
         await task
 
 
-def sink_for(server: LiveDaphne, token: str, spool: Path, batch_size: int) -> HttpSink:
+def sink_for(server: Server, token: str, spool: Path, batch_size: int) -> HttpSink:
     return HttpSink(
         server.url,
         token,
@@ -60,15 +60,15 @@ def sink_for(server: LiveDaphne, token: str, spool: Path, batch_size: int) -> Ht
     )
 
 
-def stored(server: LiveDaphne, source: str) -> list[tuple[str, int, float]]:
+def stored(server: Server, source: str) -> list[tuple[str, int, float]]:
     return server.samples(source + ".%")
 
 
 @pytest.mark.slow
 @pytest.mark.sqlite_only  # the server keeps its own SQLite file
 def test_a_backlog_of_50000_long_readings_drains_in_batches_of_10000_and_is_stored_exactly_once(tmp_path: Path) -> None:
-    server = LiveDaphne(tmp_path)
-    token = server.prepare("backlog agent")[0]
+    server = Server(project_env(tmp_path))
+    token = prepare_database(server.env, "backlog agent")[0]
     server.start()
     try:
         sink = sink_for(server, token, tmp_path / "spool.sqlite3", batch_size=10_000)
@@ -98,8 +98,8 @@ def test_a_backlog_of_50000_long_readings_drains_in_batches_of_10000_and_is_stor
 def test_batches_refused_with_401_and_403_wait_in_the_dead_letters_and_requeue_dead_stores_them_once(
     tmp_path: Path,
 ) -> None:
-    server = LiveDaphne(tmp_path)
-    token = server.prepare("good agent")[0]
+    server = Server(project_env(tmp_path))
+    token = prepare_database(server.env, "good agent")[0]
     narrow_file = tmp_path / "narrow-token"
     server.manage("issuetoken", "narrow agent", "--sources", "elsewhere.*", "--output", str(narrow_file))
     token_file = tmp_path / "agent-token"
@@ -128,7 +128,7 @@ def test_batches_refused_with_401_and_403_wait_in_the_dead_letters_and_requeue_d
         )
         done = subprocess.run(
             [sys.executable, "manage.py", "runcollectors", "--config", str(config), "--requeue-dead"],
-            cwd=REPO,
+            cwd=ROOT,
             env=server.env,
             capture_output=True,
             text=True,
@@ -144,7 +144,7 @@ def test_batches_refused_with_401_and_403_wait_in_the_dead_letters_and_requeue_d
 
         again = subprocess.run(
             [sys.executable, "manage.py", "runcollectors", "--config", str(config), "--requeue-dead"],
-            cwd=REPO,
+            cwd=ROOT,
             env=server.env,
             capture_output=True,
             text=True,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.livedaphne import REPO, LiveDaphne
+from dashboard.testing import ROOT, Server, prepare_database, project_env
 
 OUTAGE_S = 11.0  # the brief asks for at least 10 s down
 WAIT_TIMEOUT_S = 60.0
@@ -48,9 +48,9 @@ def checksum(rows: list[tuple[int, float]]) -> str:
 @pytest.mark.slow
 @pytest.mark.sqlite_only  # the servers keep their own SQLite file: the PostgreSQL pass would only repeat this
 def test_every_reading_produced_during_an_outage_is_stored_exactly_once(tmp_path: Path) -> None:
-    server = LiveDaphne(tmp_path)
+    server = Server(project_env(tmp_path))
     token_file = tmp_path / "agent-token"
-    token_file.write_text(server.prepare("outage agent")[0])
+    token_file.write_text(prepare_database(server.env, "outage agent")[0])
     log_path = tmp_path / "counter.log"
     config = tmp_path / "agent.toml"
     config.write_text(
@@ -77,7 +77,7 @@ log_path = "{log_path}"
     agent_log = open(tmp_path / "agent.log", "w")  # noqa: SIM115
     agent = subprocess.Popen(
         [sys.executable, "manage.py", "runcollectors", "--config", str(config)],
-        cwd=REPO,
+        cwd=ROOT,
         env=server.env,
         stdout=agent_log,
         stderr=subprocess.STDOUT,

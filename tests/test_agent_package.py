@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ROOT, login_cookies, manage, project_env, running_server
+from dashboard.testing import ROOT, login_cookies, manage, project_env, running_server
 
 INSTALL_TIMEOUT_S = 600  # pip may download from PyPI
 WAIT_TIMEOUT_S = 60.0

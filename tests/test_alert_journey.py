@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from dashboard.testing import ROOT, Server, manage, project_env, running_server
 from tests.conftest import reachable
-from tests.servers import ROOT, Server, manage, project_env, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from tests.servers import Server, manage, project_env
+from dashboard.testing import Server, manage, project_env
 
 PG_ADMIN_URL = os.environ.get("FAULT_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 DAY_S = 86_400
@@ -130,7 +130,7 @@ def test_the_server_creates_the_coming_days_partitions_and_drops_an_expired_day_
         wait_until(lambda: day_name(3) in partitions_of(pg_url), 60, "the next pass to recreate a missing day")
     finally:
         server.stop()
-    log = server.process.stderr.read().decode()
+    log = server.log()
     assert "retention: created" in log and "ERROR" not in log and "Traceback" not in log, log[-3000:]
 
 

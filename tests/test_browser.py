@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dashboard.testing import ROOT, Server, manage, project_env, running_server
 from tests.conftest import reachable
-from tests.servers import ROOT, Server, manage, project_env, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

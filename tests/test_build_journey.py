@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.servers import Server, manage, project_env, running_server
+from dashboard.testing import Server, manage, project_env, running_server
 from tests.test_journeys import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.sqlite_only]

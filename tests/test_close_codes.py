@@ -18,13 +18,12 @@ import httpx
 import pytest
 import websockets
 
-from tests.faultkit import Worker, prepare_database
-from tests.servers import project_env
+from dashboard.testing import Server, prepare_database, project_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only]
 
 
-def connect(worker: Worker, session: str, **options) -> websockets.connect:
+def connect(worker: Server, session: str, **options) -> websockets.connect:
     return websockets.connect(
         worker.ws_url,
         origin=worker.url,
@@ -36,12 +35,12 @@ def connect(worker: Worker, session: str, **options) -> websockets.connect:
 
 async def test_sigterm_closes_live_sockets_with_1001_and_a_finished_handshake(tmp_path) -> None:
     env = project_env(tmp_path)
-    _, session = prepare_database(env, tmp_path)
-    worker = Worker(env, tmp_path).start()
+    _, session = prepare_database(env)
+    worker = Server(env, tmp_path).start()
     try:
         async with connect(worker, session) as ws:
             assert json.loads(await ws.recv())["type"] == "hello"
-            await asyncio.to_thread(worker.terminate)
+            await asyncio.to_thread(worker.stop)
             with pytest.raises(websockets.ConnectionClosed):
                 while True:
                     await asyncio.wait_for(ws.recv(), 15)
@@ -54,8 +53,8 @@ async def test_sigterm_closes_live_sockets_with_1001_and_a_finished_handshake(tm
 
 async def test_a_reader_that_stopped_reading_still_gets_its_4008_close_when_it_reads_again(tmp_path) -> None:
     env = project_env(tmp_path, PULSEBOARD_LIVE_STALL_S="1")
-    token, session = prepare_database(env, tmp_path)
-    worker = Worker(env, tmp_path).start()
+    token, session = prepare_database(env)
+    worker = Server(env, tmp_path).start()
     headers = {"Authorization": f"Token {token}"}
 
     async def post(client: httpx.AsyncClient, samples: list[dict]) -> None:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.servers import ROOT
+from dashboard.testing import ROOT
 
 NODE = shutil.which("node")
 pytestmark = pytest.mark.sqlite_only  # no database: once is enough

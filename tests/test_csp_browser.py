@@ -37,7 +37,7 @@ DRAWN_PIXELS = """(title) => {
 @pytest.fixture(scope="module")
 def superuser(site: Site) -> None:  # noqa: F811
     """The harness's operator is staff only; the admin pages below need every permission."""
-    from tests.servers import manage
+    from dashboard.testing import manage
 
     manage(
         site.server.env,
@@ -109,7 +109,7 @@ def test_pages_and_the_admin_run_with_no_csp_violation(site: Site, watched, path
 
 
 def test_the_sign_in_page_and_a_share_link_run_with_no_csp_violation(site: Site, browser) -> None:  # noqa: F811
-    from tests.servers import manage
+    from dashboard.testing import manage
 
     out = manage(
         site.server.env,

@@ -11,7 +11,7 @@ import time
 import pytest
 import websockets
 
-from tests.servers import ROOT, login_cookies, manage, project_env, running_server
+from dashboard.testing import ROOT, login_cookies, manage, project_env, running_server
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ stored exactly once (loss = 0, duplicates = 0, printed), and a viewer written
 from docs/protocol.md ends up with exactly what is stored, without being
 helped. Shared Redis and PostgreSQL servers are never touched: the tests
 break their own redis-server, Mosquitto, or a TCP proxy in front of
-PostgreSQL (tests/faultkit.py).
+PostgreSQL (dashboard/testing.py).
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ import httpx
 import psycopg
 import pytest
 
-from tests.faultkit import (
+from dashboard.testing import (
     Agent,
     Mosquitto,
     RedisServer,
     ResumeViewer,
+    Server,
     TcpProxy,
-    Worker,
     async_wait_until,
     loss_and_duplicates,
     prepare_database,
+    project_env,
     wait_until,
 )
-from tests.servers import project_env
 
 pytestmark = pytest.mark.slow
 # These servers keep their own SQLite file whatever the run's database, so the PostgreSQL pass of the suite
@@ -99,9 +99,9 @@ def redis(tmp_path) -> Iterator[RedisServer]:
 @RUN_ONCE
 async def test_a_redis_restart_loses_nothing_and_viewers_back_fill_by_themselves(tmp_path, redis) -> None:
     env = project_env(tmp_path, REDIS_URL=redis.url, LOG_LEVEL="WARNING")
-    token, session = prepare_database(env, tmp_path)
+    token, session = prepare_database(env)
     (tmp_path / "agent-token").write_text(token)
-    worker = Worker(env, tmp_path).start()
+    worker = Server(env, tmp_path).start()
     agent = Agent(env, tmp_path, worker.url).start()
     viewer = None
     try:
@@ -165,12 +165,12 @@ def pg_values(database: str, key: str = KEY) -> list[float]:
 def test_a_database_outage_answers_503_and_the_agent_delivers_everything_afterwards(tmp_path, pg_database) -> None:
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     direct = project_env(tmp_path, DATABASE_URL=f"{base}/{pg_database}")
-    token, _ = prepare_database(direct, tmp_path)
+    token, _ = prepare_database(direct)
     (tmp_path / "agent-token").write_text(token)
     host, port = "127.0.0.1", int(base.rsplit(":", 1)[1])
     proxy = TcpProxy(host, port).start()
     env = project_env(tmp_path, DATABASE_URL=f"postgres://postgres@127.0.0.1:{proxy.port}/{pg_database}")
-    worker = Worker(env, tmp_path).start()
+    worker = Server(env, tmp_path).start()
     agent = Agent(env, tmp_path, worker.url).start()
     try:
         wait_until(lambda: len(pg_values(pg_database)) >= 20, 60, "the agent's first samples")
@@ -223,10 +223,10 @@ def _agent_failures(agent: Agent) -> int:
 @RUN_ONCE
 async def test_a_killed_worker_s_viewers_resume_on_the_other_without_a_gap(tmp_path, redis) -> None:
     env = project_env(tmp_path, REDIS_URL=redis.url, LOG_LEVEL="WARNING")
-    token, session = prepare_database(env, tmp_path)
+    token, session = prepare_database(env)
     (tmp_path / "agent-token").write_text(token)
-    doomed = Worker(env, tmp_path, "worker-a").start()
-    survivor = Worker(env, tmp_path, "worker-b").start()
+    doomed = Server(env, tmp_path, "worker-a").start()
+    survivor = Server(env, tmp_path, "worker-b").start()
     agent = Agent(env, tmp_path, survivor.url).start()
     viewer = None
     try:
@@ -280,9 +280,9 @@ async def test_an_mqtt_broker_outage_shows_the_source_stale_and_the_collector_re
 
     broker = Mosquitto(tmp_path).start()
     env = project_env(tmp_path, LOG_LEVEL="WARNING")
-    token, _ = prepare_database(env, tmp_path)
+    token, _ = prepare_database(env)
     (tmp_path / "agent-token").write_text(token)
-    worker = Worker(env, tmp_path).start()
+    worker = Server(env, tmp_path).start()
     mqtt = (
         f'[[collectors]]\nkind = "mqtt"\nurl = "{broker.url}"\ntopics = ["plant/{{device}}/{{metric}}"]\n'
         'source_prefix = "plant."\n'
@@ -344,15 +344,15 @@ async def test_an_mqtt_broker_outage_shows_the_source_stale_and_the_collector_re
 @RUN_ONCE
 async def test_sigterm_on_the_server_and_the_agent_loses_and_duplicates_nothing(tmp_path) -> None:
     env = project_env(tmp_path, LOG_LEVEL="WARNING")
-    token, _ = prepare_database(env, tmp_path)
+    token, _ = prepare_database(env)
     (tmp_path / "agent-token").write_text(token)
-    worker = Worker(env, tmp_path).start()
+    worker = Server(env, tmp_path).start()
     agent = Agent(env, tmp_path, worker.url, interval_s=0.01, per_batch=20).start()
     try:
         await async_wait_until(lambda: len(sqlite_values(env)) >= 200, 60, "the agent's first samples")
         # SIGTERM the server while requests are in flight, then bring it back on the same port and database.
         failures_before = _agent_failures(agent)
-        code = worker.terminate()
+        code = worker.stop()
         print(f"[graceful shutdown] daphne exited with {code} after SIGTERM")
         stored_while_down = len(sqlite_values(env))
         # The server stays down until the agent has failed to reach it and spooled.

@@ -1,7 +1,7 @@
 """Fault tests of the live path on real Daphne workers: nothing stored is lost to viewers, and no outage is silent.
 
 The channel layer is a private redis-server this test may pause (SIGSTOP)
-and PostgreSQL sits behind a cuttable proxy (tests/faultkit.py); the shared
+and PostgreSQL sits behind a cuttable proxy (dashboard/testing.py); the shared
 services are never touched. Heartbeats (and so the degraded deadline) and
 the check against the database run at short test intervals.
 """
@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
 import sqlite3
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.faultkit import Agent, RedisServer, TcpProxy, Worker, async_wait_until, prepare_database
-from tests.servers import project_env
+from dashboard.testing import Agent, RedisServer, Server, TcpProxy, async_wait_until, prepare_database, project_env
 from tests.test_faults import PG_ADMIN_URL, missing, pg_database, pg_values  # noqa: F401 - pg_database is a fixture
 
 pytestmark = pytest.mark.slow
@@ -34,8 +32,6 @@ def redis(tmp_path) -> Iterator[RedisServer]:
         missing("needs redis-server on PATH (apt install redis-server)")
     server = RedisServer(tmp_path).start()
     yield server
-    if server.process is not None and server.process.poll() is None:
-        server.process.send_signal(signal.SIGCONT)
     server.stop()
 
 
@@ -124,22 +120,22 @@ def check_delivery(name: str, stored: list[tuple[int, float]], watcher: Watcher)
 async def test_a_worker_killed_while_redis_is_paused_loses_no_sample_for_viewers_on_the_other(tmp_path, redis) -> None:
     """Worker a commits and answers 200, cannot hand the batches to a paused Redis, and is killed: b's viewer gets them."""
     env = project_env(tmp_path, REDIS_URL=redis.url, **LIVE_ENV)
-    token, session = prepare_database(env, tmp_path)
+    token, session = prepare_database(env)
     (tmp_path / "agent-token").write_text(token)
-    ingesting = Worker(env, tmp_path, "worker-a").start()
-    viewing = Worker(env, tmp_path, "worker-b").start()
+    ingesting = Server(env, tmp_path, "worker-a").start()
+    viewing = Server(env, tmp_path, "worker-b").start()
     agent = Agent(env, tmp_path, ingesting.url).start()
     watcher = None
     try:
         await async_wait_until(lambda: len(sqlite_samples(env)) >= 20, 60, "the agent's first samples")
         watcher = Watcher(viewing.ws_url, session, [KEY]).start()
         await async_wait_until(lambda: len(watcher.samples()) >= 20, 30, "live samples on worker b")
-        redis.process.send_signal(signal.SIGSTOP)
+        redis.pause()
         paused_with = len(sqlite_samples(env))
         await async_wait_until(lambda: len(sqlite_samples(env)) > paused_with + 20, 30, "commits during the pause")
         ingesting.kill()
         agent.kill()
-        redis.process.send_signal(signal.SIGCONT)
+        redis.resume()
         resumed = time.monotonic()
         stored = sqlite_samples(env)
         await async_wait_until(
@@ -178,7 +174,7 @@ async def test_viewers_are_told_of_a_hung_redis_and_a_stopped_database_and_back_
 
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     direct = project_env(tmp_path, DATABASE_URL=f"{base}/{pg_database}")
-    token, session = prepare_database(direct, tmp_path)
+    token, session = prepare_database(direct)
     (tmp_path / "agent-token").write_text(token)
     proxy = TcpProxy("127.0.0.1", int(base.rsplit(":", 1)[1])).start()
     env = project_env(
@@ -188,8 +184,8 @@ async def test_viewers_are_told_of_a_hung_redis_and_a_stopped_database_and_back_
         **LIVE_ENV,
     )
     env["SECRET_KEY"] = direct["SECRET_KEY"]
-    ingesting = Worker(env, tmp_path, "worker-a").start()
-    viewing = Worker(env, tmp_path, "worker-b").start()
+    ingesting = Server(env, tmp_path, "worker-a").start()
+    viewing = Server(env, tmp_path, "worker-b").start()
     agent = Agent(env, tmp_path, ingesting.url).start()
     watcher = None
     try:
@@ -200,7 +196,7 @@ async def test_viewers_are_told_of_a_hung_redis_and_a_stopped_database_and_back_
         await async_wait_until(lambda: len(watcher.samples()) >= 20, 30, "live samples on worker b")
 
         # Redis hung for 15 s: the viewer is told within two heartbeats, and data keeps coming from the database.
-        redis.process.send_signal(signal.SIGSTOP)
+        redis.pause()
         paused = time.monotonic()
         await async_wait_until(lambda: watcher.of("degraded", paused, reason="layer"), 2 * HEARTBEAT_S + 2, "degraded")
         told = watcher.of("degraded", paused, reason="layer")[0]
@@ -209,7 +205,7 @@ async def test_viewers_are_told_of_a_hung_redis_and_a_stopped_database_and_back_
         during = len(watcher.samples())
         await asyncio.sleep(15 - (time.monotonic() - paused))
         print(f"[redis paused] samples reaching the viewer during the pause: {len(watcher.samples()) - during}")
-        redis.process.send_signal(signal.SIGCONT)
+        redis.resume()
         resumed = time.monotonic()
         await async_wait_until(lambda: watcher.of("degraded", resumed, reason="layer", state="ok"), 15, "recovery")
         print(f"[redis resumed] degraded(layer) ok after {watcher.of('degraded', resumed)[0][0] - resumed:.1f} s")
@@ -261,8 +257,8 @@ async def test_samples_committed_out_of_order_all_reach_a_viewer_of_a_real_serve
     # Eight senders that post again as soon as they are answered outrun the per-token rate limit
     # (200 requests/s) on an idle machine; the limit is not what this test is about.
     env = project_env(tmp_path, **LIVE_ENV, PULSEBOARD_RATE_LIMIT_PER_S="0")
-    token, session = prepare_database(env, tmp_path)
-    worker = Worker(env, tmp_path).start()
+    token, session = prepare_database(env)
+    worker = Server(env, tmp_path).start()
     headers = {"Authorization": f"Token {token}"}
     watcher = None
 

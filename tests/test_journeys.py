@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ROOT, Server, manage, project_env, running_server
+from dashboard.testing import ROOT, Server, manage, project_env, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.sqlite_only]
 

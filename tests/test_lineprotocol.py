@@ -274,11 +274,10 @@ async def test_influxdb_client_writes_unchanged_and_points_appear_live(
     from influxdb_client import InfluxDBClient, Point, WritePrecision
     from influxdb_client.client.write_api import SYNCHRONOUS
 
-    from tests.livedaphne import LiveDaphne, open_live_socket
+    from dashboard.testing import Server, open_live_socket, prepare_database, project_env
 
-    server = LiveDaphne(tmp_path)
-    secret, session = await asyncio.to_thread(server.prepare, "influx client", "watcher")
-    assert session is not None
+    server = Server(project_env(tmp_path))
+    secret, session = await asyncio.to_thread(prepare_database, server.env, "influx client")
     server.start()
     try:
 

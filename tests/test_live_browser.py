@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.servers import Server, project_env, running_server
+from dashboard.testing import Server, project_env, running_server
 from tests.streams import VIEWER, VIEWER_PASSWORD, create_viewer, issue_token
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.sqlite_only]

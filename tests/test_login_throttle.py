@@ -19,8 +19,8 @@ from django.db.models import F
 from django.test import Client
 
 from dashboard.models import Dashboard, Panel, ShareLink
+from dashboard.testing import login_cookies, project_env, running_server
 from dashboard.timeutil import now_us
-from tests.servers import login_cookies, project_env, running_server
 
 pytestmark = pytest.mark.django_db
 LIMIT = settings.AXES_FAILURE_LIMIT
@@ -124,7 +124,7 @@ def test_a_real_server_locks_a_browser_out_after_wrong_passwords(tmp_path) -> No
     """Through Daphne with CSRF, as a browser would: the lock holds across requests and a good password."""
     env = project_env(tmp_path, LOGIN_FAILURE_LIMIT="3", ADMIN_USERNAME="admin", ADMIN_PASSWORD="real-pass-123")
     with running_server(env) as server:
-        from tests.servers import manage
+        from dashboard.testing import manage
 
         manage(env, "ensureadmin")
         codes = []

@@ -13,10 +13,9 @@ import pytest
 from django.test import AsyncClient, Client, override_settings
 
 from dashboard import storage
+from dashboard.testing import ROOT, RedisServer, project_env, running_server
 from dashboard.timeutil import now_us
 from dashboard.validation import Reading
-from tests.faultkit import RedisServer
-from tests.servers import ROOT, project_env, running_server
 
 pytestmark = pytest.mark.django_db
 # Subprocesses with their own settings and database: the PostgreSQL pass would only repeat them.
@@ -171,13 +170,12 @@ def test_two_workers_sharing_a_multiprocess_dir_each_answer_the_sum_of_both(tmp_
 
     import websockets
 
-    from tests.faultkit import prepare_database
-    from tests.servers import Server
+    from dashboard.testing import Server, prepare_database
 
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     env = project_env(tmp_path, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), METRICS_TOKEN="scrape-secret-123")
-    token, session = prepare_database(env, tmp_path)
+    token, session = prepare_database(env)
     first, second = Server(env).start(), Server(env).start()
     try:
         sent = {first.url: 3, second.url: 5}
@@ -212,8 +210,7 @@ def test_two_workers_sharing_a_multiprocess_dir_each_answer_the_sum_of_both(tmp_
                 "both workers' connections in one scrape",
             )
             assert both
-            second.process.kill()  # a worker dies without a goodbye: its live gauge must leave the sum
-            second.process.wait()
+            second.kill()  # a worker dies without a goodbye: its live gauge must leave the sum
             await asyncio.to_thread(
                 wait_for,
                 lambda: sample_value(scrape(first.url, "scrape-secret-123"), "pulseboard_connections") == 1,

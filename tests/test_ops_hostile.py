@@ -11,8 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.faultkit import TcpProxy
-from tests.servers import Server, manage
+from dashboard.testing import Server, TcpProxy, manage
 from tests.test_background import background_env, day_name, leader_lock_holders, partitions_of, pg_url, wait_until
 
 __all__ = ["pg_url"]  # the fixture, used by name
@@ -42,7 +41,7 @@ def test_retention_comes_back_after_postgresql_goes_away_under_the_leader(tmp_pa
     finally:
         server.stop()
         proxy.close()
-    log = server.process.stderr.read().decode()
+    log = server.log()
     failures = log.count("retention pass failed")
     print(f"retention passes failed during three outages: {failures}; tracebacks in the log: {log.count('Traceback')}")
     assert "retention: created" in log

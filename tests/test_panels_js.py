@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from dashboard.models import glob_matches
-from tests.servers import ROOT
+from dashboard.testing import ROOT
 
 NODE = shutil.which("node")
 STATIC = ROOT / "dashboard" / "static" / "dashboard"

@@ -32,9 +32,9 @@ from collectors.prometheus import PrometheusCollector, fit_metric, series_metric
 from collectors.registry import build
 from dashboard import validation
 from dashboard.models import KEY_RE
+from dashboard.testing import ROOT, Server, login_cookies, manage, project_env, running_server
 from dashboard.timeutil import now_us
 from dashboard.validation import Reading, check_reading
-from tests.servers import ROOT, Server, login_cookies, manage, project_env, running_server
 
 # A real exporter: prometheus_client's own HTTP server in a subprocess, driven by JSON lines on stdin.
 # Each command is answered "ok" once applied, so the test knows what the next scrape must show.
@@ -770,7 +770,7 @@ def test_the_serve_agent_config_is_the_default_set_plus_a_tokened_self_scrape(
 
 @pytest.mark.slow
 def test_serve_shows_pulseboards_own_metrics_without_any_configuration(tmp_path: Path) -> None:
-    from tests.servers import free_port
+    from dashboard.testing import free_port
 
     env = project_env(tmp_path, ADMIN_PASSWORD="serve-pass-123")
     env.pop("METRICS_TOKEN", None)

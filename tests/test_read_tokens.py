@@ -21,9 +21,9 @@ from django.test import AsyncClient, Client
 from dashboard import storage
 from dashboard.models import Dashboard, ReadToken, Source
 from dashboard.routing import websocket_urlpatterns
+from dashboard.testing import manage, project_env, running_server
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
-from tests.servers import manage, project_env, running_server
 from tests.test_history import csv_body
 
 pytestmark = pytest.mark.django_db

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from dashboard.sse import encode_cursors, parse_cursors
+from dashboard.testing import Server, project_env, running_server
 from dashboard.timeutil import now_us
-from tests.servers import Server, project_env, running_server
 from tests.streams import Viewer, cookie_header, create_viewer, issue_token, post_samples, sse_events
 
 # The server keeps its own SQLite file: the PostgreSQL pass would only repeat this module.

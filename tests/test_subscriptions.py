@@ -29,9 +29,9 @@ from dashboard import actions, live
 from dashboard.consumers import LiveConsumer
 from dashboard.keyindex import KeyIndex, grants_of, reader_of
 from dashboard.models import Metric, Sample, Source
+from dashboard.testing import Server, project_env, running_server
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
-from tests.servers import Server, project_env, running_server
 from tests.streams import cookie_header, create_viewer, issue_token
 
 TRANSACTIONAL = pytest.mark.django_db(transaction=True)

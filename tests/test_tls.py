@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.servers import ROOT, free_port, manage, project_env
+from dashboard.testing import ROOT, free_port, manage, project_env
 
 # Its server keeps its own SQLite file whatever the run's database: once is enough.
 pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only]

@@ -17,8 +17,8 @@ import pytest
 import redis
 import websockets
 
+from dashboard.testing import Server, project_env, running_server
 from dashboard.timeutil import now_us
-from tests.servers import Server, project_env, running_server
 from tests.streams import Viewer, cookie_header, create_viewer, issue_token, post_samples
 
 # The workers share their own SQLite file: the PostgreSQL pass would only repeat this module.
