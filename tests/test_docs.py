@@ -194,3 +194,20 @@ def test_every_file_a_doc_names_exists(doc: str) -> None:
     )
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, f"docs/{doc} names files that do not exist: {missing}"
+
+
+def makefile_targets() -> set[str]:
+    """Return the Makefile's documented targets (those with a `## help` comment)."""
+    return set(re.findall(r"^([a-z][a-z-]*):[^#\n]*##", read(ROOT / "Makefile"), re.M))
+
+
+def test_every_make_target_is_documented_and_every_documented_one_exists() -> None:
+    docs = all_docs()
+    targets = makefile_targets()
+    assert {"run", "test", "test-fast", "soak"} <= targets, "the Makefile scan found too little: the pattern is broken"
+    undocumented = sorted(t for t in targets if not re.search(rf"\bmake {t}(?![a-z-])", docs))
+    assert not undocumented, f"name these in the README (or docs/*.md) as `make <target>`: {undocumented}"
+    named = set(re.findall(r"`make ([a-z][a-z-]*)", docs))
+    named |= set(re.findall(r"^(?:[A-Z_]+=\S+ )*make ([a-z][a-z-]*)", docs, re.M))
+    stale = sorted(named - set(re.findall(r"^([a-z][a-z-]*):", read(ROOT / "Makefile"), re.M)))
+    assert not stale, f"the docs name make targets the Makefile does not have: {stale}"

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.slow
 KEY = "fault.counter.n"
 HEARTBEAT_S = 2.0
 LIVE_ENV = {"PULSEBOARD_LIVE_HEARTBEAT_S": str(HEARTBEAT_S), "PULSEBOARD_LIVE_RECONCILE_S": "1", "LOG_LEVEL": "WARNING"}
+# After the last expected frame, a viewer watches this long (two reconcile passes) for late duplicates:
+# a quiet window is the thing checked, there is nothing to wait on.
+QUIET_S = 2 * float(LIVE_ENV["PULSEBOARD_LIVE_RECONCILE_S"])
 
 
 @pytest.fixture
@@ -142,7 +145,7 @@ async def test_a_worker_killed_while_redis_is_paused_loses_no_sample_for_viewers
             lambda: set(stored) <= set(watcher.samples()), 10, "every stored sample on the viewer of worker b"
         )
         print(f"[worker killed, redis paused] all {len(stored)} stored samples on b {time.monotonic() - resumed:.1f} s")
-        await asyncio.sleep(2 * float(LIVE_ENV["PULSEBOARD_LIVE_RECONCILE_S"]))  # anything late would be a duplicate
+        await asyncio.sleep(QUIET_S)  # anything late would be a duplicate
         check_delivery("worker killed while redis paused", sqlite_samples(env), watcher)
         assert watcher.connects == 1 and watcher.closed_with is None
     finally:
@@ -203,7 +206,7 @@ async def test_viewers_are_told_of_a_hung_redis_and_a_stopped_database_and_back_
         print(f"[redis paused] degraded(layer) after {told[0] - paused:.1f} s (heartbeat {HEARTBEAT_S} s)")
         assert told[1]["state"] == "degraded"
         during = len(watcher.samples())
-        await asyncio.sleep(15 - (time.monotonic() - paused))
+        await asyncio.sleep(15 - (time.monotonic() - paused))  # the outage lasts 15 s: the fault, not a wait
         print(f"[redis paused] samples reaching the viewer during the pause: {len(watcher.samples()) - during}")
         redis.resume()
         resumed = time.monotonic()
@@ -223,7 +226,7 @@ async def test_viewers_are_told_of_a_hung_redis_and_a_stopped_database_and_back_
             f"stale after {watcher.of('stale', cut)[0][0] - cut:.1f} s"
         )
         assert watcher.of("stale", cut)[0][1]["metrics"] == [KEY]
-        await asyncio.sleep(10 - (time.monotonic() - cut))
+        await asyncio.sleep(10 - (time.monotonic() - cut))  # the outage lasts 10 s: the fault, not a wait
         proxy.start()
         restored = time.monotonic()
         await async_wait_until(
@@ -237,7 +240,7 @@ async def test_viewers_are_told_of_a_hung_redis_and_a_stopped_database_and_back_
         assert agent.terminate() == 0, agent.log_path.read_text()[-3000:]
         stored = pg_samples(pg_database)
         await async_wait_until(lambda: set(stored) <= set(watcher.samples()), 15, "the back-fill after recovery")
-        await asyncio.sleep(2)
+        await asyncio.sleep(QUIET_S)  # anything late would be a duplicate
         check_delivery("redis paused 15 s, database cut 10 s", pg_samples(pg_database), watcher)
         assert watcher.connects == 1
     finally:
@@ -307,7 +310,7 @@ async def test_samples_committed_out_of_order_all_reach_a_viewer_of_a_real_serve
             f"[out-of-order ingest] {len(stored)} stored, {late} delivered after a newer sample of the key, "
             f"{unmarked} of them not marked late"
         )
-        await asyncio.sleep(1)
+        await asyncio.sleep(QUIET_S)  # anything late would be a duplicate
         check_delivery("out-of-order ingest, 8 requests in flight", sqlite_samples(env), watcher)
         assert late >= 1  # the inverted pair at least
         assert unmarked == 0

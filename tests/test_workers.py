@@ -31,9 +31,8 @@ QUIET_S = 65  # longer than redis-py's old 5 s read timeout, the 25 s heartbeat 
 class QuietViewer(threading.Thread):
     """A viewer on its own worker, subscribed to a source nobody writes to for a minute (its own event loop).
 
-    It runs beside the other tests so the minute costs no test time; its
-    worker has no other viewers, so that worker's Redis connection really is
-    silent meanwhile.
+    Its worker has no other viewers, so that worker's Redis connection really
+    is silent meanwhile.
     """
 
     def __init__(self, server: Server, cookies: str, key: str) -> None:
@@ -64,12 +63,12 @@ class QuietViewer(threading.Thread):
 class Cluster:
     a: Server
     b: Server
-    quiet: QuietViewer
     cookies: str
     secret: str
     prefix: str
     redis: redis.Redis
     sqlite_path: str
+    env: dict[str, str]
 
     def source_id(self, slug: str) -> int:
         with sqlite3.connect(self.sqlite_path, timeout=20) as db:
@@ -93,21 +92,29 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     prefix = f"pbtest{uuid.uuid4().hex[:8]}"  # this run's groups only, whoever else uses the Redis
     env = project_env(tmp, REDIS_URL=url, CHANNEL_LAYER_PREFIX=prefix, PULSEBOARD_LIVE_STALL_S=str(STALL_S))
     with running_server(env) as a:  # migrates the shared SQLite file once
-        b, c = Server(env).start(), Server(env).start()
+        b = Server(env).start()
         try:
             create_viewer(env)
             secret = issue_token(env, tmp / "token")
-            cookies = cookie_header(a)
-            asyncio.run(post_samples(a, secret, "w.quiet", [("temp", now_us(), 0.0)]))
-            quiet = QuietViewer(c, cookies, "w.quiet.temp")
-            quiet.start()
-            quiet.subscribed.wait(30)
             client = redis.Redis.from_url(url)
-            yield Cluster(a, b, quiet, cookies, secret, prefix, client, env["SQLITE_PATH"])
+            yield Cluster(a, b, cookie_header(a), secret, prefix, client, env["SQLITE_PATH"], env)
             client.close()
         finally:
             b.stop()
-            c.stop()
+
+
+@pytest.fixture(scope="module")
+def quiet(cluster: Cluster) -> Iterator[QuietViewer]:
+    """A QuietViewer subscribed on a third worker of the cluster (only the soak test needs one)."""
+    asyncio.run(post_samples(cluster.a, cluster.secret, "w.quiet", [("temp", now_us(), 0.0)]))
+    c = Server(cluster.env).start()
+    try:
+        viewer = QuietViewer(c, cluster.cookies, "w.quiet.temp")
+        viewer.start()
+        viewer.subscribed.wait(30)
+        yield viewer
+    finally:
+        c.stop()
 
 
 async def wait_for(predicate, timeout_s: float = 20.0) -> bool:
@@ -235,8 +242,10 @@ async def test_a_thousand_viewers_disconnecting_at_once_leave_no_group_membershi
     assert await wait_for(lambda: cluster.subscribers(slug) == 0, 30)
 
 
-async def test_a_quiet_subscription_still_receives_the_next_sample_after_a_minute(cluster: Cluster) -> None:
-    quiet = cluster.quiet
+@pytest.mark.soak  # a minute of silence; the layer's own quiet spell (test_channel_layer_redis.py) stays in make test
+async def test_a_quiet_subscription_still_receives_the_next_sample_after_a_minute(
+    cluster: Cluster, quiet: QuietViewer
+) -> None:
     assert quiet.error is None, quiet.error
     await asyncio.sleep(max(0.0, QUIET_S - (time.monotonic() - quiet.subscribed_at)))
     ts = now_us()
