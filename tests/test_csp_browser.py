@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from dashboard.testing import manage
 from tests.test_browser import HOST, Site, browser, host_samples, page, site  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -37,7 +38,6 @@ DRAWN_PIXELS = """(title) => {
 @pytest.fixture(scope="module")
 def superuser(site: Site) -> None:  # noqa: F811
     """The harness's operator is staff only; the admin pages below need every permission."""
-    from dashboard.testing import manage
 
     manage(
         site.server.env,
@@ -109,7 +109,6 @@ def test_pages_and_the_admin_run_with_no_csp_violation(site: Site, watched, path
 
 
 def test_the_sign_in_page_and_a_share_link_run_with_no_csp_violation(site: Site, browser) -> None:  # noqa: F811
-    from dashboard.testing import manage
 
     out = manage(
         site.server.env,

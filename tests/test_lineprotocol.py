@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from dashboard import ratelimit
 from dashboard.lineprotocol import parse_body
 from dashboard.models import AgentToken, Sample, Source
+from dashboard.testing import Server, open_live_socket, prepare_database, project_env
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading, Rejection
 
@@ -273,8 +274,6 @@ async def test_influxdb_client_writes_unchanged_and_points_appear_live(
 ) -> None:
     from influxdb_client import InfluxDBClient, Point, WritePrecision
     from influxdb_client.client.write_api import SYNCHRONOUS
-
-    from dashboard.testing import Server, open_live_socket, prepare_database, project_env
 
     server = Server(project_env(tmp_path))
     secret, session = await asyncio.to_thread(prepare_database, server.env, "influx client")

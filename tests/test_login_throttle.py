@@ -19,7 +19,7 @@ from django.db.models import F
 from django.test import Client
 
 from dashboard.models import Dashboard, Panel, ShareLink
-from dashboard.testing import login_cookies, project_env, running_server
+from dashboard.testing import login_cookies, manage, project_env, running_server
 from dashboard.timeutil import now_us
 
 pytestmark = pytest.mark.django_db
@@ -124,8 +124,6 @@ def test_a_real_server_locks_a_browser_out_after_wrong_passwords(tmp_path) -> No
     """Through Daphne with CSRF, as a browser would: the lock holds across requests and a good password."""
     env = project_env(tmp_path, LOGIN_FAILURE_LIMIT="3", ADMIN_USERNAME="admin", ADMIN_PASSWORD="real-pass-123")
     with running_server(env) as server:
-        from dashboard.testing import manage
-
         manage(env, "ensureadmin")
         codes = []
         with httpx.Client(base_url=server.url) as browser:

@@ -13,7 +13,7 @@ import pytest
 from django.test import AsyncClient, Client, override_settings
 
 from dashboard import storage
-from dashboard.testing import ROOT, RedisServer, project_env, running_server
+from dashboard.testing import ROOT, RedisServer, Server, prepare_database, project_env, running_server
 from dashboard.timeutil import now_us
 from dashboard.validation import Reading
 
@@ -169,8 +169,6 @@ def test_two_workers_sharing_a_multiprocess_dir_each_answer_the_sum_of_both(tmp_
     import asyncio
 
     import websockets
-
-    from dashboard.testing import Server, prepare_database
 
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()

@@ -32,7 +32,7 @@ from collectors.prometheus import PrometheusCollector, fit_metric, series_metric
 from collectors.registry import build
 from dashboard import validation
 from dashboard.models import KEY_RE
-from dashboard.testing import ROOT, Server, login_cookies, manage, project_env, running_server
+from dashboard.testing import ROOT, Server, free_port, login_cookies, manage, project_env, running_server
 from dashboard.timeutil import now_us
 from dashboard.validation import Reading, check_reading
 
@@ -770,7 +770,6 @@ def test_the_serve_agent_config_is_the_default_set_plus_a_tokened_self_scrape(
 
 @pytest.mark.slow
 def test_serve_shows_pulseboards_own_metrics_without_any_configuration(tmp_path: Path) -> None:
-    from dashboard.testing import free_port
 
     env = project_env(tmp_path, ADMIN_PASSWORD="serve-pass-123")
     env.pop("METRICS_TOKEN", None)

@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 
 from dashboard import live
 from dashboard.consumers import LiveConsumer
-from dashboard.testing import ROOT, project_env
+from dashboard.testing import ROOT, project_env, running_server
 from monitor.asgi import application
 
 pytestmark = pytest.mark.django_db
@@ -344,7 +344,6 @@ async def test_a_client_within_the_message_rate_is_never_limited(viewer) -> None
 @RUN_ONCE
 @pytest.mark.slow
 async def test_a_cross_site_page_cannot_open_the_socket_on_a_real_server(tmp_path) -> None:
-    from dashboard.testing import running_server
 
     with running_server(project_env(tmp_path)) as server:
         with pytest.raises(websockets.InvalidStatus) as refused:
