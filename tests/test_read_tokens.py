@@ -212,6 +212,7 @@ def doc_examples() -> tuple[list[str], list[str]]:
     )
 
 
+@pytest.mark.slow  # a real server: 7 s
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl for the documented examples")
 def test_the_documented_examples_work_verbatim_against_a_live_server(tmp_path) -> None:
     """Run docs/reading.md's curl and Python examples, unchanged, against a real Daphne."""
