@@ -110,6 +110,7 @@ def lp_lines(draw: st.DrawFn) -> tuple[str, str, dict[str, str], list[tuple[str,
     return line, measurement, tags, [(k, value) for k, (_, value) in fields.items()], ts
 
 
+@pytest.mark.slow  # thousands of generated examples: seconds; make test-fast leaves it out
 @PARSER_ONLY
 @fuzz(EXAMPLES["lp_round_trip"])
 @given(st.lists(lp_lines(), min_size=1, max_size=10), st.sampled_from(list(PRECISION_TO_US)))
@@ -145,6 +146,7 @@ lp_junk = st.one_of(
 )
 
 
+@pytest.mark.slow  # thousands of generated examples: seconds; make test-fast leaves it out
 @PARSER_ONLY
 @fuzz(EXAMPLES["lp_junk"])
 @given(st.lists(st.tuples(lp_junk, st.sampled_from([*PRECISION_TO_US, "h", "", "n"])), min_size=1, max_size=10))
@@ -219,6 +221,7 @@ def check_json_body(body: bytes) -> None:
         assert isinstance(item, (Reading, Rejection))
 
 
+@pytest.mark.slow  # thousands of generated examples: seconds; make test-fast leaves it out
 @PARSER_ONLY
 @fuzz(EXAMPLES["json_structured"])
 @given(st.lists(json_batches | st.lists(json_samples(), max_size=4), min_size=1, max_size=10))
@@ -317,6 +320,7 @@ def http_state(settings) -> Iterator[dict[str, Any]]:
     loop.close()
 
 
+@pytest.mark.slow  # thousands of generated examples: seconds; make test-fast leaves it out
 @pytest.mark.django_db(transaction=True)
 @fuzz(EXAMPLES["http"], shrink=False)
 @given(body=http_bodies)

@@ -105,6 +105,7 @@ _line = st.one_of(
 )
 
 
+@pytest.mark.slow  # thousands of generated examples: seconds; make test-fast leaves it out
 @given(lines=st.lists(_line, max_size=8), precision=st.sampled_from(["ns", "us", "ms", "s"]))
 @hsettings(max_examples=1500, deadline=None)
 def test_the_fast_path_answers_hostile_bodies_exactly_as_the_line_by_line_parser(
