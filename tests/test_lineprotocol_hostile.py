@@ -135,6 +135,7 @@ def test_one_clients_series_never_changes_anothers_answer() -> None:
     assert again.items[0].source == "web1"
 
 
+@pytest.mark.slow  # 12 s of series: make test-fast leaves it out
 def test_the_series_cache_is_bounded_in_characters_and_field_names() -> None:
     lineprotocol._SERIES.clear()
     long_tag = "v" * 60_000

@@ -156,6 +156,7 @@ async def test_label_values_with_every_character_give_keys_of_the_key_charset() 
         check_reading(reading)
 
 
+@pytest.mark.slow  # a million series: 4 s; make test-fast leaves it out
 async def test_a_million_series_body_is_bounded_in_memory_and_cut_at_max_series() -> None:
     """10 MiB of one-character series (~870,000 of them): parsed, cut at max_series, counted."""
     body = b"".join(b'a{l="%d"} 1\n' % i for i in range(870_000))[: 10 * 1024 * 1024]
