@@ -386,8 +386,10 @@ def loss_and_duplicates(produced: list[float], stored: list[float]) -> tuple[int
 # --- Private services to break ------------------------------------------------------------------
 
 
-class RedisServer(Child):
-    """A redis-server on a free loopback port that a test may stop, pause, and start again (same port)."""
+class Service(Child):
+    """A private server on a free loopback port that a test may stop, pause, and start again on the same port."""
+
+    scheme = ""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -396,18 +398,13 @@ class RedisServer(Child):
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            + ["--daemonize", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> Service:
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, process=self.process)
         return self
 
@@ -420,33 +417,37 @@ class RedisServer(Child):
         self.process = None
 
 
-class Mosquitto(Child):
-    """A private Mosquitto broker on a free port that a test may stop and start again."""
+class RedisServer(Service):
+    """A redis-server of our own, with nothing saved to disk: a channel layer a test may restart or freeze."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
+    scheme = "redis"
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return super().url + "/0"
 
-    def start(self) -> Mosquitto:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    def command(self) -> list[str]:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        options = {"port": str(self.port), "bind": "127.0.0.1", "save": "", "appendonly": "no", "daemonize": "no"}
+        return [
+            binary,
+            *(part for name, value in options.items() for part in (f"--{name}", value)),
+            "--dir",
+            str(self.workdir),
+        ]
+
+
+class Mosquitto(Service):
+    """A Mosquitto broker of our own: an MQTT upstream a test may take away and bring back."""
+
+    scheme = "mqtt"
+
+    def command(self) -> list[str]:
         config = self.workdir / "mosquitto.conf"
         config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.process = subprocess.Popen(
-            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_port(self.port, process=self.process)
-        return self
-
-    def stop(self) -> None:
-        if self.running:
-            self.kill()
-            wait_port(self.port, up=False)
-        self.process = None
+        return [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)]
 
 
 class TcpProxy:
