@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
@@ -31,13 +32,33 @@ def policy(request: HttpRequest) -> str:
 
 
 class ContentSecurityPolicyMiddleware:
-    """Add the Content-Security-Policy header to every response that does not set its own."""
+    """Add the Content-Security-Policy header to every response that does not set its own (sync and async).
+
+    Async-capable because one sync-only middleware makes Django run the whole
+    chain on asgiref's single sync thread and hold it while an async view
+    runs; the ingest views wait for the writer, whose alert evaluation needs
+    that same thread, so a first ingest before the rule cache was filled
+    never finished (found by running tests/test_lineprotocol.py alone).
+    """
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return self._add_header(request, self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        return self._add_header(request, await self.get_response(request))
+
+    @staticmethod
+    def _add_header(request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if not settings.CONTENT_SECURITY_POLICY or HEADER in response:
             return response
         # DEBUG's technical 404/500 pages are all inline styles and scripts; they are never served in production.
