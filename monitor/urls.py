@@ -3,7 +3,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from dashboard import api, sse
+from dashboard import api
+from dashboard.live import sse
 
 urlpatterns = [
     # The machine API: ingest and reads (dashboard/api.py), the Server-Sent Events stream (dashboard/sse.py).

@@ -229,7 +229,7 @@ async def test_a_live_viewer_hears_alerts_only_on_sources_they_may_read(viewer) 
     from channels.testing import WebsocketCommunicator
     from django.contrib.auth.models import Group
 
-    from dashboard.consumers import LiveConsumer
+    from dashboard.live.websocket import LiveConsumer
     from dashboard.models import Source
 
     await make_rule(metric_pattern="*.temperature")
@@ -305,7 +305,7 @@ async def open_live_socket():
     from channels.testing import WebsocketCommunicator
     from django.contrib.auth import get_user_model
 
-    from dashboard.consumers import LiveConsumer
+    from dashboard.live.websocket import LiveConsumer
 
     communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
     communicator.scope["user"] = await get_user_model().objects.aget(username="root")

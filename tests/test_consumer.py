@@ -6,7 +6,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from dashboard import actions
-from dashboard.consumers import LiveConsumer
+from dashboard.live.websocket import LiveConsumer
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from dashboard import actions, events, fanout, stats
-from dashboard.consumers import LiveConsumer
-from dashboard.fanout import Fragment, Hub, Session, encode_fragment
+from dashboard import actions, events, stats
+from dashboard.live import delivery, protocol
+from dashboard.live.frames import Fragment, encode_fragment
+from dashboard.live.hub import Hub
+from dashboard.live.session import Session
+from dashboard.live.websocket import LiveConsumer
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 
@@ -25,8 +29,12 @@ class Transport:
     def __init__(self) -> None:
         self.frames: list[str] = []
         self.closed_with: str | None = None
+        self.wire: Callable[[bytes], bool] | None = None  # the fast path, where a test plugs one in
 
-    async def send(self, frame: str) -> None:
+    async def close(self, code: int) -> None:
+        pass
+
+    async def send_text(self, frame: str) -> None:
         self.frames.append(frame)
 
     def stuck(self, reason: str) -> None:
@@ -41,9 +49,9 @@ def fragment(key: str, ts: int, value: float = 1.0) -> Fragment:
 
 
 def subscribed_session(
-    transport: Transport, key: str = "s.m", window: int | None = fanout.ACK_WINDOW_FRAMES
+    transport: Transport, key: str = "s.m", window: int | None = protocol.ACK_WINDOW_FRAMES
 ) -> Session:
-    session = Session(transport.send, max_rate=100, window=window, on_stuck=transport.stuck)
+    session = Session(transport, max_rate=100, window=window, on_stuck=transport.stuck)
     session.add(1, key, cursor=0)
     return session
 
@@ -51,11 +59,11 @@ def subscribed_session(
 async def test_a_reader_that_acknowledges_nothing_is_sent_at_most_the_window_of_frames() -> None:
     transport = Transport()
     session = subscribed_session(transport)
-    for i in range(1, fanout.ACK_WINDOW_FRAMES + 13):
+    for i in range(1, protocol.ACK_WINDOW_FRAMES + 13):
         session.offer(fragment("s.m", i))
         await session.flush()
-    assert len(transport.frames) == fanout.ACK_WINDOW_FRAMES
-    assert session.in_flight == fanout.ACK_WINDOW_FRAMES
+    assert len(transport.frames) == protocol.ACK_WINDOW_FRAMES
+    assert session.in_flight == protocol.ACK_WINDOW_FRAMES
     assert session.window_full()
     session.close()
 
@@ -65,7 +73,7 @@ async def test_a_frame_cut_at_its_sample_limit_never_lets_a_later_fragment_overt
     transport = Transport()
     session = subscribed_session(transport, key="s.a")
     session.add(1, "s.b", cursor=0)
-    big = fanout.MAX_FRAME_SAMPLES - 100
+    big = protocol.MAX_FRAME_SAMPLES - 100
     session.offer(encode_fragment("s.a", list(range(1, big + 1)), [1.0] * big))
     session.offer(encode_fragment("s.b", list(range(1, 201)), [1.0] * 200))  # does not fit: the frame is full
     session.offer(encode_fragment("s.b", [500], [1.0]))  # would fit, but must not go before the 200
@@ -138,7 +146,7 @@ async def test_a_connection_that_acknowledges_in_time_is_not_reaped() -> None:
 
 
 async def test_a_connection_that_keeps_overflowing_its_buffer_is_closed(monkeypatch) -> None:
-    monkeypatch.setattr(fanout, "MAX_BUFFER_SAMPLES", 10)
+    monkeypatch.setattr(delivery, "MAX_BUFFER_SAMPLES", 10)
     transport = Transport()
     session = subscribed_session(transport, window=1)
     gaps: list[set[str]] = []
@@ -149,14 +157,14 @@ async def test_a_connection_that_keeps_overflowing_its_buffer_is_closed(monkeypa
         session.offer(fragment("s.m", i))
         if session.closed:
             break
-    assert len(gaps) == fanout.MAX_SHEDS - 1  # the first sheds are back-filled ...
+    assert len(gaps) == delivery.MAX_SHEDS - 1  # the first sheds are back-filled ...
     assert transport.closed_with is not None and "shed" in transport.closed_with  # ... then it gives up
     assert session.dropped > 0
 
 
 async def test_a_slow_readers_buffer_never_exceeds_its_bound(monkeypatch) -> None:
-    monkeypatch.setattr(fanout, "MAX_BUFFER_SAMPLES", 100)
-    monkeypatch.setattr(fanout, "MAX_SHEDS", 10_000)
+    monkeypatch.setattr(delivery, "MAX_BUFFER_SAMPLES", 100)
+    monkeypatch.setattr(delivery, "MAX_SHEDS", 10_000)
     transport = Transport()
     session = subscribed_session(transport, window=1)
     session.on_gap = lambda keys: None
@@ -229,7 +237,7 @@ async def test_sockets_wanting_different_keys_of_a_batch_get_different_frames() 
 async def test_a_publication_reaches_local_sessions_directly_and_once() -> None:
     """The ingesting process's viewers skip the layer round trip; the layer's copy is then ignored."""
     hub = Hub()
-    await hub._ensure_started()
+    await hub.ensure_started()
     transport = Transport()
     session = subscribed_session(transport, key="iot.a.temp")
     await hub.join(session, 1)
@@ -276,7 +284,7 @@ async def next_frame(ws: WebsocketCommunicator, kind: str) -> dict:
 @pytest.mark.django_db(transaction=True)
 async def test_hello_announces_the_ack_window(viewer) -> None:
     ws, hello = await connect(viewer)
-    assert hello["limits"]["ack_window"] == fanout.ACK_WINDOW_FRAMES
+    assert hello["limits"]["ack_window"] == protocol.ACK_WINDOW_FRAMES
     await ws.disconnect()
 
 
@@ -289,14 +297,14 @@ async def test_a_websocket_client_that_stops_acknowledging_stops_receiving_until
     await next_frame(ws, "subscribed")
     start = now_us()
     received: list[int] = []
-    total = fanout.ACK_WINDOW_FRAMES + 4
+    total = protocol.ACK_WINDOW_FRAMES + 4
     for i in range(1, total + 1):
         await actions.ingest([temp(float(i), start + i)])
-        if i <= fanout.ACK_WINDOW_FRAMES:
+        if i <= protocol.ACK_WINDOW_FRAMES:
             frame = await next_frame(ws, "data")
             received += [t for b in frame["batches"] for t in b["t"]]
     assert await ws.receive_nothing(0.3)  # the window is full: the rest waits on the server
-    await ws.send_json_to({"type": "ack", "frame": fanout.ACK_WINDOW_FRAMES})
+    await ws.send_json_to({"type": "ack", "frame": protocol.ACK_WINDOW_FRAMES})
     frame = await next_frame(ws, "data")
     received += [t for b in frame["batches"] for t in b["t"]]
     assert received == [start + i for i in range(1, total + 1)]

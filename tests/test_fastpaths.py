@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from dashboard import fastpaths
-from dashboard.fanout import Session
 from dashboard.fastpaths import writethrough
+from dashboard.live.session import Session
 from tests.test_fanout import Transport, fragment
 
 
@@ -78,9 +78,9 @@ async def test_a_fast_path_error_falls_back_to_the_public_send_instead_of_closin
     send_wire = writethrough.wire_sender(functools.partial(handle_reply, protocol))
     assert send_wire is not None
     transport = Transport()
-    session = Session(transport.send, max_rate=100, window=None, on_stuck=transport.stuck)
+    transport.wire = send_wire
+    session = Session(transport, max_rate=100, window=None, on_stuck=transport.stuck)
     session.add(1, "s.m", cursor=0)
-    session.send_wire = send_wire
     with caplog.at_level(logging.WARNING, logger="dashboard.fastpaths"):
         for ts in (1, 2, 3):
             session.offer(fragment("s.m", ts))

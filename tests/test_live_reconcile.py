@@ -13,10 +13,11 @@ import json
 
 import pytest
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 
-from dashboard import actions, fanout, reconcile, writer
-from dashboard.consumers import LiveConsumer
-from dashboard.fanout import Hub
+from dashboard import actions, reconcile, writer
+from dashboard.live.hub import Hub
+from dashboard.live.websocket import LiveConsumer
 from dashboard.models import Source
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
@@ -198,7 +199,7 @@ async def test_a_database_the_check_cannot_reach_is_announced_and_its_recovery_t
 
 
 async def test_a_layer_that_stops_answering_is_announced_within_two_heartbeats(viewer, monkeypatch) -> None:
-    monkeypatch.setitem(fanout.settings.PULSEBOARD, "LIVE_HEARTBEAT_S", 0.6)
+    monkeypatch.setitem(settings.PULSEBOARD, "LIVE_HEARTBEAT_S", 0.6)
     client = await Viewer.connect(viewer)
     hub = Hub.get()
     assert hub.heartbeat_s == 0.6

@@ -14,7 +14,7 @@ import pytest
 
 from dashboard import actions, events, logthrottle
 from dashboard.alerts import nodata
-from dashboard.fanout import Hub
+from dashboard.live.hub import Hub
 from dashboard.logthrottle import FailureLog
 
 
@@ -68,7 +68,7 @@ async def test_an_outage_of_the_layer_logs_one_publish_traceback_not_one_per_bat
 
 async def test_a_failing_layer_receive_logs_one_traceback(caplog, monkeypatch) -> None:
     hub = Hub()
-    await hub._ensure_started()
+    await hub.ensure_started()
     for task in hub._tasks:
         task.cancel()
     calls = 0
@@ -82,13 +82,13 @@ async def test_a_failing_layer_receive_logs_one_traceback(caplog, monkeypatch) -
 
     monkeypatch.setattr(hub.layer, "receive", broken)
     monkeypatch.setattr(asyncio, "sleep", _instant_sleep)
-    with caplog.at_level(logging.INFO, logger="dashboard.fanout"):
+    with caplog.at_level(logging.INFO, logger="dashboard.live.hub"):
         task = asyncio.ensure_future(hub._receive_loop())
         while calls <= 3:
             await _real_sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert len(tracebacks(caplog, "dashboard.fanout")) == 1
+    assert len(tracebacks(caplog, "dashboard.live.hub")) == 1
     assert hub.degraded.keys() == {"layer"}
 
 

@@ -17,7 +17,7 @@ from channels.testing import WebsocketCommunicator
 from collectors.mqtt import MqttCollector, PayloadError, TopicPattern, parse_payload
 from collectors.runner import Runner
 from collectors.sinks import LocalSink
-from dashboard.consumers import LiveConsumer
+from dashboard.live.websocket import LiveConsumer
 from dashboard.models import Metric, Sample, Source
 from dashboard.timeutil import US, now_us
 

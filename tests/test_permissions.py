@@ -15,7 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from dashboard import storage
-from dashboard.live import SHARE_RECHECK_S
+from dashboard.live.client import SHARE_RECHECK_S
 from dashboard.models import Dashboard, Metric, Panel, ShareLink, Source
 from dashboard.routing import websocket_urlpatterns
 from dashboard.timeutil import US, now_us

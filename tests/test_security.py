@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import websockets
 from channels.testing import WebsocketCommunicator
+from dashboard.protocol.websocket import LiveConsumer
 
-from dashboard import live
-from dashboard.consumers import LiveConsumer
+from dashboard.live import protocol
 from dashboard.testing import ROOT, project_env, running_server
 from monitor.asgi import application
 
@@ -260,7 +260,7 @@ async def next_frame(ws: WebsocketCommunicator, kind: str) -> dict:
 @TRANSACTIONAL
 async def test_a_message_over_the_size_limit_closes_with_4009(viewer) -> None:
     ws = await open_socket(viewer)
-    await ws.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * live.MAX_MESSAGE_BYTES}))
+    await ws.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * protocol.MAX_MESSAGE_BYTES}))
     assert (await next_frame(ws, "error"))["code"] == "message_too_big"
     assert await ws.receive_output() == {"type": "websocket.close", "code": 4009}
     assert "| 4009 |" in DOCS and "`message_too_big`" in DOCS
@@ -270,8 +270,8 @@ async def test_a_message_over_the_size_limit_closes_with_4009(viewer) -> None:
 async def test_a_message_at_the_size_limit_is_accepted(viewer) -> None:
     ws = await open_socket(viewer)
     message = json.dumps({"type": "ping", "id": 1, "pad": ""})
-    message = message.replace('"pad": ""', '"pad": "' + "x" * (live.MAX_MESSAGE_BYTES - len(message)) + '"')
-    assert len(message) == live.MAX_MESSAGE_BYTES
+    message = message.replace('"pad": ""', '"pad": "' + "x" * (protocol.MAX_MESSAGE_BYTES - len(message)) + '"')
+    assert len(message) == protocol.MAX_MESSAGE_BYTES
     await ws.send_to(text_data=message)
     assert (await next_frame(ws, "pong"))["id"] == 1
     await ws.disconnect()
@@ -283,7 +283,7 @@ async def test_more_subscriptions_than_the_limit_are_refused_with_an_error_frame
     from dashboard.timeutil import now_us
     from dashboard.validation import Reading
 
-    monkeypatch.setattr(live, "MAX_SUBSCRIPTIONS", 5)
+    monkeypatch.setattr(protocol, "MAX_SUBSCRIPTIONS", 5)
     await storage_async(storage.store, [Reading("lim.host", f"m{i}", now_us(), 1.0) for i in range(8)])
     ws = await open_socket(viewer)
     await ws.send_json_to(
@@ -313,7 +313,7 @@ async def test_a_burst_over_the_message_rate_gets_rate_limited_then_closed_with_
     codes: list[str] = []
     closed = None
     # Send much faster than MAX_MESSAGES_PER_S: the burst allowance, then errors, then the close.
-    for sent in range(1, 4 * live.MESSAGE_BURST):
+    for sent in range(1, 4 * protocol.MESSAGE_BURST):
         await ws.send_json_to({"type": "ping", "id": sent})
     while closed is None:
         output = await ws.receive_output(5)
@@ -324,7 +324,7 @@ async def test_a_burst_over_the_message_rate_gets_rate_limited_then_closed_with_
             codes.append(frame.get("code") or frame["type"])
     assert closed == 4029
     # The bucket refills while the burst is processed, so a slow machine answers a few more.
-    assert live.MESSAGE_BURST <= codes.count("pong") < 2 * live.MESSAGE_BURST
+    assert protocol.MESSAGE_BURST <= codes.count("pong") < 2 * protocol.MESSAGE_BURST
     assert codes.count("rate_limited") >= 1
     assert "| 4029 |" in DOCS and "`rate_limited`" in DOCS
 
@@ -337,7 +337,7 @@ async def test_a_client_within_the_message_rate_is_never_limited(viewer) -> None
     for i in range(30):
         await ws.send_json_to({"type": "ping", "id": i})
         assert (await next_frame(ws, "pong"))["id"] == i
-        await asyncio.sleep(1.2 / live.MAX_MESSAGES_PER_S)
+        await asyncio.sleep(1.2 / protocol.MAX_MESSAGES_PER_S)
     await ws.disconnect()
 
 

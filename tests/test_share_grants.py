@@ -16,7 +16,8 @@ from django.contrib.admin.sites import site as admin_site
 from django.contrib.auth.models import Group
 from django.test import Client, RequestFactory
 
-from dashboard import actions, live, storage
+from dashboard import actions, storage
+from dashboard.live import client as live_client
 from dashboard.models import Dashboard, Panel, ShareLink, Source
 from dashboard.permissions import can_match_under, literal_prefix
 from dashboard.timeutil import US, now_us
@@ -316,7 +317,7 @@ async def test_removing_the_creator_from_the_group_narrows_an_open_share_socket(
     viewer, vault: Group, vault_link, monkeypatch
 ) -> None:
     # Only the change's own signal can narrow the socket within this test's deadlines, not the periodic re-check.
-    monkeypatch.setattr(live, "SHARE_RECHECK_S", 600.0)
+    monkeypatch.setattr(live_client, "SHARE_RECHECK_S", 600.0)
     link, secret = vault_link
     ws = await socket(f"/ws/share/{secret}/")
     await frames_until(ws, "hello")
@@ -383,7 +384,7 @@ def test_a_link_made_before_creators_were_recorded_gets_the_oldest_superuser(dja
 async def test_revoking_a_link_in_the_admin_closes_its_open_socket_at_once(
     client, django_user_model, vault_link, monkeypatch
 ) -> None:
-    monkeypatch.setattr(live, "SHARE_RECHECK_S", 600.0)
+    monkeypatch.setattr(live_client, "SHARE_RECHECK_S", 600.0)
     link, secret = vault_link
     root = await django_user_model.objects.acreate(username="root", is_staff=True, is_superuser=True)
     ws = await socket(f"/ws/share/{secret}/")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from dashboard.sse import encode_cursors, parse_cursors
+from dashboard.live.sse import encode_cursors, parse_cursors
 from dashboard.testing import Server, project_env, running_server
 from dashboard.timeutil import now_us
 from tests.streams import Viewer, cookie_header, create_viewer, issue_token, post_samples, sse_events

@@ -23,11 +23,13 @@ import pytest
 import websockets
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from dashboard.protocol.client import LiveClient
+from dashboard.protocol.websocket import LiveConsumer
 from django.contrib.auth.models import Group
 
-from dashboard import actions, live
-from dashboard.consumers import LiveConsumer
+from dashboard import actions
 from dashboard.keyindex import KeyIndex, grants_of, reader_of
+from dashboard.live import protocol
 from dashboard.models import Metric, Sample, Source
 from dashboard.testing import Server, project_env, running_server
 from dashboard.timeutil import US, now_us
@@ -83,13 +85,18 @@ async def frames_of(ws: WebsocketCommunicator, quiet_s: float = 0.3) -> list[dic
 
 
 class Collector:
-    """A `send` for a LiveClient used directly: keeps the frames (parsed later) and acknowledges data frames."""
+    """A Transport for a LiveClient used directly: keeps the frames (parsed later) and acknowledges data frames."""
+
+    wire = None
 
     def __init__(self) -> None:
         self.texts: list[str] = []
-        self.client: live.LiveClient | None = None
+        self.client: LiveClient | None = None
 
-    async def __call__(self, text: str) -> None:
+    async def close(self, code: int) -> None:
+        pass
+
+    async def send_text(self, text: str) -> None:
         self.texts.append(text)
         if text.startswith('{"type":"data"') and self.client is not None:
             self.client.session.ack(self.client.session.frames_sent)
@@ -105,11 +112,11 @@ class Collector:
 async def test_a_glob_over_ten_thousand_keys_is_held_on_one_socket_and_the_rest_is_named_as_cut(viewer) -> None:
     now = now_us()
     keys = await sync_to_async(make_fleet)("fleet", 201, 50, now - US)  # 10,050 metrics, one sample each
-    assert live.MAX_SUBSCRIPTIONS == 10_000
+    assert protocol.MAX_SUBSCRIPTIONS == 10_000
     timings = []
     for round_ in ("cold index", "warm index"):
         send = Collector()
-        client = live.LiveClient(viewer, send)
+        client = LiveClient(viewer, send)
         send.client = client
         await client.start()
         started, cpu = time.perf_counter(), time.process_time()
@@ -147,7 +154,7 @@ async def test_a_glob_over_ten_thousand_keys_is_held_on_one_socket_and_the_rest_
 
 @TRANSACTIONAL
 async def test_the_key_limit_cuts_a_request_in_pattern_order_and_keeps_the_connection(viewer, monkeypatch) -> None:
-    monkeypatch.setattr(live, "MAX_SUBSCRIPTIONS", 5)
+    monkeypatch.setattr(protocol, "MAX_SUBSCRIPTIONS", 5)
     await sync_to_async(make_fleet)("lim", 1, 8)
     ws = await connect(viewer)
     await ws.send_json_to(
@@ -168,11 +175,11 @@ async def test_the_key_limit_cuts_a_request_in_pattern_order_and_keeps_the_conne
 async def test_globs_beyond_the_cap_and_overlong_patterns_are_named_not_resolved(viewer) -> None:
     await sync_to_async(make_fleet)("cap", 2, 2)
     ws = await connect(viewer)
-    globs = [f"cap.dev-0000{i % 2}.m{i}*" for i in range(live.MAX_GLOBS + 3)]
+    globs = [f"cap.dev-0000{i % 2}.m{i}*" for i in range(protocol.MAX_GLOBS + 3)]
     await ws.send_json_to({"type": "subscribe", "id": 6, "metrics": [*globs, "x" * 300, "cap.dev-00000.m1"]})
     frames = await frames_of(ws)
     errors = {f["code"]: f for f in frames if f["type"] == "error"}
-    assert errors["too_many_globs"]["metrics"] == globs[live.MAX_GLOBS :]
+    assert errors["too_many_globs"]["metrics"] == globs[protocol.MAX_GLOBS :]
     assert errors["unknown_metric"]["metrics"][0] == "x" * 300
     (subscribed,) = [f for f in frames if f["type"] == "subscribed"]
     assert {m["key"] for m in subscribed["metrics"]} == {
@@ -195,12 +202,12 @@ async def test_hello_states_the_limits_a_fleet_board_needs(viewer) -> None:
         "max_globs": 16,
         "max_live_globs": 64,
     }
-    assert limits["max_replay_total"] == live.MAX_REPLAY_TOTAL
+    assert limits["max_replay_total"] == protocol.MAX_REPLAY_TOTAL
     await communicator.disconnect()
 
 
 def test_the_key_and_glob_limits_come_from_the_environment() -> None:
-    code = "import django; django.setup(); from dashboard import live; print(live.MAX_SUBSCRIPTIONS, live.MAX_GLOBS)"
+    code = "import django; django.setup(); from dashboard.live import protocol; print(protocol.MAX_SUBSCRIPTIONS, protocol.MAX_GLOBS)"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "monitor.settings", "PULSEBOARD_LIVE_MAX_KEYS": "20000"}
     env["PULSEBOARD_LIVE_MAX_GLOBS"] = "4"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
@@ -437,7 +444,7 @@ async def test_the_worst_subscribe_messages_are_answered_with_errors_while_inges
         "10,000 unknown keys": [base36(i) for i in range(10_000)],
         # 16 star-heavy globs just under the key length (each a full scan), then 100 over it (refused unread).
         "long patterns": [f"*{i}" + "*a" * 98 for i in range(16)] + ["*a" * 120 + str(i) for i in range(100)],
-        "16 full-scan globs": [f"*nothing-{i}*" for i in range(live.MAX_GLOBS)],
+        "16 full-scan globs": [f"*nothing-{i}*" for i in range(protocol.MAX_GLOBS)],
     }
     expect = {
         "10,000 x '*'": {"subscribed"},
@@ -453,7 +460,7 @@ async def test_the_worst_subscribe_messages_are_answered_with_errors_while_inges
             text = json.dumps(
                 {"type": "subscribe", "id": n, "metrics": patterns, "history_s": 0}, separators=(",", ":")
             )
-            assert len(text) <= live.MAX_MESSAGE_BYTES, (label, len(text))
+            assert len(text) <= protocol.MAX_MESSAGE_BYTES, (label, len(text))
             started = time.monotonic()
             await socket.send(text)
             frames = await read_until(socket, expect[label], within_s=60)

@@ -25,15 +25,16 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
-from dashboard import live, stats
+from dashboard import stats
 from dashboard.api import error_response
 from dashboard.exceptions import BadRequest, NotAuthenticated
-from dashboard.live import LiveClient
+from dashboard.live import protocol
+from dashboard.live.client import LiveClient
 
 log = logging.getLogger(__name__)
 
 RETRY_MS = 1000  # EventSource waits this long before it reconnects after a response ends
-MAX_CURSOR_HEADER_KEYS = live.MAX_SUBSCRIPTIONS  # the same cap as max_subscriptions
+MAX_CURSOR_HEADER_KEYS = protocol.MAX_SUBSCRIPTIONS  # the same cap as max_subscriptions
 
 
 def encode_cursors(cursors: Mapping[str, int]) -> str:
@@ -90,19 +91,34 @@ async def stream(request: HttpRequest) -> HttpResponse:
     return response
 
 
+class EventStream:
+    """The Transport (dashboard/live/session.py) of one SSE response: frames become events on a queue the response reads."""
+
+    __slots__ = ("queue", "client")
+
+    wire = None  # no pre-framed WebSocket bytes here
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.client: LiveClient | None = None
+
+    async def send_text(self, frame: str) -> None:
+        """Queue a frame as one event; a data frame's id holds the cursors delivered with it."""
+        # The id is taken when the frame is handed over, so it names exactly what the browser has by then.
+        if frame.startswith('{"type":"data"') and self.client is not None:
+            self.queue.put_nowait(f"id: {encode_cursors(self.client.session.delivered)}\ndata: {frame}\n\n")
+        else:
+            self.queue.put_nowait(f"data: {frame}\n\n")
+
+    async def close(self, code: int) -> None:
+        """Do nothing: a response ends when its byte budget is spent or the browser goes away."""
+
+
 async def events(user, subscribe: dict[str, Any]) -> AsyncIterator[str]:
     """Yield one connection's events until its byte budget is spent or the browser goes away."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    client: LiveClient
-
-    async def send(frame: str) -> None:
-        # The id is taken when the frame is handed over, so it names exactly what the browser has by then.
-        if frame.startswith('{"type":"data"'):
-            queue.put_nowait(f"id: {encode_cursors(client.session.delivered)}\ndata: {frame}\n\n")
-        else:
-            queue.put_nowait(f"data: {frame}\n\n")
-
-    client = LiveClient(user, send, acks=False)
+    transport = EventStream()
+    client = transport.client = LiveClient(user, transport, acks=False)
+    queue = transport.queue
     budget = settings.PULSEBOARD["SSE_RESPONSE_BYTES"]
     yield f"retry: {RETRY_MS}\n\n"
     started = False

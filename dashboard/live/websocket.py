@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections.abc import Callable
 from importlib import import_module
 from types import SimpleNamespace
 from typing import Any
@@ -26,7 +27,8 @@ from django.http.cookie import parse_cookie
 
 from dashboard.exceptions import NotAuthenticated
 from dashboard.fastpaths import writethrough
-from dashboard.live import CLOSE_GOING_AWAY, CLOSE_NOT_AUTHENTICATED, CloseConnection, LiveClient, error_frame
+from dashboard.live.client import LiveClient
+from dashboard.live.protocol import CLOSE_GOING_AWAY, CLOSE_NOT_AUTHENTICATED, CloseConnection, error_frame
 from dashboard.models import ShareLink, SharePrincipal, TokenReader
 from dashboard.readtokens import bearer_secret, reader_for
 
@@ -43,7 +45,7 @@ async def close_all_going_away() -> None:
     log.info("shutting down: closing %d live connections with 1001", len(consumers))
     for consumer in consumers:
         try:
-            await consumer._close_with(CLOSE_GOING_AWAY)
+            await consumer.close(CLOSE_GOING_AWAY)
         except Exception:
             log.debug("closing a live connection on shutdown failed", exc_info=True)
     deadline = asyncio.get_running_loop().time() + CLOSE_HANDSHAKE_S
@@ -90,13 +92,16 @@ def session_user(headers: list[tuple[bytes, bytes]]):
 class LiveConsumer:
     """Serve /ws/live/ (and /ws/share/<secret>/): authenticate once, then hand every message to a LiveClient.
 
+    It is the connection's Transport (dashboard/live/session.py): send_text,
+    close, and `wire`, the fast path that writes framed bytes under Daphne.
+
     The user comes from scope["user"] when something set it (tests, an auth
     middleware), from the share link in the path, or else from the session
     cookie. The connection has no channel on the layer: the process hub
-    (dashboard/fanout.py) is its only reader.
+    (dashboard/live/hub.py) is its only reader.
     """
 
-    __slots__ = ("send", "client", "state", "__weakref__")
+    __slots__ = ("send", "client", "state", "wire", "__weakref__")
 
     @classmethod
     def as_asgi(cls):
@@ -111,6 +116,7 @@ class LiveConsumer:
         self.send = send
         self.client: LiveClient | None = None
         self.state = "connecting"  # then "open", "closing" (the server sent a close) or "closed"
+        self.wire: Callable[[bytes], bool] | None = None  # set on connect: None unless under Daphne
 
     async def run(self, scope: dict[str, Any], receive) -> None:
         try:
@@ -137,7 +143,7 @@ class LiveConsumer:
         if self.state not in ("open", "closing"):
             return
         try:
-            await self._close_with(CLOSE_GOING_AWAY)
+            await self.close(CLOSE_GOING_AWAY)
             async with asyncio.timeout(CLOSE_HANDSHAKE_S):
                 while (await receive())["type"] != "websocket.disconnect":
                     pass
@@ -164,17 +170,18 @@ class LiveConsumer:
         if not _shutdown_hooked:
             _shutdown_hooked = writethrough.before_shutdown(close_all_going_away)
         if not user.is_authenticated:
-            await self._send_text(error_frame("not_authenticated", "sign in at /accounts/login/ first"))
-            await self._close_with(CLOSE_NOT_AUTHENTICATED)
+            await self.send_text(error_frame("not_authenticated", "sign in at /accounts/login/ first"))
+            await self.close(CLOSE_NOT_AUTHENTICATED)
             return
-        self.client = LiveClient(user, self._send_text, close=self._close_with)
-        self.client.session.send_wire = writethrough.wire_sender(self.send)  # None unless under Daphne
+        self.wire = writethrough.wire_sender(self.send)
+        self.client = LiveClient(user, self)
         await self.client.start()
 
-    async def _send_text(self, frame: str) -> None:
+    async def send_text(self, frame: str) -> None:
+        """Send one text frame through the ASGI send."""
         await self.send({"type": "websocket.send", "text": frame})
 
-    async def _close_with(self, code: int) -> None:
+    async def close(self, code: int) -> None:
         """Close from the server side (4008 for a reader too slow, 1001 on shutdown), once.
 
         The client gets CLOSE_HANDSHAKE_S to answer: a reader that stopped
@@ -196,7 +203,7 @@ class LiveConsumer:
         try:
             await self.client.handle(text if text is not None else message.get("bytes") or b"")
         except CloseConnection as exc:
-            await self._close_with(exc.code)
+            await self.close(exc.code)
 
     async def disconnect(self) -> None:
         """Release the connection's subscriptions (the socket is closed, or the app is ending)."""
