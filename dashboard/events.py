@@ -2,7 +2,7 @@
 
 Each event has a dotted type (`sample.batch`) that Channels maps to a handler
 name (`sample_batch`). Events travel on the channel layer to per-process hubs
-(dashboard/fanout.py), never to individual sockets. Nothing but `publish`
+(dashboard/live/hub.py), never to individual sockets. Nothing but `publish`
 and `publish_soon` (through its loop's Outbox) calls group_send.
 """
 

@@ -11,7 +11,7 @@ The index is loaded once per process, takes the metrics this process's
 writer creates as soon as their transaction commits, and polls the metric
 table every POLL_S (rows past the highest id seen, and the viewer groups of
 restricted sources) for what other processes create or an admin changes.
-Live globs (dashboard/live.py) hear of every new metric through `listen`.
+Live globs (dashboard/live/subscriptions.py) hear of every new metric through `listen`.
 
 Database work runs on this module's own small thread pool (`run_db`), not
 on asgiref's shared thread, so no client message can hold a thread ingest

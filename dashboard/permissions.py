@@ -219,7 +219,7 @@ def stored_patterns(dashboard: Dashboard | None) -> set[str]:
 
 
 # --- Telling open share sockets ------------------------------------------------------
-# A share socket re-checks its grant every SHARE_RECHECK_S (dashboard/live.py);
+# A share socket re-checks its grant every SHARE_RECHECK_S (dashboard/live/client.py);
 # a change saved in this process wakes the sockets of this process at once.
 
 _wakeups: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}

@@ -144,7 +144,7 @@ if REDIS_URL:
         "default": {
             # Pub/sub layer: group_send is one PUBLISH whatever the group size,
             # and no per-message keys linger in Redis. Each server process
-            # subscribes once (see dashboard/fanout.py), so group membership
+            # subscribes once (see dashboard/live/hub.py), so group membership
             # lives in the process, not in Redis with an expiry.
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {

@@ -21,13 +21,13 @@ import os
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-from dashboard.protocol.client import LiveClient
-from dashboard.protocol.hub import Hub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dashboard import storage
 from dashboard.live import protocol
+from dashboard.live.client import LiveClient
+from dashboard.live.hub import Hub
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
 from tests import hostile
@@ -302,7 +302,8 @@ def test_hostile_messages_get_an_error_frame_or_a_documented_close_never_an_exce
 async def test_hostile_frames_on_a_real_consumer_never_end_in_1011(viewer, error_lines) -> None:
     """The consumer as Daphne runs it: an exception escaping here is what Daphne turns into close 1011."""
     from channels.testing import WebsocketCommunicator
-    from dashboard.protocol.websocket import LiveConsumer
+
+    from dashboard.live.websocket import LiveConsumer
 
     sent = closed = 0
     frames: list[str | bytes] = []

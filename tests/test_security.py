@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import websockets
 from channels.testing import WebsocketCommunicator
-from dashboard.protocol.websocket import LiveConsumer
 
 from dashboard.live import protocol
+from dashboard.live.websocket import LiveConsumer
 from dashboard.testing import ROOT, project_env, running_server
 from monitor.asgi import application
 

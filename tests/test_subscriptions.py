@@ -23,13 +23,13 @@ import pytest
 import websockets
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from dashboard.protocol.client import LiveClient
-from dashboard.protocol.websocket import LiveConsumer
 from django.contrib.auth.models import Group
 
 from dashboard import actions
 from dashboard.keyindex import KeyIndex, grants_of, reader_of
 from dashboard.live import protocol
+from dashboard.live.client import LiveClient
+from dashboard.live.websocket import LiveConsumer
 from dashboard.models import Metric, Sample, Source
 from dashboard.testing import Server, project_env, running_server
 from dashboard.timeutil import US, now_us
