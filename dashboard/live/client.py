@@ -38,7 +38,14 @@ from dashboard.live.protocol import (
     MESSAGE_BURST,
     PROTOCOL_VERSION,
     SERVER_VERSION,
+    Ack,
     CloseConnection,
+    Ping,
+    Subscribe,
+    UnknownType,
+    Unsubscribe,
+    decode_bare_ack,
+    decode_client,
     encode,
     error_frame,
 )
@@ -220,12 +227,10 @@ class LiveClient(Subscribing, Replaying):
                 error_frame("message_too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
             )
             raise CloseConnection(CLOSE_MESSAGE_TOO_BIG, "message too big")
-        if (
-            isinstance(text, str)
-            and text[:40].lstrip().startswith(('{"type":"ack"', '{"type": "ack"'))
-            and self._ack(text)
-        ):
-            return  # acknowledgements that move the window are free: they are the reader's pace
+        if isinstance(text, str) and text[:40].lstrip().startswith(('{"type":"ack"', '{"type": "ack"')):
+            frame = decode_bare_ack(text)
+            if frame is not None and self._ack(frame):
+                return  # acknowledgements that move the window are free: they are the reader's pace
         if not self._take_token():
             if self._tokens < -MESSAGE_BURST:
                 raise CloseConnection(CLOSE_TOO_MANY_MESSAGES, "too many messages")
@@ -244,49 +249,41 @@ class LiveClient(Subscribing, Replaying):
         if not isinstance(message, dict):
             await self.transport.send_text(error_frame("bad_message", "messages must be JSON objects"))
             return
-        kind = message.get("type")
         request_id = message.get("id")
-        if not isinstance(kind, str):  # {"type": [0]} is JSON too, and a list is no dictionary key
-            kind = repr(kind)[:40]
-        handler = {
-            "subscribe": self.subscribe,
-            "unsubscribe": self.unsubscribe,
-            "ping": self.ping,
-            "ack": self.ack,
-        }.get(kind)
-        if handler is None:
+        try:
+            match decode_client(message):
+                case Subscribe() as subscribe:
+                    await self.subscribe(subscribe)
+                case Unsubscribe() as unsubscribe:
+                    await self.unsubscribe(unsubscribe)
+                case Ping() as ping:
+                    await self.ping(ping)
+                case Ack() as ack:
+                    await self.ack(ack)
+        except UnknownType as exc:
             await self.transport.send_text(
                 error_frame(
                     "unknown_type",
-                    f"unknown message type {kind[:40]!r}; use subscribe, unsubscribe, ping or ack",
+                    f"unknown message type {exc.kind[:40]!r}; use subscribe, unsubscribe, ping or ack",
                     id=request_id,
                 )
             )
-            return
-        try:
-            await handler(message)
         except ValueError as exc:
             await self.transport.send_text(error_frame("bad_message", str(exc), id=request_id))
 
-    def _ack(self, text: str | bytes) -> bool:
-        """Apply a well-formed acknowledgement that moves the window; False sends it down the normal path."""
+    def _ack(self, frame: int) -> bool:
+        """Apply an acknowledgement that moves the window; False sends it down the normal path."""
         try:
-            message = json.loads(text)
-            frame = message["frame"]
-            if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0 or len(message) != 2:
-                return False
             return self.session.ack(frame)
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except ValueError:
             return False
 
-    async def ack(self, message: dict[str, Any]) -> None:
+    async def ack(self, message: Ack) -> None:
         """Acknowledge data frames 1..frame (counted by the client from the start of the connection)."""
-        frame = message.get("frame")
-        if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
-            raise ValueError("ack needs 'frame': the number of data frames received on this connection")
         if self.session.window is None:
             raise ValueError("this transport takes no acknowledgements")
-        self.session.ack(frame)
+        self.session.ack(message.frame)
 
-    async def ping(self, message: dict[str, Any]) -> None:
-        await self.transport.send_text(encode({"type": "pong", "id": message.get("id"), "time": now_us()}))
+    async def ping(self, message: Ping) -> None:
+        """Answer with a pong carrying the ping's id and the server's clock."""
+        await self.transport.send_text(encode({"type": "pong", "id": message.id, "time": now_us()}))

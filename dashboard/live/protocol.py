@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from django.conf import settings
 
 log = logging.getLogger(__name__)
@@ -58,3 +59,229 @@ class CloseConnection(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+# --- Client frames: what a browser may send, decoded with msgspec --------------------------------
+# Extra fields are ignored, as before (a newer client may send more); `id` is echoed as given.
+Pattern = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type"):
+    """Follow keys or globs, with history (or what was missed since the cursors), then live data."""
+
+    metrics: Annotated[list[Pattern], msgspec.Meta(min_length=1)]
+    id: Any = None
+    since: dict[str, int] | None = None  # metric key -> cursor (µs)
+    history_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_HISTORY_S)] | msgspec.UnsetType = msgspec.UNSET
+    max_rate: Annotated[float, msgspec.Meta(ge=MIN_RATE, le=MAX_RATE)] | None = None
+
+
+class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type"):
+    """Stop following keys, and globs (which end followed globs whose text they match)."""
+
+    metrics: list[str]
+    id: Any = None
+
+
+class Ping(msgspec.Struct, tag="ping", tag_field="type"):
+    """Ask for a pong (clients measure the round trip)."""
+
+    id: Any = None
+
+
+class Ack(msgspec.Struct, tag="ack", tag_field="type"):
+    """Acknowledge data frames 1..frame, counted from the start of the connection."""
+
+    frame: Annotated[int, msgspec.Meta(ge=0)]
+    id: Any = None
+
+
+class BareAck(msgspec.Struct, tag="ack", tag_field="type", forbid_unknown_fields=True):
+    """An acknowledgement with nothing else in it: the free path, not counted against the message rate."""
+
+    frame: Annotated[int, msgspec.Meta(ge=0)]
+
+
+ClientFrame = Subscribe | Unsubscribe | Ping | Ack
+CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
+    "ping": Ping,
+    "ack": Ack,
+}
+
+# The error message for each field that fails to decode, checked in this order (the first bad one is named).
+FIELD_ERRORS: dict[type, dict[str, str]] = {
+    Subscribe: {
+        "metrics": "subscribe needs 'metrics': a non-empty list of metric keys or globs",
+        "since": "'since' must map metric keys to integer cursors (µs)",
+        "history_s": f"'history_s' must be a number of seconds from 0 to {MAX_HISTORY_S}",
+        "max_rate": f"'max_rate' must be between {MIN_RATE} and {MAX_RATE} frames a second",
+    },
+    Unsubscribe: {"metrics": "unsubscribe needs 'metrics': a list of metric keys or globs"},
+    Ack: {"frame": "ack needs 'frame': the number of data frames received on this connection"},
+}
+_bare_acks = msgspec.json.Decoder(BareAck)
+
+
+class UnknownType(ValueError):
+    """A message whose `type` is none of the client frames; `kind` is its type as text, for the error."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def decode_client(message: dict[str, Any]) -> ClientFrame:
+    """Return the typed frame of one parsed client message; raise UnknownType, or ValueError naming the bad field."""
+    kind = message.get("type")
+    if not isinstance(kind, str):  # {"type": [0]} is JSON too, and a list is no dictionary key
+        raise UnknownType(repr(kind)[:40])
+    cls = CLIENT_FRAMES.get(kind)
+    if cls is None:
+        raise UnknownType(kind)
+    if "since" in message and not message["since"]:
+        message = {**message, "since": None}  # an empty (or false) `since` has always meant none
+    try:
+        return msgspec.convert(message, ClientFrame)
+    except msgspec.ValidationError:
+        raise ValueError(_field_error(cls, message)) from None
+
+
+def _field_error(cls: type, message: dict[str, Any]) -> str:
+    """Return the message for the first field of `cls`, in declaration order, that does not decode."""
+    errors = FIELD_ERRORS[cls]
+    for field in msgspec.structs.fields(cls):
+        if field.name not in errors:
+            continue
+        if field.name not in message:
+            if field.required:
+                return errors[field.name]
+            continue
+        try:
+            msgspec.convert(message[field.name], field.type)
+        except msgspec.ValidationError:
+            return errors[field.name]
+    return next(iter(errors.values()))
+
+
+def decode_bare_ack(text: str | bytes) -> int | None:
+    """Return the frame number of a message that is only an acknowledgement, else None (it takes the usual path)."""
+    try:
+        return _bare_acks.decode(text).frame
+    except (msgspec.MsgspecError, UnicodeError):
+        return None
+
+
+# --- Server frames: what the server sends, declared for readers and checked by tests ------------
+# They are built as text (encode, error_frame and dashboard/live/frames.py: the data path joins
+# pre-encoded fragments); tests/test_protocol_frames.py decodes every builder's output as these.
+class Limits(msgspec.Struct, forbid_unknown_fields=True):
+    max_message_bytes: int
+    max_subscriptions: int
+    max_patterns: int
+    max_globs: int
+    max_live_globs: int
+    max_replay_total: int
+    max_messages_per_s: int
+    max_replay_points: int
+    max_history_s: int
+    max_rate: float
+    ack_window: int  # 0: no acknowledgements (SSE)
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="type", forbid_unknown_fields=True):
+    protocol: int
+    server: str
+    heartbeat_s: float
+    time: int  # µs
+    limits: Limits
+
+
+class MetricMeta(msgspec.Struct, forbid_unknown_fields=True):
+    key: str
+    source: str  # the source's slug
+    unit: str
+    kind: str
+    name: str
+
+
+class Subscribed(msgspec.Struct, tag="subscribed", tag_field="type", forbid_unknown_fields=True):
+    id: Any
+    metrics: list[MetricMeta]
+    globs: list[str] | msgspec.UnsetType = msgspec.UNSET  # a followed glob's new metrics
+
+
+class Unsubscribed(msgspec.Struct, tag="unsubscribed", tag_field="type", forbid_unknown_fields=True):
+    id: Any
+    metrics: list[str]
+
+
+class Batch(msgspec.Struct, forbid_unknown_fields=True):
+    k: str  # metric key
+    t: list[int]  # µs
+    v: list[float]
+    late: bool = False  # committed after a newer sample of its key went out: insert by t
+
+
+class Data(msgspec.Struct, tag="data", tag_field="type", forbid_unknown_fields=True):
+    batches: list[Batch]
+    replay: bool = False
+
+
+class Lag(msgspec.Struct, tag="lag", tag_field="type", forbid_unknown_fields=True):
+    metrics: list[str] | msgspec.UnsetType = msgspec.UNSET  # being back-filled after a loss
+    dropped: int | msgspec.UnsetType = msgspec.UNSET
+    truncated: list[str] | msgspec.UnsetType = msgspec.UNSET  # a replay skipped older samples of these
+    message: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class Pong(msgspec.Struct, tag="pong", tag_field="type", forbid_unknown_fields=True):
+    id: Any
+    time: int  # µs
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="type", forbid_unknown_fields=True):
+    time: int  # µs
+
+
+class Degraded(msgspec.Struct, tag="degraded", tag_field="type", forbid_unknown_fields=True):
+    reason: str  # "layer" or "database"
+    state: str  # "degraded" or "ok"
+    since: int  # µs
+    time: int  # µs
+
+
+class Stale(msgspec.Struct, tag="stale", tag_field="type", forbid_unknown_fields=True):
+    metrics: list[str]
+    state: str  # "stale" or "ok"
+    since: int  # µs
+
+
+class Alert(msgspec.Struct, tag="alert", tag_field="type", forbid_unknown_fields=True):
+    rule: int
+    rule_name: str
+    metric: str
+    state: str
+    previous: str
+    severity: str
+    value: float | None
+    at: int  # µs
+    message: str
+    instance: int
+    acknowledged_by: str
+    silenced_until: int  # µs
+    source: int
+
+
+class Error(msgspec.Struct, tag="error", tag_field="type", forbid_unknown_fields=True):
+    code: str
+    message: str
+    id: Any = None
+    metric: str | None = None  # the first pattern refused
+    metrics: list[str] | msgspec.UnsetType = msgspec.UNSET  # every pattern refused for this reason
+    keys_left_out: int | msgspec.UnsetType = msgspec.UNSET
+    limit: int | msgspec.UnsetType = msgspec.UNSET
+
+
+ServerFrame = Hello | Subscribed | Unsubscribed | Data | Lag | Pong | Heartbeat | Degraded | Stale | Alert | Error

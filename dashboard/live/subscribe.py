@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from django.conf import settings
 
 from dashboard import stats
@@ -24,11 +25,10 @@ from dashboard.keyindex import (
 from dashboard.live import protocol
 from dashboard.live.protocol import (
     MAX_GLOBS,
-    MAX_HISTORY_S,
     MAX_LIVE_GLOBS,
     MAX_PATTERNS,
-    MAX_RATE,
-    MIN_RATE,
+    Subscribe,
+    Unsubscribe,
     encode,
     error_frame,
 )
@@ -43,35 +43,15 @@ class Subscribing:
 
     __slots__ = ()
 
-    async def subscribe(self, message: dict[str, Any]) -> None:
+    async def subscribe(self, message: Subscribe) -> None:
         """Subscribe to keys or globs; send history (or what was missed since the given cursors), then live."""
-        patterns = message.get("metrics")
-        if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
-            raise ValueError("subscribe needs 'metrics': a non-empty list of metric keys or globs")
-        since = message.get("since") or {}
-        if not isinstance(since, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in since.values()
-        ):
-            raise ValueError("'since' must map metric keys to integer cursors (µs)")
-        history_s = message.get("history_s", settings.PULSEBOARD["HISTORY_ON_SUBSCRIBE_S"])
-        if (
-            isinstance(history_s, bool)
-            or not isinstance(history_s, (int, float))
-            or not 0 <= history_s <= MAX_HISTORY_S
-        ):
-            raise ValueError(f"'history_s' must be a number of seconds from 0 to {MAX_HISTORY_S}")
-        max_rate = message.get("max_rate")
-        if max_rate is not None:
-            if (
-                isinstance(max_rate, bool)
-                or not isinstance(max_rate, (int, float))
-                or not MIN_RATE <= max_rate <= MAX_RATE
-            ):
-                raise ValueError(f"'max_rate' must be between {MIN_RATE} and {MAX_RATE} frames a second")
-            self.session.max_rate = float(max_rate)
-
+        history_s = message.history_s
+        if history_s is msgspec.UNSET:
+            history_s = settings.PULSEBOARD["HISTORY_ON_SUBSCRIBE_S"]
+        if message.max_rate is not None:
+            self.session.max_rate = message.max_rate
         async with subscribe_gate():
-            new = await self._subscribe(message.get("id"), patterns, since, history_s)
+            new = await self._subscribe(message.id, message.metrics, message.since or {}, history_s)
         await self._replay(new)
 
     async def _subscribe(
@@ -281,11 +261,9 @@ class Subscribing:
         )
         return set(new)
 
-    async def unsubscribe(self, message: dict[str, Any]) -> None:
-        patterns = message.get("metrics")
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise ValueError("unsubscribe needs 'metrics': a list of metric keys or globs")
-        patterns = list(dict.fromkeys(patterns))
+    async def unsubscribe(self, message: Unsubscribe) -> None:
+        """Stop following keys and globs; answer with the keys that went."""
+        patterns = list(dict.fromkeys(message.metrics))
         globs = [p for p in patterns if is_glob(p)]
         if len(patterns) > MAX_PATTERNS or len(globs) > MAX_GLOBS:
             raise ValueError(f"unsubscribe takes at most {MAX_PATTERNS} keys or globs, {MAX_GLOBS} of them globs")
@@ -313,4 +291,4 @@ class Subscribing:
             if self.session.remove_keys(source_id, keys):
                 await self.hub.leave(self.session, source_id)
         stats.SUBSCRIPTIONS.dec(len(gone))
-        await self.transport.send_text(encode({"type": "unsubscribed", "id": message.get("id"), "metrics": gone}))
+        await self.transport.send_text(encode({"type": "unsubscribed", "id": message.id, "metrics": gone}))
