@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 
-from dashboard import stats
+from dashboard import events, stats
 from dashboard.timeutil import now_us
 
 log = logging.getLogger(__name__)
@@ -103,3 +103,15 @@ def degraded_frame(reason: str, state: str, since: int) -> str:
 def stale_frame(keys: list[str], state: str, since: int) -> str:
     """Return the notice that these metrics' sources missed their expected interval (or sent again)."""
     return json.dumps({"type": "stale", "metrics": keys, "state": state, "since": since}, separators=(",", ":"))
+
+
+def heartbeat_frame() -> str:
+    """Return the heartbeat every connection gets each heartbeat_s (proxies drop idle sockets)."""
+    return json.dumps({"type": "heartbeat", "time": now_us()}, separators=(",", ":"))
+
+
+def alert_frame(event: events.AlertState) -> str:
+    """Return the frame telling viewers an alert instance changed state."""
+    body = event.as_message()
+    body["type"] = "alert"
+    return json.dumps(body, separators=(",", ":"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import time
 
@@ -25,12 +24,11 @@ from django.conf import settings
 
 from dashboard import background, events, keyindex, loops, stats
 from dashboard.fastpaths import gcpolicy
-from dashboard.live.frames import degraded_frame, encode_fragment
+from dashboard.live.frames import alert_frame, degraded_frame, encode_fragment, heartbeat_frame
 from dashboard.live.ledger import KeyLedger, LedgerCheck
 from dashboard.live.notices import Notices
 from dashboard.live.session import Session
 from dashboard.logthrottle import FailureLog
-from dashboard.timeutil import now_us
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +191,7 @@ class Hub(LedgerCheck, Notices):
         """Send every connection a heartbeat; one task per process rather than one per connection (memory)."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            frame = json.dumps({"type": "heartbeat", "time": now_us()}, separators=(",", ":"))
+            frame = heartbeat_frame()
             for session in list(self.sessions):
                 session.send_now(frame)
 
@@ -216,9 +214,7 @@ class Hub(LedgerCheck, Notices):
         if isinstance(event, events.SampleBatch):
             self._route_samples(event)
         elif isinstance(event, events.AlertState):
-            body = event.as_message()
-            body["type"] = "alert"
-            frame = json.dumps(body, separators=(",", ":"))
+            frame = alert_frame(event)
             for session in self.sessions:
                 if session.alert_sources is None or event.source in session.alert_sources:
                     session.send_now(frame)
