@@ -18,6 +18,7 @@ from dashboard.live.client import LiveClient
 from dashboard.live.hub import Hub
 from dashboard.timeutil import US, now_us
 from dashboard.validation import Reading
+from tests.test_subscriptions import Collector
 
 SERVER_FRAMES = msgspec.json.Decoder(protocol.ServerFrame)
 
@@ -73,31 +74,13 @@ def test_error_frames_decode_as_the_declared_error_frame() -> None:
     assert isinstance(frame, protocol.Error) and frame.keys_left_out == 3
 
 
-class Frames:
-    """A Transport that keeps every frame and acknowledges data frames."""
-
-    wire = None
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.client: LiveClient | None = None
-
-    async def send_text(self, text: str) -> None:
-        self.texts.append(text)
-        if text.startswith('{"type":"data"') and self.client is not None:
-            self.client.session.ack(self.client.session.frames_sent)
-
-    async def close(self, code: int) -> None:
-        pass
-
-
 @pytest.mark.django_db(transaction=True)
 async def test_a_whole_conversation_sends_only_declared_server_frames(django_user_model) -> None:
     """hello, subscribed (keys and globs), data (replay and live), lag, pong, unsubscribed, error: all declared."""
     user = await sync_to_async(django_user_model.objects.create_user)("frames", password="x", is_staff=True)
     now = now_us()
     await actions.ingest([Reading("plant.a", "temp", now - US, 1.0), Reading("plant.a", "rpm", now - US, 2.0)])
-    transport = Frames()
+    transport = Collector()
     client = transport.client = LiveClient(user, transport)
     await client.start()
     try:

@@ -259,6 +259,8 @@ class Stale(msgspec.Struct, tag="stale", tag_field="type", forbid_unknown_fields
 
 
 class Alert(msgspec.Struct, tag="alert", tag_field="type", forbid_unknown_fields=True):
+    """An alert instance changed state: the fields of events.AlertState, as the browser gets them."""
+
     rule: int
     rule_name: str
     metric: str
