@@ -177,6 +177,8 @@ def decode_bare_ack(text: str | bytes) -> int | None:
 # They are built as text (encode, error_frame and dashboard/live/frames.py: the data path joins
 # pre-encoded fragments); tests/test_protocol_frames.py decodes every builder's output as these.
 class Limits(msgspec.Struct, forbid_unknown_fields=True):
+    """The server's limits, sent in hello so a client can stay within them."""
+
     max_message_bytes: int
     max_subscriptions: int
     max_patterns: int
@@ -191,6 +193,8 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Hello(msgspec.Struct, tag="hello", tag_field="type", forbid_unknown_fields=True):
+    """The first frame of every connection."""
+
     protocol: int
     server: str
     heartbeat_s: float
@@ -199,6 +203,8 @@ class Hello(msgspec.Struct, tag="hello", tag_field="type", forbid_unknown_fields
 
 
 class MetricMeta(msgspec.Struct, forbid_unknown_fields=True):
+    """One metric of a subscribed frame (encoded once per metric by the key index)."""
+
     key: str
     source: str  # the source's slug
     unit: str
@@ -207,17 +213,23 @@ class MetricMeta(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Subscribed(msgspec.Struct, tag="subscribed", tag_field="type", forbid_unknown_fields=True):
+    """The metrics a subscribe (or a followed glob's new metric) now holds."""
+
     id: Any
     metrics: list[MetricMeta]
     globs: list[str] | msgspec.UnsetType = msgspec.UNSET  # a followed glob's new metrics
 
 
 class Unsubscribed(msgspec.Struct, tag="unsubscribed", tag_field="type", forbid_unknown_fields=True):
+    """The keys an unsubscribe (or a share link that lost them) let go."""
+
     id: Any
     metrics: list[str]
 
 
 class Batch(msgspec.Struct, forbid_unknown_fields=True):
+    """One metric's samples in a data frame."""
+
     k: str  # metric key
     t: list[int]  # µs
     v: list[float]
@@ -225,11 +237,15 @@ class Batch(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Data(msgspec.Struct, tag="data", tag_field="type", forbid_unknown_fields=True):
+    """Samples: live, or a back-fill (`replay`) sent before live data of its keys."""
+
     batches: list[Batch]
     replay: bool = False
 
 
 class Lag(msgspec.Struct, tag="lag", tag_field="type", forbid_unknown_fields=True):
+    """Samples were lost and are being back-filled, or a replay was cut."""
+
     metrics: list[str] | msgspec.UnsetType = msgspec.UNSET  # being back-filled after a loss
     dropped: int | msgspec.UnsetType = msgspec.UNSET
     truncated: list[str] | msgspec.UnsetType = msgspec.UNSET  # a replay skipped older samples of these
@@ -237,15 +253,21 @@ class Lag(msgspec.Struct, tag="lag", tag_field="type", forbid_unknown_fields=Tru
 
 
 class Pong(msgspec.Struct, tag="pong", tag_field="type", forbid_unknown_fields=True):
+    """The answer to a ping."""
+
     id: Any
     time: int  # µs
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="type", forbid_unknown_fields=True):
+    """Sent every heartbeat_s so proxies keep the connection open."""
+
     time: int  # µs
 
 
 class Degraded(msgspec.Struct, tag="degraded", tag_field="type", forbid_unknown_fields=True):
+    """Live delivery is degraded (or ok again) for a reason."""
+
     reason: str  # "layer" or "database"
     state: str  # "degraded" or "ok"
     since: int  # µs
@@ -253,6 +275,8 @@ class Degraded(msgspec.Struct, tag="degraded", tag_field="type", forbid_unknown_
 
 
 class Stale(msgspec.Struct, tag="stale", tag_field="type", forbid_unknown_fields=True):
+    """These metrics' sources missed their expected interval (or sent again)."""
+
     metrics: list[str]
     state: str  # "stale" or "ok"
     since: int  # µs
@@ -277,6 +301,8 @@ class Alert(msgspec.Struct, tag="alert", tag_field="type", forbid_unknown_fields
 
 
 class Error(msgspec.Struct, tag="error", tag_field="type", forbid_unknown_fields=True):
+    """A message was refused, in whole or in part; `code` is stable, `message` is for people."""
+
     code: str
     message: str
     id: Any = None
