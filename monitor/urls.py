@@ -7,7 +7,7 @@ from dashboard import api
 from dashboard.live import sse
 
 urlpatterns = [
-    # The machine API: ingest and reads (dashboard/api.py), the Server-Sent Events stream (dashboard/sse.py).
+    # The machine API: ingest and reads (dashboard/api.py), the Server-Sent Events stream (dashboard/live/sse.py).
     path("api/v1/ingest", api.ingest, name="api-ingest"),
     path("api/v2/write", api.write_line_protocol, name="api-write-line-protocol"),
     path("api/v1/metrics", api.metrics, name="api-metrics"),
