@@ -34,20 +34,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import ingest_stages
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +59,7 @@ DB_NAME = "pulseboard_bench_ingest"
 METRICS = 100  # distinct metrics per run, like a small fleet
 BATCH_SIZES = (1000, 5000)
 START_TIMEOUT_S = 30.0
+METRICS_TOKEN = secrets.token_hex(16)  # lets the stage run read /metrics
 
 
 @dataclass
@@ -68,6 +73,10 @@ class Result:
     @property
     def rate(self) -> float:
         return self.samples / self.seconds
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def free_port() -> int:
@@ -165,10 +174,16 @@ async def post_all(
     return accepted
 
 
-def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
+@contextlib.contextmanager
+def daphne(backend: str, args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """Migrate a fresh database, issue an agent token and run Daphne on it; yield (base URL, secret, process)."""
     env = backend_env(backend, args.pg, tmp / "bench.sqlite3")
+    env["METRICS_TOKEN"] = METRICS_TOKEN
     if backend == "postgresql":
         reset_postgres(args.pg)
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            (tmp / f"bench.sqlite3{suffix}").unlink(missing_ok=True)
     run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], env)
     secret = run(
         [
@@ -188,18 +203,27 @@ def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    results = []
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(f"{base}/healthz", 200, "daphne")
+        yield base, secret, server
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def warm_rows(now_us: int) -> list[tuple[str, int, float]]:
+    """One old sample per metric: creates the metrics (a slow path taken once) before the timed posts."""
+    return [(name, now_us - 2 * 86_400_000_000 - i, 0.0) for i, name in enumerate(f"m{j:03d}" for j in range(METRICS))]
+
+
+def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
+    results = []
+    with daphne(backend, args, tmp) as (base, secret, _):
         for batch in BATCH_SIZES:
             source = f"bench-{backend[:2]}-{batch}"
             batches = make_rows(args.samples, batch, source, now_us)
-            # Warm-up: create the metrics (a slow path taken once) and JIT nothing else.
-            warm = [
-                (name, now_us - 2 * 86_400_000_000 - i, 0.0)
-                for i, name in enumerate(f"m{j:03d}" for j in range(METRICS))
-            ]
+            warm = warm_rows(now_us)
             asyncio.run(post_all(f"{base}/api/v1/ingest", secret, [payload(source, warm)], 1))
             if "json" in args.formats:
                 bodies = [payload(source, rows) for rows in batches]
@@ -221,10 +245,92 @@ def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) ->
                 elapsed = time.perf_counter() - started
                 results.append(Result(backend, batch, args.samples, elapsed, "lp"))
                 print(f"  {backend:10s} LP    batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     return results
+
+
+def py_spy() -> str | None:
+    """Return the py-spy command, or None with the reason printed (it must run as root to attach)."""
+    binary = shutil.which("py-spy") or next((p for p in ("/tmp/tools/bin/py-spy",) if os.path.exists(p)), None)
+    if binary is None:
+        print("  stages     skipped: py-spy is not installed (pip install py-spy)")
+    elif os.geteuid() != 0:
+        print("  stages     skipped: py-spy attaches to Daphne only as root")
+    else:
+        return binary
+    return None
+
+
+def bench_stages(backend: str, fmt: str, args: argparse.Namespace, now_us: int, tmp: Path) -> dict[str, float]:
+    """Post the batch-5,000 bodies once more under py-spy and return µs per sample per stage (bench/ingest_stages.py)."""
+    binary = py_spy()
+    if binary is None:
+        return {}
+    batch, source = 5000, f"stages-{backend[:2]}-{fmt}"
+    rows = make_rows(args.samples, batch, source, now_us)
+    with daphne(backend, args, tmp) as (base, secret, server):
+        if fmt == "json":
+            url, counts = f"{base}/api/v1/ingest", None
+            warm, bodies = [payload(source, warm_rows(now_us))], [payload(source, r) for r in rows]
+        else:
+            url, counts = f"{base}/api/v2/write?org=bench&bucket=bench&precision=us", [len(r) for r in rows]
+            warm, bodies = [lp_body(source, warm_rows(now_us))], [lp_body(source, r) for r in rows]
+        asyncio.run(post_all(url, secret, warm, 1, None if counts is None else [METRICS]))
+        metrics_url, auth = f"{base}/metrics", {"Authorization": f"Bearer {METRICS_TOKEN}"}
+        wait_before = ingest_stages.histogram_mean(
+            httpx.get(metrics_url, headers=auth).text, "pulseboard_write_wait_seconds"
+        )
+        out = tmp / f"stages-{backend}-{fmt}.txt"
+        spy = subprocess.Popen(
+            [binary, "record", "-p", str(server.pid), "-r", str(ingest_stages.SAMPLE_RATE_HZ), "--threads", "--idle"]
+            + ["--nonblocking", "-f", "raw", "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # py-spy attaches
+        started = time.perf_counter()
+        asyncio.run(post_all(url, secret, bodies, args.concurrency, counts))
+        elapsed = time.perf_counter() - started
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+        wait_after = ingest_stages.histogram_mean(
+            httpx.get(metrics_url, headers=auth).text, "pulseboard_write_wait_seconds"
+        )
+    stages = ingest_stages.per_sample_us(ingest_stages.read_raw(out)(), args.samples)
+    waited, requests = wait_after[0] - wait_before[0], wait_after[1] - wait_before[1]
+    stages["group-commit wait (mean per request)"] = waited / args.samples * 1e6
+    stages["_wait_ms"] = waited / max(requests, 1) * 1000
+    stages["_rate"] = args.samples / elapsed
+    print(
+        f"  {backend:10s} {fmt.upper():5s} stages, batch {batch}: {args.samples / elapsed:10,.0f} samples/s under py-spy"
+    )
+    return stages
+
+
+def print_stages(table: dict[tuple[str, str], dict[str, float]]) -> None:
+    """Print µs per sample per stage, one column per database and endpoint."""
+    if not table:
+        return
+    cases = list(table)
+    names = {"json": "JSON", "lp": "LP"}
+    print("\n| Stage (µs per sample, batch 5,000) | " + " | ".join(f"{b} {names[f]}" for b, f in cases) + " |")
+    print("|---|" + "---:|" * len(cases))
+    for stage in ingest_stages.STAGES:
+        cells = []
+        for case in cases:
+            value = table[case].get(stage, 0.0)
+            if stage.startswith("group-commit"):
+                cells.append(f"{value:.2f} ({table[case]['_wait_ms']:.1f} ms)")
+            else:
+                cells.append(f"{value:.2f}")
+        print(f"| {stage} | " + " | ".join(cells) + " |")
+    for label, pick in (
+        (
+            "writer thread busy (sum of writer rows)",
+            lambda t: sum(v for k, v in t.items() if k in ingest_stages.WRITER_STAGES),
+        ),
+        ("wall time per sample (1 / throughput under py-spy)", lambda t: 1e6 / t["_rate"]),
+    ):
+        print(f"| **{label}** | " + " | ".join(f"**{pick(table[c]):.2f}**" for c in cases) + " |")
 
 
 def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
@@ -351,19 +457,32 @@ def main() -> None:
     parser.add_argument(
         "--formats", default="json,lp", help="Pulseboard endpoints: json (/api/v1/ingest), lp (/api/v2/write)"
     )
+    parser.add_argument(
+        "--stages", action="store_true", help="also time each stage at batch 5,000 with py-spy (as root)"
+    )
+    parser.add_argument("--stages-only", action="store_true", help="only the --stages passes (while tuning)")
     args = parser.parse_args()
+    args.stages = args.stages or args.stages_only
     args.formats = set(args.formats.split(","))
     now_us = time.time_ns() // 1000
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, {os.cpu_count()} CPUs, "
-        f"{args.samples:,} samples per case, {args.concurrency} clients",
+        f"{args.samples:,} samples per case, {args.concurrency} clients, load average {load_average()}",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        influx = {r.batch: r for r in bench_influxdb(args, now_us, Path(tmp))}
-        api = bench_api("postgresql", args, now_us, Path(tmp)) + bench_api("sqlite", args, now_us, Path(tmp))
-        copy = {r.batch: r for r in bench_copy(args, now_us)}
-        floor = bench_storage_sql(args, now_us, Path(tmp))
+        influx, api, copy, floor = {}, [], {}, []
+        if not args.stages_only:
+            influx = {r.batch: r for r in bench_influxdb(args, now_us, Path(tmp))}
+            api = bench_api("postgresql", args, now_us, Path(tmp)) + bench_api("sqlite", args, now_us, Path(tmp))
+            copy = {r.batch: r for r in bench_copy(args, now_us)}
+            floor = bench_storage_sql(args, now_us, Path(tmp))
+        stages = {}
+        if args.stages:
+            for backend in ("postgresql", "sqlite"):
+                for fmt in sorted(args.formats):
+                    stages[(backend, fmt)] = bench_stages(backend, fmt, args, now_us, Path(tmp))
+            stages = {case: row for case, row in stages.items() if row}
     names = {
         "influxdb": "InfluxDB 1.6 `/write`, line protocol",
         "COPY": "psycopg COPY, bare table (PostgreSQL)",
@@ -374,11 +493,14 @@ def main() -> None:
     def ratio(r: Result, base: dict[int, Result]) -> str:
         return f"{r.rate / base[r.batch].rate:.2f}×" if r.batch in base else "n/a"
 
-    print("\n| Path | Batch | Samples/s | vs. InfluxDB | vs. bare COPY on PostgreSQL |")
-    print("|---|---:|---:|---:|---:|")
-    for r in [*influx.values(), *copy.values(), *floor, *api]:
-        name = names.get(r.backend, f"Pulseboard {endpoints[r.fmt]} ({r.backend})")
-        print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {ratio(r, influx)} | {ratio(r, copy)} |")
+    if influx or api or copy or floor:
+        print("\n| Path | Batch | Samples/s | vs. InfluxDB | vs. bare COPY on PostgreSQL |")
+        print("|---|---:|---:|---:|---:|")
+        for r in [*influx.values(), *copy.values(), *floor, *api]:
+            name = names.get(r.backend, f"Pulseboard {endpoints[r.fmt]} ({r.backend})")
+            print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {ratio(r, influx)} | {ratio(r, copy)} |")
+    print_stages(stages)
+    print(f"\nload average at the end: {load_average()}")
     with psycopg.connect(f"{args.pg.rstrip('/')}/postgres", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 

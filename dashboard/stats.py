@@ -49,6 +49,12 @@ WRITE_BATCH_SECONDS = Histogram(
     "Time to commit one group-commit batch",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+# From a caller's write() to the start of the commit that takes its readings: the price of group commit.
+WRITE_WAIT_SECONDS = Histogram(
+    "pulseboard_write_wait_seconds",
+    "Time readings wait for the writer before the group commit that stores them starts",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 WRITE_BATCH_SIZE = Histogram(
     "pulseboard_write_batch_samples", "Samples per group-commit batch", buckets=(1, 10, 100, 1000, 5000, 20000)
 )

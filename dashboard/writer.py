@@ -52,6 +52,7 @@ class _Job:
     readings: list[Reading]
     future: asyncio.Future
     bookkeeping: Bookkeeping | None = None
+    queued_at: float = field(default_factory=time.perf_counter)  # for pulseboard_write_wait_seconds
 
 
 def _store_on_writer_thread(jobs: list[_Job]) -> storage.StoredBatch:
@@ -181,6 +182,9 @@ class Writer:
                     break
                 jobs.append(more)
                 size += len(more.readings)
+            taken = time.perf_counter()
+            for job in jobs:
+                stats.WRITE_WAIT_SECONDS.observe(taken - job.queued_at)
             outcome = self._store(jobs)
             try:
                 self._loop.call_soon_threadsafe(self._committed, jobs, outcome)
