@@ -18,9 +18,9 @@ index, no constraint) on PostgreSQL, one transaction per batch, as the floor
 of what any store on PostgreSQL could do.
 
 A third PostgreSQL row, "storage SQL alone", runs the storage layer's own SQL
-(dashboard.storage.insert_by_copy and update_latest: the COPY into
-dashboard_sample and the staging table, the rollup tiers, the "latest"
-updates, commit) on the same rows in this process, one transaction per batch,
+(dashboard.storage.insert_by_copy: the COPY into dashboard_sample and the
+staging table, then one statement for the rollup tiers, the "latest"
+updates and the source counters, commit) on the same rows in this process, one transaction per batch,
 with no HTTP, JSON, validation or writer thread: the database's share of an
 ingest, and so the best the API could do.
 
@@ -428,18 +428,15 @@ def bench_storage_sql(args: argparse.Namespace, now_us: int, tmp: Path) -> list[
             metric = Metric.objects.create(source=source, key=f"{source.slug}.m{i:03d}", name=f"m{i:03d}")
             refs[metric.name] = storage.MetricRef(metric.id, source.id, metric.key)
         batches = [
-            (
-                {(refs[name].id, ts): (refs[name], value) for name, ts, value in rows},
-                [(refs[n], t, v) for n, t, v in rows],
-            )
+            {(refs[name].id, ts): (refs[name], value) for name, ts, value in rows}
             for rows in make_rows(args.samples, batch, "sql", now_us)
         ]
         started = time.perf_counter()
-        for rows, inserted in batches:
+        for rows in batches:
             with transaction.atomic(), connection.cursor() as cursor:
+                # The COPYs, then one statement for the rollups, latest values and source counters.
                 if storage.insert_by_copy(cursor, rows):
                     raise SystemExit("storage SQL alone: rows were already stored")
-                storage.update_latest(inserted)
         elapsed = time.perf_counter() - started
         results.append(Result("SQL", batch, args.samples, elapsed))
         print(f"  {'postgresql':10s} SQL   batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
