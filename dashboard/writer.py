@@ -1,10 +1,14 @@
 """One writer per process: group commit of ingested readings, then publish.
 
 While one batch is being written the next accumulates, so a lone reading is
-written at once and heavy load makes big batches. Writes run on one dedicated
-thread (one database connection, no lock contention between writers of the
-same process); live publishing follows the commit, so nothing shown live is
-missing from history.
+written at once and heavy load makes big batches. Writes run on dedicated
+threads, each with its own database connection: one on SQLite, which writes
+one transaction at a time, and two on PostgreSQL, so that one batch's COPY
+runs while the batch before it folds its rollups and commits (the writer is
+the serial chain of ingest; with one thread the database and the thread
+took turns). Results go back to the event loop in the order the batches
+were taken, whatever order they commit in; live publishing follows the
+commit, so nothing shown live is missing from history.
 """
 
 from __future__ import annotations
@@ -104,6 +108,14 @@ def _count(jobs: list[_Job], batch: storage.StoredBatch) -> None:
         )
 
 
+def writer_threads() -> int:
+    """Return how many writer threads a process runs: PULSEBOARD_WRITER_THREADS, or by database when 0."""
+    configured = settings.PULSEBOARD["WRITER_THREADS"]
+    if configured:
+        return configured
+    return 2 if connection.vendor == "postgresql" else 1
+
+
 def _close_connection() -> None:
     try:
         connection.close()
@@ -133,19 +145,31 @@ class Writer:
 
     def runs_on_this_thread(self) -> bool:
         """Return whether the calling thread is this writer's database thread."""
-        return self._thread is threading.current_thread()
+        return threading.current_thread() in self._threads
 
     def close(self) -> None:
-        """Stop the writer thread once it has written what it took, and close its connection."""
-        self._jobs.put(_STOP)
-        self._thread.join(timeout=30)
+        """Stop the writer threads once they have written what they took, and close their connections."""
+        for _ in self._threads:
+            self._jobs.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._answering: asyncio.Task | None = None  # the last batch's alerts-then-answer step
-        self._thread = threading.Thread(target=self._work, name="pulseboard-writer", daemon=True)
-        self._thread.start()
+        # Batches are numbered as they are taken (under _taking) and handed back in that order (_order).
+        self._taking = threading.Lock()
+        self._carried: _Job | object | None = None  # taken from the queue but over the batch cap: next batch
+        self._taken = 0
+        self._order = threading.Condition()
+        self._handed = 0
+        self._threads = [
+            threading.Thread(target=self._work, name=f"pulseboard-writer-{i}", daemon=True)
+            for i in range(writer_threads())
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def write(self, readings: list[Reading], bookkeeping: Bookkeeping | None = None) -> list[str | Exception]:
         """Store readings and return, per reading, "new", "duplicate" or the error that refused it."""
@@ -157,7 +181,7 @@ class Writer:
 
     # --- On the writer thread ---------------------------------------------------
     def _work(self) -> None:
-        """Take what is waiting (up to WRITE_BATCH_MAX readings), commit it, hand it back; repeat.
+        """Take what is waiting (up to WRITE_BATCH_MAX readings), commit it, hand it back in turn; repeat.
 
         The thread takes the next jobs itself as soon as a commit is done.
         When the event loop handed them over (run_in_executor), each commit
@@ -165,12 +189,23 @@ class Writer:
         turn took 4-12 ms: at 100 ingest requests a second the commits fell
         behind and requests queued for 30-50 ms (bench/README.md, Fan-out).
         """
-        cap = settings.PULSEBOARD["WRITE_BATCH_MAX"]
-        carried: _Job | object | None = None
         while True:
-            job, carried = carried or self._jobs.get(), None
-            if job is _STOP:
+            taken = self._take()
+            if taken is None:
                 break
+            jobs, number = taken
+            outcome = self._store(jobs)
+            if not self._hand_over(number, jobs, outcome):
+                break  # the loop is closed: nobody waits for an answer
+        _close_connection()
+
+    def _take(self) -> tuple[list[_Job], int] | None:
+        """Take the next batch and its number, or None when told to stop."""
+        cap = settings.PULSEBOARD["WRITE_BATCH_MAX"]
+        with self._taking:  # one thread at a time, so that numbers follow the queue's order
+            job, self._carried = self._carried or self._jobs.get(), None
+            if job is _STOP:
+                return None
             jobs, size = [job], len(job.readings)
             while True:
                 try:
@@ -178,19 +213,29 @@ class Writer:
                 except queue.Empty:
                     break
                 if more is _STOP or size + len(more.readings) > cap:
-                    carried = more
+                    self._carried = more
                     break
                 jobs.append(more)
                 size += len(more.readings)
-            taken = time.perf_counter()
-            for job in jobs:
-                stats.WRITE_WAIT_SECONDS.observe(taken - job.queued_at)
-            outcome = self._store(jobs)
+            number, self._taken = self._taken, self._taken + 1
+        started = time.perf_counter()
+        for job in jobs:
+            stats.WRITE_WAIT_SECONDS.observe(started - job.queued_at)
+        return jobs, number
+
+    def _hand_over(self, number: int, jobs: list[_Job], outcome: storage.StoredBatch | Exception) -> bool:
+        """Give a batch's outcome to the event loop after every batch taken before it; False if the loop is closed."""
+        with self._order:
+            while self._handed != number:
+                self._order.wait()
             try:
                 self._loop.call_soon_threadsafe(self._committed, jobs, outcome)
+                return True
             except RuntimeError:
-                break  # the loop is closed: nobody waits for an answer
-        _close_connection()
+                return False
+            finally:
+                self._handed += 1
+                self._order.notify_all()
 
     def _store(self, jobs: list[_Job]) -> storage.StoredBatch | Exception:
         """Commit the jobs' readings, retrying database errors; return the batch or the error for the callers."""

@@ -251,6 +251,8 @@ PULSEBOARD = {
     "MAX_SAMPLES_PER_REQUEST": env_int("PULSEBOARD_MAX_SAMPLES_PER_REQUEST", 10_000, minimum=1),
     # Largest batch the writer commits at once; bigger backlogs are split.
     "WRITE_BATCH_MAX": env_int("PULSEBOARD_WRITE_BATCH_MAX", 20_000, minimum=1),
+    # Writer threads (connections) per process; 0 is 2 on PostgreSQL, 1 on SQLite (one writer at a time).
+    "WRITER_THREADS": env_int("PULSEBOARD_WRITER_THREADS", 0, minimum=0),
     "RATE_LIMIT_PER_S": env_float("PULSEBOARD_RATE_LIMIT_PER_S", 200.0, minimum=0.0),
     "RATE_LIMIT_BURST": env_int("PULSEBOARD_RATE_LIMIT_BURST", 400, minimum=1),
     "HISTORY_ON_SUBSCRIBE_S": env_int("PULSEBOARD_HISTORY_ON_SUBSCRIBE_S", 300, minimum=0),
