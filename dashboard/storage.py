@@ -99,32 +99,37 @@ def resolve_metric(reading: Reading, create: bool) -> MetricRef:
 
 
 def _create_metric(reading: Reading) -> Metric:
-    try:
-        with transaction.atomic():
-            source, _ = Source.objects.get_or_create(
-                slug=reading.source,
-                defaults={
-                    "name": reading.labels.get("name", reading.source),
-                    "kind": reading.source_kind or Source.Kind.OTHER,
-                    "labels": reading.labels,
-                },
-            )
-            metric, created = Metric.objects.get_or_create(
-                key=reading.key,
-                defaults={
-                    "source": source,
-                    "name": reading.metric,
-                    "unit": reading.unit,
-                    "kind": reading.kind or Metric.Kind.GAUGE,
-                },
-            )
-            if created:
-                # Live globs of this process take it in as soon as the batch commits, before its samples are published.
-                keyindex.note_created(metric, source.slug)
-            return metric
-    except IntegrityError:
-        # Another process created it between our read and write.
-        return Metric.objects.get(key=reading.key)
+    # Two tries: another writer (a process, or this one's other thread) may create the source or the
+    # metric between our read and our write; the second try finds what it made.
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                source, _ = Source.objects.get_or_create(
+                    slug=reading.source,
+                    defaults={
+                        "name": reading.labels.get("name", reading.source),
+                        "kind": reading.source_kind or Source.Kind.OTHER,
+                        "labels": reading.labels,
+                    },
+                )
+                metric, created = Metric.objects.get_or_create(
+                    key=reading.key,
+                    defaults={
+                        "source": source,
+                        "name": reading.metric,
+                        "unit": reading.unit,
+                        "kind": reading.kind or Metric.Kind.GAUGE,
+                    },
+                )
+                if created:
+                    # Live globs of this process take it in as soon as the batch commits, before its samples are published.
+                    keyindex.note_created(metric, source.slug)
+                return metric
+        except IntegrityError:
+            metric = Metric.objects.filter(key=reading.key).first()
+            if metric is not None or attempt:
+                return metric or Metric.objects.get(key=reading.key)
+    raise AssertionError("unreachable")
 
 
 def store(readings: list[Reading]) -> StoredBatch:

@@ -257,3 +257,35 @@ def test_a_writer_with_a_deleted_metric_cached_fails_at_the_rollup_foreign_key_a
     assert Sample.objects.count() == 0
     storage.clear_cache()  # as the writer does after a database error
     assert storage.store([reading(2.0, HOUR_START + MINUTE_US)]).outcomes == ["new"]
+
+
+def test_coarser_rollup_tiers_built_from_minute_buckets_equal_those_built_from_the_rows() -> None:
+    import random
+
+    from dashboard import rollups
+
+    rng = random.Random(7)
+    rows = [(rng.randrange(3), HOUR_START + rng.randrange(-3 * 3600, 3 * 3600) * US, rng.random()) for _ in range(2000)]
+    minute = rollups.aggregate(rows, rollups.MINUTE_US)
+    for width in (rollups.TEN_MINUTE_US, rollups.HOUR_US):
+        # Sums added in another order may differ in the last bit.
+        assert rollups.coarsen(minute, width) == {
+            key: pytest.approx(bucket) for key, bucket in rollups.aggregate(rows, width).items()
+        }
+
+
+@pytest.mark.django_db
+def test_a_batch_with_one_stored_key_stores_the_others_once_and_keeps_the_rollups_and_latest_value_exact() -> None:
+    from dashboard.models import Metric, Source
+
+    storage.store([reading(5.0, HOUR_START + 30 * US)])
+    result = storage.store(
+        [reading(1.0, HOUR_START), reading(5.0, HOUR_START + 30 * US), reading(9.0, HOUR_START + 90 * US)]
+    )
+    assert result.outcomes == ["new", "duplicate", "new"]
+    assert Sample.objects.count() == 3
+    first, second = MinuteRollup.objects.order_by("bucket")
+    assert (first.count, first.sum, first.first, first.last) == (2, 6.0, 1.0, 5.0)
+    assert (second.count, second.sum) == (1, 9.0)
+    assert Metric.objects.get(key="web-01.cpu").last_value == 9.0
+    assert Source.objects.get(slug="web-01").samples_accepted == 3
