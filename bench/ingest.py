@@ -69,6 +69,7 @@ class Result:
     samples: int
     seconds: float
     fmt: str = "json"
+    workers: int = 1  # Daphne processes
 
     @property
     def rate(self) -> float:
@@ -175,8 +176,16 @@ async def post_all(
 
 
 @contextlib.contextmanager
-def daphne(backend: str, args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, str, subprocess.Popen]]:
-    """Migrate a fresh database, issue an agent token and run Daphne on it; yield (base URL, secret, process)."""
+def daphne(
+    backend: str, args: argparse.Namespace, tmp: Path, workers: int = 1
+) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """Migrate a fresh database, issue an agent token and run Daphne on it; yield (base URL, secret, process).
+
+    With several workers, each is a Daphne process serving one listening
+    socket that this process opens and passes down (`daphne --fd`): the
+    kernel hands each connection to whichever accepts first. The process
+    yielded is the first worker.
+    """
     env = backend_env(backend, args.pg, tmp / "bench.sqlite3")
     env["METRICS_TOKEN"] = METRICS_TOKEN
     if backend == "postgresql":
@@ -195,21 +204,33 @@ def daphne(backend: str, args: argparse.Namespace, tmp: Path) -> Iterator[tuple[
         ],
         env,
     ).split()[-1]  # the shell prints a banner about auto-imports first
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "monitor.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    servers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "daphne", "--fd", str(fd), "monitor.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            pass_fds=(fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(f"{base}/healthz", 200, "daphne")
-        yield base, secret, server
+        yield base, secret, servers[0]
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        listener.close()
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=10)
 
 
 def warm_rows(now_us: int) -> list[tuple[str, int, float]]:
@@ -217,10 +238,13 @@ def warm_rows(now_us: int) -> list[tuple[str, int, float]]:
     return [(name, now_us - 2 * 86_400_000_000 - i, 0.0) for i, name in enumerate(f"m{j:03d}" for j in range(METRICS))]
 
 
-def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
+def bench_api(
+    backend: str, args: argparse.Namespace, now_us: int, tmp: Path, workers: int = 1, batches_of=BATCH_SIZES
+) -> list[Result]:
     results = []
-    with daphne(backend, args, tmp) as (base, secret, _):
-        for batch in BATCH_SIZES:
+    label = backend if workers == 1 else f"{backend} ×{workers}"
+    with daphne(backend, args, tmp, workers) as (base, secret, _):
+        for batch in batches_of:
             source = f"bench-{backend[:2]}-{batch}"
             batches = make_rows(args.samples, batch, source, now_us)
             warm = warm_rows(now_us)
@@ -232,8 +256,8 @@ def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) ->
                 elapsed = time.perf_counter() - started
                 if accepted != args.samples:
                     raise SystemExit(f"{backend}: {accepted} of {args.samples} samples accepted")
-                results.append(Result(backend, batch, accepted, elapsed))
-                print(f"  {backend:10s} JSON  batch {batch:5d}: {accepted / elapsed:10,.0f} samples/s", flush=True)
+                results.append(Result(backend, batch, accepted, elapsed, "json", workers))
+                print(f"  {label:14s} JSON  batch {batch:5d}: {accepted / elapsed:10,.0f} samples/s", flush=True)
             if "lp" in args.formats:
                 # Another source, so the same (metric, ts) pairs are new rows, not duplicates.
                 lp_source = f"{source}-lp"
@@ -243,8 +267,8 @@ def bench_api(backend: str, args: argparse.Namespace, now_us: int, tmp: Path) ->
                 started = time.perf_counter()
                 asyncio.run(post_all(url, secret, bodies, args.concurrency, [len(rows) for rows in batches]))
                 elapsed = time.perf_counter() - started
-                results.append(Result(backend, batch, args.samples, elapsed, "lp"))
-                print(f"  {backend:10s} LP    batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
+                results.append(Result(backend, batch, args.samples, elapsed, "lp", workers))
+                print(f"  {label:14s} LP    batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
     return results
 
 
@@ -455,6 +479,9 @@ def main() -> None:
         "--formats", default="json,lp", help="Pulseboard endpoints: json (/api/v1/ingest), lp (/api/v2/write)"
     )
     parser.add_argument(
+        "--workers", type=int, default=2, help="also run PostgreSQL at batch 5,000 with this many Daphne processes"
+    )
+    parser.add_argument(
         "--stages", action="store_true", help="also time each stage at batch 5,000 with py-spy (as root)"
     )
     parser.add_argument("--stages-only", action="store_true", help="only the --stages passes (while tuning)")
@@ -472,6 +499,8 @@ def main() -> None:
         if not args.stages_only:
             influx = {r.batch: r for r in bench_influxdb(args, now_us, Path(tmp))}
             api = bench_api("postgresql", args, now_us, Path(tmp)) + bench_api("sqlite", args, now_us, Path(tmp))
+            if args.workers > 1:  # production runs several Daphne processes; SQLite takes one writer at a time
+                api += bench_api("postgresql", args, now_us, Path(tmp), args.workers, (5000,))
             copy = {r.batch: r for r in bench_copy(args, now_us)}
             floor = bench_storage_sql(args, now_us, Path(tmp))
         stages = {}
@@ -481,7 +510,7 @@ def main() -> None:
                     stages[(backend, fmt)] = bench_stages(backend, fmt, args, now_us, Path(tmp))
             stages = {case: row for case, row in stages.items() if row}
     names = {
-        "influxdb": "InfluxDB 1.6 `/write`, line protocol",
+        "influxdb": f"InfluxDB 1.6 `/write`, line protocol (1 influxd process, Go threads on all {os.cpu_count()} CPUs)",
         "COPY": "psycopg COPY, bare table (PostgreSQL)",
         "SQL": "storage SQL alone, no HTTP/JSON/validation (PostgreSQL)",
     }
@@ -494,7 +523,8 @@ def main() -> None:
         print("\n| Path | Batch | Samples/s | vs. InfluxDB | vs. bare COPY on PostgreSQL |")
         print("|---|---:|---:|---:|---:|")
         for r in [*influx.values(), *copy.values(), *floor, *api]:
-            name = names.get(r.backend, f"Pulseboard {endpoints[r.fmt]} ({r.backend})")
+            processes = "1 Daphne process" if r.workers == 1 else f"{r.workers} Daphne processes"
+            name = names.get(r.backend, f"Pulseboard {endpoints[r.fmt]} ({r.backend}, {processes})")
             print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {ratio(r, influx)} | {ratio(r, copy)} |")
     print_stages(stages)
     print(f"\nload average at the end: {load_average()}")

@@ -21,6 +21,7 @@ else becomes "-"). All tags are kept as the source's labels. So Telegraf's
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dashboard.exceptions import BadRequest, InvalidReading, PayloadTooLarge
@@ -51,6 +52,9 @@ MAX_LINE_CHARS = 64 * 1024  # InfluxDB's default limit is larger, but no sane li
 # exactly) with its i/u suffix. Anything else, and anything out of range, takes the full rules.
 _PLAIN_FLOAT_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?\Z")
 _PLAIN_INT_RE = re.compile(r"-?\d{1,15}i\Z|\d{1,15}u\Z")
+# A line of the usual shape: a series not starting with a space, tab or '#', fields, a timestamp of at
+# most 19 digits, single spaces between, nothing after. ASCII digits only ([0-9], not \d).
+_UNIFORM_LINE = re.compile(r"^([^ \t#\n][^ \n]*) ([^ \n]+) ([0-9]{1,19})$", re.MULTILINE)
 # Series (the text before a line's first space) seen lately, with their names: senders repeat the same
 # series every interval, so naming and checking is done once per series, not once per line.
 _SERIES: dict[str, _Series | bool] = {}
@@ -330,24 +334,15 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
         series_cache.clear()
     plain_float, plain_int = _PLAIN_FLOAT_RE.match, _PLAIN_INT_RE.match
     add_item, add_line = parsed.items.append, parsed.lines.append
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
-        if not line or line[0] in " \t#" or len(line) > MAX_LINE_CHARS:
+    # Each series' labels copied once per body: a body's readings never share a dict with another body's
+    # (the cached series is shared by every request), and a copy per line was a tenth of the parse.
+    labels_of: dict[str, dict[str, str]] = {}
+    for line_no, line, parts in _split_plain(text):
+        if parts is None:
             _parse_one(line, precision, now, parsed, line_no)
             continue
-        parts = line.split(" ")
-        n = len(parts)
-        if n == 3:
-            raw_ts = parts[2]
-            if not (raw_ts.isascii() and raw_ts.isdigit() and len(raw_ts) <= 19):
-                _parse_one(line, precision, now, parsed, line_no)
-                continue
-            ts = int(raw_ts) * multiply // divide
-        elif n == 2:
-            ts = now
-        else:
-            _parse_one(line, precision, now, parsed, line_no)
-            continue
+        raw_ts = parts[2] if len(parts) == 3 else None
+        ts = now if raw_ts is None else int(raw_ts) * multiply // divide
         series = series_cache.get(parts[0])
         if series is None and len(parts[0]) > MAX_CACHED_SERIES_CHARS:
             series = False  # a series this long is rare: the full rules, nothing remembered
@@ -360,16 +355,17 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
                 series_cache.clear()
             series_cache[parts[0]] = series
         if series is False:
-            _parse_one(line, precision, now, parsed, line_no)
+            _parse_one(line or " ".join(parts), precision, now, parsed, line_no)
             continue
         if ts < oldest or ts > newest:  # refused; the full rules say why, field by field
-            _parse_one(line, precision, now, parsed, line_no)
+            _parse_one(line or " ".join(parts), precision, now, parsed, line_no)
             continue
         known = series.names
         fields = parts[1].split(",")
         readings = []
-        # Each line its own labels: the series is shared by every request, a reading's dict is its own.
-        tags = dict(series.tags) if series.tags else {}
+        tags = labels_of.get(parts[0])
+        if tags is None:
+            tags = labels_of[parts[0]] = dict(series.tags) if series.tags else {}
         for item in fields:
             key, _, raw = item.partition("=")
             names = known.get(key)
@@ -391,7 +387,7 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
             continue
         # A field key not seen yet in this series, or a value that is not a plain number in range (or not
         # a field at all): the whole line gets the full rules, then its field keys are learnt for the next.
-        _parse_one(line, precision, now, parsed, line_no)
+        _parse_one(line or " ".join(parts), precision, now, parsed, line_no)
         for item in fields:
             key = item.partition("=")[0]
             if key and key not in known and len(known) < MAX_FIELDS_PER_SERIES:
@@ -400,6 +396,36 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
                     known[key] = (check_key(source, "source"), check_key(metric, "metric"))
                 except InvalidReading:
                     pass  # its lines always take the full rules
+
+
+def _split_plain(text: str) -> Iterator[tuple[int, str, tuple[str, ...] | list[str] | None]]:
+    """Yield (line number, line, (series, fields[, timestamp]) or None for a line that takes the full rules).
+
+    A body whose every line is `series fields timestamp` (what clients
+    send) is split by one regular expression, in C, instead of line by line
+    in Python; any other body line by line, as before.
+    """
+    found = _UNIFORM_LINE.findall(text)
+    if len(found) == text.count("\n") + (not text.endswith("\n")):  # every line matched, none blank
+        for line_no, parts in enumerate(found, start=1):
+            if len(parts[0]) + len(parts[1]) + len(parts[2]) + 2 > MAX_LINE_CHARS:
+                yield line_no, " ".join(parts), None
+            else:
+                yield line_no, "", parts  # the line is " ".join(parts), made only if it is needed
+        return
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line or line[0] in " \t#" or len(line) > MAX_LINE_CHARS:
+            yield line_no, line, None
+            continue
+        parts = line.split(" ")
+        if len(parts) == 3:
+            raw_ts = parts[2]
+            yield line_no, line, parts if raw_ts.isascii() and raw_ts.isdigit() and len(raw_ts) <= 19 else None
+        elif len(parts) == 2:
+            yield line_no, line, parts
+        else:
+            yield line_no, line, None
 
 
 def _checked(items: list[Reading | Rejection], now: int) -> list[Reading | Rejection]:

@@ -258,9 +258,13 @@ def insert_by_copy(cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[Metr
     counters. bench/ingest.py times this on its own, as the database's
     share of an ingest.
     """
+    # One round trip (no parameters: psycopg sends both statements at once). Emptied here rather than by
+    # DELETE ... RETURNING in the folding statement, which marked every staged row deleted one by one; ON
+    # COMMIT empties it too, but a caller's outer transaction may store twice before committing.
     cursor.execute(
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} "
-        "(metric_id bigint NOT NULL, ts bigint NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS"
+        "(metric_id bigint NOT NULL, ts bigint NOT NULL, value double precision NOT NULL) ON COMMIT DELETE ROWS; "
+        f"TRUNCATE {STAGE_TABLE}"
     )
     # One buffer in PostgreSQL's binary COPY format instead of a write_row() call per row.
     data = (
@@ -271,21 +275,20 @@ def insert_by_copy(cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[Metr
         with transaction.atomic():
             _copy(cursor, "dashboard_sample", data)
     except IntegrityError:
-        # One statement, one round trip: empty the staging table (ON COMMIT
-        # would, but a caller's outer transaction may store twice before
-        # committing), insert what is new, fold exactly those rows into every
-        # rollup tier, and report the staged keys that were not inserted.
+        # One statement, one round trip: insert what is new, fold exactly
+        # those rows into every rollup tier, and report the staged keys that
+        # were not inserted.
         cursor.execute(
-            f"WITH staged AS (DELETE FROM {STAGE_TABLE} RETURNING metric_id, ts, value), "
+            f"WITH staged AS (SELECT metric_id, ts, value FROM {STAGE_TABLE}), "
             "new_rows AS (INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM staged "
             "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts, value), "
             f"{rollups.upsert_ctes('new_rows', timezone.now())} "
             "SELECT metric_id, ts FROM staged EXCEPT ALL SELECT metric_id, ts FROM new_rows"
         )
         return set(cursor.fetchall())
-    # Every staged row is new: fold them into the rollups and empty the staging table.
+    # Every staged row is new: fold them into the rollups.
     cursor.execute(
-        f"WITH new_rows AS (DELETE FROM {STAGE_TABLE} RETURNING metric_id, ts, value), "
+        f"WITH new_rows AS (SELECT metric_id, ts, value FROM {STAGE_TABLE}), "
         f"{rollups.upsert_ctes('new_rows', timezone.now())} SELECT 1"
     )
     return set()
