@@ -144,7 +144,7 @@ class Writer:
         loops.forget(Writer)
 
     def runs_on_this_thread(self) -> bool:
-        """Return whether the calling thread is this writer's database thread."""
+        """Return whether the calling thread is one of this writer's database threads."""
         return threading.current_thread() in self._threads
 
     def close(self) -> None:
