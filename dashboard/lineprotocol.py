@@ -34,6 +34,7 @@ from dashboard.validation import (
     Rejection,
     accepted_window,
     check_key,
+    check_keys,
     check_reading,
     check_value,
     scale_ts,
@@ -393,7 +394,8 @@ def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> Non
             if key and key not in known and len(known) < MAX_FIELDS_PER_SERIES:
                 try:
                     source, metric = name_reading(series.measurement, series.tags, key)
-                    known[key] = (check_key(source, "source"), check_key(metric, "metric"))
+                    check_keys(source, metric)  # every key rule, lengths too: a learnt name skips them all
+                    known[key] = (source, metric)
                 except InvalidReading:
                     pass  # its lines always take the full rules
 

@@ -159,3 +159,10 @@ def _empty_cache():
     lineprotocol._SERIES.clear()
     yield
     lineprotocol._SERIES.clear()
+
+
+def test_a_field_name_learnt_for_a_series_still_obeys_the_key_length_limit() -> None:
+    """Found by the property test above: a series whose key is over 200 characters was refused once, then stored."""
+    body = ("m,t=" + "v" * 197 + " f=1").encode()
+    for _ in range(2):
+        assert [type(item).__name__ for item in parse_body(body, "ns", NOW).items] == ["Rejection"]
