@@ -71,6 +71,8 @@ FLEET_AGENTS = 10  # agents, each posting every FLEET_TICK_S the samples of its 
 FLEET_TICK_S = 0.1
 FLEET_VERIFY_EVERY = 20  # every 20th viewer checks each key's sequence (loss, duplicates, order) in full
 IN_FLIGHT = [0]  # --in-flight: requests the producer keeps in flight (0: one request per 10 ms tick)
+PROFILE: list[Path | None] = [None]  # --profile DIR: py-spy records the server during each measured step
+PY_SPY = os.environ.get("PY_SPY", "py-spy")
 
 
 def now_us() -> int:
@@ -837,9 +839,12 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
     lo = now_us()
     client.ask("measure", lo)
     cpu_before = sum(server.cpu_times()[:2])
+    clients = [psutil.Process(p.pid) for p in client.procs]
+    client_cpu_before = sum(sum(c.cpu_times()[:2]) for c in clients)
     started = time.monotonic()
     peak_rss = server.memory_info().rss
     publish_ms: list[float] = []
+    profiler = start_profile(system, viewers, metrics)
     producer = asyncio.create_task(system.produce_step(rate, metrics, STEP_S, publish_ms))
     while not producer.done():
         await asyncio.sleep(0.5)
@@ -847,6 +852,10 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
     produced, behind = await producer
     elapsed = time.monotonic() - started
     cpu = (sum(server.cpu_times()[:2]) - cpu_before) / elapsed
+    client_cpu = (sum(sum(c.cpu_times()[:2]) for c in clients) - client_cpu_before) / elapsed
+    load = os.getloadavg()[0]
+    if profiler is not None:
+        await asyncio.to_thread(profiler.wait)
     expected = produced * viewers
     drain_until = time.monotonic() + DRAIN_S
     report = await asyncio.to_thread(client.report)
@@ -883,12 +892,28 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         "publish_p50_ms": round(percentile(publish_ms, 0.5), 1),
         "publish_p99_ms": round(percentile(publish_ms, 0.99), 1),
         "server_cpu_pct": round(100 * cpu),
+        "client_cpu_pct": round(100 * client_cpu),  # the load client's processes, on the same 2 cores
+        "load_1m": round(load, 2),  # the machine is shared: noisy neighbours show here
         "server_rss_mb": round(peak_rss / 1e6, 1),
         "alive": report["alive"],
         "frames_sent": int(frames),
         "frames_shared_pct": round(100 * (1 - (encoded_after - encoded_before) / frames), 1) if frames else None,
         "closed": report["closed"],
     }
+
+
+def start_profile(system: System, viewers: int, metrics: int) -> subprocess.Popen | None:
+    """Record the server with py-spy for the step (--profile): a flame graph and raw stacks per step."""
+    out = PROFILE[0]
+    if out is None or system.process is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{system.name}-{viewers}v-{metrics}k"
+    command = [PY_SPY, "record", "--pid", str(system.process.pid), "--duration", str(int(STEP_S)), "--rate", "50"]
+    # Collapsed stacks (flamegraph.pl or speedscope read them); one recorder, so the overhead is counted once.
+    return subprocess.Popen(
+        [*command, "--format", "raw", "-o", f"{stem}.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def settle(limit_s: float = 60.0) -> None:
@@ -986,6 +1011,9 @@ async def main() -> None:
     parser.add_argument("--ceiling-rates", default="10,20,50,100,200,500,1000,2000,5000,10000,20000")
     parser.add_argument("--out", type=Path, help="append results as JSON lines here")
     parser.add_argument(
+        "--profile", type=Path, help="record the server with py-spy during each step into this directory"
+    )
+    parser.add_argument(
         "--in-flight",
         type=int,
         default=0,
@@ -1000,6 +1028,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     IN_FLIGHT[0] = args.in_flight
+    PROFILE[0] = args.profile
     systems = args.systems.split(",")
     modes = ["http", "action"] if args.ingest == "both" else [args.ingest]
 
