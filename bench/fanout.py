@@ -20,6 +20,8 @@ Loopback only, bounded in time (each step STEP_S + drain). Usage:
     python bench/fanout.py                       # all scenarios (~10 min)
     python bench/fanout.py --scenarios latency   # one: latency, scale, ceiling, fleet
     python bench/fanout.py --scenarios fleet --systems pulseboard,raw   # 1,000 viewers of fleet.*, 1,000+ devices
+                                                 # (--fleet-sizes, --raw-fleet-sizes, --fleet-viewers 1000,2000
+                                                 # step each; prints the largest fleet x viewers that holds)
     python bench/fanout.py --scenarios ceiling --systems pulseboard --in-flight 8
                                                  # 8 ingest requests always in flight: samples of a key commit
                                                  # out of order; "late" counts those delivered after a newer one
@@ -979,6 +981,28 @@ async def run_system(
 # --- Scenarios -----------------------------------------------------------------------
 
 
+def fleet_holds(result: dict[str, Any]) -> bool:
+    """Return whether a fleet step held: p99 within the limit, nothing lost, repeated or out of order, no gap left."""
+    return sustainable(result) and result["gaps"] == 0
+
+
+def fleet_table(rows: list[dict]) -> str:
+    """Return the fleet rows as the Markdown table of bench/results (CPU per million deliveries, load beside each)."""
+    lines = [
+        "| system | devices | viewers | delivered samples/s (wanted) | loss | dups | out of order | p50 / p99 ms "
+        "| server CPU % | CPU s per million deliveries | client CPU % | load (1 min) | holds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {r['metrics']:,} | {r['viewers']:,} | {r['delivered_per_s']:,} ({r['metrics'] * r['viewers']:,}) "
+            f"| {r['loss']:,} | {r['duplicates']} | {r.get('out_of_order', 0)} | {r['p50_ms']} / {r['p99_ms']} "
+            f"| {r['server_cpu_pct']} | {r['server_cpu_s_per_million']} | {r.get('client_cpu_pct', '')} "
+            f"| {r.get('load_1m', '')} | {'yes' if fleet_holds(r) else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = (
         "| system | viewers | K | R samples/s | delivered samples/s | p50 ms | p99 ms | loss | dups | late (marked) / out of order | "
@@ -1002,7 +1026,14 @@ async def main() -> None:
     parser.add_argument(
         "--fleet-sizes", default="1000,2000,5000", help="fleet scenario: devices (1 Hz each), stepped up"
     )
-    parser.add_argument("--fleet-viewers", type=int, default=1000, help="fleet scenario: viewers of fleet.*")
+    parser.add_argument(
+        "--fleet-viewers", default="1000", help="fleet scenario: viewers of fleet.* (several: each is stepped)"
+    )
+    parser.add_argument(
+        "--raw-fleet-sizes",
+        default="100,200,500,1000",
+        help="fleet scenario: devices for the raw baseline (one message per sample), stepped up to where it stops",
+    )
     parser.add_argument("--metrics", type=int, default=10, help="K")
     parser.add_argument("--latency-viewers", type=int, default=100, help="N for the latency scenario")
     parser.add_argument("--scale-rate", type=float, default=200.0, help="R for the scale scenario")
@@ -1059,20 +1090,28 @@ async def main() -> None:
         # no longer holds p99 <= 100 ms with nothing lost, repeated or left out of order per key.
         FLEET[0] = True
         rows = []
-        for s in [s for s in systems if s != "naive"]:
-            for size in [int(x) for x in args.fleet_sizes.split(",")]:
-                SEQUENCES.clear()
-                result = (await run_system(s, args.fleet_viewers, size, [float(size)], False))[-1]
-                rows.append(result)
-                if not (sustainable(result) and result["gaps"] == 0):
-                    break
+        for viewers in [int(x) for x in str(args.fleet_viewers).split(",")]:
+            for s in [s for s in systems if s != "naive"]:
+                sizes = args.raw_fleet_sizes if s == "raw" else args.fleet_sizes
+                for size in [int(x) for x in sizes.split(",")]:
+                    SEQUENCES.clear()
+                    result = (await run_system(s, viewers, size, [float(size)], False))[-1]
+                    rows.append(result)
+                    if not fleet_holds(result):
+                        break
         FLEET[0] = False
-        sections.append(
-            (f"Fleet: {args.fleet_viewers} viewers of fleet.*, devices at 1 Hz from {FLEET_AGENTS} agents", rows)
-        )
-        for s in {r["system"] for r in rows}:
-            held = [r["metrics"] for r in rows if r["system"] == s and sustainable(r) and r["gaps"] == 0]
-            print(f"largest fleet {s} holds at {args.fleet_viewers} viewers: {max(held, default=0)} devices")
+        print(f"\n### Fleet: viewers of fleet.*, devices at 1 Hz from {FLEET_AGENTS} agents\n\n{fleet_table(rows)}")
+        sections.append((f"Fleet: viewers of fleet.*, devices at 1 Hz from {FLEET_AGENTS} agents", rows))
+        for s in sorted({r["system"] for r in rows}):
+            held = [
+                (r["metrics"] * r["viewers"], r["metrics"], r["viewers"])
+                for r in rows
+                if r["system"] == s and fleet_holds(r)
+            ]
+            _, devices, viewers = max(held, default=(0, 0, 0))
+            print(
+                f"largest fleet x viewers {s} holds (p99 <= {P99_LIMIT_MS:g} ms, nothing lost): {devices} x {viewers}"
+            )
     if "ceiling" in scenarios:
         rows = []
         rates = [float(x) for x in args.ceiling_rates.split(",")]
