@@ -826,18 +826,29 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def frame_counters(system: System) -> tuple[float, float]:
-    """Return Pulseboard's (frames sent, frames encoded) counters from /metrics (the bench user is staff)."""
+SERVER_COUNTERS = (
+    "pulseboard_frames_sent_total",
+    "pulseboard_frames_encoded_total",
+    "pulseboard_write_batch_seconds_sum",  # commits: where an agent's round trip goes
+    "pulseboard_write_batch_seconds_count",
+    "pulseboard_write_batch_size_sum",
+    "pulseboard_latency_seconds_sum",  # sample ts to its frame handed to the socket, once per distinct frame
+    "pulseboard_latency_seconds_count",
+)
+
+
+async def frame_counters(system: System) -> dict[str, float]:
+    """Return Pulseboard's SERVER_COUNTERS from /metrics (the bench user is staff); zeros for the others."""
     if system.name != "pulseboard":
-        return 0.0, 0.0
+        return dict.fromkeys(SERVER_COUNTERS, 0.0)
     response = await system.http.get("/metrics", headers={"Cookie": system.cookies})
     values = dict(line.split(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#"))
-    return float(values.get("pulseboard_frames_sent_total", 0)), float(values.get("pulseboard_frames_encoded_total", 0))
+    return {name: float(values.get(name, 0)) for name in SERVER_COUNTERS}
 
 
 async def measure_step(system: System, client: LoadClient, viewers: int, metrics: int, rate: float) -> dict[str, Any]:
     server = psutil.Process(system.process.pid)
-    sent_before, encoded_before = await frame_counters(system)
+    before = await frame_counters(system)
     lo = now_us()
     client.ask("measure", lo)
     cpu_before = sum(server.cpu_times()[:2])
@@ -865,8 +876,11 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         await asyncio.sleep(0.5)
         peak_rss = max(peak_rss, server.memory_info().rss)
         report = await asyncio.to_thread(client.report)
-    sent_after, encoded_after = await frame_counters(system)
-    frames = sent_after - sent_before
+    after = await frame_counters(system)
+    delta = {name: after[name] - before[name] for name in SERVER_COUNTERS}
+    frames = delta["pulseboard_frames_sent_total"]
+    commits = delta["pulseboard_write_batch_seconds_count"]
+    latencies = delta["pulseboard_latency_seconds_count"]
     lat = report["latencies_ms"]
     delivered_s = report["received"] / elapsed
     loss = max(0, expected - report["received"])
@@ -899,7 +913,14 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         "server_rss_mb": round(peak_rss / 1e6, 1),
         "alive": report["alive"],
         "frames_sent": int(frames),
-        "frames_shared_pct": round(100 * (1 - (encoded_after - encoded_before) / frames), 1) if frames else None,
+        "frames_shared_pct": round(100 * (1 - delta["pulseboard_frames_encoded_total"] / frames), 1)
+        if frames
+        else None,
+        "commit_ms_mean": round(1000 * delta["pulseboard_write_batch_seconds_sum"] / commits, 1) if commits else None,
+        "commit_readings_mean": round(delta["pulseboard_write_batch_size_sum"] / commits, 1) if commits else None,
+        "server_latency_ms_mean": round(1000 * delta["pulseboard_latency_seconds_sum"] / latencies, 1)
+        if latencies
+        else None,
         "closed": report["closed"],
     }
 
