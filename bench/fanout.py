@@ -831,9 +831,9 @@ SERVER_COUNTERS = (
     "pulseboard_frames_encoded_total",
     "pulseboard_write_batch_seconds_sum",  # commits: where an agent's round trip goes
     "pulseboard_write_batch_seconds_count",
-    "pulseboard_write_batch_size_sum",
-    "pulseboard_latency_seconds_sum",  # sample ts to its frame handed to the socket, once per distinct frame
-    "pulseboard_latency_seconds_count",
+    "pulseboard_write_batch_samples_sum",
+    "pulseboard_delivery_latency_seconds_sum",  # sample ts to its frame handed to the socket, once per distinct frame
+    "pulseboard_delivery_latency_seconds_count",
 )
 
 
@@ -880,7 +880,7 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
     delta = {name: after[name] - before[name] for name in SERVER_COUNTERS}
     frames = delta["pulseboard_frames_sent_total"]
     commits = delta["pulseboard_write_batch_seconds_count"]
-    latencies = delta["pulseboard_latency_seconds_count"]
+    latencies = delta["pulseboard_delivery_latency_seconds_count"]
     lat = report["latencies_ms"]
     delivered_s = report["received"] / elapsed
     loss = max(0, expected - report["received"])
@@ -917,8 +917,8 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         if frames
         else None,
         "commit_ms_mean": round(1000 * delta["pulseboard_write_batch_seconds_sum"] / commits, 1) if commits else None,
-        "commit_readings_mean": round(delta["pulseboard_write_batch_size_sum"] / commits, 1) if commits else None,
-        "server_latency_ms_mean": round(1000 * delta["pulseboard_latency_seconds_sum"] / latencies, 1)
+        "commit_readings_mean": round(delta["pulseboard_write_batch_samples_sum"] / commits, 1) if commits else None,
+        "server_latency_ms_mean": round(1000 * delta["pulseboard_delivery_latency_seconds_sum"] / latencies, 1)
         if latencies
         else None,
         "closed": report["closed"],
