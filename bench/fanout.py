@@ -71,6 +71,7 @@ LATE_SET_MAX = 2_000
 FLEET = [False]  # the fleet scenario: 1 Hz devices fleet.dev-NNNNN.temp posted by FLEET_AGENTS agents
 FLEET_AGENTS = 10  # agents, each posting every FLEET_TICK_S the samples of its devices that came due
 FLEET_TICK_S = 0.1
+FLEET_ALIGNED = [False]  # --fleet-aligned: every agent ticks at the same instant (a burst of 10 requests)
 FLEET_VERIFY_EVERY = 20  # every 20th viewer checks each key's sequence (loss, duplicates, order) in full
 IN_FLIGHT = [0]  # --in-flight: requests the producer keeps in flight (0: one request per 10 ms tick)
 PROFILE: list[Path | None] = [None]  # --profile DIR: py-spy records the server during each measured step
@@ -96,7 +97,11 @@ class System:
     tmp: Path | None = None
     http: httpx.AsyncClient | None = None
     publisher: Any = None
-    ingest: str = "http"  # pulseboard only: "http" (the API) or "action" (actions.ingest in another process)
+    # pulseboard only: "http" (the API), "action" (actions.ingest in another process), or "worker" (the API
+    # on a second Daphne, an ingest worker, sharing the database and Redis: the viewers' worker only fans out)
+    ingest: str = "http"
+    ingest_process: subprocess.Popen | None = None
+    ingest_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     producer: Any = None  # (process, pipe) of the action-mode producer
 
@@ -148,17 +153,32 @@ class System:
                 self.token = (self.tmp / "token").read_text().strip()
             app = "monitor.asgi:application" if self.name == "pulseboard" else "bench.naive_app:application"
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), app]
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "server.log", "w")
-        )
-        wait_port(self.port, timeout_s=30, process=self.process, log_path=self.tmp / "server.log")
+        self.process = self._serve(command, self.port, "server.log")
+        if self.name == "pulseboard" and self.ingest == "worker":
+            self.ingest_port = free_port()
+            command = [*command[:-3], "-p", str(self.ingest_port), command[-1]]
+            self.ingest_process = self._serve(command, self.ingest_port, "ingest.log")
         if self.name == "pulseboard":
             cookies = login_cookies(f"http://127.0.0.1:{self.port}", VIEWER, PASSWORD)
             self.cookies = "; ".join(f"{k}={v}" for k, v in cookies.items())
 
+    def _serve(self, command: list[str], port: int, log_name: str) -> subprocess.Popen:
+        """Start a server process and wait until it listens."""
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / log_name, "w")
+        )
+        wait_port(port, timeout_s=30, process=process, log_path=self.tmp / log_name)
+        return process
+
+    def server_processes(self) -> list[psutil.Process]:
+        """Return the processes whose CPU a step counts: the server, and its ingest worker if it has one."""
+        return [psutil.Process(p.pid) for p in (self.process, self.ingest_process) if p is not None]
+
     async def open_publisher(self, metrics: int) -> None:
         self.http = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{self.port}", timeout=30, limits=httpx.Limits(max_connections=20)
+            base_url=f"http://127.0.0.1:{self.ingest_port or self.port}",
+            timeout=30,
+            limits=httpx.Limits(max_connections=20),
         )
         if self.name == "raw":
             self.publisher = await websockets.connect(f"ws://127.0.0.1:{self.port}/publish", max_size=2**24)
@@ -251,13 +271,14 @@ class System:
             await self.http.aclose()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        for process in (self.process, self.ingest_process):
+            if process and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def action_producer(conn, env: dict[str, str]) -> None:
@@ -712,7 +733,9 @@ async def produce_fleet(system: System, metrics: int, duration: float, publish_m
 
     Agent a owns devices a, a + FLEET_AGENTS, ...; each tick it posts the
     tenth of its devices whose second came due, one request with their new
-    readings. A reading's value is its device's sequence number (0, 1, 2...),
+    readings. Agents started independently tick at independent phases: agent
+    a ticks a tenth of a tick after agent a - 1 (with --fleet-aligned all
+    tick at once, a burst of FLEET_AGENTS requests every tick). A reading's value is its device's sequence number (0, 1, 2...),
     so a viewer can tell loss, duplicates and order per key from two numbers
     per batch. Returns the readings produced and the producer's lag.
     """
@@ -722,10 +745,11 @@ async def produce_fleet(system: System, metrics: int, duration: float, publish_m
     lag = 0.0
     start = time.monotonic()
 
-    async def agent(devices: list[int]) -> None:
+    async def agent(devices: list[int], phase: float) -> None:
         nonlocal produced, lag
         tick = 0
-        next_at = start
+        next_at = start + phase
+        await asyncio.sleep(phase)
         while next_at - start < duration:
             due = devices[tick % ticks_per_s :: ticks_per_s]
             if due:
@@ -745,7 +769,8 @@ async def produce_fleet(system: System, metrics: int, duration: float, publish_m
             else:
                 lag = max(lag, -wait)
 
-    await asyncio.gather(*(agent(devices) for devices in owned))
+    phases = [0.0 if FLEET_ALIGNED[0] else a * FLEET_TICK_S / FLEET_AGENTS for a in range(FLEET_AGENTS)]
+    await asyncio.gather(*(agent(devices, phase) for devices, phase in zip(owned, phases, strict=True)))
     return produced, lag
 
 
@@ -841,17 +866,19 @@ async def frame_counters(system: System) -> dict[str, float]:
     """Return Pulseboard's SERVER_COUNTERS from /metrics (the bench user is staff); zeros for the others."""
     if system.name != "pulseboard":
         return dict.fromkeys(SERVER_COUNTERS, 0.0)
-    response = await system.http.get("/metrics", headers={"Cookie": system.cookies})
+    # The viewers' worker's counters (absolute: the client's base URL may be the ingest worker's).
+    response = await system.http.get(f"http://127.0.0.1:{system.port}/metrics", headers={"Cookie": system.cookies})
     values = dict(line.split(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#"))
     return {name: float(values.get(name, 0)) for name in SERVER_COUNTERS}
 
 
 async def measure_step(system: System, client: LoadClient, viewers: int, metrics: int, rate: float) -> dict[str, Any]:
     server = psutil.Process(system.process.pid)
+    servers = system.server_processes()
     before = await frame_counters(system)
     lo = now_us()
     client.ask("measure", lo)
-    cpu_before = sum(server.cpu_times()[:2])
+    cpu_before = [sum(p.cpu_times()[:2]) for p in servers]
     clients = [psutil.Process(p.pid) for p in client.procs]
     client_cpu_before = sum(sum(c.cpu_times()[:2]) for c in clients)
     started = time.monotonic()
@@ -864,7 +891,8 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         peak_rss = max(peak_rss, server.memory_info().rss)
     produced, behind = await producer
     elapsed = time.monotonic() - started
-    cpu = (sum(server.cpu_times()[:2]) - cpu_before) / elapsed
+    cpus = [(sum(p.cpu_times()[:2]) - b) / elapsed for p, b in zip(servers, cpu_before, strict=True)]
+    cpu = sum(cpus)  # with an ingest worker: both processes
     client_cpu = (sum(sum(c.cpu_times()[:2]) for c in clients) - client_cpu_before) / elapsed
     load = os.getloadavg()[0]
     if profiler is not None:
@@ -908,6 +936,7 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         "publish_p50_ms": round(percentile(publish_ms, 0.5), 1),
         "publish_p99_ms": round(percentile(publish_ms, 0.99), 1),
         "server_cpu_pct": round(100 * cpu),
+        "ingest_worker_cpu_pct": round(100 * cpus[1]) if len(cpus) > 1 else None,
         "client_cpu_pct": round(100 * client_cpu),  # the load client's processes, on the same 2 cores
         "load_1m": round(load, 2),  # the machine is shared: noisy neighbours show here
         "server_rss_mb": round(peak_rss / 1e6, 1),
@@ -1051,6 +1080,11 @@ async def main() -> None:
         "--fleet-viewers", default="1000", help="fleet scenario: viewers of fleet.* (several: each is stepped)"
     )
     parser.add_argument(
+        "--fleet-aligned",
+        action="store_true",
+        help="fleet scenario: all agents post at the same instant each tick (default: their ticks spread over it)",
+    )
+    parser.add_argument(
         "--raw-fleet-sizes",
         default="100,200,500,1000",
         help="fleet scenario: devices for the raw baseline (one message per sample), stepped up to where it stops",
@@ -1076,13 +1110,15 @@ async def main() -> None:
         "--ingest",
         default="http",
         help="how Pulseboard gets samples: http (POST /api/v1/ingest), action (dashboard.actions.ingest in another "
-        "process sharing the database and Redis), or both",
+        "process sharing the database and Redis), worker (POST to a second Daphne, an ingest worker: the viewers' "
+        "worker only fans out what the layer brings), or several, comma-separated (both: http,action)",
     )
     args = parser.parse_args()
     IN_FLIGHT[0] = args.in_flight
     PROFILE[0] = args.profile
+    FLEET_ALIGNED[0] = args.fleet_aligned
     systems = args.systems.split(",")
-    modes = ["http", "action"] if args.ingest == "both" else [args.ingest]
+    modes = ["http", "action"] if args.ingest == "both" else args.ingest.split(",")
 
     async def each(system: str, viewers: int, rates: list[float], stop: bool) -> list[dict]:
         rows: list[dict] = []
@@ -1114,12 +1150,13 @@ async def main() -> None:
         for viewers in [int(x) for x in str(args.fleet_viewers).split(",")]:
             for s in [s for s in systems if s != "naive"]:
                 sizes = args.raw_fleet_sizes if s == "raw" else args.fleet_sizes
-                for size in [int(x) for x in sizes.split(",")]:
-                    SEQUENCES.clear()
-                    result = (await run_system(s, viewers, size, [float(size)], False))[-1]
-                    rows.append(result)
-                    if not fleet_holds(result):
-                        break
+                for mode in modes if s == "pulseboard" else ["-"]:
+                    for size in [int(x) for x in sizes.split(",")]:
+                        SEQUENCES.clear()
+                        result = (await run_system(s, viewers, size, [float(size)], False, mode))[-1]
+                        rows.append(result)
+                        if not fleet_holds(result):
+                            break
         FLEET[0] = False
         print(f"\n### Fleet: viewers of fleet.*, devices at 1 Hz from {FLEET_AGENTS} agents\n\n{fleet_table(rows)}")
         sections.append((f"Fleet: viewers of fleet.*, devices at 1 Hz from {FLEET_AGENTS} agents", rows))
