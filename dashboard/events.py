@@ -56,11 +56,15 @@ def set_local_hub(hub: LocalDelivery | None) -> None:
 
 
 def source_group(source_id: int) -> str:
-    """Return the channel-layer group that carries one source's samples."""
+    """Return the name under which a hub routes one source's samples to the local sessions that hold its keys."""
     return f"source.{source_id}"
 
 
 ALERTS_GROUP = "alerts"
+# Every committed batch, whatever its sources, is one SampleBatch on this group, which every hub joins: a
+# 10-device agent request crosses the layer and each hub once, not ten times (issue #18 item 5). Hubs
+# route it per source to the local sessions holding its keys, so permissions stay per source.
+SAMPLES_GROUP = "samples"
 
 
 @functools.cache
@@ -89,11 +93,16 @@ class Event:
 
 @dataclass(slots=True)
 class SampleBatch(Event):
-    """Samples of one source that were just committed: {metric key: [[ts µs...], [values...]]}."""
+    """Samples one commit added, of any number of sources: {metric key: [[ts µs...], [values...]]}.
+
+    `sources` maps each key to its source id (the string keys msgpack's
+    decoder insists on): a hub routes each key to the sessions that hold it
+    through its source, whose readers were checked when they subscribed.
+    """
 
     type: ClassVar[str] = "sample.batch"
-    source: int
     series: dict[str, list[list]]
+    sources: dict[str, int]
     publisher: str = ""
     seq: int = 0
 

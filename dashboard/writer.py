@@ -292,17 +292,27 @@ class Writer:
 
 
 def publish_inserted(batch: storage.StoredBatch) -> None:
-    """Publish one sample.batch event per source for the rows this batch added."""
-    by_source: dict[int, dict[str, list[list]]] = {}
+    """Publish the rows this batch added as one sample.batch event, whatever their sources.
+
+    One publication per commit: a multi-device agent request used to be one
+    per device, each crossing the channel layer and fanned out to every
+    viewer on its own (issue #18 item 5).
+    """
+    if not batch.inserted:
+        return
+    series: dict[str, list[list]] = {}
+    sources: dict[str, int] = {}
     for ref, ts, value in batch.inserted:
-        series = by_source.setdefault(ref.source_id, {}).setdefault(ref.key, [[], []])
-        series[0].append(ts)
-        series[1].append(value)
-    for source_id, series in by_source.items():
-        for ts_list, values in series.values():
-            if any(ts_list[i] > ts_list[i + 1] for i in range(len(ts_list) - 1)):
-                order = sorted(range(len(ts_list)), key=ts_list.__getitem__)
-                ts_list[:] = [ts_list[i] for i in order]
-                values[:] = [values[i] for i in order]
-        # This process's viewers get it now; other processes' through the layer, in order (events.Outbox).
-        events.publish_soon(events.source_group(source_id), events.SampleBatch(source=source_id, series=series))
+        entry = series.get(ref.key)
+        if entry is None:
+            entry = series[ref.key] = [[], []]
+            sources[ref.key] = ref.source_id
+        entry[0].append(ts)
+        entry[1].append(value)
+    for ts_list, values in series.values():
+        if any(ts_list[i] > ts_list[i + 1] for i in range(len(ts_list) - 1)):
+            order = sorted(range(len(ts_list)), key=ts_list.__getitem__)
+            ts_list[:] = [ts_list[i] for i in order]
+            values[:] = [values[i] for i in order]
+    # This process's viewers get it now; other processes' through the layer, in order (events.Outbox).
+    events.publish_soon(events.SAMPLES_GROUP, events.SampleBatch(series=series, sources=sources))

@@ -21,7 +21,7 @@ PUBLISHER = textwrap.dedent(
     from dashboard import events
 
     async def main():
-        event = events.SampleBatch(source=4242, series={"t.k": [[1, 2], [1.5, 2.5]]})
+        event = events.SampleBatch(series={"t.k": [[1, 2], [1.5, 2.5]]}, sources={"t.k": 4242})
         assert await events.publish(events.source_group(4242), event)
 
     asyncio.run(main())

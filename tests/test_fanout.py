@@ -15,6 +15,7 @@ from dashboard import actions, events, stats
 from dashboard.live import delivery, protocol
 from dashboard.live.frames import Fragment, encode_fragment
 from dashboard.live.hub import Hub
+from dashboard.live.ledger import KeyLedger
 from dashboard.live.session import Session
 from dashboard.live.websocket import LiveConsumer
 from dashboard.timeutil import US, now_us
@@ -180,7 +181,9 @@ async def test_sockets_receiving_the_same_batch_share_one_frame_string() -> None
     sessions = [subscribed_session(t, key="iot.a.temp") for t in transports]
     hub.groups[events.source_group(1)] = set(sessions)
     before_encoded = stats.FRAMES_ENCODED._value.get()
-    batch = events.SampleBatch(source=1, series={"iot.a.temp": [[now_us()], [21.5]]}, publisher="p", seq=1)
+    batch = events.SampleBatch(
+        series={"iot.a.temp": [[now_us()], [21.5]]}, sources={"iot.a.temp": 1}, publisher="p", seq=1
+    )
     hub.dispatch(batch.as_message())
     for session in sessions:
         await session.flush()
@@ -200,7 +203,9 @@ async def test_sessions_due_together_share_one_frame_coalesced_from_several_batc
     hub.groups[events.source_group(1)] = set(sessions)
     now = now_us()
     for seq in (1, 2):  # two layer messages before the flusher runs
-        batch = events.SampleBatch(source=1, series={"iot.a.temp": [[now + seq], [float(seq)]]}, publisher="p", seq=seq)
+        batch = events.SampleBatch(
+            series={"iot.a.temp": [[now + seq], [float(seq)]]}, sources={"iot.a.temp": 1}, publisher="p", seq=seq
+        )
         hub.dispatch(batch.as_message())
     before_encoded = stats.FRAMES_ENCODED._value.get()
     async with asyncio.timeout(10):  # the flusher's pass
@@ -223,7 +228,10 @@ async def test_sockets_wanting_different_keys_of_a_batch_get_different_frames() 
     hub.groups[events.source_group(1)] = {first, second}
     now = now_us()
     batch = events.SampleBatch(
-        source=1, series={"iot.a.temp": [[now], [21.5]], "iot.a.hum": [[now], [40.0]]}, publisher="p", seq=1
+        series={"iot.a.temp": [[now], [21.5]], "iot.a.hum": [[now], [40.0]]},
+        sources={"iot.a.temp": 1, "iot.a.hum": 1},
+        publisher="p",
+        seq=1,
     )
     hub.dispatch(batch.as_message())
     await first.flush()
@@ -234,6 +242,96 @@ async def test_sockets_wanting_different_keys_of_a_batch_get_different_frames() 
     second.close()
 
 
+def fleet_batch(keys: list[str], ts: int, seq: int, source_of=lambda key: 1) -> dict:
+    """The layer message of one commit of one sample per key (several sources: one message)."""
+    return events.SampleBatch(
+        series={key: [[ts], [float(seq)]] for key in keys},
+        sources={key: source_of(key) for key in keys},
+        publisher="p",
+        seq=seq,
+    ).as_message()
+
+
+async def test_a_session_holding_every_key_of_a_batch_takes_it_in_one_piece_and_its_cursors_follow() -> None:
+    hub = Hub()
+    keys = [f"fleet.dev-{i}.temp" for i in range(10)]
+    transport = Transport()
+    session = Session(transport, max_rate=100)
+    session.add_keys(1, keys, [1] * len(keys))
+    hub.groups[events.source_group(1)] = {session}
+    for key in keys:  # followed by the hub: it can tell a batch holds no late sample
+        hub.ledgers[key] = KeyLedger(key, 1, 1)
+    now = now_us()
+    for seq in (1, 2, 3):
+        hub.dispatch(fleet_batch(keys, now + seq, seq))
+    assert [type(item).__name__ for item in session._buffer] == ["BatchPiece"] * 3  # one entry per batch
+    await session.flush()
+    batches = transport.data()[0]["batches"]
+    assert [(b["k"], b["t"]) for b in batches] == [(k, [now + seq]) for seq in (1, 2, 3) for k in keys]
+    assert session._unfolded is not None  # no per-key work at the flush ...
+    session.settle_cursors()  # ... the cursors are brought up to date when someone needs them
+    assert session.cursors == dict.fromkeys(keys, now + 3)
+    assert session.delivered == dict.fromkeys(keys, now + 3)
+    session.close()
+
+
+async def test_a_session_holding_some_keys_of_a_batch_gets_only_those() -> None:
+    hub = Hub()
+    transport = Transport()
+    session = subscribed_session(transport, key="fleet.dev-1.temp")
+    hub.groups[events.source_group(1)] = {session}
+    hub.dispatch(fleet_batch(["fleet.dev-1.temp", "fleet.dev-2.temp"], now_us(), 1))
+    await session.flush()
+    assert [b["k"] for b in transport.data()[0]["batches"]] == ["fleet.dev-1.temp"]
+    session.close()
+
+
+async def test_a_late_batch_never_moves_a_cursor_back() -> None:
+    """A piece with a late sample (committed after a newer one of its key) advances cursors by max(), not update()."""
+    hub = Hub()
+    keys = ["fleet.dev-1.temp", "fleet.dev-2.temp"]
+    transport = Transport()
+    session = Session(transport, max_rate=100)
+    session.add_keys(1, keys, [0, 0])
+    hub.groups[events.source_group(1)] = {session}
+    for key in keys:
+        hub.ledgers[key] = KeyLedger(key, 1, 1)
+    now = now_us()
+    hub.dispatch(fleet_batch(keys, now + 10, 1))
+    await session.flush()
+    late = events.SampleBatch(
+        series={keys[0]: [[now + 20], [2.0]], keys[1]: [[now + 5], [2.0]]},
+        sources=dict.fromkeys(keys, 1),
+        publisher="p",
+        seq=2,
+    )
+    hub.dispatch(late.as_message())
+    await session.flush()
+    late_batch = next(b for b in transport.data()[1]["batches"] if b["k"] == keys[1])
+    assert late_batch["late"] is True
+    session.settle_cursors()
+    assert session.cursors == {keys[0]: now + 20, keys[1]: now + 10}
+    session.close()
+
+
+async def test_keys_held_for_a_replay_wait_even_when_a_whole_batch_was_buffered_before() -> None:
+    hub = Hub()
+    keys = ["fleet.dev-1.temp", "fleet.dev-2.temp"]
+    transport = Transport()
+    session = Session(transport, max_rate=100, window=0)  # a full window: nothing goes out yet
+    session.add_keys(1, keys, [0, 0])
+    hub.groups[events.source_group(1)] = {session}
+    hub.dispatch(fleet_batch(keys, now_us(), 1))
+    session.hold({keys[1]})
+    session.window = None
+    await session.flush()
+    assert [b["k"] for b in transport.data()[0]["batches"]] == [keys[0]]
+    session.release({keys[1]})
+    await session.flush()
+    assert [b["k"] for b in transport.data()[1]["batches"]] == [keys[1]]
+    session.close()
+
+
 async def test_a_publication_reaches_local_sessions_directly_and_once() -> None:
     """The ingesting process's viewers skip the layer round trip; the layer's copy is then ignored."""
     hub = Hub()
@@ -242,11 +340,11 @@ async def test_a_publication_reaches_local_sessions_directly_and_once() -> None:
     session = subscribed_session(transport, key="iot.a.temp")
     await hub.join(session, 1)
     try:
-        batch = events.SampleBatch(source=1, series={"iot.a.temp": [[now_us()], [21.5]]})
+        batch = events.SampleBatch(series={"iot.a.temp": [[now_us()], [21.5]]}, sources={"iot.a.temp": 1})
         dispatched: list[dict] = []
         dispatch = hub.dispatch
         hub.dispatch = lambda message: (dispatched.append(message), dispatch(message))
-        assert await events.publish(events.source_group(1), batch)
+        assert await events.publish(events.SAMPLES_GROUP, batch)
         assert len(dispatched) == 1  # handed over during publish, not after a trip through the layer
         await asyncio.sleep(0.3)  # a quiet window (the thing checked): the layer's copy arrives and is ignored
         assert len(dispatched) == 1
@@ -324,7 +422,7 @@ async def test_publish_soon_delivers_locally_at_once_and_to_the_layer_in_order()
     """The writer does not wait for the layer; other processes still get every batch, numbered, in order."""
     layer = get_channel_layer()
     channel = await layer.new_channel("other-process.")
-    await layer.group_add(events.source_group(7), channel)
+    await layer.group_add(events.SAMPLES_GROUP, channel)
     delivered: list[dict] = []
 
     class Recorder:
@@ -335,7 +433,7 @@ async def test_publish_soon_delivers_locally_at_once_and_to_the_layer_in_order()
     try:
         for value in range(5):
             events.publish_soon(
-                events.source_group(7), events.SampleBatch(source=7, series={"a.b": [[value + 1], [value]]})
+                events.SAMPLES_GROUP, events.SampleBatch(series={"a.b": [[value + 1], [value]]}, sources={"a.b": 7})
             )
         assert [m["series"]["a.b"][1] for m in delivered] == [[0], [1], [2], [3], [4]]  # before any await
         await events.drain()
@@ -345,7 +443,7 @@ async def test_publish_soon_delivers_locally_at_once_and_to_the_layer_in_order()
         assert seqs == list(range(seqs[0], seqs[0] + 5))
     finally:
         events.set_local_hub(None)
-        await layer.group_discard(events.source_group(7), channel)
+        await layer.group_discard(events.SAMPLES_GROUP, channel)
 
 
 async def test_a_layer_too_far_behind_drops_and_counts_what_it_cannot_queue(monkeypatch) -> None:
@@ -363,7 +461,7 @@ async def test_a_layer_too_far_behind_drops_and_counts_what_it_cannot_queue(monk
     failures = stats.PUBLISH_FAILURES._value.get()
     for value in range(5):
         events.publish_soon(
-            events.source_group(8), events.SampleBatch(source=8, series={"a.c": [[value + 1], [value]]})
+            events.SAMPLES_GROUP, events.SampleBatch(series={"a.c": [[value + 1], [value]]}, sources={"a.c": 8})
         )
     assert stats.PUBLISH_FAILURES._value.get() - failures == 3
     release.set()

@@ -56,10 +56,10 @@ async def test_an_outage_of_the_layer_logs_one_publish_traceback_not_one_per_bat
     with caplog.at_level(logging.INFO, logger="dashboard.events"):
         for value in range(25):
             assert not await events.publish(
-                events.source_group(9), events.SampleBatch(9, {"a.b": [[value + 1], [1.0]]})
+                events.SAMPLES_GROUP, events.SampleBatch({"a.b": [[value + 1], [1.0]]}, {"a.b": 9})
             )
         monkeypatch.undo()
-        assert await events.publish(events.source_group(9), events.SampleBatch(9, {"a.b": [[100], [1.0]]}))
+        assert await events.publish(events.SAMPLES_GROUP, events.SampleBatch({"a.b": [[100], [1.0]]}, {"a.b": 9}))
     assert len(tracebacks(caplog, "dashboard.events")) == 1
     messages = [r.getMessage() for r in caplog.records if r.name == "dashboard.events"]
     print("\n".join(messages))

@@ -161,6 +161,58 @@ async def test_a_viewer_outside_the_group_gets_no_data_of_a_restricted_metric_ov
 
 
 @TRANSACTIONAL
+async def test_one_publication_of_several_sources_reaches_each_viewer_only_through_sources_it_may_read(
+    viewer, stranger, secret_metric: Metric, public_metric: Metric, monkeypatch
+) -> None:
+    """A commit of several sources is one channel-layer message (issue #18 item 5); routing stays per source."""
+    from channels.layers import get_channel_layer
+
+    from dashboard import actions, events
+
+    member, outsider = await socket("/ws/live/", viewer), await socket("/ws/live/", stranger)
+    for ws in (member, outsider):
+        await frames_until(ws, "hello")
+        await subscribe_and_collect(ws, ["vault.*", "lab.*"])
+    layer = get_channel_layer()
+    sent: list[str] = []
+    group_send = layer.group_send
+
+    async def counting(group: str, message: dict) -> None:
+        sent.append(group)
+        await group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", counting)
+    ts = now_us()
+    await actions.ingest(
+        [
+            Reading("vault.db-01", "cpu", ts, 99.0),
+            Reading("lab.sensor-01", "temperature", ts, 21.0),
+            Reading("lab.sensor-01", "humidity", ts, 41.0),
+        ]
+    )
+    await events.drain()
+    assert sent == [events.SAMPLES_GROUP]
+
+    async def live_keys(ws: WebsocketCommunicator, want: int) -> dict[str, list[int]]:
+        got: dict[str, list[int]] = {}
+        while sum(len(t) for t in got.values()) < want:
+            frame = json.loads(await ws.receive_from(5))
+            for batch in frame.get("batches", []) if frame["type"] == "data" else []:
+                got.setdefault(batch["k"], []).extend(t for t in batch["t"] if t >= ts)
+        return got
+
+    assert await live_keys(member, 3) == {
+        "vault.db-01.cpu": [ts],
+        "lab.sensor-01.temperature": [ts],
+        "lab.sensor-01.humidity": [ts],
+    }
+    assert await live_keys(outsider, 2) == {"lab.sensor-01.temperature": [ts], "lab.sensor-01.humidity": [ts]}
+    assert await outsider.receive_nothing(0.5)  # nor later: the restricted source never reaches it
+    await member.disconnect()
+    await outsider.disconnect()
+
+
+@TRANSACTIONAL
 async def test_a_member_of_the_granted_group_gets_the_restricted_metric_over_the_socket(viewer, secret_metric) -> None:
     ws = await socket("/ws/live/", viewer)
     await frames_until(ws, "hello")

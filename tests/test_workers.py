@@ -74,9 +74,9 @@ class Cluster:
         with sqlite3.connect(self.sqlite_path, timeout=20) as db:
             return db.execute("SELECT id FROM dashboard_source WHERE slug = ?", (slug,)).fetchone()[0]
 
-    def subscribers(self, slug: str) -> int:
-        """Return how many Redis connections listen to the source's group (one per worker that has viewers)."""
-        channel = f"{self.prefix}__group__source.{self.source_id(slug)}"
+    def subscribers(self, group: str) -> int:
+        """Return how many Redis connections listen to a group (one per worker whose hub has started)."""
+        channel = f"{self.prefix}__group__{group}"
         return dict(self.redis.pubsub_numsub(channel)).get(channel.encode(), 0)
 
 
@@ -203,6 +203,9 @@ async def test_a_reader_that_stops_reading_costs_the_server_a_bounded_amount_and
 async def test_a_thousand_viewers_disconnecting_at_once_leave_no_group_membership(cluster: Cluster) -> None:
     key, slug = "w.crowd.temp", "w.crowd"
     await post_samples(cluster.a, cluster.secret, slug, [("temp", now_us(), 0.0)])
+    first = await Viewer.connect(cluster.b, cluster.cookies)  # worker B's hub joins the samples group
+    await first.subscribe([key], history_s=0)
+    listening = cluster.subscribers("samples")
     host = cluster.b.url.removeprefix("http://")
     headers = {"Cookie": cluster.cookies, "Origin": f"http://{host}"}
 
@@ -224,22 +227,68 @@ async def test_a_thousand_viewers_disconnecting_at_once_leave_no_group_membershi
     for _ in range(20):  # waves of 50, the listen backlog
         sockets += await asyncio.gather(*(viewer() for _ in range(50)))
     assert len(sockets) == 1000
-    assert cluster.subscribers(slug) == 1  # one Redis subscription for worker B, not one per socket
-    # No channel per socket either: each worker has its hub channel, plus one channel per group in use.
+    # Sample batches reach a worker on one Redis subscription (its hub's, to the samples group), not one per
+    # socket or per source; no channel per socket either: each worker has its hub channel and three groups.
+    assert cluster.subscribers("samples") == listening
+    assert cluster.subscribers(f"source.{cluster.source_id(slug)}") == 0
     assert len(cluster.redis.pubsub_channels(f"{cluster.prefix}*")) < 20
 
     for socket in sockets:
-        socket.transport.abort()  # all at once, without close handshakes
-    assert await wait_for(lambda: cluster.subscribers(slug) == 0, 30)
+        socket.transport.abort()  # all at once, without close handshakes: no UNSUBSCRIBE for any of them
+    await asyncio.sleep(2)
+    assert cluster.subscribers("samples") == listening
 
-    # The worker rejoins the group for the next viewer.
+    # The worker still routes the source to the next viewer.
     late = await Viewer.connect(cluster.b, cluster.cookies)
     await late.subscribe([key], history_s=0)
     ts = now_us()
     await post_samples(cluster.a, cluster.secret, slug, [("temp", ts, 1.0)])
     assert await late.collect(key, 1) == [ts]
+    assert await first.collect(key, 1) == [ts]
     await late.close()
-    assert await wait_for(lambda: cluster.subscribers(slug) == 0, 30)
+    await first.close()
+
+
+async def test_a_ten_device_agent_request_is_one_publication_that_every_viewer_gets_whole(cluster: Cluster) -> None:
+    """Issue #18 item 5: a multi-device request crosses the channel layer once, and each viewer gets all of it."""
+    devices = [f"w.fleet-{i:02d}" for i in range(10)]
+    keys = [f"{device}.temp" for device in devices]
+    start = now_us()
+    await post_fleet(cluster, [(device, start, 0.0) for device in devices])  # the metrics exist
+    viewers = [await Viewer.connect(server, cluster.cookies) for server in (cluster.b, cluster.b, cluster.a)]
+    for viewer in viewers:
+        await viewer.subscribe(["w.fleet-*"], history_s=0)
+    listener = cluster.redis.pubsub()
+    listener.subscribe(f"{cluster.prefix}__group__samples")
+    listener.get_message(timeout=1)  # the subscribe confirmation
+    try:
+        ts = now_us()
+        await post_fleet(cluster, [(device, ts, float(i)) for i, device in enumerate(devices)])
+        publications = []
+        deadline = time.monotonic() + 3  # a quiet window: a second publication would come within it
+        while time.monotonic() < deadline:
+            message = listener.get_message(timeout=0.2)
+            if message is not None and message["type"] == "message":
+                publications.append(message)
+        assert len(publications) == 1
+        for viewer in viewers:
+            for key in keys:
+                assert await viewer.collect(key, 1) == [ts]
+    finally:
+        listener.close()
+        for viewer in viewers:
+            await viewer.close()
+
+
+async def post_fleet(cluster: Cluster, readings: list[tuple[str, int, float]]) -> None:
+    """Post one agent request carrying each device's reading (a sample per source), through worker A."""
+    body = {
+        "precision": "us",
+        "samples": [{"source": source, "metric": "temp", "ts": ts, "value": value} for source, ts, value in readings],
+    }
+    async with httpx.AsyncClient(base_url=cluster.a.url, timeout=30) as client:
+        response = await client.post("/api/v1/ingest", json=body, headers={"Authorization": f"Token {cluster.secret}"})
+    assert response.status_code == 200 and response.json()["accepted"] == len(readings), response.text[:500]
 
 
 @pytest.mark.soak  # a minute of silence; the layer's own quiet spell (test_channel_layer_redis.py) stays in make test

@@ -31,6 +31,63 @@ class Fragment:
     frames: dict[frozenset[str], str] | None = None
 
 
+@dataclass(slots=True, eq=False)
+class BatchPiece:
+    """Every fragment of one hub message, joined once, for the sessions that hold all of its keys.
+
+    A session holding every key takes the piece as one buffer entry (one
+    call per session per batch, no loop over its keys), flushes it as one
+    part of a frame, and may take `newest` as its cursors as they are when
+    the piece is `clean` (no sample late at the hub) and `floor` (the oldest
+    of its keys' newest timestamps) is above anything else set them.
+    Wherever a session needs per-key work (held keys, a seam, a trim, a
+    shed), it unpacks the piece into `parts`.
+    """
+
+    keys: frozenset[str]
+    parts: tuple[Fragment, ...]
+    json: str
+    count: int
+    newest: dict[str, int]  # key -> its newest ts in the piece
+    floor: int  # min(newest.values())
+    last_ts: int  # the last part's newest ts: what the flusher observes latency by
+    clean: bool
+    frames: dict[frozenset[str], str] | None = None
+
+    @property
+    def key(self) -> str:
+        return ""  # no metric key: per-key code unpacks pieces first
+
+
+def batch_piece(fragments: list[Fragment], clean: bool, frames: dict[frozenset[str], str]) -> BatchPiece:
+    """Return the piece joining one hub message's fragments (at least two, of distinct keys)."""
+    newest = {f.key: f.last_ts for f in fragments}
+    return BatchPiece(
+        frozenset(newest),
+        tuple(fragments),
+        ",".join(f.json for f in fragments),
+        sum(f.count for f in fragments),
+        newest,
+        min(newest.values()),
+        fragments[-1].last_ts,
+        clean,
+        frames,
+    )
+
+
+def unpack(buffer: list) -> list[Fragment]:
+    """Return a session's buffer with every batch piece replaced by its fragments (the same list if none)."""
+    if not any(type(f) is BatchPiece for f in buffer):
+        return buffer
+    out: list[Fragment] = []
+    for f in buffer:
+        if type(f) is BatchPiece:
+            out.extend(f.parts)
+        else:
+            out.append(f)
+    return out
+
+
 def encode_fragment(
     key: str,
     ts: list[int],
@@ -73,7 +130,14 @@ def shared_frame(fragments: list[Fragment], cache: dict | None = None) -> str:
     current pass: sessions due in the same slot usually hold the same ones.
     """
     frames = fragments[0].frames
-    if frames is not None and all(f.frames is frames for f in fragments):
+    if len(fragments) == 1 and type(fragments[0]) is BatchPiece:  # a whole batch: the common case of a fleet board
+        key = fragments[0].keys
+        frame = frames.get(key)
+        if frame is None:
+            frame = frames[key] = data_frame([fragments[0].json])
+            stats.FRAMES_ENCODED.inc()
+        return frame
+    if frames is not None and all(f.frames is frames and type(f) is Fragment for f in fragments):
         key = frozenset(f.key for f in fragments)
         frame = frames.get(key)
         if frame is None:

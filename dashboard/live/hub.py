@@ -2,10 +2,11 @@
 
 The naive Channels pattern gives every socket its own channel and group
 membership, so each sample costs a layer message and a JSON encode per
-socket. Here each server process joins a source's group once (when its first
-local viewer subscribes), decodes each batch once, encodes each metric's
-fragment once, and hands the same bytes to every session that wants them.
-Sessions coalesce fragments into frames at their requested rate.
+socket. Here each server process's hub is in the samples group, where each
+commit is one message whatever its sources; it decodes each once, encodes
+each metric's fragment once, joins them once, and hands the same bytes to
+every local session that holds keys of those sources, with one call per
+session. Sessions coalesce what they get into frames at their requested rate.
 
 Loss in the channel layer (a full channel, a Redis hiccup) shows up as a
 sequence gap per publisher and group; the hub then asks the affected sessions
@@ -24,9 +25,10 @@ from django.conf import settings
 
 from dashboard import background, events, keyindex, loops, stats
 from dashboard.fastpaths import gcpolicy
-from dashboard.live.frames import alert_frame, degraded_frame, encode_fragment, heartbeat_frame
+from dashboard.live.frames import alert_frame, batch_piece, degraded_frame, encode_fragment, heartbeat_frame
 from dashboard.live.ledger import KeyLedger, LedgerCheck
 from dashboard.live.notices import Notices
+from dashboard.live.protocol import MAX_FRAME_SAMPLES
 from dashboard.live.session import Session
 from dashboard.logthrottle import FailureLog
 
@@ -56,7 +58,7 @@ class Hub(LedgerCheck, Notices):
         self.layer = get_channel_layer()
         self.channel: str | None = None
         self.local_publisher = ""  # publications of this loop, delivered by deliver_local, not by the layer
-        self.groups: dict[str, set[Session]] = {}
+        self.groups: dict[str, set[Session]] = {}  # source.<id> -> local sessions holding keys of it
         self.sessions: set[Session] = set()
         self._last_seq: dict[tuple[str, str], int] = {}
         self._tasks: list[asyncio.Task] = []
@@ -91,6 +93,7 @@ class Hub(LedgerCheck, Notices):
                 events.set_local_hub(self)
                 await self.layer.group_add(events.ALERTS_GROUP, self.channel)
                 await self.layer.group_add(events.METRICS_GROUP, self.channel)
+                await self.layer.group_add(events.SAMPLES_GROUP, self.channel)
                 self._reconcile_now = asyncio.Event()
                 self._probe_arrived = asyncio.Event()
                 loop = asyncio.get_running_loop()
@@ -111,24 +114,19 @@ class Hub(LedgerCheck, Notices):
             session.send_now(degraded_frame(reason, "degraded", since))
 
     async def unregister(self, session: Session) -> None:
-        """Forget a closed connection and leave the groups only it wanted."""
+        """Forget a closed connection and stop routing its sources to it."""
         self.sessions.discard(session)
         session.close()
         for source_id in list(session.sources):
             await self.leave(session, source_id)
 
     async def join(self, session: Session, source_id: int) -> None:
-        """Make sure this process receives the source's batches and route them to the session."""
+        """Route the source's samples to the session (the hub hears every commit, in the samples group)."""
         await self.ensure_started()
-        group = events.source_group(source_id)
-        members = self.groups.setdefault(group, set())
-        first = not members
-        members.add(session)
-        if first:
-            await self.layer.group_add(group, self.channel)
+        self.groups.setdefault(events.source_group(source_id), set()).add(session)
 
     async def leave(self, session: Session, source_id: int) -> None:
-        """Stop routing the source to the session; leave the group when no local session wants it."""
+        """Stop routing the source to the session (no layer call: 1,000 sockets closing at once cost nothing there)."""
         group = events.source_group(source_id)
         members = self.groups.get(group)
         if not members:
@@ -136,13 +134,6 @@ class Hub(LedgerCheck, Notices):
         members.discard(session)
         if not members:
             del self.groups[group]
-            # Publications go unseen while the group is left: a later rejoin must not read that as a gap.
-            for seq_key in [k for k in self._last_seq if k[1] == group]:
-                del self._last_seq[seq_key]
-            try:
-                await self.layer.group_discard(group, self.channel)
-            except Exception:
-                log.warning("group_discard(%s) failed; the group will be left on the next refresh", group)
 
     async def _receive_loop(self) -> None:
         while True:
@@ -173,15 +164,15 @@ class Hub(LedgerCheck, Notices):
     def deliver_local(self, group: str, message: dict) -> None:
         """Dispatch a publication of this loop at once, without the round trip through the layer.
 
-        Only groups this hub has joined are delivered, as the layer would.
+        Sample batches are the only publications delivered here, and the hub
+        is in the samples group for as long as it runs.
         """
-        if group in self.groups:
-            self.dispatch(message)
+        self.dispatch(message)
 
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(GROUP_REFRESH_S)
-            for group in [events.ALERTS_GROUP, events.METRICS_GROUP, *self.groups]:
+            for group in [events.ALERTS_GROUP, events.METRICS_GROUP, events.SAMPLES_GROUP]:
                 try:
                     await self.layer.group_add(group, self.channel)
                 except Exception:
@@ -222,32 +213,41 @@ class Hub(LedgerCheck, Notices):
             keyindex.KeyIndex.get().take(event.row())  # live globs hear of it (dashboard/keyindex.py)
 
     def _route_samples(self, event: events.SampleBatch) -> None:
-        group = events.source_group(event.source)
-        members = self.groups.get(group)
+        """Route one commit's samples (any number of sources) to the local sessions holding their keys.
+
+        Each metric's fragment is encoded once and the message's fragments
+        are joined once (a BatchPiece); every session holding a key of any of
+        its sources gets one call (offer_batch), and takes only the keys it
+        holds: permissions stay per source, as each session holds only keys
+        its reader may read. A sample the hub already delivered (the check
+        against the database back-filled it before its live copy came) is
+        dropped here, once for every session.
+        """
+        groups, sources = self.groups, event.sources
         if event.publisher:
-            seq_key = (event.publisher, group)
+            seq_key = (event.publisher, events.SAMPLES_GROUP)
             last = self._last_seq.get(seq_key)
             self._last_seq[seq_key] = event.seq
-            if last is not None and event.seq > last + 1 and members:
+            if last is not None and event.seq > last + 1 and groups:
                 stats.GAPS_DETECTED.inc()
                 log.warning(
-                    "sequence gap on %s from %s: %d -> %d; checking against the database",
-                    group,
-                    event.publisher,
-                    last,
-                    event.seq,
+                    "sequence gap from %s: %d -> %d; checking against the database", event.publisher, last, event.seq
                 )
                 self.reconcile_soon()
-        if not members:
-            return
+        wanted: dict[int, set[Session]] = {}
+        for source_id in set(sources.values()):
+            members = groups.get(events.source_group(source_id))
+            if members:
+                wanted[source_id] = members
+        if not wanted:
+            return  # a commit none of this process's viewers watches: one lookup per source
         frames: dict[frozenset[str], str] = {}  # frames built from this message, shared by sessions
-        # Each metric's fragment is encoded once, for every session; a session
-        # then takes the ones it subscribes to (offer_all). A sample the hub
-        # already delivered (the check against the database back-filled it
-        # before its live copy came) is dropped here, once for every session.
         fragments = []
         ledgers, floor = self.ledgers, self.floor
+        clean = True  # no sample late at this hub, and every key followed: sessions may take its ts as cursors
         for key, (ts, values) in event.series.items():
+            if sources[key] not in wanted:
+                continue
             ledger = ledgers.get(key)
             late = False
             if ledger is not None:
@@ -266,8 +266,17 @@ class Hub(LedgerCheck, Notices):
                 late = ts[0] <= ledger.newest_live
                 if ts[-1] > ledger.newest_live:
                     ledger.newest_live = ts[-1]
+            if late or ledger is None:
+                clean = False
             fragments.append(encode_fragment(key, ts, values, frames, late))
         if not fragments:
             return
-        for session in members:
-            session.offer_all(fragments)
+        # One call per session, however many of the message's sources it holds keys of.
+        sessions = next(iter(wanted.values())) if len(wanted) == 1 else set().union(*wanted.values())
+        if len(fragments) == 1 or sum(f.count for f in fragments) > MAX_FRAME_SAMPLES:
+            for session in sessions:  # nothing to join, or more than one frame may carry
+                session.offer_all(fragments)
+            return
+        piece = batch_piece(fragments, clean, frames)
+        for session in sessions:
+            session.offer_batch(piece)

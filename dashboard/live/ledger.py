@@ -130,7 +130,17 @@ class LedgerCheck:
         return {t for t in ts if t > floor and not ledger.has(t)}
 
     def _held_keys(self) -> set[str]:
-        return {key for session in self.sessions for keys in session.sources.values() for key in keys}
+        """Return the followed keys some local session still holds.
+
+        Asked of each key's source's sessions, stopping at the first: a set of
+        every key of every session was 1,000,000 insertions every check at
+        1,000 viewers of a 1,000-key fleet, a 50-100 ms pause of the loop.
+        """
+        groups, held = self.groups, set()
+        for key, ledger in self.ledgers.items():
+            if any(key in session.cursors for session in groups.get(events.source_group(ledger.source_id), ())):
+                held.add(key)
+        return held
 
     async def _query(self, fn, *args):
         """Run a reconcile query on the hub's own database thread, with a deadline."""

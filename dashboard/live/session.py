@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from dashboard import stats
-from dashboard.live.delivery import SessionDelivery
-from dashboard.live.frames import Fragment, encode_fragment
+from dashboard.live.delivery import FOLD_PIECES, SessionDelivery
+from dashboard.live.frames import Fragment, encode_fragment, unpack
 from dashboard.live.protocol import ACK_WINDOW_FRAMES
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ class Session(SessionDelivery):
         "closed",
         "alert_sources",
         "seam",
+        "_unfolded",
+        "_fold_at",
+        "_cursor_hi",
         "__weakref__",
     )
 
@@ -116,9 +120,20 @@ class Session(SessionDelivery):
         # key -> timestamps a replay of this session already sent but the hub has not delivered yet:
         # when their live copy comes, it is dropped (no duplicate at the seam). Usually None.
         self.seam: dict[str, set[int]] | None = None
+        # `cursors` and `delivered` lag the clean batch pieces flushed since the last settle_cursors()
+        # (dashboard/live/delivery.py): their `newest` wait here, in flush order, and are folded in
+        # every _fold_at pieces (staggered at random: sessions made together would fold in one pass)
+        # and before anything reads or writes a cursor.
+        self._unfolded: list[dict[str, int]] | None = None
+        self._fold_at = FOLD_PIECES + random.randrange(FOLD_PIECES)
+        # The newest cursor any path but a clean piece set: a piece whose keys' newest ts are all
+        # above it may become the cursors as it is.
+        self._cursor_hi = 0
 
     # --- Subscriptions --------------------------------------------------
     def add(self, source_id: int, key: str, cursor: int) -> None:
+        self.settle_cursors()
+        self._cursor_hi = max(self._cursor_hi, cursor)
         keys = self.sources.get(source_id, ())
         if key not in keys:
             self.sources[source_id] = (*keys, key)
@@ -126,6 +141,8 @@ class Session(SessionDelivery):
 
     def add_keys(self, source_id: int, keys: list[str], cursors: list[int]) -> None:
         """Subscribe to several keys of one source at once (add() per key rebuilds the source's tuple each time)."""
+        self.settle_cursors()
+        self._cursor_hi = max(self._cursor_hi, *cursors, 0)
         held = self.sources.get(source_id, ())
         known = set(held)
         fresh = [key for key in keys if key not in known]
@@ -137,6 +154,7 @@ class Session(SessionDelivery):
 
     def remove_keys(self, source_id: int, keys: set[str]) -> bool:
         """Forget several keys of one source; return whether the session no longer wants any key of it."""
+        self.settle_cursors()
         for key in keys:
             self.cursors.pop(key, None)
             self.delivered.pop(key, None)
@@ -149,6 +167,7 @@ class Session(SessionDelivery):
 
     def remove(self, key: str) -> int | None:
         """Forget a key; return its source id when the session no longer wants any key of that source."""
+        self.settle_cursors()
         self.cursors.pop(key, None)
         self.delivered.pop(key, None)
         for source_id, keys in self.sources.items():
@@ -162,8 +181,10 @@ class Session(SessionDelivery):
         return None
 
     def hold(self, keys: set[str]) -> None:
-        """Keep live fragments of these keys buffered while their history is being sent."""
+        """Keep live fragments of these keys buffered while their history is being sent (replays read cursors next)."""
+        self.settle_cursors()
         self._held = self._held | keys
+        self._buffer = unpack(self._buffer)
 
     def release(
         self,
@@ -180,6 +201,8 @@ class Session(SessionDelivery):
         `seam` holds replayed timestamps whose live copy may still come.
         """
         self._held = self._held - keys or NO_KEYS  # a new set: one emptied in place keeps its table
+        self.settle_cursors()
+        self._buffer = unpack(self._buffer)
         if replayed is None:
             buffer = [self._trim(f) if f.key in keys else f for f in self._buffer]
         else:
@@ -279,8 +302,11 @@ class Session(SessionDelivery):
             await self._window_open.wait()
         if self.closed:
             return
+        self.settle_cursors()
         for key, ts in newest.items():
             if ts > self.delivered.get(key, 0):
                 self.delivered[key] = ts
+            if ts > self._cursor_hi:
+                self._cursor_hi = ts
         self._count_sent()
         await self.transport.send_text(frame)
