@@ -243,6 +243,7 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
                 "url": f"ws://127.0.0.1:{port}{'/ws/' if name == 'naive' else '/'}",
                 "headers": {},
                 "subscribe": None,
+                "keys": 0,
             }
         # Viewers offer permessage-deflate as browsers do: Daphne declines it, the raw server accepts it and
         # keeps ~46 KB of zlib state per socket. raw-nodeflate is the raw server with viewers that do not offer it.
