@@ -19,8 +19,17 @@ and dumps a snapshot and object counts; nothing in the project changes.
 
 Usage:
     python bench/connmem.py                          # 1,000 viewers, all three systems (+ raw-nodeflate)
+    python bench/connmem.py -n 10000 --systems pulseboard,raw,raw-nodeflate --frames 0   # 10,000 idle viewers
+    python bench/connmem.py --keys 0,250,1000,10000  # bytes per held key beyond the idle socket, raw beside
     python bench/connmem.py --systems pulseboard --top 25
     python bench/connmem.py --env MALLOC_ARENA_MAX=2  # extra server environment
+
+File descriptors: each socket is one descriptor in the server and one in the
+client process, so both raise their soft RLIMIT_NOFILE to the hard limit
+(printed; 10,000 viewers need a hard limit above ~10,100). Everything stays
+on loopback: beyond SOURCE_PORTS_PER_ADDRESS viewers the client spreads its
+sockets over several source addresses (127.0.0.2, 127.0.0.3, ...) so the
+ephemeral ports of one address never run short.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -56,6 +66,18 @@ METRICS = 10  # per viewer, as in bench/fanout.py
 WARMUP_CONNECTIONS = 20
 SETTLE_S = 3.0  # after the last viewer is subscribed, before measuring
 DUMP_TIMEOUT_S = 60.0
+CLIENT_TIMEOUT_S = 1800.0  # the longest the client may take to open one batch of viewers (10,000 under load)
+OPEN_WAVE = 50  # handshakes in flight at once (a listen backlog overflows beyond a few hundred)
+SOURCE_PORTS_PER_ADDRESS = 20_000  # of the ~28,000 ephemeral ports (32768-60999), leaving room for TIME_WAIT
+KEYS_PER_RUN = 1_000_000  # held keys in all per --keys row: viewers per row are min(-n, this / keys), at least 50
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit (a socket is a file); return both."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 # --- The server side: run a server with a dump-on-SIGUSR1 hook ------------------------
@@ -65,6 +87,7 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
     """Run a server in this process; SIGUSR1 writes gc'd object counts (and a tracemalloc snapshot) to dump_dir."""
     import tracemalloc
 
+    raise_fd_limit()
     if trace:
         tracemalloc.start(trace)
     counter = [0]
@@ -105,11 +128,23 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
 # --- The client side: N idle viewers in another process --------------------------------
 
 
-async def open_viewer(spec: dict[str, Any], held: list, warmup: bool = False) -> bool:
+def source_address(number: int) -> tuple[str, int] | None:
+    """Return the loopback source address of the number-th viewer (None: the kernel's choice, 127.0.0.1)."""
+    group = number // SOURCE_PORTS_PER_ADDRESS
+    return None if group == 0 else (f"127.0.0.{1 + group}", 0)
+
+
+async def open_viewer(spec: dict[str, Any], held: list, warmup: bool = False, number: int = 0) -> bool:
+    local = source_address(number)
     for attempt in range(5):  # a burst of handshakes can overflow a listen backlog
         try:
             ws = await websockets.connect(
-                spec["url"], additional_headers=spec["headers"], open_timeout=60, compression=spec["compression"]
+                spec["url"],
+                additional_headers=spec["headers"],
+                open_timeout=60,
+                compression=spec["compression"],
+                max_size=2**24,  # a 10,000-key `subscribed` frame is ~1 MB
+                **({"local_addr": local} if local else {}),
             )
             break
         except (OSError, EOFError, websockets.InvalidHandshake, TimeoutError):
@@ -141,14 +176,17 @@ async def open_viewer(spec: dict[str, Any], held: list, warmup: bool = False) ->
 
 async def client_main(conn, spec: dict[str, Any]) -> None:
     held: list = []
+    opened = 0  # viewers opened so far, for their source addresses
     while True:
         command, n = await asyncio.to_thread(conn.recv)
         if command in ("open", "warmup"):
             results = []
-            for wave in range(0, n, 50):
+            for wave in range(0, n, OPEN_WAVE):
+                size = min(OPEN_WAVE, n - wave)
                 results += await asyncio.gather(
-                    *(open_viewer(spec, held, command == "warmup") for _ in range(min(50, n - wave)))
+                    *(open_viewer(spec, held, command == "warmup", opened + i) for i in range(size))
                 )
+                opened += size
             conn.send(sum(results))
         elif command == "close":
             await asyncio.gather(*(ws.close() for ws in held), return_exceptions=True)
@@ -159,7 +197,20 @@ async def client_main(conn, spec: dict[str, Any]) -> None:
 
 
 def client_process(conn, spec: dict[str, Any]) -> None:
+    raise_fd_limit()
     asyncio.run(client_main(conn, spec))
+
+
+def ask(conn, client: mp.Process, command: str, n: int) -> int:
+    """Send the client a command and return its answer; raise if it died (rather than wait forever)."""
+    conn.send((command, n))
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    while not conn.poll(1.0):
+        if not client.is_alive():
+            raise RuntimeError(f"the client process died (exit code {client.exitcode}) during {command!r}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the client did not finish {command!r} of {n} in {CLIENT_TIMEOUT_S:.0f} s")
+    return conn.recv()
 
 
 # --- One system ------------------------------------------------------------------------
@@ -251,14 +302,14 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
         parent, child = mp.get_context("spawn").Pipe()
         client = mp.get_context("spawn").Process(target=client_process, args=(child, spec), daemon=True)
         client.start()
-        parent.send(("warmup", WARMUP_CONNECTIONS))
-        parent.recv()  # a warm-up socket that failed changes nothing: they are closed before the baseline
-        parent.send(("close", 0))
-        parent.recv()
+        # A warm-up socket that failed changes nothing: they are closed before the baseline.
+        ask(parent, client, "warmup", WARMUP_CONNECTIONS)
+        ask(parent, client, "close", 0)
         time.sleep(SETTLE_S)
         before = request_dump(process, tmp, 1)
-        parent.send(("open", n))
-        connected = parent.recv()
+        started = time.monotonic()
+        connected = ask(parent, client, "open", n)
+        opened_s = time.monotonic() - started
         time.sleep(SETTLE_S)
         after = request_dump(process, tmp, 2)
         result: dict[str, Any] = {
@@ -267,6 +318,7 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
             "rss_mb_after": round(after["rss"] / 2**20, 1),
             "rss_kb_per_conn": round((after["rss"] - before["rss"]) / connected / 1024, 1),
             "tracemalloc": trace,
+            "open_s": round(opened_s, 1),
         }
         types = Counter(after["types"])
         types.subtract(before["types"])
@@ -279,6 +331,7 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
             diff = second.compare_to(first, "traceback")
             result["heap_kb_per_conn"] = round(sum(d.size_diff for d in diff) / connected / 1024, 1)
             if top:
+                print_owners(diff, connected, top, name)
                 print(f"\n## {name}: top allocation sites, bytes per connection (of {connected})")
                 for stat in diff[:top]:
                     if stat.size_diff <= 0:
@@ -294,7 +347,8 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
         return result
     finally:
         if client is not None:
-            parent.send(("exit", 0))
+            if client.is_alive():
+                parent.send(("exit", 0))
             client.join(10)
             if client.is_alive():
                 client.kill()
@@ -305,6 +359,44 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def header(args: argparse.Namespace, extra: dict[str, str], what: str) -> None:
+    """Print when, where, the load and the file-descriptor limits the run had."""
+    soft, hard = raise_fd_limit()
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: {psutil.cpu_count()} CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.1f} GiB, Python {platform.python_version()}, "
+        f"load {tuple(round(x, 2) for x in os.getloadavg())}, {what}; RLIMIT_NOFILE raised to {soft} "
+        f"(hard {hard}) in the server and client processes" + (f", server env {extra}" if extra else ""),
+        flush=True,
+    )
+    if hard < args.viewers + 100:
+        print(f"# warning: {args.viewers} viewers need ~{args.viewers + 100} descriptors; the hard limit is {hard}")
+
+
+def owner_of(traceback: Any) -> str:
+    """Name who made an allocation: the newest frame in the project, else the newest frame's package."""
+    frames = list(traceback)  # oldest first
+    for frame in reversed(frames):
+        path = frame.filename
+        if path.startswith(str(ROOT)) and "/.venv/" not in path and "/bench/" not in path:
+            return f"{Path(path).relative_to(ROOT)}:{frame.lineno}"
+    path = frames[-1].filename
+    if "site-packages/" in path:
+        return "lib " + path.split("site-packages/", 1)[1].split("/", 1)[0]
+    return "stdlib " + Path(path).name
+
+
+def print_owners(diff: list, connected: int, top: int, name: str) -> None:
+    """Print bytes per connection by owner: each project line that allocated, or the library that did."""
+    owners: Counter[str] = Counter()
+    for stat in diff:
+        owners[owner_of(stat.traceback)] += stat.size_diff
+    print(f"\n## {name}: heap growth per connection by owner (project line, else library)")
+    for owner, size in owners.most_common(top):
+        if size > 0:
+            print(f"{size / connected:8.0f} B  {owner}")
 
 
 def main() -> None:
@@ -319,34 +411,25 @@ def main() -> None:
     parser.add_argument(
         "--keys",
         default="",
-        help="Pulseboard only: comma-separated keys per socket (e.g. 0,250,1000,10000); prints bytes per held key",
+        help="comma-separated keys per socket (e.g. 0,250,1000,10000): Pulseboard at each, with --systems' raw "
+        "ones beside it; prints bytes per held key",
     )
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
     if args.keys:
         per_key(args, extra)
         return
-    print(
-        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: {psutil.cpu_count()} CPUs, "
-        f"{psutil.virtual_memory().total / 2**30:.1f} GiB, Python {platform.python_version()}, "
-        f"load {tuple(round(x, 2) for x in os.getloadavg())}, {args.viewers} idle viewers"
-        + (f", server env {extra}" if extra else ""),
-        flush=True,
-    )
+    header(args, extra, f"{args.viewers} idle viewers")
     rows: dict[str, dict[str, Any]] = {}
     for name in args.systems.split(","):
-        row = measure(name, args.viewers, 0, extra, 0 if args.frames else args.top)
-        if args.frames:
-            heap = measure(name, args.viewers, args.frames, extra, args.top)
-            row["heap_kb_per_conn"] = heap["heap_kb_per_conn"]
-        rows[name] = row
-        print(json.dumps(row), flush=True)
-    print("\n| system | connected | RSS KB/conn | Python heap KB/conn | gc objects/conn | RSS after MB |")
-    print("|---|---:|---:|---:|---:|---:|")
+        rows[name] = measure_both(name, args.viewers, args, extra)
+        print(json.dumps(rows[name]), flush=True)
+    print("\n| system | connected | RSS KB/conn | Python heap KB/conn | gc objects/conn | RSS after MB | open s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows.values():
         print(
             f"| {r['system']} | {r['connected']} | {r['rss_kb_per_conn']} | {r.get('heap_kb_per_conn', '-')} | "
-            f"{r['objects_per_conn']} | {r['rss_mb_after']} |"
+            f"{r['objects_per_conn']} | {r['rss_mb_after']} | {r['open_s']} |"
         )
     if "pulseboard" in rows:
         p = rows["pulseboard"]
@@ -354,34 +437,47 @@ def main() -> None:
             if other in rows and rows[other]["rss_kb_per_conn"] > 0:
                 o = rows[other]
                 line = f"pulseboard / {other}: RSS {p['rss_kb_per_conn'] / o['rss_kb_per_conn']:.2f}x"
-                if o.get("heap_kb_per_conn"):
+                if o.get("heap_kb_per_conn") and p.get("heap_kb_per_conn"):
                     line += f", heap {p['heap_kb_per_conn'] / o['heap_kb_per_conn']:.2f}x"
                 print(line)
 
 
+def measure_both(name: str, n: int, args: argparse.Namespace, extra: dict[str, str], keys: int = METRICS) -> dict:
+    """Measure RSS in one run and, with --frames, the Python heap in a second run under tracemalloc."""
+    row = measure(name, n, 0, extra, 0 if args.frames else args.top, keys)
+    if args.frames:
+        row["heap_kb_per_conn"] = measure(name, n, args.frames, extra, args.top, keys)["heap_kb_per_conn"]
+    row["load"] = round(os.getloadavg()[0], 2)
+    return row
+
+
 def per_key(args: argparse.Namespace, extra: dict[str, str]) -> None:
-    """Measure Pulseboard at several key counts per socket and report memory per held key beyond an idle socket."""
+    """Measure Pulseboard at several key counts per socket; report memory per held key beyond an idle socket.
+
+    Each row holds about KEYS_PER_RUN keys in all (so 10,000 keys a socket is
+    100 sockets, not 1,000 x 10,000); the raw systems of --systems run beside
+    it at the idle row's number of viewers.
+    """
     counts = [int(k) for k in args.keys.split(",")]
-    print(
-        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.viewers} viewers per run, keys per socket "
-        f"{counts}, load {tuple(round(x, 2) for x in os.getloadavg())}",
-        flush=True,
-    )
+    viewers = {keys: max(50, min(args.viewers, KEYS_PER_RUN // max(keys, 1))) for keys in counts}
+    header(args, extra, f"keys per socket {counts}, viewers per row {list(viewers.values())}")
     rows = []
     for keys in counts:
-        row = measure("pulseboard", args.viewers, 0, extra, 0, keys)
-        if args.frames:
-            row["heap_kb_per_conn"] = measure("pulseboard", args.viewers, args.frames, extra, args.top, keys)[
-                "heap_kb_per_conn"
-            ]
+        row = measure_both("pulseboard", viewers[keys], args, extra, keys)
         row["keys"] = keys
         rows.append(row)
         print(json.dumps(row), flush=True)
+    raws = []
+    for name in [s for s in args.systems.split(",") if s.startswith("raw")]:
+        row = measure_both(name, viewers.get(0, args.viewers), args, extra)
+        raws.append(row)
+        print(json.dumps(row), flush=True)
     base = next((r for r in rows if r["keys"] == 0), None)
     print(
-        "\n| keys per socket | connected | RSS KB/conn | heap KB/conn | RSS B/key beyond idle | heap B/key beyond idle |"
+        "\n| keys per socket | viewers | RSS KB/conn | heap KB/conn | RSS B/key beyond idle | heap B/key beyond idle "
+        "| load |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rss_key = heap_key = "-"
         if base is not None and r["keys"]:
@@ -390,7 +486,12 @@ def per_key(args: argparse.Namespace, extra: dict[str, str]) -> None:
                 heap_key = f"{(r['heap_kb_per_conn'] - base['heap_kb_per_conn']) * 1024 / r['keys']:.0f}"
         print(
             f"| {r['keys']} | {r['connected']} | {r['rss_kb_per_conn']} | {r.get('heap_kb_per_conn', '-')} | "
-            f"{rss_key} | {heap_key} |"
+            f"{rss_key} | {heap_key} | {r['load']} |"
+        )
+    for r in raws:
+        print(
+            f"| {r['system']} (no keys) | {r['connected']} | {r['rss_kb_per_conn']} | "
+            f"{r.get('heap_kb_per_conn', '-')} | - | - | {r['load']} |"
         )
 
 
