@@ -38,6 +38,9 @@ gc_policy          gc.freeze and rarer young collections        CPython's defaul
                    (gcpolicy.py)
 warm_imports       anyio's asyncio backend imported off the     imported on the first alert notification
                    event loop (alerts/transports.py)
+input_queue        Daphne's per-connection input queue is a     Daphne's asyncio.Queue (~3 KB more per
+                   small InputQueue (inputqueue.py;             idle socket)
+                   Server.create_application)
 =================  ===========================================  ============================================
 """
 
@@ -62,6 +65,7 @@ WRITTEN_FOR: dict[str, dict[str, tuple[str, ...]]] = {
     "agent_handler": {"django": ("5.2.19",)},
     "gc_policy": {},
     "warm_imports": {"anyio": ("4.16.0",)},
+    "input_queue": {"daphne": ("4.2.3",)},
 }
 
 
@@ -98,6 +102,7 @@ PRIVATE_NAMES: dict[str, Callable[[], str | None]] = {
     ),
     "gc_policy": _has("gc", "freeze", "unfreeze", "get_freeze_count"),
     "warm_imports": _has("anyio._backends._asyncio"),
+    "input_queue": _has("daphne.server", "Server.create_application", "Server.handle_reply"),
 }
 
 _lock = threading.Lock()
