@@ -14,7 +14,7 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from dashboard import background, fastpaths  # noqa: E402
@@ -30,9 +30,27 @@ if settings.SERVE_STATIC:
 
     http_app = ASGIStaticFilesHandler(http_app)
 
+
+def by_protocol(apps: dict):
+    """Channels' ProtocolTypeRouter, returning the chosen app's coroutine instead of awaiting it.
+
+    An awaiting router stays suspended with its frame for a socket's whole
+    life (~650 B per idle WebSocket, bench/connmem.py).
+    """
+
+    def application(scope, receive, send):
+        app = apps.get(scope["type"])
+        if app is None:
+            raise ValueError(f"No application configured for scope type {scope['type']!r}")
+        return app(scope, receive, send)
+
+    application._asgi_single_callable = True  # asgiref would take a plain function for an ASGI 2 app
+    return application
+
+
 # Daphne has no start-up hook: the first request of any kind starts the periodic jobs.
 application = background.starting(
-    ProtocolTypeRouter(
+    by_protocol(
         {
             "http": http_app,
             # No AuthMiddlewareStack: the live consumer reads the session cookie once at
