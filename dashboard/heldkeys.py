@@ -19,10 +19,17 @@ from __future__ import annotations
 
 import weakref
 from array import array
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 MASK = (1 << 64) - 1
+TS_MAX = 2**63 - 1  # µs: what an array('q') holds; a client's cursor may be any integer
+
+
+def clamp(ts: int) -> int:
+    """Return a timestamp as a held cursor: 0 for nothing yet (as before, cursors never went below 0), int64 at most."""
+    return 0 if ts < 0 else (TS_MAX if ts > TS_MAX else ts)
+
 
 _positions: list[int] = []  # 0, 1, 2, ... as shared int objects (a position above 256 would be a new int each)
 
@@ -190,7 +197,7 @@ class Timestamps(MutableMapping[str, int]):
         slot, values = self._parts()
         i = slot.get(key)
         if i is not None:
-            values[i] = value
+            values[i] = clamp(value)
 
     def __delitem__(self, key: str) -> None:
         raise TypeError("timestamps go with their keys: unsubscribe the key instead")
@@ -214,3 +221,82 @@ class Timestamps(MutableMapping[str, int]):
 
     def __repr__(self) -> str:
         return repr(dict(self.items()))
+
+
+class HeldKeys:
+    """A session's part that holds its keys: a shared KeySet, and its own cursor and delivered timestamp per key.
+
+    `cursors` and `delivered` read like the dicts they replace (key -> µs);
+    `sources` is the KeySet's source id -> keys, shared: never change it.
+    The delivery loop reads `keyset.slot`, `cursor_ts` and `delivered_ts`.
+    """
+
+    __slots__ = ()
+
+    keyset: KeySet
+    cursor_ts: array
+    delivered_ts: array
+
+    def init_keys(self) -> None:
+        self.keyset = EMPTY
+        self.cursor_ts = NO_TIMESTAMPS
+        self.delivered_ts = NO_TIMESTAMPS
+
+    @property
+    def cursors(self) -> Timestamps:
+        """Held key -> newest ts delivered or promised (its history replay starts after it)."""
+        return Timestamps(self, "cursor_ts", present_if_zero=True)
+
+    @property
+    def delivered(self) -> Timestamps:
+        """Held key -> newest ts handed to the transport (keys nothing was delivered for are absent)."""
+        return Timestamps(self, "delivered_ts", present_if_zero=False)
+
+    @property
+    def sources(self) -> Mapping[int, tuple[str, ...]]:
+        """Source id -> the held keys of it."""
+        return self.keyset.sources
+
+    def _move_to(self, new: KeySet) -> None:
+        old = self.keyset
+        if new is not old:
+            self.cursor_ts = moved(old, self.cursor_ts, new)
+            self.delivered_ts = moved(old, self.delivered_ts, new)
+            self.keyset = new
+
+    def take(self, fresh: Mapping[str, int], cursor_of: Callable[[str], int]) -> None:
+        """Hold keys (key -> its source id) with their cursors; a key already held keeps the newer cursor."""
+        self._move_to(extended(self.keyset, dict(fresh)))
+        slot, values = self.keyset.slot, self.cursor_ts
+        for key in fresh:
+            i = slot[key]
+            ts = clamp(cursor_of(key))
+            if ts > values[i]:
+                values[i] = ts
+
+    def drop(self, gone: Iterable[str]) -> list[int]:
+        """Stop holding keys; return the ids of the sources of which no key is held any more."""
+        old = self.keyset
+        new = reduced(old, set(gone))
+        if new is old:
+            return []
+        self._move_to(new)
+        return [source_id for source_id in old.sources if source_id not in new.sources]
+
+    def add(self, source_id: int, key: str, cursor: int) -> None:
+        self.take({key: source_id}, lambda _key: cursor)
+
+    def add_keys(self, source_id: int, keys: list[str], cursors: list[int]) -> None:
+        """Subscribe to several keys of one source at once."""
+        of = dict(zip(keys, cursors, strict=True))
+        self.take(dict.fromkeys(keys, source_id), of.__getitem__)
+
+    def remove_keys(self, source_id: int, keys: set[str]) -> bool:
+        """Forget several keys of one source; return whether the session no longer wants any key of it."""
+        self.drop(keys)
+        return source_id not in self.keyset.sources
+
+    def remove(self, key: str) -> int | None:
+        """Forget a key; return its source id when the session no longer wants any key of that source."""
+        emptied = self.drop((key,))
+        return emptied[0] if emptied else None

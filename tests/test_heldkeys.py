@@ -4,35 +4,24 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from array import array
 
 from dashboard import heldkeys
-from dashboard.heldkeys import EMPTY, NO_TIMESTAMPS, KeySet, Timestamps, extended, moved, reduced
+from dashboard.heldkeys import EMPTY, NO_TIMESTAMPS, HeldKeys
 
 
-class Holder:
-    """The fields a session keeps: its KeySet and its two timestamp arrays."""
+class Holder(HeldKeys):
+    """The fields a session keeps for its keys."""
+
+    __slots__ = ("keyset", "cursor_ts", "delivered_ts")
 
     def __init__(self) -> None:
-        self.keyset: KeySet = EMPTY
-        self.cursor_ts: array = NO_TIMESTAMPS
-        self.delivered_ts: array = NO_TIMESTAMPS
-        self.cursors = Timestamps(self, "cursor_ts", present_if_zero=True)
-        self.delivered = Timestamps(self, "delivered_ts", present_if_zero=False)
+        self.init_keys()
 
-    def add(self, fresh: dict[str, int], cursors: dict[str, int]) -> None:
-        new = extended(self.keyset, fresh)
-        self.cursor_ts = moved(self.keyset, self.cursor_ts, new)
-        self.delivered_ts = moved(self.keyset, self.delivered_ts, new)
-        self.keyset = new
-        for key, cursor in cursors.items():
-            self.cursors[key] = cursor
+    def add(self, fresh: dict[str, int], cursors: dict[str, int]) -> None:  # type: ignore[override]
+        self.take(fresh, lambda key: cursors.get(key, 0))
 
-    def remove(self, gone: set[str]) -> None:
-        new = reduced(self.keyset, gone)
-        self.cursor_ts = moved(self.keyset, self.cursor_ts, new)
-        self.delivered_ts = moved(self.keyset, self.delivered_ts, new)
-        self.keyset = new
+    def remove(self, gone: set[str]) -> None:  # type: ignore[override]
+        self.drop(gone)
 
 
 def fleet(n: int, per_source: int = 10) -> dict[str, int]:
@@ -111,3 +100,16 @@ def test_a_second_socket_holding_the_same_ten_thousand_keys_costs_sixteen_bytes_
     assert second.keyset is first.keyset
     print(f"a second socket holding the same 10,000 keys: {per_key:.1f} B per key")
     assert per_key < 20
+
+
+def test_the_session_methods_keep_their_meaning_over_a_shared_set() -> None:
+    holder = Holder()
+    HeldKeys.add_keys(holder, 7, ["hk.s7.a", "hk.s7.b"], [50, 2**70])  # a client's cursor may be any integer
+    HeldKeys.add(holder, 8, "hk.s8.a", -5)
+    assert dict(holder.cursors) == {"hk.s7.a": 50, "hk.s7.b": 2**63 - 1, "hk.s8.a": 0}
+    HeldKeys.add_keys(holder, 7, ["hk.s7.a"], [40])  # an older cursor does not move a held key's back
+    assert holder.cursors["hk.s7.a"] == 50
+    assert not HeldKeys.remove_keys(holder, 7, {"hk.s7.a"})
+    assert HeldKeys.remove(holder, "hk.s8.a") == 8 and HeldKeys.remove(holder, "hk.s8.a") is None
+    assert dict(holder.sources) == {7: ("hk.s7.b",)}
+    assert HeldKeys.remove_keys(holder, 7, {"hk.s7.b"}) and holder.keyset is EMPTY
