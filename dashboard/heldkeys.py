@@ -45,26 +45,35 @@ def positions(start: int, count: int) -> list[int]:
 class KeySet:
     """An immutable set of held metric keys: key -> position, source id -> its keys; shared, never changed in place.
 
-    `fingerprint` is (count, sum of key hashes, xor of key hashes), kept
-    incrementally, so finding an equal set among the live ones costs the
-    keys added, not the keys held; a candidate is then checked key by key.
+    Two sets are equal when they hold the same keys of the same sources (a
+    metric deleted and created again under another source is another key
+    here). `fingerprint` is (count, sum and xor of a hash of each key and its
+    source), kept incrementally, so finding an equal set among the live ones
+    costs the keys added, not the keys held; a candidate is then checked key
+    by key.
     """
 
-    __slots__ = ("slot", "sources", "fingerprint", "parent", "__weakref__")
+    __slots__ = ("slot", "source_ids", "sources", "fingerprint", "parent", "__weakref__")
 
     def __init__(
         self,
         slot: dict[str, int],
+        source_ids: array,
         sources: dict[int, tuple[str, ...]],
         fingerprint: tuple[int, int, int],
         parent: KeySet | None = None,
     ) -> None:
         self.slot = slot  # key -> position in the sessions' timestamp arrays
+        self.source_ids = source_ids  # position -> the key's source id
         self.sources = sources  # source id -> its keys here (the hub iterates it)
         self.fingerprint = fingerprint
         # The set this one was made from by appending keys: its positions are the same, so a session
         # moving from it keeps its arrays and extends them.
         self.parent = weakref.ref(parent) if parent is not None else None
+
+    def source_of(self, key: str) -> int | None:
+        i = self.slot.get(key)
+        return None if i is None else self.source_ids[i]
 
     def __len__(self) -> int:
         return len(self.slot)
@@ -79,48 +88,69 @@ class KeySet:
         return f"<KeySet of {len(self.slot)} keys over {len(self.sources)} sources>"
 
 
-EMPTY = KeySet({}, {}, (0, 0, 0))
+EMPTY = KeySet({}, array("q"), {}, (0, 0, 0))
 NO_TIMESTAMPS = array("q")  # shared by sessions holding nothing; nothing is ever written to it (no positions)
+SOURCE_MIX = 0x9E3779B97F4A7C15  # spreads source ids over 64 bits before they join a key's hash
 
 # Every KeySet some session holds, by fingerprint; a set nobody holds any more goes with its last session.
 _live: weakref.WeakValueDictionary[tuple[int, int, int], KeySet] = weakref.WeakValueDictionary()
 
 
-def _fingerprint(base: tuple[int, int, int], keys: Iterable[str], sign: int) -> tuple[int, int, int]:
+def _fingerprint(base: tuple[int, int, int], pairs: Iterable[tuple[str, int]], sign: int) -> tuple[int, int, int]:
     count, total, mixed = base
-    for key in keys:
-        h = hash(key) & MASK
+    for key, source_id in pairs:
+        h = (hash(key) ^ (source_id * SOURCE_MIX)) & MASK
         count += sign
         total = (total + sign * h) & MASK
         mixed ^= h
     return count, total, mixed
 
 
-def _equal(candidate: KeySet, keys: Iterable[str], count: int) -> bool:
-    slot = candidate.slot
-    return len(slot) == count and all(key in slot for key in keys)
+def _holds(candidate: KeySet, pairs: Iterable[tuple[str, int]]) -> bool:
+    """Return whether the candidate holds each key, of the same source."""
+    slot, source_ids = candidate.slot, candidate.source_ids
+    for key, source_id in pairs:
+        i = slot.get(key)
+        if i is None or source_ids[i] != source_id:
+            return False
+    return True
+
+
+def _pairs(keyset: KeySet) -> Iterator[tuple[str, int]]:
+    source_ids = keyset.source_ids
+    return ((key, source_ids[i]) for key, i in keyset.slot.items())
+
+
+def _register(made: KeySet) -> KeySet:
+    _live[made.fingerprint] = made
+    return made
 
 
 def extended(base: KeySet, fresh: dict[str, int]) -> KeySet:
-    """Return the KeySet of `base` plus `fresh` (key -> its source id, none of them in base), shared if it exists."""
+    """Return the KeySet of `base` plus `fresh` (key -> its source id; keys base holds are skipped), shared if it exists."""
     fresh = {key: source_id for key, source_id in fresh.items() if key not in base.slot}
     if not fresh:
         return base
-    fingerprint = _fingerprint(base.fingerprint, fresh, 1)
+    fingerprint = _fingerprint(base.fingerprint, fresh.items(), 1)
     known = _live.get(fingerprint)
-    if known is not None and _equal(known, fresh, fingerprint[0]) and all(key in known.slot for key in base.slot):
+    if (
+        known is not None
+        and len(known.slot) == fingerprint[0]
+        and _holds(known, fresh.items())
+        and _holds(known, _pairs(base))
+    ):
         return known
     slot = dict(base.slot)
     slot.update(zip(fresh, positions(len(slot), len(fresh)), strict=True))
+    source_ids = array("q", base.source_ids)
+    source_ids.extend(fresh.values())
     grouped: dict[int, list[str]] = {}
     for key, source_id in fresh.items():
         grouped.setdefault(source_id, []).append(key)
     sources = dict(base.sources)
     for source_id, keys in grouped.items():
         sources[source_id] = (*sources.get(source_id, ()), *keys)
-    made = KeySet(slot, sources, fingerprint, base)
-    _live[fingerprint] = made
-    return made
+    return _register(KeySet(slot, source_ids, sources, fingerprint, base))
 
 
 def reduced(base: KeySet, gone: set[str]) -> KeySet:
@@ -130,19 +160,18 @@ def reduced(base: KeySet, gone: set[str]) -> KeySet:
         return base
     if len(gone) == len(base.slot):
         return EMPTY
-    fingerprint = _fingerprint(base.fingerprint, gone, -1)
-    keep = [key for key in base.slot if key not in gone]
+    fingerprint = _fingerprint(base.fingerprint, ((key, base.source_of(key) or 0) for key in gone), -1)
+    keep = [(key, source_id) for key, source_id in _pairs(base) if key not in gone]
     known = _live.get(fingerprint)
-    if known is not None and _equal(known, keep, len(keep)):
+    if known is not None and len(known.slot) == len(keep) and _holds(known, keep):
         return known
     sources: dict[int, tuple[str, ...]] = {}
     for source_id, keys in base.sources.items():
         rest = tuple(key for key in keys if key not in gone)
         if rest:
             sources[source_id] = rest
-    made = KeySet(dict(zip(keep, positions(0, len(keep)), strict=True)), sources, fingerprint)
-    _live[fingerprint] = made
-    return made
+    slot = dict(zip((key for key, _ in keep), positions(0, len(keep)), strict=True))
+    return _register(KeySet(slot, array("q", (source_id for _, source_id in keep)), sources, fingerprint))
 
 
 def moved(old: KeySet, values: array, new: KeySet) -> array:

@@ -113,3 +113,13 @@ def test_the_session_methods_keep_their_meaning_over_a_shared_set() -> None:
     assert HeldKeys.remove(holder, "hk.s8.a") == 8 and HeldKeys.remove(holder, "hk.s8.a") is None
     assert dict(holder.sources) == {7: ("hk.s7.b",)}
     assert HeldKeys.remove_keys(holder, 7, {"hk.s7.b"}) and holder.keyset is EMPTY
+
+
+def test_the_same_keys_of_other_sources_are_another_set() -> None:
+    """A metric deleted and created again under another source (or a test's fresh database) must not share."""
+    first, second = Holder(), Holder()
+    first.add({"hk.moved.m0": 1, "hk.moved.m1": 1}, {})
+    second.add({"hk.moved.m0": 2, "hk.moved.m1": 1}, {})
+    assert first.keyset is not second.keyset
+    assert dict(second.sources) == {2: ("hk.moved.m0",), 1: ("hk.moved.m1",)}
+    assert second.keyset.source_of("hk.moved.m0") == 2 and second.keyset.source_of("nothing") is None
