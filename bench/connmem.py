@@ -158,6 +158,7 @@ async def open_viewer(spec: dict[str, Any], held: list, warmup: bool = False, nu
             (spec.get("warmup"), 1) if warmup and spec.get("warmup") else (spec["subscribe"], spec["keys"])
         )
         if subscribe:
+            subscribe = subscribe.replace("{n}", f"{number:05d}")  # --distinct: each viewer's own key
             hello = json.loads(await ws.recv())
             assert hello["type"] == "hello", hello
             await ws.send(subscribe)
@@ -227,11 +228,14 @@ def request_dump(process: subprocess.Popen, dump_dir: Path, number: int) -> dict
     return json.loads(path.read_text())
 
 
-def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, keys: int = METRICS) -> dict[str, Any]:
+def measure(
+    name: str, n: int, trace: int, extra_env: dict[str, str], top: int, keys: int = METRICS, distinct: bool = False
+) -> dict[str, Any]:
     """Start one system, connect n idle viewers, return RSS (and heap) growth per connection.
 
     Pulseboard's viewers each hold `keys` metrics through one glob (`bench.*`: devices of 10 metrics
-    each, as a fleet is); 0 keys is a socket that only said hello.
+    each, as a fleet is); 0 keys is a socket that only said hello. With `distinct`, each viewer also
+    holds one key of its own (`solo.dev-<n>.m0`), so no two hold the same set: nothing is shared.
     """
     tmp = Path(tempfile.mkdtemp(prefix=f"connmem-{name}-"))
     port = free_port()
@@ -271,6 +275,11 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
                 {"source": f"bench.dev-{i // 10:05d}", "metric": f"m{i % 10}", "ts": old, "value": 0.0}
                 for i in range(keys)
             ]
+            if distinct and keys:
+                samples += [
+                    {"source": f"solo.dev-{i:05d}", "metric": "m0", "ts": old, "value": 0.0}
+                    for i in range(WARMUP_CONNECTIONS + n)
+                ]
             for start in range(0, len(samples), 5_000):
                 body = {"precision": "us", "samples": samples[start : start + 5_000]}
                 response = httpx.post(
@@ -281,10 +290,13 @@ def measure(name: str, n: int, trace: int, extra_env: dict[str, str], top: int, 
             spec = {
                 "url": f"ws://127.0.0.1:{port}/ws/live/",
                 "headers": {"Cookie": cookies, "Origin": base},
-                "subscribe": json.dumps({"type": "subscribe", "metrics": ["bench.*"], "history_s": 0})
+                "subscribe": json.dumps(
+                    {"type": "subscribe", "metrics": ["bench.*", *(["solo.dev-{n}.m0"] if distinct else [])]}
+                    | {"history_s": 0}
+                )
                 if keys
                 else None,
-                "keys": keys,
+                "keys": keys + 1 if distinct and keys else keys,
                 "warmup": json.dumps({"type": "subscribe", "metrics": ["bench.dev-00000.m0"], "history_s": 0})
                 if keys not in (0, METRICS)
                 else None,
@@ -414,6 +426,11 @@ def main() -> None:
         help="comma-separated keys per socket (e.g. 0,250,1000,10000): Pulseboard at each, with --systems' raw "
         "ones beside it; prints bytes per held key",
     )
+    parser.add_argument(
+        "--distinct",
+        action="store_true",
+        help="with --keys: each viewer also holds one key of its own, so no two sockets hold the same set",
+    )
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
     if args.keys:
@@ -444,9 +461,10 @@ def main() -> None:
 
 def measure_both(name: str, n: int, args: argparse.Namespace, extra: dict[str, str], keys: int = METRICS) -> dict:
     """Measure RSS in one run and, with --frames, the Python heap in a second run under tracemalloc."""
-    row = measure(name, n, 0, extra, 0 if args.frames else args.top, keys)
+    distinct = getattr(args, "distinct", False)
+    row = measure(name, n, 0, extra, 0 if args.frames else args.top, keys, distinct)
     if args.frames:
-        row["heap_kb_per_conn"] = measure(name, n, args.frames, extra, args.top, keys)["heap_kb_per_conn"]
+        row["heap_kb_per_conn"] = measure(name, n, args.frames, extra, args.top, keys, distinct)["heap_kb_per_conn"]
     row["load"] = round(os.getloadavg()[0], 2)
     return row
 
@@ -460,7 +478,12 @@ def per_key(args: argparse.Namespace, extra: dict[str, str]) -> None:
     """
     counts = [int(k) for k in args.keys.split(",")]
     viewers = {keys: max(50, min(args.viewers, KEYS_PER_RUN // max(keys, 1))) for keys in counts}
-    header(args, extra, f"keys per socket {counts}, viewers per row {list(viewers.values())}")
+    header(
+        args,
+        extra,
+        f"keys per socket {counts}{' (+1 of its own: --distinct)' if args.distinct else ''}, "
+        f"viewers per row {list(viewers.values())}",
+    )
     rows = []
     for keys in counts:
         row = measure_both("pulseboard", viewers[keys], args, extra, keys)
@@ -481,9 +504,10 @@ def per_key(args: argparse.Namespace, extra: dict[str, str]) -> None:
     for r in rows:
         rss_key = heap_key = "-"
         if base is not None and r["keys"]:
-            rss_key = f"{(r['rss_kb_per_conn'] - base['rss_kb_per_conn']) * 1024 / r['keys']:.0f}"
+            held = r["keys"] + (1 if args.distinct else 0)
+            rss_key = f"{(r['rss_kb_per_conn'] - base['rss_kb_per_conn']) * 1024 / held:.0f}"
             if "heap_kb_per_conn" in r and "heap_kb_per_conn" in base:
-                heap_key = f"{(r['heap_kb_per_conn'] - base['heap_kb_per_conn']) * 1024 / r['keys']:.0f}"
+                heap_key = f"{(r['heap_kb_per_conn'] - base['heap_kb_per_conn']) * 1024 / held:.0f}"
         print(
             f"| {r['keys']} | {r['connected']} | {r['rss_kb_per_conn']} | {r.get('heap_kb_per_conn', '-')} | "
             f"{rss_key} | {heap_key} | {r['load']} |"
