@@ -1,12 +1,12 @@
-"""Held keys shared across connections (dashboard/heldkeys.py): one KeySet per distinct set, 16 B per key per socket."""
+"""Held keys shared across connections (dashboard/live/heldkeys.py): one KeySet per distinct set, 16 B per key per socket."""
 
 from __future__ import annotations
 
 import gc
 import tracemalloc
 
-from dashboard import heldkeys
-from dashboard.heldkeys import EMPTY, NO_TIMESTAMPS, HeldKeys
+from dashboard.live import heldkeys
+from dashboard.live.heldkeys import EMPTY, NO_TIMESTAMPS, HeldKeys
 
 
 class Holder(HeldKeys):

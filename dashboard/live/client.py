@@ -192,10 +192,8 @@ class LiveClient(Subscribing, Replaying):
                 return
             gone = [key for key, metric_id in self.metrics.items() if metric_id not in granted]
             if gone:
-                for key in gone:
-                    source_id = self.session.remove(key)
-                    if source_id is not None:
-                        await self.hub.leave(self.session, source_id)
+                for source_id in self.session.drop(gone):  # the sources of which no key is held any more
+                    await self.hub.leave(self.session, source_id)
                 self.session.release(set(gone))  # drops their samples still buffered
                 stats.SUBSCRIPTIONS.dec(len(gone))
                 for key in gone:

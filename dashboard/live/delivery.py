@@ -42,10 +42,10 @@ class SessionDelivery:
         """
         if self.closed:
             return
-        cursors, held, seam = self.cursors, self._held, self.seam
+        slot, held, seam = self.keyset.slot, self._held, self.seam
         added = False
         for fragment in fragments:
-            if fragment.key not in cursors:
+            if fragment.key not in slot:
                 continue
             # No trimming at the cursor: a sample older than the newest one delivered may still be new
             # (it committed late: out-of-order ingest). The hub delivers each sample once; only what this
@@ -72,7 +72,7 @@ class SessionDelivery:
         A session holding some of the keys, holding keys back for a replay,
         or with a seam takes the fragments one by one (offer_all).
         """
-        if not self._held and self.seam is None and not self.closed and self.cursors.keys() >= piece.keys:
+        if not self._held and self.seam is None and not self.closed and self.keyset.slot.keys() >= piece.keys:
             self._buffer.append(piece)
             self._buffered += piece.count
             if self._buffered > MAX_BUFFER_SAMPLES:
@@ -188,7 +188,7 @@ class SessionDelivery:
                 return None
             self._buffer = rest
         self._buffered -= samples
-        cursors, delivered = self.cursors, self.delivered
+        slot, cursors, delivered = self.keyset.slot, self.cursor_ts, self.delivered_ts
         for fragment in ready:
             if type(fragment) is BatchPiece:
                 if fragment.clean and fragment.floor > self._cursor_hi:
@@ -210,10 +210,13 @@ class SessionDelivery:
                 self.settle_cursors()  # first: a piece folded after this max() must not undo it
             hi = self._cursor_hi
             for key, last in pairs:
-                if last > cursors.get(key, 0):
-                    cursors[key] = last
-                if last > delivered.get(key, 0):
-                    delivered[key] = last
+                i = slot.get(key)
+                if i is None:
+                    continue  # unsubscribed since it was buffered
+                if last > cursors[i]:
+                    cursors[i] = last
+                if last > delivered[i]:
+                    delivered[i] = last
                 if last > hi:
                     hi = last
             self._cursor_hi = hi

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from dashboard import stats
 from dashboard.live.delivery import FOLD_PIECES, SessionDelivery
 from dashboard.live.frames import Fragment, encode_fragment, unpack
+from dashboard.live.heldkeys import HeldKeys
 from dashboard.live.protocol import ACK_WINDOW_FRAMES
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Transport(Protocol):
         """End the connection with a close code (4008: a reader too slow); a no-op where there is none."""
 
 
-class Session(SessionDelivery):
+class Session(HeldKeys, SessionDelivery):
     """The fan-out side of one live connection: its subscriptions, cursors, coalescing buffer and ack window.
 
     A frame goes out at once when the connection is idle, and under load at
@@ -51,6 +52,9 @@ class Session(SessionDelivery):
 
     There is one per connection, so an idle one must stay small
     (bench/connmem.py): slots, and nothing allocated before it is needed.
+    Its keys are a KeySet shared with every session holding the same ones,
+    and its cursors two arrays beside it (dashboard/live/heldkeys.py): 16 B a
+    held key of its own.
     """
 
     __slots__ = (
@@ -58,9 +62,9 @@ class Session(SessionDelivery):
         "max_rate",
         "window",
         "on_stuck",
-        "cursors",
-        "delivered",
-        "sources",
+        "keyset",
+        "cursor_ts",
+        "delivered_ts",
         "_buffer",
         "_buffered",
         "_held",
@@ -95,10 +99,7 @@ class Session(SessionDelivery):
         self.max_rate = max_rate
         self.window = window
         self.on_stuck = on_stuck
-        self.cursors: dict[str, int] = {}  # metric key -> newest ts delivered or promised
-        self.delivered: dict[str, int] = {}  # metric key -> newest ts handed to the transport
-        # source id -> subscribed keys of it; a tuple (120 B for 10 keys, a set 730 B): the hub only iterates it.
-        self.sources: dict[int, tuple[str, ...]] = {}
+        self.init_keys()  # cursors (newest ts delivered or promised), delivered, sources: see HeldKeys
         self._buffer: list[Fragment] = []
         self._buffered = 0
         self._held: frozenset[str] | set[str] = NO_KEYS  # keys being back-filled: live fragments wait
@@ -130,55 +131,17 @@ class Session(SessionDelivery):
         # above it may become the cursors as it is.
         self._cursor_hi = 0
 
-    # --- Subscriptions --------------------------------------------------
-    def add(self, source_id: int, key: str, cursor: int) -> None:
+    # --- Subscriptions (add, add_keys, remove_keys, remove: HeldKeys, through these two) ---------
+    def take(self, fresh: Mapping[str, int], cursor_of: Callable[[str], int]) -> None:
+        """Hold keys (key -> its source id) with their cursors (HeldKeys.take), the unfolded cursors settled first."""
         self.settle_cursors()
-        self._cursor_hi = max(self._cursor_hi, cursor)
-        keys = self.sources.get(source_id, ())
-        if key not in keys:
-            self.sources[source_id] = (*keys, key)
-        self.cursors[key] = max(cursor, self.cursors.get(key, 0))
+        self._cursor_hi = max(self._cursor_hi, 0, *(cursor_of(key) for key in fresh))
+        super().take(fresh, cursor_of)
 
-    def add_keys(self, source_id: int, keys: list[str], cursors: list[int]) -> None:
-        """Subscribe to several keys of one source at once (add() per key rebuilds the source's tuple each time)."""
+    def drop(self, gone: Iterable[str]) -> list[int]:
+        """Stop holding keys (HeldKeys.drop), the unfolded cursors settled first."""
         self.settle_cursors()
-        self._cursor_hi = max(self._cursor_hi, *cursors, 0)
-        held = self.sources.get(source_id, ())
-        known = set(held)
-        fresh = [key for key in keys if key not in known]
-        if fresh:
-            self.sources[source_id] = (*held, *fresh)
-        own = self.cursors
-        for key, cursor in zip(keys, cursors, strict=True):
-            own[key] = max(cursor, own.get(key, 0))
-
-    def remove_keys(self, source_id: int, keys: set[str]) -> bool:
-        """Forget several keys of one source; return whether the session no longer wants any key of it."""
-        self.settle_cursors()
-        for key in keys:
-            self.cursors.pop(key, None)
-            self.delivered.pop(key, None)
-        rest = tuple(key for key in self.sources.get(source_id, ()) if key not in keys)
-        if rest:
-            self.sources[source_id] = rest
-            return False
-        self.sources.pop(source_id, None)
-        return True
-
-    def remove(self, key: str) -> int | None:
-        """Forget a key; return its source id when the session no longer wants any key of that source."""
-        self.settle_cursors()
-        self.cursors.pop(key, None)
-        self.delivered.pop(key, None)
-        for source_id, keys in self.sources.items():
-            if key in keys:
-                rest = tuple(k for k in keys if k != key)
-                if not rest:
-                    del self.sources[source_id]
-                    return source_id
-                self.sources[source_id] = rest
-                return None
-        return None
+        return super().drop(gone)
 
     def hold(self, keys: set[str]) -> None:
         """Keep live fragments of these keys buffered while their history is being sent (replays read cursors next)."""
@@ -303,9 +266,11 @@ class Session(SessionDelivery):
         if self.closed:
             return
         self.settle_cursors()
+        slot, delivered = self.keyset.slot, self.delivered_ts
         for key, ts in newest.items():
-            if ts > self.delivered.get(key, 0):
-                self.delivered[key] = ts
+            i = slot.get(key)  # None: unsubscribed meanwhile
+            if i is not None and ts > delivered[i]:
+                delivered[i] = ts
             if ts > self._cursor_hi:
                 self._cursor_hi = ts
         self._count_sent()

@@ -160,7 +160,7 @@ class Subscribing:
         No await between choosing and holding: a live-glob extension running
         beside a subscribe cannot add a key twice.
         """
-        held = self.session.cursors
+        held = self.session.keyset.slot
         room = protocol.MAX_SUBSCRIPTIONS - len(held)
         new: dict[str, MetricEntry] = {}
         named: dict[str, str] = {}
@@ -181,12 +181,9 @@ class Subscribing:
             if not whole:
                 cut.append(pattern)
         session = self.session
-        by_source: dict[int, list[str]] = {}
-        for key, entry in new.items():
-            by_source.setdefault(entry.source_id, []).append(key)
         session.hold(set(new))
-        for source_id, keys in by_source.items():
-            session.add_keys(source_id, keys, [cursor_of(key) for key in keys])
+        # One step for all of them: the session moves to the KeySet of its old keys and these (shared).
+        session.take({key: entry.source_id for key, entry in new.items()}, cursor_of)
         stats.SUBSCRIPTIONS.inc(len(new))
         error = None
         if cut:
@@ -282,13 +279,7 @@ class Subscribing:
                 del self._globs[glob]
                 registry.discard(glob, self)
         gone = [k for k in self.metrics if k in gone_set]
-        by_source: dict[int, set[str]] = {}
-        for source_id, keys in self.session.sources.items():
-            hit = gone_set.intersection(keys)
-            if hit:
-                by_source[source_id] = hit
-        for source_id, keys in by_source.items():
-            if self.session.remove_keys(source_id, keys):
-                await self.hub.leave(self.session, source_id)
+        for source_id in self.session.drop(gone_set):  # the sources of which no key is held any more
+            await self.hub.leave(self.session, source_id)
         stats.SUBSCRIPTIONS.dec(len(gone))
         await self.transport.send_text(encode({"type": "unsubscribed", "id": message.id, "metrics": gone}))

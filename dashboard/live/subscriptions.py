@@ -64,7 +64,7 @@ def subscribe_gate() -> asyncio.Semaphore:
 
 
 class HeldMetrics(Mapping[str, int]):
-    """Subscribed key -> metric id, read from the session's cursors and the key index.
+    """Subscribed key -> metric id, read from the session's (shared) KeySet and the key index.
 
     A dict of its own per connection cost ~21 B per held key (a 10,000-key
     socket: 210 KB) to repeat what those two already know.
@@ -77,18 +77,18 @@ class HeldMetrics(Mapping[str, int]):
         self._index = index
 
     def __getitem__(self, key: str) -> int:
-        if key not in self._session.cursors:
+        if key not in self._session.keyset.slot:
             raise KeyError(key)
         return self._index.by_key[key].id
 
     def __contains__(self, key: object) -> bool:
-        return key in self._session.cursors and key in self._index.by_key
+        return key in self._session.keyset.slot and key in self._index.by_key
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._session.cursors)
+        return iter(list(self._session.keyset.slot))
 
     def __len__(self) -> int:
-        return len(self._session.cursors)
+        return len(self._session.keyset.slot)
 
 
 class LiveGlobs:
