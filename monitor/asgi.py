@@ -14,13 +14,12 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 
-from channels.routing import URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from dashboard import background, fastpaths  # noqa: E402
 from dashboard.fastpaths.agenthandler import AgentAPIHandler, route  # noqa: E402
 from dashboard.origins import ServedOriginValidator  # noqa: E402
-from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from dashboard.routing import websocket_application  # noqa: E402
 
 # Agent posts skip the middleware chain (dashboard/fastpaths/agenthandler.py says why), where the guard
 # allows it (dashboard/fastpaths/__init__.py); else Django's own handler serves them too.
@@ -56,7 +55,7 @@ application = background.starting(
             # No AuthMiddlewareStack: the live consumer reads the session cookie once at
             # connect; the stack kept the session, the user and three scope copies per socket.
             # The Origin must be one this server serves: scheme, host and port (dashboard/origins.py).
-            "websocket": ServedOriginValidator(URLRouter(websocket_urlpatterns)),
+            "websocket": ServedOriginValidator(websocket_application),
         }
     )
 )

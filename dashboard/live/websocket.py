@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from importlib import import_module
 from types import SimpleNamespace
 from typing import Any
@@ -105,11 +105,12 @@ class LiveConsumer:
 
     @classmethod
     def as_asgi(cls):
-        """Return the ASGI app: one LiveConsumer and one coroutine per socket."""
+        """Return the ASGI app: one LiveConsumer and one coroutine per socket (its `run`, not a wrapper around it)."""
 
-        async def app(scope: dict[str, Any], receive, send) -> None:
-            await cls(send).run(scope, receive)
+        def app(scope: dict[str, Any], receive, send) -> Coroutine[Any, Any, None]:
+            return cls(send).run(scope, receive)
 
+        app._asgi_single_callable = True  # asgiref would take a plain function for an ASGI 2 app
         return app
 
     def __init__(self, send) -> None:
@@ -118,15 +119,17 @@ class LiveConsumer:
         self.state = "connecting"  # then "open", "closing" (the server sent a close) or "closed"
         self.wire: Callable[[bytes], bool] | None = None  # set on connect: None unless under Daphne
 
-    async def run(self, scope: dict[str, Any], receive) -> None:
+    async def run(self, scope: dict[str, Any] | None, receive) -> None:
         try:
             while True:
                 message = await receive()
                 kind = message["type"]
                 if kind == "websocket.receive":
                     await self.receive(message)
-                elif kind == "websocket.connect":
+                elif kind == "websocket.connect" and scope is not None:
                     await self.connect(scope)
+                    # The scope (headers, cookies, addresses: ~1.5 KB) is read once; an idle socket keeps none of it.
+                    scope = None
                 elif kind == "websocket.disconnect":
                     self.state = "closed"
                     return
