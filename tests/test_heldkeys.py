@@ -123,3 +123,12 @@ def test_the_same_keys_of_other_sources_are_another_set() -> None:
     assert first.keyset is not second.keyset
     assert dict(second.sources) == {2: ("hk.moved.m0",), 1: ("hk.moved.m1",)}
     assert second.keyset.source_of("hk.moved.m0") == 2 and second.keyset.source_of("nothing") is None
+
+
+def test_cursors_compare_and_update_like_the_dicts_they_replace() -> None:
+    holder = Holder()
+    holder.add({"hk.u.m0": 3, "hk.u.m1": 3}, {})
+    assert holder.cursors.keys() >= {"hk.u.m0"} and not holder.cursors.keys() >= {"hk.u.m0", "hk.u.m9"}
+    holder.cursors.update({"hk.u.m0": 10, "hk.u.m9": 11})
+    holder.delivered.update([("hk.u.m1", 12)])
+    assert dict(holder.cursors) == {"hk.u.m0": 10, "hk.u.m1": 0} and set(holder.delivered.keys()) == {"hk.u.m1"}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, KeysView, Mapping, MutableMapping
 from typing import Any
 
 MASK = (1 << 64) - 1
@@ -247,6 +247,21 @@ class Timestamps(MutableMapping[str, int]):
         if self._present_if_zero:
             return len(slot)
         return len(values) - values.count(0)
+
+    def keys(self) -> KeysView[str]:
+        """The held keys as the KeySet's own dict view (set comparisons at C speed), or those with a timestamp."""
+        if self._present_if_zero:
+            return self._owner.keyset.slot.keys()
+        return KeysView(self)
+
+    def update(self, other: Any = (), /, **kwargs: int) -> None:
+        """Set many timestamps at once; keys not held are ignored, as by __setitem__."""
+        slot, values = self._parts()
+        pairs = other.items() if isinstance(other, Mapping) else other
+        for key, value in [*pairs, *kwargs.items()]:
+            i = slot.get(key)
+            if i is not None:
+                values[i] = clamp(value)
 
     def __repr__(self) -> str:
         return repr(dict(self.items()))
