@@ -53,23 +53,34 @@ class KeySet:
     by key.
     """
 
-    __slots__ = ("slot", "source_ids", "sources", "fingerprint", "parent", "__weakref__")
+    __slots__ = ("slot", "source_ids", "fingerprint", "parent", "__weakref__")
 
     def __init__(
         self,
         slot: dict[str, int],
         source_ids: array,
-        sources: dict[int, tuple[str, ...]],
         fingerprint: tuple[int, int, int],
         parent: KeySet | None = None,
     ) -> None:
         self.slot = slot  # key -> position in the sessions' timestamp arrays
         self.source_ids = source_ids  # position -> the key's source id
-        self.sources = sources  # source id -> its keys here (the hub iterates it)
         self.fingerprint = fingerprint
         # The set this one was made from by appending keys: its positions are the same, so a session
         # moving from it keeps its arrays and extends them.
         self.parent = weakref.ref(parent) if parent is not None else None
+
+    @property
+    def sources(self) -> dict[int, tuple[str, ...]]:
+        """Source id -> its keys here, made when asked (a subscribe's replay, a socket closing).
+
+        Not kept: for a set one socket holds alone, a dict of tuples per
+        source was up to 85 B a key (one key per source).
+        """
+        grouped: dict[int, list[str]] = {}
+        source_ids = self.source_ids
+        for key, i in self.slot.items():
+            grouped.setdefault(source_ids[i], []).append(key)
+        return {source_id: tuple(keys) for source_id, keys in grouped.items()}
 
     def source_of(self, key: str) -> int | None:
         i = self.slot.get(key)
@@ -85,10 +96,10 @@ class KeySet:
         return iter(self.slot)
 
     def __repr__(self) -> str:
-        return f"<KeySet of {len(self.slot)} keys over {len(self.sources)} sources>"
+        return f"<KeySet of {len(self.slot)} keys over {len(set(self.source_ids))} sources>"
 
 
-EMPTY = KeySet({}, array("q"), {}, (0, 0, 0))
+EMPTY = KeySet({}, array("q"), (0, 0, 0))
 NO_TIMESTAMPS = array("q")  # shared by sessions holding nothing; nothing is ever written to it (no positions)
 SOURCE_MIX = 0x9E3779B97F4A7C15  # spreads source ids over 64 bits before they join a key's hash
 
@@ -144,13 +155,7 @@ def extended(base: KeySet, fresh: dict[str, int]) -> KeySet:
     slot.update(zip(fresh, positions(len(slot), len(fresh)), strict=True))
     source_ids = array("q", base.source_ids)
     source_ids.extend(fresh.values())
-    grouped: dict[int, list[str]] = {}
-    for key, source_id in fresh.items():
-        grouped.setdefault(source_id, []).append(key)
-    sources = dict(base.sources)
-    for source_id, keys in grouped.items():
-        sources[source_id] = (*sources.get(source_id, ()), *keys)
-    return _register(KeySet(slot, source_ids, sources, fingerprint, base))
+    return _register(KeySet(slot, source_ids, fingerprint, base))
 
 
 def reduced(base: KeySet, gone: set[str]) -> KeySet:
@@ -165,13 +170,8 @@ def reduced(base: KeySet, gone: set[str]) -> KeySet:
     known = _live.get(fingerprint)
     if known is not None and len(known.slot) == len(keep) and _holds(known, keep):
         return known
-    sources: dict[int, tuple[str, ...]] = {}
-    for source_id, keys in base.sources.items():
-        rest = tuple(key for key in keys if key not in gone)
-        if rest:
-            sources[source_id] = rest
     slot = dict(zip((key for key, _ in keep), positions(0, len(keep)), strict=True))
-    return _register(KeySet(slot, array("q", (source_id for _, source_id in keep)), sources, fingerprint))
+    return _register(KeySet(slot, array("q", (source_id for _, source_id in keep)), fingerprint))
 
 
 def moved(old: KeySet, values: array, new: KeySet) -> array:
@@ -271,7 +271,7 @@ class HeldKeys:
     """A session's part that holds its keys: a shared KeySet, and its own cursor and delivered timestamp per key.
 
     `cursors` and `delivered` read like the dicts they replace (key -> µs);
-    `sources` is the KeySet's source id -> keys, shared: never change it.
+    `sources` is source id -> keys, made when asked from the KeySet.
     The delivery loop reads `keyset.slot`, `cursor_ts` and `delivered_ts`.
     """
 
@@ -325,7 +325,7 @@ class HeldKeys:
         if new is old:
             return []
         self._move_to(new)
-        return [source_id for source_id in old.sources if source_id not in new.sources]
+        return list(set(old.source_ids).difference(new.source_ids))
 
     def add(self, source_id: int, key: str, cursor: int) -> None:
         self.take({key: source_id}, lambda _key: cursor)
@@ -338,7 +338,7 @@ class HeldKeys:
     def remove_keys(self, source_id: int, keys: set[str]) -> bool:
         """Forget several keys of one source; return whether the session no longer wants any key of it."""
         self.drop(keys)
-        return source_id not in self.keyset.sources
+        return source_id not in self.keyset.source_ids
 
     def remove(self, key: str) -> int | None:
         """Forget a key; return its source id when the session no longer wants any key of that source."""

@@ -100,7 +100,8 @@ class Replaying:
         replayed: dict[str, set[int]] = {}
         try:
             key_of = {self.metrics[k]: k for k in keys if k in self.metrics}
-            source_of = {k: source_id for source_id, ks in self.session.sources.items() for k in ks if k in keys}
+            keyset = self.session.keyset
+            source_of = {k: source_id for k in keys if (source_id := keyset.source_of(k)) is not None}
             await self.hub.track(
                 self.session,
                 {key: (metric_id, source_of[key]) for metric_id, key in key_of.items() if key in source_of},
