@@ -169,6 +169,12 @@ async def open_viewer(spec: dict[str, Any], held: list, warmup: bool = False, nu
                     break
                 if frame["type"] == "error":
                     raise RuntimeError(f"subscribe failed: {frame}")
+            # The server answers messages in order, and a subscribe's history replay is part of it: the pong
+            # says the replay is over, so its transient state (keys held back, the replay's maps) is not
+            # counted as what a held key costs. Subscribes take turns, so the last ones wait for all others.
+            await ws.send(json.dumps({"type": "ping", "id": "settled"}))
+            while json.loads(await ws.recv())["type"] != "pong":
+                pass
     except websockets.ConnectionClosed:
         return False  # counted: the figures are divided by the viewers that stayed connected
     held.append(ws)
