@@ -84,6 +84,9 @@ async def load_samples(cursors: dict[int, int]) -> dict[int, tuple[list[int], li
         return await run_db(_samples_past, cursors, limit)
 
 
+NOTHING_REPLAYED: frozenset[int] = frozenset()  # shared by every key whose replay found nothing
+
+
 class Replaying:
     """LiveClient's part that back-fills keys: on subscribe, on a live glob's new metric, after a loss."""
 
@@ -114,7 +117,7 @@ class Replaying:
                 if n % 256 == 0:
                     await asyncio.sleep(0)  # a 10,000-key replay is encoded in slices: ingest runs between them
                 key = key_of[metric_id]
-                replayed[key] = set(ts)
+                replayed[key] = set(ts) if ts else NOTHING_REPLAYED  # a 10,000-key replay made 10,000 empty sets
                 if cut:
                     truncated.append(key)
                 if ts:
@@ -143,7 +146,7 @@ class Replaying:
                 )
         finally:
             # Keys whose replay never ran (an error) fall back to the cursor; the rest drop exactly what was sent.
-            seam = {key: self.hub.unseen(key, ts) for key, ts in replayed.items()}
+            seam = {key: self.hub.unseen(key, ts) for key, ts in replayed.items() if ts}
             self.session.release(keys, replayed if replayed.keys() >= keys else None, seam)
 
     def _on_gap(self, keys: set[str]) -> None:
