@@ -176,7 +176,11 @@ async def test_a_reader_that_stops_reading_costs_the_server_a_bounded_amount_and
     server = psutil.Process(cluster.b.process.pid)
     rss_before = server.memory_info().rss
     sent_bytes = 0
-    for n in range(60):  # 60,000 samples, ~1.5 MB of frames for this one reader: overflows window and buffer
+    # 150,000 samples, ~3.75 MB of frames for this one reader: even coalesced into the largest frames
+    # (MAX_FRAME_SAMPLES, 2,500) that is 60 frames, past the 32-frame ack window, and past the buffer.
+    # (60,000 samples could go out as 24 large frames when posts arrived faster than flushes: the
+    # window never filled, nothing stalled, and the reader stayed open; a flaky test, not a leak.)
+    for n in range(150):
         samples = [("temp", base + 1 + n * 1000 + i, 20.0 + i % 7) for i in range(1000)]
         sent_bytes += 25 * len(samples)
         await post_samples(cluster.a, cluster.secret, slug, samples)
@@ -190,7 +194,7 @@ async def test_a_reader_that_stops_reading_costs_the_server_a_bounded_amount_and
     assert slow.close_code in (4008, 1006)
     growth = peak - rss_before
     print(f"slow reader: ~{sent_bytes / 1e6:.1f} MB offered, server RSS grew {growth / 1e6:.1f} MB")
-    # Bound: 8 frames in flight (here ~25 KB each) + a 50,000-sample buffer that sheds; no copy of the stream.
+    # Bound: the ack window of frames in flight + a 50,000-sample buffer that sheds; no copy of the stream.
     assert growth < 64 * 1024 * 1024
     async with httpx.AsyncClient(base_url=cluster.b.url) as client:
         metrics = await client.get("/metrics", headers={"Cookie": cluster.cookies})
