@@ -110,3 +110,41 @@ def test_a_twisted_whose_private_names_changed_still_writes_through_the_queued_p
     assert fastpaths.enabled("write_through") is False
     assert sum(1 for r in caplog.records if "write_through" in r.getMessage()) == 1
     writethrough._on = True  # this process's other tests use the real Twisted
+
+
+def test_the_malloc_policy_sets_glibcs_trim_threshold_and_stays_off_when_switched_off(monkeypatch) -> None:
+    from dashboard.fastpaths import mallocpolicy
+
+    if mallocpolicy.is_glibc() is not None:
+        pytest.skip(f"malloc policy applies to glibc only: {mallocpolicy.is_glibc()}")
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(mallocpolicy.ctypes, "CDLL", lambda name: Libc())
+    assert mallocpolicy.configure() is True
+    assert calls == [(mallocpolicy.M_MMAP_THRESHOLD, 128 * 1024), (mallocpolicy.M_TRIM_THRESHOLD, 128 * 1024)]
+
+    monkeypatch.setenv("PULSEBOARD_FAST_PATHS", "0")
+    fastpaths.reset()
+    calls.clear()
+    assert mallocpolicy.configure() is False
+    assert calls == []
+
+
+def test_a_refused_mallopt_turns_the_malloc_policy_off(monkeypatch) -> None:
+    from dashboard.fastpaths import mallocpolicy
+
+    if mallocpolicy.is_glibc() is not None:
+        pytest.skip(f"malloc policy applies to glibc only: {mallocpolicy.is_glibc()}")
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            return 0
+
+    monkeypatch.setattr(mallocpolicy.ctypes, "CDLL", lambda name: Libc())
+    assert mallocpolicy.configure() is False
+    assert fastpaths.enabled("malloc_trim") is False

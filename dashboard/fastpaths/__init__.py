@@ -41,6 +41,8 @@ warm_imports       anyio's asyncio backend imported off the     imported on the 
 input_queue        Daphne's per-connection input queue is a     Daphne's asyncio.Queue (~3 KB more per
                    small InputQueue (inputqueue.py;             idle socket)
                    Server.create_application)
+malloc_trim        glibc's trim threshold fixed at 128 KB       glibc's dynamic threshold (~60 B more per
+                   (mallocpolicy.py; mallopt)                   held key after 10,000-key subscribes)
 =================  ===========================================  ============================================
 """
 
@@ -66,6 +68,7 @@ WRITTEN_FOR: dict[str, dict[str, tuple[str, ...]]] = {
     "gc_policy": {},
     "warm_imports": {"anyio": ("4.16.0",)},
     "input_queue": {"daphne": ("4.2.3",)},
+    "malloc_trim": {},
 }
 
 
@@ -103,6 +106,7 @@ PRIVATE_NAMES: dict[str, Callable[[], str | None]] = {
     "gc_policy": _has("gc", "freeze", "unfreeze", "get_freeze_count"),
     "warm_imports": _has("anyio._backends._asyncio"),
     "input_queue": _has("daphne.server", "Server.create_application", "Server.handle_reply"),
+    "malloc_trim": lambda: importlib.import_module("dashboard.fastpaths.mallocpolicy").is_glibc(),
 }
 
 _lock = threading.Lock()
