@@ -502,16 +502,28 @@ def test_the_editor_never_saves_overlapping_panels(site, page) -> None:
 
 
 def test_a_legend_click_isolates_a_series_and_a_modified_click_hides_it(site, page) -> None:
-    # Both sources report now: a source silent for 3 of its intervals makes the panel stale (server notice).
-    site.ingest(
-        [
-            {"source": LONELY, "metric": "humidity", "ts": now_us(), "value": 41.0, "unit": "%"},
-            {"source": SENSOR, "metric": "humidity", "ts": now_us(), "value": 41.5, "unit": "%"},
-        ]
-    )
+    # Both sources report now, and again each second until the panel is live: a source silent for 3 of
+    # its intervals (sensor 07: 2 s) makes the panel stale (server notice), and a page that took longer
+    # than 6 s to load and subscribe (a busy CI machine) saw a one-off report go stale first.
+    def report() -> None:
+        site.ingest(
+            [
+                {"source": LONELY, "metric": "humidity", "ts": now_us(), "value": 41.0, "unit": "%"},
+                {"source": SENSOR, "metric": "humidity", "ts": now_us(), "value": 41.5, "unit": "%"},
+            ]
+        )
+
+    report()
     page.goto(site.url + "/d/iot-fleet/?range=15m")
     humidity = panel(page, "Humidity")
-    humidity.locator(".panel-status[data-state=live]").wait_for(timeout=10_000)
+    status = humidity.locator(".panel-status")
+    deadline = time.monotonic() + 20
+    while status.get_attribute("data-state") != "live":
+        assert time.monotonic() < deadline, (
+            f"the panel is not live: {status.get_attribute('data-state')}, {status.text_content()!r}"
+        )
+        report()
+        page.wait_for_timeout(1_000)
     assert wait_drawn(page, "Humidity", ORANGE, 10) >= 10 and wait_drawn(page, "Humidity", BLUE, 300) >= 300
     names = humidity.locator("table.legend th")
     names.filter(has_text="sensor-07").click()
