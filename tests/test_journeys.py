@@ -251,6 +251,17 @@ def test_zooming_into_a_spike_on_a_2_second_sensor_shows_the_line_and_the_spike_
     humidity_head = panel(page, "Humidity").locator("table.legend td.legend-head").nth(1)
     assert humidity_head.inner_text() == head
     shot(page, "zoom-into-a-spike")
+    # Anywhere along the range, not only at the spike: the two panels' buckets may lie on different
+    # grids (each panel asks for a step to suit its width), and a follower naming its own nearest
+    # bucket showed a neighbouring second (CI, 2026-12-06: '06:58:18' under '06:58:19').
+    differ = []
+    for k in range(1, 40):
+        x = over["x"] + over["width"] * k / 40
+        page.mouse.move(x, over["y"] + over["height"] / 2)
+        shown = temperature.locator("table.legend td.legend-head").nth(1).inner_text()
+        if humidity_head.inner_text() != shown:
+            differ.append((round(x), shown, humidity_head.inner_text()))
+    assert not differ, f"the panels' legends name different times under one cursor: {differ}"
     assert not page.errors, page.errors
 
 

@@ -10,6 +10,10 @@ const CURRENCIES = new Set(["USD", "EUR", "GBP", "JPY", "CHF", "USDT"]);
 const DEFAULT_STALE_S = 30; // a panel whose newest sample is older than this is marked stale
 const MAX_ANNOTATIONS = 50; // per panel; older ones are dropped so a flapping alert cannot grow memory
 const CURSOR_SYNC_KEY = "pulseboard-board"; // every time-series and candlestick panel of a page shares one cursor
+// The time that shared cursor points at: the nearest sample of the chart under the pointer. The charts
+// that follow show this time too, not their own nearest sample's, which can fall in another second when
+// their buckets lie on another grid (a panel of another width asks for another step).
+const sharedCursor = { t: null, legends: new Set() };
 
 // Colour of a value by the panel's thresholds [{value, color}], the highest threshold reached wins.
 export function thresholdColor(value, thresholds = [], fallback = "var(--text)") {
@@ -318,6 +322,7 @@ export class TimeSeriesPanel extends Panel {
     }));
     this.expectedS = this.keys.map((k) => (this.cfg.series.find((s) => s.key === k) || {}).interval_s || DEFAULT_INTERVAL_S);
     this.plot = makePlot(this, this.chartBox, series, { onZoom: page.zoomTo, extraHooks: { setCursor: [(u) => this.showCursor(u)] } });
+    sharedCursor.legends.add(this);
     this.legendRows = this.keys.map((k, i) => {
       const tr = el("tr");
       tr.dataset.key = k;
@@ -358,12 +363,18 @@ export class TimeSeriesPanel extends Panel {
     const idx = u.cursor.idx;
     this.cursorIdx = idx;
     if (!this.legendRows) return;
+    const leads = u.cursor.event != null; // uPlot gives the followers no event, and runs their hooks first
     if (idx == null || !u.data[0].length) {
+      if (leads) sharedCursor.t = null;
       this.lastHead.textContent = "latest";
       if (this.lastColumns) this.fillLegend(this.lastColumns);
       return;
     }
-    this.lastHead.textContent = formatTime(u.data[0][idx] * 1000);
+    if (leads) {
+      sharedCursor.t = u.data[0][idx];
+      for (const other of sharedCursor.legends) if (other !== this && other.cursorIdx != null) other.lastHead.textContent = formatTime(sharedCursor.t * 1000);
+    }
+    this.lastHead.textContent = formatTime((leads || sharedCursor.t == null ? u.data[0][idx] : sharedCursor.t) * 1000);
     this.legendRows.forEach((row, i) => {
       const v = valueNear(u.data[i + 1], idx);
       row.last.textContent = this.fmt(v);
@@ -425,6 +436,8 @@ export class TimeSeriesPanel extends Panel {
   }
 
   annotate(alert) { const hit = super.annotate(alert); if (hit && this.plot) this.plot.redraw(false, false); return hit; }
+
+  destroy() { sharedCursor.legends.delete(this); super.destroy(); }
 }
 
 // The value at idx, or the nearest sample of this series around it (other series' timestamps are undefined).
