@@ -20,9 +20,11 @@ else becomes "-"). All tags are kept as the source's labels. So Telegraf's
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from dashboard.exceptions import BadRequest, InvalidReading, PayloadTooLarge
 from dashboard.validation import (
@@ -56,6 +58,14 @@ _PLAIN_INT_RE = re.compile(r"-?\d{1,15}i\Z|\d{1,15}u\Z")
 # A line of the usual shape: a series not starting with a space, tab or '#', fields, a timestamp of at
 # most 19 digits, single spaces between, nothing after. ASCII digits only ([0-9], not \d).
 _UNIFORM_LINE = re.compile(r"^([^ \t#\n][^ \n]*) ([^ \n]+) ([0-9]{1,19})$", re.MULTILINE)
+# A line of one numeric field: "series key" (one group, the column's cache key), a plain decimal value
+# (the shape _PLAIN_FLOAT_RE admits, ASCII digits), a timestamp. Bounded so no line it admits nears
+# MAX_LINE_CHARS and no series is too long to be cached.
+_ONE_FIELD_LINE = re.compile(
+    r"^([^ \t#\n][^ \n]{0,1022} [^ =,\n]{1,1024})=([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?)"
+    r" ([0-9]{1,19})$",
+    re.MULTILINE,
+)
 # Series (the text before a line's first space) seen lately, with their names: senders repeat the same
 # series every interval, so naming and checking is done once per series, not once per line.
 _SERIES: dict[str, _Series | bool] = {}
@@ -316,6 +326,57 @@ def _check_labels(tags: dict[str, str]) -> None:
         )
 
 
+def _parse_columns(text: str, precision: str, now: int, parsed: ParsedBody) -> bool:
+    """Parse a body of one-field lines of known series by columns; False (nothing added) when it is not one.
+
+    Most writers send one sample per line (`temp,host=a value=21.5 1700000000000000000`),
+    and `_parse_plain`'s few operations per line were still about 2 µs, five
+    times the JSON path, mostly the interpreter walking each line. Here one
+    regular expression splits the body into columns in C; int(), float(),
+    the name lookups and Reading() are mapped over whole columns; the time
+    window and value range are checked once with min() and max(). Only a
+    body where every line has this shape, every series and field name is
+    already learnt (the first body of a series goes through `_parse_plain`,
+    which learns them) and every time and value is acceptable qualifies, so
+    the Readings are exactly `_parse_plain`'s, which falls back to the full
+    rules line by line.
+    """
+    found = _ONE_FIELD_LINE.findall(text)
+    if not found or len(found) != text.count("\n") + (not text.endswith("\n")):
+        return False
+    keys, raws, stamps = zip(*found)
+    series_cache = _SERIES
+    labels_of: dict[str, dict[str, str]] = {}  # one copy per series per body, as _parse_plain makes
+    names: dict[str, tuple[str, str, str, dict[str, str]]] = {}
+    for key in set(keys):
+        series_text, _, field_key = key.partition(" ")
+        series = series_cache.get(series_text)
+        if not series:
+            return False
+        known = series.names.get(field_key)
+        if known is None:
+            return False
+        tags = labels_of.get(series_text)
+        if tags is None:
+            tags = labels_of[series_text] = dict(series.tags) if series.tags else {}
+        names[key] = (known[0], known[1], series.source_kind, tags)
+    multiply, divide = PRECISION_TO_US[precision]
+    ts = list(map(int, stamps))
+    if divide != 1:
+        ts = list(map(operator.floordiv, ts, repeat(divide)))
+    elif multiply != 1:
+        ts = list(map(operator.mul, ts, repeat(multiply)))
+    values = list(map(float, raws))
+    oldest, newest = accepted_window(now)
+    if min(ts) < oldest or max(ts) > newest or min(values) < -MAX_ABS_VALUE or max(values) > MAX_ABS_VALUE:
+        return False
+    sources, metrics, kinds, labels = zip(*map(names.__getitem__, keys))
+    empty = repeat("")
+    parsed.items = list(map(Reading, sources, metrics, ts, values, empty, empty, kinds, labels))
+    parsed.lines = list(range(1, len(found) + 1))
+    return True
+
+
 def _parse_plain(text: str, precision: str, now: int, parsed: ParsedBody) -> None:
     """Parse a body with no backslash and no double quote, the shape Telegraf and most clients send.
 
@@ -486,7 +547,8 @@ def parse_body(
         except UnicodeDecodeError:
             pass  # the line-by-line path names each line that is not UTF-8
         else:
-            _parse_plain(text, precision, now, parsed)  # fast enough to parse whole, then count
+            if not _parse_columns(text, precision, now, parsed):
+                _parse_plain(text, precision, now, parsed)  # fast enough to parse whole, then count
             if max_items is not None and len(parsed.items) > max_items:
                 raise too_many(max_items)
             return parsed

@@ -166,3 +166,59 @@ def test_a_field_name_learnt_for_a_series_still_obeys_the_key_length_limit() -> 
     body = ("m,t=" + "v" * 197 + " f=1").encode()
     for _ in range(2):
         assert [type(item).__name__ for item in parse_body(body, "ns", NOW).items] == ["Rejection"]
+
+
+def _one_field_body(precision: str, scale: int, extra: str = "") -> bytes:
+    lines = [f"temp,host=web{i % 7},zone=a{i % 3} value={20 + i / 8} {(NOW - i * US) * scale}" for i in range(300)]
+    return ("\n".join(lines) + extra).encode()
+
+
+@pytest.mark.parametrize(("precision", "scale"), [("ns", 1000), ("us", 1), ("ms", 1), ("s", 1)])
+def test_one_field_bodies_are_parsed_by_columns_exactly_as_line_by_line(precision: str, scale: int) -> None:
+    """The columnar path (dashboard/lineprotocol.py _parse_columns) gives the line-by-line parser's Readings."""
+    if precision in ("ms", "s"):  # whole milliseconds and seconds since the epoch
+        body = "\n".join(
+            f"temp,host=web{i % 7} value={i}.5 {(NOW // US - i) * (1000 if precision == 'ms' else 1)}" for i in range(300)
+        ).encode()
+    else:
+        body = _one_field_body(precision, scale)
+    lineprotocol._SERIES.clear()
+    text = body.decode()
+    first = lineprotocol.ParsedBody()
+    assert not lineprotocol._parse_columns(text, precision, NOW, first), "series not learnt yet: the per-line path"
+    assert not first.items
+    parse_body(body, precision, NOW)  # learns the series and their field names
+    columns = lineprotocol.ParsedBody()
+    assert lineprotocol._parse_columns(text, precision, NOW, columns)
+    slow = parse_body(body, precision, NOW, plain=False)
+    assert columns.lines == slow.lines == list(range(1, 301))
+    assert [repr(item) for item in columns.items] == [repr(item) for item in slow.items]
+    assert parse_body(body, precision, NOW).items == columns.items
+
+
+@pytest.mark.parametrize(
+    "odd_line",
+    [
+        "temp,host=web1,zone=a1 value=1e999 {ts}",  # out of range: refused, its neighbours stored
+        "temp,host=web1,zone=a1 value=1 1",  # outside the accepted time window
+        "temp,host=web1,zone=a1 value=1,other=2 {ts}",  # two fields
+        "temp,host=web1,zone=a1 value=1i {ts}",  # an integer
+        "temp,host=web1,zone=a1 value=nan {ts}",
+        "temp,host=web1,zone=a1 value=1_000 {ts}",  # float() reads it, line protocol does not
+        "temp,host=web1,zone=a1 newfield=3 {ts}",  # a field name not learnt yet
+        "temp,host=web99 value=3 {ts}",  # a series not seen yet
+        "\ntemp,host=web1,zone=a1 value=2 {ts}",  # a blank line between
+        "# a comment",
+        "temp,host=web1,zone=a1 value=2 {ts}\r",
+        "temp,host=web1,zone=a1  value=2 {ts}",
+    ],
+)
+def test_a_body_with_one_odd_line_leaves_the_columns_and_answers_as_line_by_line(odd_line: str) -> None:
+    lineprotocol._SERIES.clear()
+    parse_body(_one_field_body("ns", 1000), "ns", NOW)
+    body = _one_field_body("ns", 1000, "\n" + odd_line.format(ts=NOW * 1000))
+    assert not lineprotocol._parse_columns(body.decode(), "ns", NOW, lineprotocol.ParsedBody())
+    fast, slow = parse_body(body, "ns", NOW), parse_body(body, "ns", NOW, plain=False)
+    assert fast.lines == slow.lines
+    assert [repr(item) for item in fast.items] == [repr(item) for item in slow.items]
+    assert len(fast.items) >= 300, "the well-formed neighbours are kept"
