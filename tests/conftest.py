@@ -35,6 +35,19 @@ SERVICE_MARKERS = {"postgres", "redis", "mqtt", "browser"}
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hasher() -> None:
+    """Hash the tests' passwords with MD5: PBKDF2's 1,000,000 rounds cost about 0.3 s a user, which was half
+    of `make test-fast`'s time (76 s of 137 in fixture set-up). Servers the tests start keep the real hashers.
+    """
+    from django.conf import settings
+    from django.contrib.auth.hashers import get_hashers, get_hashers_by_algorithm
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    get_hashers.cache_clear()
+    get_hashers_by_algorithm.cache_clear()
+
+
 def reachable(url: str, default_port: int) -> bool:
     parsed = urlparse(url)
     try:

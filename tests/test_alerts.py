@@ -31,7 +31,6 @@ KEY = "iot.sensor-01.temperature"
 def _fresh_alert_cache(settings) -> Iterator[None]:
     settings.PULSEBOARD = {**settings.PULSEBOARD, "NOTIFY_BACKOFF_S": 0.05, "NOTIFY_ATTEMPTS": 3}
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     cache.clear_cache()
     yield
     cache.clear_cache()

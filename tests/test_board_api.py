@@ -16,10 +16,6 @@ from dashboard.models import Dashboard, Metric, Panel, Source
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 def grant(user, *codenames: str):
     user.user_permissions.add(*Permission.objects.filter(content_type__app_label="dashboard", codename__in=codenames))

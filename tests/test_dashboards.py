@@ -17,11 +17,6 @@ from dashboard.validation import Reading
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings) -> None:
-    # The users' password hashes dominate these tests' time otherwise.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 @pytest.fixture
 def board(owner) -> Dashboard:

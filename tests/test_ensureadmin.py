@@ -20,7 +20,6 @@ def ensure(monkeypatch, password: str) -> str:
 
 
 def test_an_unchanged_admin_password_is_not_set_again_so_sessions_stay_valid(monkeypatch, settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     ensure(monkeypatch, "first-pass-123")
     admin = get_user_model().objects.get(username="admin")
     session_hash = admin.get_session_auth_hash()
@@ -30,7 +29,6 @@ def test_an_unchanged_admin_password_is_not_set_again_so_sessions_stay_valid(mon
 
 
 def test_a_changed_admin_password_is_set(monkeypatch, settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     ensure(monkeypatch, "first-pass-123")
     assert "password set from ADMIN_PASSWORD" in ensure(monkeypatch, "second-pass-456")
     assert get_user_model().objects.get(username="admin").check_password("second-pass-456")

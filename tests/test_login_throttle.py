@@ -26,10 +26,6 @@ pytestmark = pytest.mark.django_db
 LIMIT = settings.AXES_FAILURE_LIMIT
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
 
 @pytest.fixture
 def root(django_user_model):
