@@ -16,7 +16,6 @@ from dashboard.models import Dashboard, Metric, Panel, Source
 pytestmark = pytest.mark.django_db
 
 
-
 def grant(user, *codenames: str):
     user.user_permissions.add(*Permission.objects.filter(content_type__app_label="dashboard", codename__in=codenames))
     return type(user).objects.get(pk=user.pk)  # a fresh instance: the permission cache is per instance

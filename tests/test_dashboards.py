@@ -17,7 +17,6 @@ from dashboard.validation import Reading
 pytestmark = pytest.mark.django_db
 
 
-
 @pytest.fixture
 def board(owner) -> Dashboard:
     board = Dashboard.objects.create(title="Servers", slug="servers", owner=owner)

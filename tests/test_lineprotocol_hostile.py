@@ -178,7 +178,8 @@ def test_one_field_bodies_are_parsed_by_columns_exactly_as_line_by_line(precisio
     """The columnar path (dashboard/lineprotocol.py _parse_columns) gives the line-by-line parser's Readings."""
     if precision in ("ms", "s"):  # whole milliseconds and seconds since the epoch
         body = "\n".join(
-            f"temp,host=web{i % 7} value={i}.5 {(NOW // US - i) * (1000 if precision == 'ms' else 1)}" for i in range(300)
+            f"temp,host=web{i % 7} value={i}.5 {(NOW // US - i) * (1000 if precision == 'ms' else 1)}"
+            for i in range(300)
         ).encode()
     else:
         body = _one_field_body(precision, scale)
@@ -196,12 +197,31 @@ def test_one_field_bodies_are_parsed_by_columns_exactly_as_line_by_line(precisio
     assert parse_body(body, precision, NOW).items == columns.items
 
 
+def test_telegraf_lines_of_several_fields_are_parsed_exactly_as_line_by_line() -> None:
+    body = "\n".join(
+        f"cpu,cpu=cpu{i % 4},host=web{i % 3} usage_idle={90 + i % 7}.5,usage_user=-{i % 5}.25,usage_system=1e-{i % 3}"
+        f",steal=0 {(NOW - i * US) * 1000}"
+        for i in range(200)
+    ).encode()
+    lineprotocol._SERIES.clear()
+    parse_body(body, "ns", NOW)
+    columns = parse_body(body, "ns", NOW)  # per line, each line's names learnt
+    slow = parse_body(body, "ns", NOW, plain=False)
+    assert len(columns.items) == 800
+    assert columns.lines == slow.lines
+    assert [repr(item) for item in columns.items] == [repr(item) for item in slow.items]
+
+
 @pytest.mark.parametrize(
     "odd_line",
     [
         "temp,host=web1,zone=a1 value=1e999 {ts}",  # out of range: refused, its neighbours stored
         "temp,host=web1,zone=a1 value=1 1",  # outside the accepted time window
-        "temp,host=web1,zone=a1 value=1,other=2 {ts}",  # two fields
+        "temp,host=web1,zone=a1 value=1,other=2 {ts}",  # a second field not learnt yet
+        "temp,host=web1,zone=a1 value=1,value=x {ts}",  # a second field that is not a number
+        "temp,host=web1,zone=a1 value=1, {ts}",
+        "temp,host=web1,zone=a1 value=1,=2 {ts}",
+        "temp,host=web1,zone=a1 " + ",".join(f"{'k' * 70}{j}=1" for j in range(999)) + " {ts}",  # over 64 KiB
         "temp,host=web1,zone=a1 value=1i {ts}",  # an integer
         "temp,host=web1,zone=a1 value=nan {ts}",
         "temp,host=web1,zone=a1 value=1_000 {ts}",  # float() reads it, line protocol does not

@@ -26,7 +26,6 @@ pytestmark = pytest.mark.django_db
 LIMIT = settings.AXES_FAILURE_LIMIT
 
 
-
 @pytest.fixture
 def root(django_user_model):
     return django_user_model.objects.create_superuser("root", password="root-pass-123")
