@@ -69,18 +69,22 @@ async def ingest(
     """
     result = IngestResult()
     good: list[Reading] = []
-    positions: list[int] = []
+    positions: Sequence[int] = []
     now = now_us()
-    for index, item in enumerate(items):
-        if isinstance(item, Rejection):
-            item.index = index
-            result.rejected.append(item)
-            continue
-        try:
-            good.append(item if checked else check_reading(item, now))
-            positions.append(index)
-        except InvalidReading as exc:
-            result.rejected.append(Rejection(index, exc.field, exc.message, exc.code))
+    if checked and set(map(type, items)) <= {Reading}:  # the common batch: nothing to sort out, item by item
+        good, positions = list(items), range(len(items))  # type: ignore[arg-type]
+    else:
+        positions = []
+        for index, item in enumerate(items):
+            if isinstance(item, Rejection):
+                item.index = index
+                result.rejected.append(item)
+                continue
+            try:
+                good.append(item if checked else check_reading(item, now))
+                positions.append(index)
+            except InvalidReading as exc:
+                result.rejected.append(Rejection(index, exc.field, exc.message, exc.code))
 
     bookkeeping = None
     if token is not None or result.rejected:
@@ -91,13 +95,11 @@ async def ingest(
                 by_source[item.source] = by_source.get(item.source, 0) + 1
         bookkeeping = Bookkeeping(token.pk if token else None, len(result.rejected), by_source)
     outcomes = await Writer.get().write(good, bookkeeping)
-    for position, outcome in zip(positions, outcomes, strict=True):
-        if outcome == "new":
-            result.accepted += 1
-        elif outcome == "duplicate":
-            result.duplicates += 1
-        else:
-            result.rejected.append(Rejection(position, outcome.field, outcome.message, outcome.code))
+    result.accepted, result.duplicates = outcomes.count("new"), outcomes.count("duplicate")
+    if result.accepted + result.duplicates != len(outcomes):  # some refused by the writer: say which
+        for position, outcome in zip(positions, outcomes, strict=True):
+            if outcome != "new" and outcome != "duplicate":
+                result.rejected.append(Rejection(position, outcome.field, outcome.message, outcome.code))
     result.rejected.sort(key=lambda r: r.index)
 
     stats.INGEST_ACCEPTED.inc(result.accepted)

@@ -121,3 +121,19 @@ async def test_the_writer_thread_commits_without_waiting_for_a_busy_event_loop()
     reader.join()
     assert counted == [1]
     assert await pending == ["new"]
+
+
+async def test_a_checked_batch_names_each_reading_the_writer_refuses_by_its_position(settings) -> None:
+    """The common batch (all Readings, checked by a parser) is counted without a loop; refusals keep their index."""
+    ts = now_us()
+    await actions.ingest([reading("temperature", 20.0, ts)])
+    settings.PULSEBOARD = {**settings.PULSEBOARD, "UNKNOWN_METRICS": "refuse"}
+    items = [
+        reading("humidity", 40.0, ts),
+        reading("temperature", 20.0, ts),  # stored already
+        reading("temperature", 21.0, ts + 1_000_000),
+        reading("pressure", 1.0, ts),
+    ]
+    result = await actions.ingest(items, checked=True)
+    assert (result.accepted, result.duplicates) == (1, 1)
+    assert [(r.index, r.code) for r in result.rejected] == [(0, "unknown_metric"), (3, "unknown_metric")]
