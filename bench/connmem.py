@@ -58,7 +58,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dashboard.testing import bench_env, free_port, login_cookies, manage, wait_port  # noqa: E402
+from dashboard.testing import bench_env, free_port, login_cookies, manage, stop_process, wait_port  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 VIEWER, PASSWORD = "bench", "bench-pass-123"
@@ -370,13 +370,7 @@ def measure(
             client.join(10)
             if client.is_alive():
                 client.kill()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 def header(args: argparse.Namespace, extra: dict[str, str], what: str) -> None:

@@ -36,7 +36,6 @@ import multiprocessing as mp
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dashboard.testing import bench_env, free_port, login_cookies, manage, wait_port  # noqa: E402
+from dashboard.testing import bench_env, free_port, login_cookies, manage, stop_process, wait_port  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -272,13 +271,7 @@ class System:
 
     def stop(self) -> None:
         for process in (self.process, self.ingest_process):
-            if process and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
 
 
 def action_producer(conn, env: dict[str, str]) -> None:

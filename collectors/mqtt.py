@@ -44,7 +44,7 @@ import aiomqtt
 from collectors.base import Collector, Reading, slugify_key
 from collectors.exceptions import InvalidReading
 from collectors.reading import now_us, parse_ts
-from collectors.retry import Backoff
+from collectors.retry import Backoff, Schedule
 
 log = logging.getLogger("collectors.mqtt")
 
@@ -289,7 +289,7 @@ class MqttCollector(Collector):
         return Reading(source, slugify_key(metric), ts or received_us, value, unit, "gauge", self.source_kind, labels)
 
     async def batches(self) -> AsyncIterator[list[Reading]]:
-        backoff = Backoff(BACKOFF_START_S, max_s=BACKOFF_MAX_S, jitter=0.5)
+        backoff = Backoff(Schedule(BACKOFF_START_S, max_s=BACKOFF_MAX_S, jitter=0.5))
         while True:
             try:
                 async with aiomqtt.Client(

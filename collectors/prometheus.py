@@ -624,7 +624,7 @@ class PrometheusCollector(Collector):
         """Return seconds from one scrape's start to the next: the interval, longer while the target fails."""
         if not target.failing:
             return self.interval_s
-        return retry.wait(target.failing, self.interval_s, max_s=self.max_backoff_s, jitter=0.1)
+        return retry.Schedule(self.interval_s, max_s=self.max_backoff_s, jitter=0.1).wait(target.failing)
 
     async def batches(self) -> AsyncIterator[list[Reading]]:
         queue: asyncio.Queue[list[Reading]] = asyncio.Queue(maxsize=2 * len(self.targets))

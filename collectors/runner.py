@@ -13,7 +13,7 @@ import logging
 import signal
 
 from collectors.base import Collector
-from collectors.retry import Backoff
+from collectors.retry import Backoff, Schedule
 from collectors.sinks import Sink
 
 log = logging.getLogger("collectors.runner")
@@ -56,7 +56,7 @@ class Runner:
         log.info("stopped: %s", self.sink.status())
 
     async def _drive(self, collector: Collector) -> None:
-        backoff = Backoff(1.0, max_s=MAX_BACKOFF_S, jitter=0.2)
+        backoff = Backoff(Schedule(1.0, max_s=MAX_BACKOFF_S, jitter=0.2))
         while not self.stop.is_set():
             try:
                 async for batch in collector.batches():

@@ -21,7 +21,7 @@ import httpx
 
 from collectors.base import slugify_key
 from collectors.reading import Reading, now_us
-from collectors.retry import Backoff
+from collectors.retry import Backoff, Schedule
 from collectors.spool import DEFAULT_MAX_READINGS, Spool, reading_to_json
 
 log = logging.getLogger("collectors.sink")
@@ -264,7 +264,7 @@ class HttpSink(Sink):
 
     async def _deliver(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         # Jittered: agents that lost the server together do not all come back in the same second.
-        backoff = Backoff(BACKOFF_START_S, max_s=self.max_backoff_s, jitter=0.5)
+        backoff = Backoff(Schedule(BACKOFF_START_S, max_s=self.max_backoff_s, jitter=0.5))
         give_up_at: float | None = None
         while True:
             if stop.is_set() and give_up_at is None:
@@ -375,7 +375,7 @@ class HttpSink(Sink):
         done = 0
         limit = self.batch_size
         tries = 0
-        backoff = Backoff(BACKOFF_START_S, max_s=self.max_backoff_s)
+        backoff = Backoff(Schedule(BACKOFF_START_S, max_s=self.max_backoff_s))
         async with self._client() as client:
             while True:
                 last_id, batch = await self.spool.peek_dead(limit)

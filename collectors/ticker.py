@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +33,7 @@ import websockets
 from collectors.base import Collector, Reading, slugify_key
 from collectors.candles import DEFAULT_INTERVALS_S, CandleBuilder
 from collectors.reading import US, now_us
+from collectors.retry import Backoff, Schedule
 
 log = logging.getLogger("collectors.ticker")
 
@@ -176,7 +176,7 @@ class TickerCollector(Collector):
         return []  # other channels: nothing to store
 
     async def batches(self) -> AsyncIterator[list[Reading]]:
-        backoff = BACKOFF_START_S
+        backoff = Backoff(Schedule(BACKOFF_START_S, max_s=BACKOFF_MAX_S, jitter=0.5))
         while True:
             try:
                 async with websockets.connect(self.url, max_size=MAX_MESSAGE_BYTES, open_timeout=10) as socket:
@@ -192,7 +192,7 @@ class TickerCollector(Collector):
                         except TimeoutError:
                             log.warning("%s: no message for %.0f s; reconnecting", self.name, self.silence_timeout_s)
                             break
-                        backoff = BACKOFF_START_S
+                        backoff.reset()
                         try:
                             message = json.loads(raw)
                         except ValueError:
@@ -204,9 +204,7 @@ class TickerCollector(Collector):
                             yield readings
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
                 log.warning("%s: feed %s lost (%s: %s)", self.name, self.url, type(exc).__name__, exc)
-            delay = backoff * random.uniform(0.5, 1.5)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff.next())
 
     def final_readings(self) -> list[Reading]:
         """Return the open candles (when the collector is stopped for good)."""

@@ -4,7 +4,8 @@ Ingest: collectors in-process, HTTP agents, the line-protocol endpoint and
 the MQTT bridge all end in `ingest`. It validates each reading on its own (a
 bad one never costs its neighbours), hands the good ones to the process
 writer (group commit, then publish), counts every outcome, and reports per
-reading.
+reading. A metric the writer creates is announced to the other processes
+(`announce_metric`) once it is committed.
 
 Alerts: evaluating committed rows, the no-data check, acknowledging,
 silencing, saving and deleting rules, and ending the alerts of a rule that
@@ -107,6 +108,19 @@ async def ingest(
     for rejection in result.rejected:
         stats.INGEST_REJECTED.labels(rejection.code).inc()
     return result
+
+
+def announce_metric(row: tuple) -> None:
+    """Publish `metric.created` for a metric this process committed (a row of dashboard.keyindex.ROW_FIELDS).
+
+    Called on the event loop by the key index once the metric's transaction
+    committed and this process's index took it in (keyindex.note_created):
+    every other process's index and live globs take it in now, their poll
+    (keyindex.POLL_S) being the fallback if the layer loses it. Not awaited:
+    it joins this loop's outbox ahead of the sample batch that created the
+    metric.
+    """
+    events.publish_soon(events.METRICS_GROUP, events.MetricCreated(*row))
 
 
 # --- Alerts: the stream ------------------------------------------------------------

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from dashboard import layout, permissions
-from dashboard.alerts.forms import AlertRuleForm
+from dashboard.alerts.forms import RULE_FIELDS, AlertRuleForm
 from dashboard.models import (
     AgentToken,
     AlertEvent,
@@ -317,17 +317,8 @@ class AlertInstanceInline(admin.TabularInline):
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
     form = AlertRuleForm  # the one rule validation, shared with the alerts screen (dashboard/alerts/forms.py)
-    list_display = [
-        "name",
-        "metric_pattern",
-        "condition",
-        "threshold",
-        "threshold_high",
-        "for_s",
-        "severity",
-        "enabled",
-        "firing",
-    ]
+    # The form's fields, in its order, but the no-data wait and the notification targets (too wide for a row).
+    list_display = [*(name for name in RULE_FIELDS if name not in ("nodata_s", "webhook_url", "email_to")), "firing"]
     list_filter = ["severity", "condition", "enabled"]
     search_fields = ["name", "metric_pattern"]
     inlines = [AlertInstanceInline]

@@ -37,7 +37,7 @@ from typing import Any
 
 from django.db import close_old_connections, transaction
 
-from dashboard import events, loops
+from dashboard import loops
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,8 @@ def note_created(metric, source_slug: str) -> None:
     This process's live globs take it in before its first batch is
     published (the commit's callbacks run before the writer hands the batch
     back to the event loop), and the other processes' hubs get a
-    `metric.created` event; their poll is the fallback if the layer loses it.
+    `metric.created` event (actions.announce_metric); their poll is the
+    fallback if the layer loses it.
     """
     row = (metric.id, metric.key, metric.source_id, metric.name, metric.unit, metric.kind, source_slug)
 
@@ -391,5 +392,8 @@ def _writer_loop() -> asyncio.AbstractEventLoop | None:
 
 
 def _announce(row: tuple) -> None:
+    # Imported here: dashboard.actions imports the writer, whose storage imports this module.
+    from dashboard import actions
+
     KeyIndex.get().take(row)
-    events.publish_soon(events.METRICS_GROUP, events.MetricCreated(*row))
+    actions.announce_metric(row)

@@ -14,7 +14,8 @@ What it holds, once each:
 - `Server`: one Daphne on a loopback port, waited for through /healthz,
   logging to a file; stop (SIGTERM), kill (SIGKILL), pause/resume
   (SIGSTOP/SIGCONT), start again on the same port; `running_server` for the
-  common migrate-start-stop.
+  common migrate-start-stop; `stop_process`, its stop, for any other server
+  a benchmark starts.
 - Private services to break, since the shared Redis, PostgreSQL and
   Mosquitto serve other runs: `RedisServer`, `Mosquitto`, and a cuttable
   `TcpProxy` (in front of PostgreSQL, say).
@@ -204,6 +205,23 @@ def prepare_database(env: dict[str, str], token_name: str = "test agent") -> tup
 # --- Processes ----------------------------------------------------------------------------------
 
 
+def stop_process(process: subprocess.Popen | None, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+    """SIGTERM a server and wait for its graceful shutdown; SIGKILL after timeout_s. Return the exit code.
+
+    None when it was not running. Server.stop and the benchmarks' own
+    servers (a raw websockets server, the naive app, a server under a
+    memory probe: commands Server does not start) stop through this one.
+    """
+    if process is None or process.poll() is not None:
+        return None
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 class Child:
     """A subprocess a test may kill (SIGKILL) or freeze and thaw (SIGSTOP, SIGCONT)."""
 
@@ -273,14 +291,7 @@ class Server(Child):
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM and wait for the graceful shutdown; SIGKILL after timeout_s. Return the exit code."""
-        if not self.running:
-            return None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.process.returncode
+        return stop_process(self.process, timeout_s)
 
     def log(self) -> str:
         """Return everything the server wrote to stdout and stderr so far."""

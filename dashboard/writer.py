@@ -25,14 +25,15 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from collectors.retry import delays
+from collectors.retry import Schedule
 from dashboard import background, events, loops, stats, storage
 from dashboard.exceptions import StorageUnavailable
 from dashboard.validation import Reading
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAYS_S = tuple(delays(0.05, factor=5, max_s=1.0, attempts=3))  # 0.05, 0.25, 1 s; then the callers get 503
+# 0.05, 0.25, 1 s; then the callers get 503.
+RETRY_DELAYS_S = tuple(Schedule(0.05, factor=5, max_s=1.0).delays(attempts=3))
 _STOP = object()  # tells the writer thread to finish
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group
 
+from dashboard import actions, events
 from dashboard.keyindex import EVERYONE, NOBODY, Reader, entry_of, reader_of, shared_reader
+from dashboard.timeutil import now_us
+from dashboard.validation import Reading
 
 
 @pytest.mark.django_db
@@ -32,3 +35,24 @@ def test_every_connection_holding_a_key_holds_the_index_s_one_string() -> None:
     entry = entry_of((1, key, 7, "temp", "°C", "gauge", "iot.dev-1"))
     again = entry_of((1, "".join(["iot.", "dev-1.", "temp"]), 7, "temp", "°C", "gauge", "iot.dev-1"))
     assert entry.key is again.key
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_metric_this_process_creates_is_published_once_by_the_action_before_its_ingest_returns(
+    monkeypatch,
+) -> None:
+    """storage -> keyindex.note_created -> actions.announce_metric: one metric.created, after the commit."""
+    created: list[events.MetricCreated] = []
+    publish_soon = events.publish_soon
+
+    def record(group: str, event: events.Event) -> None:
+        if group == events.METRICS_GROUP:
+            created.append(event)
+        publish_soon(group, event)
+
+    monkeypatch.setattr(events, "publish_soon", record)
+    await actions.ingest([Reading("iot.dev-9", "temp", now_us(), 1.0)])
+    # Announced on the writer's loop before the commit's batch is handed back: by the time ingest answers.
+    assert [(e.key, e.source_slug) for e in created] == [("iot.dev-9.temp", "iot.dev-9")]
+    await actions.ingest([Reading("iot.dev-9", "temp", now_us(), 2.0)])
+    assert len(created) == 1

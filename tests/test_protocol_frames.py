@@ -6,7 +6,10 @@ for speed; these tests keep that text and the declared types from drifting apart
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -60,7 +63,20 @@ def test_notices_decode_as_their_declared_frames() -> None:
     alert = events.AlertState(
         rule=1, rule_name="hot", metric="a.b", state="firing", previous="ok", severity="page", value=None, at=9
     )
-    assert isinstance(decoded(frames.alert_frame(alert)), protocol.Alert)
+    frame = decoded(frames.alert_frame(alert))
+    assert isinstance(frame, protocol.Alert)
+    assert msgspec.structs.asdict(frame) == {k: v for k, v in alert.as_message().items() if k != "type"}
+
+
+def test_the_alert_frame_has_every_field_of_the_alert_event_and_the_protocol_doc_shows_them_all() -> None:
+    """The frame is declared from events.AlertState; the doc's example decodes as it (no field missing or extra)."""
+    assert [f.name for f in msgspec.structs.fields(protocol.Alert)] == [
+        f.name for f in dataclasses.fields(events.AlertState)
+    ]
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+    example = re.search(r"### alert\n.*?```json\n(.*?)```", doc, re.S)
+    assert example, "docs/protocol.md has no alert example"
+    assert isinstance(decoded(example.group(1)), protocol.Alert)
 
 
 def test_error_frames_decode_as_the_declared_error_frame() -> None:

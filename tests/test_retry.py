@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.retry import Backoff, delays
+from collectors.retry import Backoff, Schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = shutil.which("node")
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.sqlite_only  # no database: once is enough
 
 
 def test_the_waits_double_from_the_start_up_to_the_cap() -> None:
-    assert list(delays(0.5, max_s=15.0, attempts=7)) == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+    assert list(Schedule(0.5, max_s=15.0).delays(attempts=7)) == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
 
 
 def test_the_writers_schedule_is_its_three_retries() -> None:
@@ -35,20 +35,20 @@ def test_notification_retries_wait_the_backoff_then_double(settings) -> None:
 
 
 def test_without_attempts_the_schedule_never_ends_and_never_overflows() -> None:
-    waits = delays(1.0, max_s=60.0)
+    waits = Schedule(1.0, max_s=60.0).delays()
     last = [next(waits) for _ in range(5000)][-1]
     assert last == 60.0
 
 
 def test_jitter_spreads_each_wait_by_the_fraction_either_way() -> None:
-    low = list(delays(1.0, max_s=8.0, jitter=0.2, attempts=5, uniform=lambda a, b: a))
-    high = list(delays(1.0, max_s=8.0, jitter=0.2, attempts=5, uniform=lambda a, b: b))
+    low = list(Schedule(1.0, max_s=8.0, jitter=0.2, uniform=lambda a, b: a).delays(attempts=5))
+    high = list(Schedule(1.0, max_s=8.0, jitter=0.2, uniform=lambda a, b: b).delays(attempts=5))
     assert low == pytest.approx([0.8, 1.6, 3.2, 6.4, 6.4])
     assert high == pytest.approx([1.2, 2.4, 4.8, 9.6, 9.6])
 
 
 def test_a_backoff_grows_on_failures_and_starts_over_after_a_success() -> None:
-    backoff = Backoff(0.5, max_s=2.0)
+    backoff = Backoff(Schedule(0.5, max_s=2.0))
     assert [backoff.next() for _ in range(4)] == [0.5, 1.0, 2.0, 2.0]
     backoff.reset()
     assert backoff.next() == 0.5
@@ -75,3 +75,9 @@ def test_the_front_end_schedule_is_the_same_shape() -> None:
     assert out["reconnect"] == [500, 1000, 2000, 4000, 8000, 15000, 15000]
     assert out["probe"] == [1000, 2000, 32000, 60000, 60000]
     assert out["jittered"] == pytest.approx([1600, 2400])
+    # The twins agree: JS attempt a is Python's wait after a + 1 failures, in milliseconds.
+    assert out["reconnect"] == [1000 * w for w in Schedule(0.5, max_s=15.0).delays(attempts=7)]
+    probe = Schedule(1.0, max_s=60.0)
+    assert out["probe"] == [1000 * probe.wait(a + 1) for a in (0, 1, 5, 6, 200)]
+    jittered = [Schedule(0.5, jitter=0.2, uniform=lambda lo, hi, r=r: lo + (hi - lo) * r).wait(3) for r in (0, 1)]
+    assert out["jittered"] == pytest.approx([1000 * w for w in jittered])

@@ -22,7 +22,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.mail import send_mail
 
-from collectors.retry import delays
+from collectors.retry import Schedule
 from dashboard import fastpaths, loops
 from dashboard.alerts import storage
 from dashboard.alerts.storage import DetachedDelivery
@@ -136,7 +136,7 @@ async def webhook_client() -> httpx.AsyncClient:
 def _waits() -> tuple[float, ...]:
     """Return the waits between a notification's attempts (NOTIFY_BACKOFF_S, then doubling)."""
     attempts = settings.PULSEBOARD["NOTIFY_ATTEMPTS"]
-    return tuple(delays(settings.PULSEBOARD["NOTIFY_BACKOFF_S"], attempts=attempts - 1))
+    return tuple(Schedule(settings.PULSEBOARD["NOTIFY_BACKOFF_S"]).delays(attempts=attempts - 1))
 
 
 def stale_after_s() -> float:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import typing
 from typing import Annotated, Any
 
 import msgspec
 from django.conf import settings
+
+from dashboard import events
 
 log = logging.getLogger(__name__)
 
@@ -282,22 +286,28 @@ class Stale(msgspec.Struct, tag="stale", tag_field="type", forbid_unknown_fields
     since: int  # µs
 
 
-class Alert(msgspec.Struct, tag="alert", tag_field="type", forbid_unknown_fields=True):
-    """An alert instance changed state: the fields of events.AlertState, as the browser gets them."""
+def _event_frame(event: type[events.Event], name: str, tag: str, doc: str) -> type[msgspec.Struct]:
+    """Return the frame type that carries an event's fields as they are, each one required.
 
-    rule: int
-    rule_name: str
-    metric: str
-    state: str
-    previous: str
-    severity: str
-    value: float | None
-    at: int  # µs
-    message: str
-    instance: int
-    acknowledged_by: str
-    silenced_until: int  # µs
-    source: int
+    Declared from the event, not beside it: a field added to the event is in
+    the frame (and a client may rely on it) without a second list to keep in
+    step. Every field is required because the frame is the whole
+    `as_message()` of the event, defaults included.
+    """
+    hints = typing.get_type_hints(event)  # the event module's annotations are strings (PEP 563)
+    return msgspec.defstruct(
+        name,
+        [(field.name, hints[field.name]) for field in dataclasses.fields(event)],
+        tag=tag,
+        tag_field="type",
+        forbid_unknown_fields=True,
+        module=__name__,
+        namespace={"__doc__": doc},
+    )
+
+
+# events.AlertState (dashboard/events.py) as the browser gets it, field for field (times in µs).
+Alert = _event_frame(events.AlertState, "Alert", "alert", "An alert instance changed state.")
 
 
 class Error(msgspec.Struct, tag="error", tag_field="type", forbid_unknown_fields=True):

@@ -301,9 +301,9 @@ export class LiveConnection extends EventTarget {
   }
 }
 
-// The one retry schedule of the front end (collectors/retry.py is the Python one): the wait before
-// try `attempt` + 1 is startMs doubled per attempt, capped at maxMs, spread by ±jitter (a fraction)
-// so tabs that lost the server together do not all come back in the same instant.
+// The one retry schedule of the front end (the Python one, with the same four fields, is collectors/retry.py's
+// Schedule): the wait before try `attempt` + 1 is startMs times factor per attempt, capped at maxMs, spread by
+// ±jitter (a fraction) so tabs that lost the server together do not all come back in the same instant.
 export function backoffDelay(attempt, { startMs, maxMs = Infinity, factor = 2, jitter = 0 }, random = Math.random) {
   const wait = Math.min(startMs * factor ** Math.min(attempt, 64), maxMs);
   return jitter ? wait * (1 - jitter + 2 * jitter * random()) : wait;
