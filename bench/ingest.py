@@ -55,6 +55,9 @@ import ingest_stages
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from dashboard.testing import stop_process  # noqa: E402
+
 DB_NAME = "pulseboard_bench_ingest"
 METRICS = 100  # distinct metrics per run, like a small fleet
 BATCH_SIZES = (1000, 5000)
@@ -228,9 +231,7 @@ def daphne(
     finally:
         listener.close()
         for server in servers:
-            server.terminate()
-        for server in servers:
-            server.wait(timeout=10)
+            stop_process(server)
 
 
 def warm_rows(now_us: int) -> list[tuple[str, int, float]]:
@@ -400,8 +401,7 @@ def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Res
             results.append(Result("influxdb", batch, stored, elapsed, "lp"))
             print(f"  {'influxdb':10s} LP    batch {batch:5d}: {stored / elapsed:10,.0f} samples/s", flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process(server)
     return results
 
 
@@ -435,7 +435,6 @@ def bench_storage_sql(args: argparse.Namespace, now_us: int, tmp: Path) -> list[
     """Time the storage layer's SQL on pre-built rows, one transaction per batch: the API's floor on PostgreSQL."""
     os.environ.update(backend_env("postgresql", args.pg, tmp / "unused.sqlite3"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "monitor.settings")
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
