@@ -276,3 +276,16 @@ async def test_options_set_after_the_first_socket_make_a_new_class() -> None:
     await second.open()
     assert first.protocol.autoPingTimeout == 30 and second.protocol.autoPingTimeout == 7
     assert type(first.protocol) is not type(second.protocol)
+
+
+async def test_a_trickled_send_still_goes_through_the_small_send_queue_in_order() -> None:
+    socket = Socket(LeanFactory)
+    await socket.open()
+    queue = socket.protocol.send_queue
+    assert type(queue) is leansocket.SendQueue and not queue and sys.getsizeof(queue) < 100
+    socket.protocol.sendData(b"abcdef", chopsize=2)  # autobahn writes the first chunk now, the rest on later turns
+    socket.protocol.sendData(b"gh")  # queued behind them: the queue is not empty
+    assert socket.take() == b"ab" and [data for data, _ in queue] == [b"cd", b"ef", b"gh"]
+    for _ in range(4):
+        socket.protocol._send()  # what autobahn's call_later runs next
+    assert socket.take() == b"cdefgh" and not queue and not socket.protocol.triggered
