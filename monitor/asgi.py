@@ -70,7 +70,7 @@ if settings.PULSEBOARD["WRITE_THROUGH"]:
 # A ~100 B input queue per connection instead of asyncio.Queue's ~3 KB (an idle socket's memory).
 inputqueue.install()
 
-# An open WebSocket keeps none of its handshake and no copy of autobahn's options (~8 KB an idle socket).
+# An open WebSocket keeps none of its handshake and no copy of autobahn's options (~12 KB an idle socket).
 leansocket.install()
 
 # Few, planned full garbage collections instead of a 100 ms pause every few seconds.

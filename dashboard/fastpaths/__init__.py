@@ -43,7 +43,7 @@ input_queue        Daphne's per-connection input queue is a     Daphne's asyncio
                    Server.create_application)
 malloc_trim        glibc's trim threshold fixed at 128 KB       glibc's dynamic threshold (~60 B more per
                    (mallocpolicy.py; mallopt)                   held key after 10,000-key subscribes)
-lean_socket        an open WebSocket drops its handshake and    Daphne's protocol as it is (~8 KB more per
+lean_socket        an open WebSocket drops its handshake and    Daphne's protocol as it is (~12 KB more per
                    the HTTP request; options and close-time     idle socket)
                    defaults on a per-factory subclass
                    (leansocket.py; WebSocketFactory.

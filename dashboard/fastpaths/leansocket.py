@@ -4,7 +4,7 @@ An idle live socket held ~21 KB of Python heap, two thirds of it in these
 three libraries (bench/connmem.py --top; bench/results/2026-12-06-0740-connmem.md).
 Much of it is the opening handshake, kept for the socket's whole life:
 
-* the HTTP upgrade request (~3.5 KB): Twisted's HTTPChannel stays registered
+* the HTTP upgrade request (~4 KB): Twisted's HTTPChannel stays registered
   as the transport's producer after Daphne hands the connection over to the
   WebSocket protocol, with the request (headers, cookies, addresses, body
   buffer) in its queue. An upgraded channel is handling its request for good
