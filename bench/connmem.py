@@ -13,7 +13,10 @@ that exist, history_s 0), wait for the server to settle, and report
                    server with tracing on, since tracing itself costs memory)
 
 plus, with --top, the allocation sites and object types that grew most per
-connection. The server runs under this script (`--serve`), which starts
+connection, and with --anatomy (Daphne systems, an extra run of a few hundred
+viewers) what one idle connection holds of its own, by the attribute path that
+reaches it from its protocol (`protocol['transport']['producer']...`): objects
+shared with a second connection or older than the viewers are left out. The server runs under this script (`--serve`), which starts
 tracemalloc when asked and installs a SIGUSR1 handler that collects garbage
 and dumps a snapshot and object counts; nothing in the project changes.
 
@@ -22,6 +25,7 @@ Usage:
     python bench/connmem.py -n 10000 --systems pulseboard,raw,raw-nodeflate --frames 0   # 10,000 idle viewers
     python bench/connmem.py --keys 0,250,1000,10000  # bytes per held key beyond the idle socket, raw beside
     python bench/connmem.py --systems pulseboard --top 25
+    python bench/connmem.py --systems pulseboard --frames 0 --anatomy   # what an idle socket holds, by path
     python bench/connmem.py --env MALLOC_ARENA_MAX=2  # extra server environment
 
 File descriptors: each socket is one descriptor in the server and one in the
@@ -69,6 +73,7 @@ DUMP_TIMEOUT_S = 60.0
 CLIENT_TIMEOUT_S = 1800.0  # the longest the client may take to open one batch of viewers (10,000 under load)
 OPEN_WAVE = 50  # handshakes in flight at once (a listen backlog overflows beyond a few hundred)
 SOURCE_PORTS_PER_ADDRESS = 20_000  # of the ~28,000 ephemeral ports (32768-60999), leaving room for TIME_WAIT
+ANATOMY_VIEWERS = 200  # --anatomy's run: enough to tell one connection's objects from shared ones
 KEYS_PER_RUN = 1_000_000  # held keys in all per --keys row: viewers per row are min(-n, this / keys), at least 50
 
 
@@ -91,6 +96,8 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
     if trace:
         tracemalloc.start(trace)
     counter = [0]
+    anatomy = os.environ.get("CONNMEM_ANATOMY") == "1"
+    before: list[object] = []  # --anatomy: what existed at the baseline, kept alive so that no id is reused
 
     def type_name(o: object) -> str:
         kind = type(o)
@@ -108,6 +115,13 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
         if tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(str(path) + ".snapshot")
         info = {"rss": rss, "types": Counter(type_name(o) for o in gc.get_objects())}
+        if anatomy and counter[0] == 1:
+            objects = gc.get_objects()
+            before.extend(objects)
+            for o in objects:
+                before.extend(gc.get_referents(o))
+        elif anatomy and counter[0] == 2:
+            (dump_dir / "anatomy.txt").write_text(connection_anatomy({id(o) for o in before}, type_name))
         if frozen:
             gc.freeze()
         (Path(str(path) + ".json.tmp")).write_text(json.dumps(info))
@@ -123,6 +137,72 @@ def serve(dump_dir: Path, trace: int, argv: list[str]) -> None:
         from daphne.cli import CommandLineInterface
 
         CommandLineInterface().run(argv[1:])
+
+
+def connection_anatomy(baseline: set[int], type_name: Any, lines: int = 60) -> str:
+    """Return what one idle connection holds of its own, by the attribute path that reaches it (--anatomy).
+
+    Walks the objects reachable from one Daphne WebSocket protocol and its
+    entry in Daphne's connection table (which holds the application's task),
+    stopping at what existed at the baseline and at the other connections,
+    and keeps what a second connection does not also reach: shared objects
+    (a KeySet, the factory's options) are left out, as they should be.
+    Sizes are sys.getsizeof, so a dict counts its table but not its values.
+    """
+    import types
+
+    from daphne.ws_protocol import WebSocketProtocol
+
+    protocols = [o for o in gc.get_objects() if isinstance(o, WebSocketProtocol)]
+    if len(protocols) < 3:
+        return f"only {len(protocols)} WebSocket protocols: nothing to compare\n"
+    server = protocols[0].server
+    roots = {id(p) for p in protocols} | {id(server.connections.get(p)) for p in protocols}
+    stop = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType)
+
+    def reach(protocol: object) -> dict[int, tuple[object, str]]:
+        seen: dict[int, tuple[object, str]] = {}
+        frontier = [(protocol, "protocol"), (server.connections.get(protocol), "connections[protocol]")]
+        for obj, label in frontier:
+            seen[id(obj)] = (obj, label)
+        while frontier:
+            found = []
+            for obj, label in frontier:
+                if isinstance(obj, dict):
+                    named = [(v, f"{label}[{k!r}]" if isinstance(k, str) else label) for k, v in obj.items()]
+                    named += [(k, label) for k in obj]
+                elif isinstance(obj, types.CoroutineType):
+                    named = [(r, f"{label}>{obj.cr_code.co_qualname}") for r in gc.get_referents(obj)]
+                elif isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(obj, stop):
+                    named = [(obj.__dict__, label)] + [
+                        (r, label) for r in gc.get_referents(obj) if r is not obj.__dict__
+                    ]
+                else:
+                    slots = [
+                        name for k in type(obj).__mro__ for name in getattr(k, "__slots__", ()) if name != "__weakref__"
+                    ]
+                    named = [(getattr(obj, n), f"{label}.{n}") for n in slots if isinstance(n, str) and hasattr(obj, n)]
+                    named += [(r, label) for r in gc.get_referents(obj)]
+                for r, name in named:
+                    i = id(r)
+                    if i in seen or i in baseline or isinstance(r, stop) or (i in roots and r is not obj):
+                        continue
+                    seen[i] = (r, name)
+                    found.append((r, name))
+            frontier = found
+        return seen
+
+    one, other = reach(protocols[len(protocols) // 2]), reach(protocols[len(protocols) // 2 + 1])
+    own = [(sys.getsizeof(o), type_name(o), label) for i, (o, label) in one.items() if i not in other]
+    by_path: Counter[str] = Counter()
+    by_type: Counter[str] = Counter()
+    for size, kind, label in own:
+        by_path[label.replace("protocol.__dict__", "protocol")] += size
+        by_type[kind] += size
+    out = [f"{sum(by_path.values())} B in {len(own)} objects of its own ({len(one) - len(own)} reached are shared)"]
+    out += [f"{size:8d} B  {path}" for path, size in by_path.most_common(lines)]
+    out += ["", "by type:"] + [f"{size:8d} B  {kind}" for kind, size in by_type.most_common(lines // 3)]
+    return "\n".join(out) + "\n"
 
 
 # --- The client side: N idle viewers in another process --------------------------------
@@ -235,7 +315,14 @@ def request_dump(process: subprocess.Popen, dump_dir: Path, number: int) -> dict
 
 
 def measure(
-    name: str, n: int, trace: int, extra_env: dict[str, str], top: int, keys: int = METRICS, distinct: bool = False
+    name: str,
+    n: int,
+    trace: int,
+    extra_env: dict[str, str],
+    top: int,
+    keys: int = METRICS,
+    distinct: bool = False,
+    anatomy: bool = False,
 ) -> dict[str, Any]:
     """Start one system, connect n idle viewers, return RSS (and heap) growth per connection.
 
@@ -246,6 +333,8 @@ def measure(
     tmp = Path(tempfile.mkdtemp(prefix=f"connmem-{name}-"))
     port = free_port()
     env = bench_env(tmp, REDIS_URL, prefix="connmem", SQLITE_PATH=str(tmp / "db.sqlite3"), **extra_env)
+    if anatomy:
+        env["CONNMEM_ANATOMY"] = "1"
     token = ""
     if name == "pulseboard":
         manage(env, "migrate", "--noinput", "-v", "0")
@@ -330,6 +419,9 @@ def measure(
         opened_s = time.monotonic() - started
         time.sleep(SETTLE_S)
         after = request_dump(process, tmp, 2)
+        if anatomy:
+            print(f"\n## {name}: what one idle connection holds of its own (of {connected}; --anatomy)")
+            print((tmp / "anatomy.txt").read_text(), end="", flush=True)
         result: dict[str, Any] = {
             "system": name,
             "connected": connected,
@@ -421,6 +513,12 @@ def main() -> None:
         "--env", action="append", default=[], help="NAME=VALUE for the servers, e.g. MALLOC_ARENA_MAX=2"
     )
     parser.add_argument(
+        "--anatomy",
+        action="store_true",
+        help=f"also print what one idle connection holds of its own, by attribute path (Daphne systems; an extra "
+        f"run of {ANATOMY_VIEWERS} viewers)",
+    )
+    parser.add_argument(
         "--keys",
         default="",
         help="comma-separated keys per socket (e.g. 0,250,1000,10000): Pulseboard at each, with --systems' raw "
@@ -441,6 +539,8 @@ def main() -> None:
     for name in args.systems.split(","):
         rows[name] = measure_both(name, args.viewers, args, extra)
         print(json.dumps(rows[name]), flush=True)
+        if args.anatomy and not name.startswith("raw"):
+            measure(name, min(args.viewers, ANATOMY_VIEWERS), 0, extra, 0, anatomy=True)
     print("\n| system | connected | RSS KB/conn | Python heap KB/conn | gc objects/conn | RSS after MB | open s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows.values():

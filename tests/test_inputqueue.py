@@ -40,6 +40,17 @@ async def test_a_cancelled_receive_loses_no_message() -> None:
     assert await asyncio.wait_for(queue.get(), 1) == "disconnect"
 
 
+async def test_a_waiting_receive_is_a_future_and_no_suspended_coroutine() -> None:
+    queue = InputQueue()
+    waiting = queue.get()
+    assert isinstance(waiting, asyncio.Future) and not waiting.done()  # what an idle socket's task awaits
+    queue.put_nowait("connect")
+    assert waiting.done() and await waiting == "connect"
+    queue.put_nowait("receive")
+    ready = queue.get()
+    assert ready.done() and await ready == "receive" and queue.empty()
+
+
 async def test_an_idle_input_queue_is_a_tenth_of_an_asyncio_queue() -> None:
     tracemalloc.start()
     try:

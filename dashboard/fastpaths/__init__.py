@@ -43,6 +43,11 @@ input_queue        Daphne's per-connection input queue is a     Daphne's asyncio
                    Server.create_application)
 malloc_trim        glibc's trim threshold fixed at 128 KB       glibc's dynamic threshold (~60 B more per
                    (mallocpolicy.py; mallopt)                   held key after 10,000-key subscribes)
+lean_socket        an open WebSocket drops its handshake and    Daphne's protocol as it is (~12 KB more per
+                   the HTTP request; options and close-time     idle socket)
+                   defaults on a per-factory subclass
+                   (leansocket.py; WebSocketFactory.
+                   buildProtocol, autobahn's CONFIG_ATTRS)
 =================  ===========================================  ============================================
 """
 
@@ -69,6 +74,7 @@ WRITTEN_FOR: dict[str, dict[str, tuple[str, ...]]] = {
     "warm_imports": {"anyio": ("4.16.0",)},
     "input_queue": {"daphne": ("4.2.3",)},
     "malloc_trim": {},
+    "lean_socket": {"daphne": ("4.2.3",), "autobahn": ("26.11.1",), "twisted": ("26.10.0",)},
 }
 
 
@@ -107,6 +113,11 @@ PRIVATE_NAMES: dict[str, Callable[[], str | None]] = {
     "warm_imports": _has("anyio._backends._asyncio"),
     "input_queue": _has("daphne.server", "Server.create_application", "Server.handle_reply"),
     "malloc_trim": lambda: importlib.import_module("dashboard.fastpaths.mallocpolicy").is_glibc(),
+    "lean_socket": lambda: (
+        _has("daphne.ws_protocol", "WebSocketFactory.buildProtocol", "WebSocketProtocol.serverAccept")()
+        or _has("autobahn.websocket.protocol", "WebSocketServerProtocol.CONFIG_ATTRS")()
+        or _has("twisted.web.http", "HTTPChannel._requestProducer")()
+    ),
 }
 
 _lock = threading.Lock()

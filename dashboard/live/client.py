@@ -50,7 +50,7 @@ from dashboard.live.protocol import (
     error_frame,
 )
 from dashboard.live.replay import Replaying
-from dashboard.live.session import Session, Transport
+from dashboard.live.session import NO_KEYS, Session, Transport
 from dashboard.live.subscribe import Subscribing
 from dashboard.live.subscriptions import HeldMetrics, LiveGlobs, alert_sources, share_grant
 from dashboard.timeutil import now_us
@@ -101,7 +101,7 @@ class LiveClient(Subscribing, Replaying):
         self._tokens = float(MESSAGE_BURST)
         self._tokens_at = time.monotonic()
         self._tasks: set[asyncio.Task] | None = None
-        self._gap_keys: frozenset[str] = frozenset()  # being back-filled after a loss
+        self._gap_keys: frozenset[str] = NO_KEYS  # being back-filled after a loss (frozenset() is 216 B each)
         self._reader: Reader | None = None  # what the user may read, as of the last subscribe
         self._globs: dict[str, tuple[Any, float]] | None = None  # followed glob -> (its request id, history_s)
 

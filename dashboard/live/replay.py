@@ -12,6 +12,7 @@ from dashboard.keyindex import (
 )
 from dashboard.live.frames import data_frame, encode_fragment
 from dashboard.live.protocol import MAX_FRAME_SAMPLES, MAX_REPLAY_POINTS, MAX_REPLAY_TOTAL, REPLAY_CHUNK, encode
+from dashboard.live.session import NO_KEYS
 from dashboard.live.subscriptions import subscribe_gate
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,6 @@ class Replaying:
             try:
                 await self._replay(keys)
             finally:
-                self._gap_keys = self._gap_keys - keys
+                self._gap_keys = self._gap_keys - keys or NO_KEYS  # an empty frozenset is 216 B of its own
 
         self._spawn(refill())

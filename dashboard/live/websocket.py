@@ -133,6 +133,8 @@ class LiveConsumer:
                 elif kind == "websocket.disconnect":
                     self.state = "closed"
                     return
+                # Not kept while the socket waits for its next message: the last one can be a 64 KB subscribe.
+                del message
         except asyncio.CancelledError:
             # The server is stopping and cancelled the application: say so with 1001 and give the
             # client a bounded time to answer, rather than leave it a dropped connection (1006).
