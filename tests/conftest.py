@@ -14,8 +14,12 @@ edge times (just after and before midnight UTC, around DST changes).
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.runners
+import io
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +37,41 @@ os.environ.setdefault("PULSEBOARD_BACKGROUND", "0")
 
 SERVICE_MARKERS = {"postgres", "redis", "mqtt", "browser"}
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _cancel_all_tasks_bounded(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio.Runner's teardown of a test's loop, with a bound: a task left over that does not finish
+    within 10 s of its cancellation is reported (its stack, as a warning in the run's summary) and dropped,
+    instead of holding up the whole run for ever.
+
+    Seen 4 times in about 10 runs of the third CI pass's files on 2026-12-06 (after
+    test_ingest_api_more's or test_subscriptions' first test, PostgreSQL, fast paths off), never in
+    isolation; the warning names the task when it happens again.
+    """
+    to_cancel = asyncio.all_tasks(loop)
+    if not to_cancel:
+        return
+    for task in to_cancel:
+        task.cancel()
+    done, pending = loop.run_until_complete(asyncio.wait(to_cancel, timeout=10))
+    for task in pending:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        warnings.warn(
+            f"a test's event loop closed with a task that ignored its cancellation:\n{stack.getvalue()}", stacklevel=2
+        )
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception during asyncio.run() shutdown",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
+
+
+asyncio.runners._cancel_all_tasks = _cancel_all_tasks_bounded
 
 
 @pytest.fixture(autouse=True, scope="session")
