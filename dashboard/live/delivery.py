@@ -90,8 +90,15 @@ class SessionDelivery:
         merged: dict[str, int] = {}
         for newest in pieces:  # in flush order, and each key's ts only grows from a piece to the next
             merged.update(newest)
-        self.cursors.update(merged)
-        self.delivered.update(merged)
+        # Straight into the arrays, one loop for both: through the `cursors` and `delivered` mappings
+        # this was 30 % of the fan-out's own time at 1,000 viewers of a 1,000-key fleet (the timestamps
+        # are stored samples', inside the accepted window, so they need no clamp()).
+        slot_get, cursors, delivered = self.keyset.slot.get, self.cursor_ts, self.delivered_ts
+        for key, ts in merged.items():
+            i = slot_get(key)
+            if i is not None:  # None: unsubscribed since it was flushed
+                cursors[i] = ts
+                delivered[i] = ts
 
     def _shed(self) -> None:
         """Drop the oldest half of the buffer, count it, and ask for a back-fill of those keys."""
