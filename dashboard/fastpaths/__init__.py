@@ -43,6 +43,8 @@ input_queue        Daphne's per-connection input queue is a     Daphne's asyncio
                    Server.create_application)
 malloc_trim        glibc's trim threshold fixed at 128 KB       glibc's dynamic threshold (~60 B more per
                    (mallocpolicy.py; mallopt)                   held key after 10,000-key subscribes)
+switch_interval    the GIL changes hands within 1 ms            CPython's 5 ms (the writer's commits and
+                   (gilpolicy.py; sys.setswitchinterval)        hand-overs wait longer for the loop)
 =================  ===========================================  ============================================
 """
 
@@ -69,6 +71,7 @@ WRITTEN_FOR: dict[str, dict[str, tuple[str, ...]]] = {
     "warm_imports": {"anyio": ("4.16.0",)},
     "input_queue": {"daphne": ("4.2.3",)},
     "malloc_trim": {},
+    "switch_interval": {},
 }
 
 
@@ -107,6 +110,7 @@ PRIVATE_NAMES: dict[str, Callable[[], str | None]] = {
     "warm_imports": _has("anyio._backends._asyncio"),
     "input_queue": _has("daphne.server", "Server.create_application", "Server.handle_reply"),
     "malloc_trim": lambda: importlib.import_module("dashboard.fastpaths.mallocpolicy").is_glibc(),
+    "switch_interval": _has("sys", "setswitchinterval"),
 }
 
 _lock = threading.Lock()
