@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from dashboard import actions, events, stats
 from dashboard.live import delivery, protocol
+from dashboard.live.flusher import Flusher
 from dashboard.live.frames import Fragment, encode_fragment
 from dashboard.live.hub import Hub
 from dashboard.live.ledger import KeyLedger
@@ -275,6 +276,27 @@ async def test_a_session_holding_every_key_of_a_batch_takes_it_in_one_piece_and_
     session.settle_cursors()  # ... the cursors are brought up to date when someone needs them
     assert session.cursors == dict.fromkeys(keys, now + 3)
     assert session.delivered == dict.fromkeys(keys, now + 3)
+    session.close()
+
+
+async def test_the_first_frame_of_an_interval_goes_out_at_once_and_the_next_waits_for_its_slot() -> None:
+    """A connection whose last frame left 1/max_rate ago or more is flushed on the next loop turn, with no timer;
+    what comes within the interval waits for the slot 1/max_rate after the pass that sent it, as one frame."""
+    transport = Transport()
+    session = Session(transport, max_rate=20)
+    session.add(1, "s.m", cursor=0)
+    session.offer(fragment("s.m", 1))
+    assert session.queued and session.due_at is None  # in the flusher's next pass, not behind a tick
+    await asyncio.sleep(0)
+    assert [b["t"] for f in transport.data() for b in f["batches"]] == [[1]]
+    for ts in (2, 3, 4):
+        session.offer(fragment("s.m", ts))
+    assert not session.queued and session.due_at == session._last_slot + 1 / 20  # max_rate is a ceiling
+    assert len(transport.frames) == 1
+    Flusher.get()._fire(session.due_at)  # the slot's timer, without waiting for it
+    await asyncio.sleep(0)
+    assert [b["t"] for f in transport.data() for b in f["batches"]] == [[1], [2], [3], [4]]
+    assert len(transport.frames) == 2  # the three coalesced into one frame
     session.close()
 
 
