@@ -62,7 +62,7 @@ application = background.starting(
 
 # Speed tricks on other libraries' private internals, each checked against the versions it was
 # written for and off with one WARNING when they differ (dashboard/fastpaths/__init__.py).
-from dashboard.fastpaths import gcpolicy, inputqueue, leansocket, mallocpolicy, writethrough  # noqa: E402
+from dashboard.fastpaths import gcpolicy, gilpolicy, inputqueue, leansocket, mallocpolicy, writethrough  # noqa: E402
 
 if settings.PULSEBOARD["WRITE_THROUGH"]:
     writethrough.install()
@@ -78,3 +78,6 @@ gcpolicy.configure()
 
 # Memory freed after big subscribes goes back to the system instead of staying with the process.
 mallocpolicy.configure()
+
+# The writer's threads and the event loop hand the GIL to each other within 1 ms, not 5.
+gilpolicy.configure()

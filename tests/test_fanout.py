@@ -6,13 +6,17 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from unittest.mock import patch
 
 import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from dashboard import actions, events, stats
 from dashboard.live import delivery, protocol
+from dashboard.live.flusher import Flusher
 from dashboard.live.frames import Fragment, encode_fragment
 from dashboard.live.hub import Hub
 from dashboard.live.ledger import KeyLedger
@@ -273,6 +277,171 @@ async def test_a_session_holding_every_key_of_a_batch_takes_it_in_one_piece_and_
     assert session.cursors == dict.fromkeys(keys, now + 3)
     assert session.delivered == dict.fromkeys(keys, now + 3)
     session.close()
+
+
+async def test_the_first_frame_of_an_interval_goes_out_at_once_and_the_next_waits_for_its_slot() -> None:
+    """A connection whose last frame left 1/max_rate ago or more is flushed on the next loop turn, with no timer;
+    what comes within the interval waits for the slot 1/max_rate after the pass that sent it, as one frame."""
+    transport = Transport()
+    session = Session(transport, max_rate=20)
+    session.add(1, "s.m", cursor=0)
+    session.offer(fragment("s.m", 1))
+    assert session.queued and session.due_at is None  # in the flusher's next pass, not behind a tick
+    await asyncio.sleep(0)
+    assert [b["t"] for f in transport.data() for b in f["batches"]] == [[1]]
+    for ts in (2, 3, 4):
+        session.offer(fragment("s.m", ts))
+    assert not session.queued and session.due_at == session._last_slot + 1 / 20  # max_rate is a ceiling
+    assert len(transport.frames) == 1
+    Flusher.get()._fire(session.due_at)  # the slot's timer, without waiting for it
+    await asyncio.sleep(0)
+    assert [b["t"] for f in transport.data() for b in f["batches"]] == [[1], [2], [3], [4]]
+    assert len(transport.frames) == 2  # the three coalesced into one frame
+    session.close()
+
+
+def fleet_hub(keys: list[str], *sessions: Session) -> Hub:
+    """A hub routing source 1 (every key) to the sessions, following each key (it can tell a batch is clean)."""
+    hub = Hub()
+    hub.groups[events.source_group(1)] = set(sessions)
+    for key in keys:
+        hub.ledgers[key] = KeyLedger(key, 1, 1)
+    return hub
+
+
+async def test_a_session_that_flushed_a_whole_fold_takes_its_cursors_from_it_in_one_copy(monkeypatch) -> None:
+    monkeypatch.setattr("dashboard.live.hub.FOLD_SPAN", 3)
+    keys = [f"fleet.dev-{i}.temp" for i in range(4)]
+    transport = Transport()
+    session = Session(transport, max_rate=100)
+    session.add_keys(1, keys, [1] * len(keys))
+    hub = fleet_hub(keys, session)
+    now = now_us()
+    for seq in range(1, 5):  # pieces 1-3 are the first fold; piece 4 begins the next
+        subset = keys if seq != 2 else keys[:2]  # each key's newest in the fold: from piece 3
+        hub.dispatch(fleet_batch(subset, now + seq, seq))
+        await session.flush()
+    assert [type(entry).__name__ for entry in session._unfolded] == ["BatchPiece"]  # the fold was settled
+    assert session.cursors == dict.fromkeys(keys, now + 3)  # ... and the fourth piece waits for the next
+    session.settle_cursors()
+    assert session.cursors == session.delivered == dict.fromkeys(keys, now + 4)
+    sent = [(b["k"], b["t"][0]) for frame in transport.data() for b in frame["batches"]]
+    assert len(sent) == len(set(sent)) == 4 + 2 + 4 + 4
+    session.close()
+
+
+async def test_a_fold_without_every_held_key_or_with_a_piece_missing_is_merged_piece_by_piece(monkeypatch) -> None:
+    monkeypatch.setattr("dashboard.live.hub.FOLD_SPAN", 2)
+    keys = [f"fleet.dev-{i}.temp" for i in range(3)]
+    quiet = "fleet.dev-9.temp"  # held, never in a batch: no fold holds it
+    watcher = Session(Transport(), max_rate=100)
+    watcher.add_keys(1, [*keys, quiet], [5, 5, 5, 7])
+    hub = fleet_hub([*keys, quiet], watcher)
+    now = now_us()
+    hub.dispatch(fleet_batch(keys, now + 1, 1))
+    await watcher.flush()
+    joined = Session(Transport(), max_rate=100)  # joins after the first fold's first piece: it never has all of it
+    joined.add_keys(1, keys, [5, 5, 5])
+    hub.groups[events.source_group(1)].add(joined)
+    for seq in (2, 3, 4, 5):
+        hub.dispatch(fleet_batch(keys, now + seq, seq))
+        await watcher.flush()
+        await joined.flush()
+    for session in (watcher, joined):
+        session.settle_cursors()
+        assert {key: session.cursors[key] for key in keys} == dict.fromkeys(keys, now + 5)
+        session.close()
+    assert watcher.cursors[quiet] == 7 and quiet not in watcher.delivered
+
+
+async def test_a_late_piece_inside_a_fold_never_moves_a_cursor_back(monkeypatch) -> None:
+    monkeypatch.setattr("dashboard.live.hub.FOLD_SPAN", 2)
+    keys = ["fleet.dev-1.temp", "fleet.dev-2.temp"]
+    session = Session(Transport(), max_rate=100)
+    session.add_keys(1, keys, [0, 0])
+    hub = fleet_hub(keys, session)
+    now = now_us()
+    hub.dispatch(fleet_batch(keys, now + 10, 1))
+    await session.flush()
+    late = events.SampleBatch(
+        series={keys[0]: [[now + 20], [2.0]], keys[1]: [[now + 5], [2.0]]}, sources=dict.fromkeys(keys, 1), seq=2
+    )
+    hub.dispatch(late.as_message())  # not clean: no fold, its keys go the per-key way
+    await session.flush()
+    for seq in (3, 4, 5):
+        hub.dispatch(fleet_batch(keys, now + 20 + seq, seq))
+        await session.flush()
+    session.settle_cursors()
+    assert session.cursors == dict.fromkeys(keys, now + 25)
+    session.close()
+
+
+# One step of a fleet: a commit of some keys (a chosen one maybe late), a flush of one viewer, or a settle.
+fleet_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("commit"), st.sets(st.integers(0, 2), min_size=2), st.booleans()),
+        st.tuples(st.just("commit"), st.sets(st.integers(0, 2), min_size=1, max_size=1), st.just(False)),
+        st.tuples(st.just("flush"), st.integers(0, 2), st.just(False)),
+        st.tuples(st.just("settle"), st.integers(0, 2), st.just(False)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(fleet_steps, st.integers(1, 4), st.integers(0, 8))
+@example(  # a viewer joins inside a fold whose only sample of one key it never got
+    [("commit", {0, 1}, False), ("commit", {0, 2}, False), ("flush", 2, False)]
+    + [("commit", {0, 2}, False), ("flush", 2, False), ("settle", 2, False)],
+    2,
+    1,
+)
+def test_cursors_are_what_was_flushed_whatever_the_folds(steps: list, fold_span: int, joins_after: int) -> None:
+    """Whole folds, partial ones, late pieces, a viewer joining midway: each cursor ends at the newest ts flushed."""
+    keys = [f"fleet.dev-{i}.temp" for i in range(3)]
+
+    async def scenario() -> None:
+        sessions = [Session(Transport(), max_rate=1000, window=1000) for _ in range(3)]
+        for session in sessions[:2]:
+            session.add_keys(1, keys, [3] * len(keys))
+        hub = fleet_hub(keys, *sessions[:2])
+        flushed: list[dict[str, int]] = [{}, {}, {}]
+        base, seq = now_us(), 0
+        for kind, what, flag in steps:
+            if kind == "commit":
+                seq += 1
+                chosen = [keys[i] for i in sorted(what)]
+                ts = {key: base + 10 * seq for key in chosen}
+                if flag and len(chosen) > 1:
+                    ts[chosen[0]] = base + 10 * seq - 15  # committed after a newer sample of its key
+                batch = events.SampleBatch(
+                    series={key: [[t], [1.0]] for key, t in ts.items()}, sources=dict.fromkeys(ts, 1), seq=seq
+                )
+                hub.dispatch(batch.as_message())
+                if seq == joins_after:  # the third viewer joins midway, maybe inside a fold
+                    sessions[2].add_keys(1, keys, [3] * len(keys))
+                    hub.groups[events.source_group(1)].add(sessions[2])
+            elif kind == "flush":
+                transport = sessions[what].transport
+                before = len(transport.frames)
+                await sessions[what].flush()
+                for frame in transport.data()[before:] if len(transport.frames) > before else ():
+                    for b in frame["batches"]:
+                        flushed[what][b["k"]] = max(flushed[what].get(b["k"], 0), *b["t"])
+            elif len(sessions[what].keyset):
+                check(sessions[what], flushed[what])
+        for session, sent in zip(sessions, flushed, strict=True):
+            if len(session.keyset):
+                check(session, sent)
+            session.close()
+
+    def check(session: Session, sent: dict[str, int]) -> None:
+        session.settle_cursors()
+        assert dict(session.delivered) == sent
+        assert dict(session.cursors) == {key: max(3, sent.get(key, 0)) for key in keys}
+
+    with patch("dashboard.live.hub.FOLD_SPAN", fold_span):
+        asyncio.run(scenario())
 
 
 async def test_a_session_holding_some_keys_of_a_batch_gets_only_those() -> None:

@@ -148,3 +148,20 @@ def test_a_refused_mallopt_turns_the_malloc_policy_off(monkeypatch) -> None:
     monkeypatch.setattr(mallocpolicy.ctypes, "CDLL", lambda name: Libc())
     assert mallocpolicy.configure() is False
     assert fastpaths.enabled("malloc_trim") is False
+
+
+def test_the_gil_policy_sets_a_1_ms_switch_interval_and_stays_off_when_switched_off(monkeypatch) -> None:
+    import sys
+
+    from dashboard.fastpaths import gilpolicy
+
+    set_to: list[float] = []
+    monkeypatch.setattr(sys, "setswitchinterval", set_to.append)  # this process keeps its own interval
+    assert gilpolicy.configure() is True
+    assert set_to == [0.001]
+
+    monkeypatch.setenv("PULSEBOARD_FAST_PATHS", "0")
+    fastpaths.reset()
+    set_to.clear()
+    assert gilpolicy.configure() is False
+    assert set_to == []

@@ -48,6 +48,8 @@ lean_socket        an open WebSocket drops its handshake and    Daphne's protoco
                    defaults on a per-factory subclass
                    (leansocket.py; WebSocketFactory.
                    buildProtocol, autobahn's CONFIG_ATTRS)
+switch_interval    the GIL changes hands within 1 ms            CPython's 5 ms (the writer's commits and
+                   (gilpolicy.py; sys.setswitchinterval)        hand-overs wait longer for the loop)
 =================  ===========================================  ============================================
 """
 
@@ -75,6 +77,7 @@ WRITTEN_FOR: dict[str, dict[str, tuple[str, ...]]] = {
     "input_queue": {"daphne": ("4.2.3",)},
     "malloc_trim": {},
     "lean_socket": {"daphne": ("4.2.3",), "autobahn": ("26.11.1",), "twisted": ("26.10.0",)},
+    "switch_interval": {},
 }
 
 
@@ -118,6 +121,7 @@ PRIVATE_NAMES: dict[str, Callable[[], str | None]] = {
         or _has("autobahn.websocket.protocol", "WebSocketServerProtocol.CONFIG_ATTRS")()
         or _has("twisted.web.http", "HTTPChannel._requestProducer")()
     ),
+    "switch_interval": _has("sys", "setswitchinterval"),
 }
 
 _lock = threading.Lock()

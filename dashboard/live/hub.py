@@ -25,7 +25,15 @@ from django.conf import settings
 
 from dashboard import background, events, keyindex, loops, stats
 from dashboard.fastpaths import gcpolicy
-from dashboard.live.frames import alert_frame, batch_piece, degraded_frame, encode_fragment, heartbeat_frame
+from dashboard.live.frames import (
+    FOLD_SPAN,
+    Fold,
+    alert_frame,
+    batch_piece,
+    degraded_frame,
+    encode_fragment,
+    heartbeat_frame,
+)
 from dashboard.live.ledger import KeyLedger, LedgerCheck
 from dashboard.live.notices import Notices
 from dashboard.live.protocol import MAX_FRAME_SAMPLES
@@ -80,6 +88,7 @@ class Hub(LedgerCheck, Notices):
         self._probe_arrived: asyncio.Event | None = None
         self._recovered: list[KeyLedger] | None = None
         self._intervals_read = 0.0  # monotonic s
+        self._fold = Fold()  # the clean batch pieces made lately (frames.Fold: cursors settled once per fold)
         self.receive_log = FailureLog(log, "channel layer receive")
         self.database_log = FailureLog(log, "live check against the database")
 
@@ -278,5 +287,9 @@ class Hub(LedgerCheck, Notices):
                 session.offer_all(fragments)
             return
         piece = batch_piece(fragments, clean, frames)
+        if clean:
+            if self._fold.count >= FOLD_SPAN:
+                self._fold = Fold()
+            self._fold.add(piece)
         for session in sessions:
             session.offer_batch(piece)

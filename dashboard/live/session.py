@@ -11,7 +11,7 @@ from typing import Protocol
 
 from dashboard import stats
 from dashboard.live.delivery import FOLD_PIECES, SessionDelivery
-from dashboard.live.frames import Fragment, encode_fragment, unpack
+from dashboard.live.frames import BatchPiece, Fold, Fragment, encode_fragment, unpack
 from dashboard.live.heldkeys import HeldKeys
 from dashboard.live.protocol import ACK_WINDOW_FRAMES
 
@@ -122,10 +122,11 @@ class Session(HeldKeys, SessionDelivery):
         # when their live copy comes, it is dropped (no duplicate at the seam). Usually None.
         self.seam: dict[str, set[int]] | None = None
         # `cursors` and `delivered` lag the clean batch pieces flushed since the last settle_cursors()
-        # (dashboard/live/delivery.py): their `newest` wait here, in flush order, and are folded in
-        # every _fold_at pieces (staggered at random: sessions made together would fold in one pass)
-        # and before anything reads or writes a cursor.
-        self._unfolded: list[dict[str, int]] | None = None
+        # (dashboard/live/delivery.py): they wait here, in flush order, and are folded in when they
+        # make up a whole fold of the hub's (frames.Fold), every _fold_at pieces otherwise (staggered at
+        # random: sessions made together would fold in one pass), and before anything reads or writes
+        # a cursor.
+        self._unfolded: list[BatchPiece | Fold] | None = None
         self._fold_at = FOLD_PIECES + random.randrange(FOLD_PIECES)
         # The newest cursor any path but a clean piece set: a piece whose keys' newest ts are all
         # above it may become the cursors as it is.
