@@ -60,6 +60,13 @@ class LeanFactory(WebSocketFactory):
 leansocket.patch(LeanFactory)
 
 
+class PlainFactory(WebSocketFactory):
+    """Daphne's factory as Daphne made it, even once a test before these imported monitor.asgi (which
+    installs the fast path on WebSocketFactory itself for the rest of the process)."""
+
+    buildProtocol = getattr(WebSocketFactory.buildProtocol, "__wrapped__", WebSocketFactory.buildProtocol)  # noqa: N815
+
+
 @pytest.fixture(autouse=True)
 def _fresh_guard(monkeypatch) -> Iterator[None]:
     monkeypatch.delenv("PULSEBOARD_FAST_PATHS", raising=False)
@@ -158,7 +165,7 @@ async def exchange(factory_class: type) -> tuple[Socket, list[bytes]]:
 
 async def test_a_lean_socket_answers_byte_for_byte_as_daphne_s_own() -> None:
     lean, lean_got = await exchange(LeanFactory)
-    plain, plain_got = await exchange(WebSocketFactory)
+    plain, plain_got = await exchange(PlainFactory)
     assert type(lean.protocol).__name__ == "LeanWebSocketProtocol"
     assert type(plain.protocol) is WebSocketFactory.protocol
     assert lean_got == plain_got
@@ -176,7 +183,7 @@ async def test_a_lean_socket_answers_byte_for_byte_as_daphne_s_own() -> None:
 
 async def test_an_open_socket_keeps_none_of_its_handshake_and_a_small_dict() -> None:
     lean = Socket(LeanFactory)
-    plain = Socket(WebSocketFactory)
+    plain = Socket(PlainFactory)
     await lean.open()
     await plain.open()
     state = lean.protocol.__dict__
@@ -214,7 +221,7 @@ async def test_the_upgrade_request_is_released_at_open_without_waiting_for_a_col
         gc.enable()
     assert socket.transport.producer is None
     # Daphne's own keeps it, registered as the producer, for the socket's life.
-    plain = Socket(WebSocketFactory)
+    plain = Socket(PlainFactory)
     await plain.open()
     assert plain.transport.producer is plain.channel._channel and plain.channel._channel.requests
 

@@ -162,6 +162,7 @@ def patch(factory_class: type) -> None:
         return build_protocol(self, addr)
 
     buildProtocol.__doc__ = build_protocol.__doc__
+    buildProtocol.__wrapped__ = build_protocol  # Daphne's own, for whoever needs it (tests compare the two)
     factory_class.buildProtocol = buildProtocol
 
 
