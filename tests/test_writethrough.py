@@ -83,6 +83,35 @@ def test_a_write_to_a_closed_peer_is_queued_and_the_usual_path_reports_the_loss(
     assert connection.doWrite() is not None  # and returns the loss, which the reactor turns into connectionLost
 
 
+def test_a_sequence_of_pieces_goes_out_as_one_send_without_registering(pair) -> None:
+    """Twisted's HTTP channel writes every status line and header block with writeSequence."""
+    connection, theirs, reactor = pair
+    connection.writeSequence([b"HTTP/1.1 204 No Content\r\n", b"Server: x\r\n", b"\r\n"])
+    connection.writeSequence([])  # nothing to write: nothing happens, as in Twisted
+    assert reactor.writers == []
+    assert read_all(theirs, 38) == b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n"
+
+
+def test_a_sequence_written_behind_queued_bytes_waits_its_turn(pair) -> None:
+    connection, theirs, reactor = pair
+    big = bytes(range(256)) * 40_000  # more than the socket buffers hold: the rest is queued
+    connection.write(big)
+    connection.writeSequence([b"head", b"ers"])
+    connection.write(b"body")
+    received = bytearray()
+    while len(received) < len(big) + 11:
+        connection.doWrite()
+        received += theirs.recv(1 << 20)
+    assert bytes(received) == big + b"headersbody"
+
+
+def test_a_sequence_holding_text_is_refused_as_twisted_refuses_it(pair) -> None:
+    connection, theirs, reactor = pair
+    with pytest.raises(TypeError):
+        connection.writeSequence([b"bytes", "text"])
+    assert reactor.writers == [] and connection.dataBuffer == b"" and not connection._tempDataBuffer
+
+
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 300_000])
 def test_a_frame_framed_once_is_byte_for_byte_what_autobahn_would_send(size: int) -> None:
     from autobahn.websocket.protocol import PreparedMessage

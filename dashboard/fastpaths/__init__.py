@@ -22,7 +22,8 @@ The fast paths, and where their code is:
 =================  ===========================================  ============================================
 name               what it does (module)                        public path when off
 =================  ===========================================  ============================================
-write_through      Twisted TCP writes try socket.send at once   Twisted's queued write
+write_through      Twisted TCP writes (and writeSequence, as    Twisted's queued write
+                   HTTP headers go) try socket.send at once
                    (writethrough.py: install)
 wire_frames        shared live frames framed once and written   Channels' `send` of each frame
                    to Daphne's transport (writethrough.py:
@@ -102,7 +103,7 @@ def _has(module: str, *names: str) -> Callable[[], str | None]:
 
 # The private names each fast path uses, checked before it is first used.
 PRIVATE_NAMES: dict[str, Callable[[], str | None]] = {
-    "write_through": _has("twisted.internet.tcp", "Connection.write", "Connection.doWrite"),
+    "write_through": _has("twisted.internet.tcp", "Connection.write", "Connection.writeSequence", "Connection.doWrite"),
     "wire_frames": _has(
         "autobahn.websocket.protocol",
         "WebSocketProtocol.sendPreparedMessage",

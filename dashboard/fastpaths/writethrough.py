@@ -94,8 +94,28 @@ def patch(connection_class: type) -> None:
                 data = data[sent:]
         queued_write(self, data)
 
+    queued_sequence = getattr(connection_class, "writeSequence", None)
+
+    def write_sequence(self, iovec) -> None:
+        # Twisted's HTTP channel writes every response's status line and
+        # headers with writeSequence, which queues them like write does: one
+        # send for the joined pieces instead (an ingest request's 204 is all headers).
+        if _on and type(iovec) is list:
+            try:
+                data = b"".join(iovec)
+            except TypeError:  # str among the pieces: Twisted's own check names the error
+                pass
+            else:
+                if data:
+                    write(self, data)
+                return
+        queued_sequence(self, iovec)
+
     write.__doc__ = queued_write.__doc__
     connection_class.write = write
+    if queued_sequence is not None:
+        write_sequence.__doc__ = queued_sequence.__doc__
+        connection_class.writeSequence = write_sequence
 
 
 def websocket_text_frame(text: str) -> bytes:
