@@ -52,7 +52,15 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dashboard.testing import bench_env, free_port, login_cookies, manage, stop_process, wait_port  # noqa: E402
+from dashboard.testing import (  # noqa: E402
+    bench_env,
+    free_port,
+    login_cookies,
+    manage,
+    steal_meter,
+    stop_process,
+    wait_port,
+)
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -867,6 +875,7 @@ async def frame_counters(system: System) -> dict[str, float]:
 
 async def measure_step(system: System, client: LoadClient, viewers: int, metrics: int, rate: float) -> dict[str, Any]:
     server = psutil.Process(system.process.pid)
+    stolen = steal_meter()
     servers = system.server_processes()
     before = await frame_counters(system)
     lo = now_us()
@@ -932,6 +941,7 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         "ingest_worker_cpu_pct": round(100 * cpus[1]) if len(cpus) > 1 else None,
         "client_cpu_pct": round(100 * client_cpu),  # the load client's processes, on the same 2 cores
         "load_1m": round(load, 2),  # the machine is shared: noisy neighbours show here
+        "steal_pct": stolen(),  # ... and here, where the load average does not show them
         "server_rss_mb": round(peak_rss / 1e6, 1),
         "alive": report["alive"],
         "frames_sent": int(frames),
@@ -1033,15 +1043,15 @@ def fleet_table(rows: list[dict]) -> str:
     """Return the fleet rows as the Markdown table of bench/results (CPU per million deliveries, load beside each)."""
     lines = [
         "| system | devices | viewers | delivered samples/s (wanted) | loss | dups | out of order | p50 / p99 ms "
-        "| server CPU % | CPU s per million deliveries | client CPU % | load (1 min) | holds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server CPU % | CPU s per million deliveries | client CPU % | load (1 min) | CPU steal % | holds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['system']} | {r['metrics']:,} | {r['viewers']:,} | {r['delivered_per_s']:,} ({r['metrics'] * r['viewers']:,}) "
             f"| {r['loss']:,} | {r['duplicates']} | {r.get('out_of_order', 0)} | {r['p50_ms']} / {r['p99_ms']} "
             f"| {r['server_cpu_pct']} | {r['server_cpu_s_per_million']} | {r.get('client_cpu_pct', '')} "
-            f"| {r.get('load_1m', '')} | {'yes' if fleet_holds(r) else 'no'} |"
+            f"| {r.get('load_1m', '')} | {r.get('steal_pct', '')} | {'yes' if fleet_holds(r) else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -1049,15 +1059,15 @@ def fleet_table(rows: list[dict]) -> str:
 def table(rows: list[dict]) -> str:
     head = (
         "| system | viewers | K | R samples/s | delivered samples/s | p50 ms | p99 ms | loss | dups | late (marked) / out of order | "
-        "publish p50/p99 ms | server CPU % | server RSS MB | idle KB/conn |"
+        "publish p50/p99 ms | server CPU % | server RSS MB | idle KB/conn | CPU steal % |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         lines.append(
             f"| {r['system']} | {r['viewers']} | {r['metrics']} | {r['rate']:g} | {r['delivered_per_s']:,} | {r['p50_ms']} | "
             f"{r['p99_ms']} | {r['loss']} ({r['loss_pct']}%) | {r['duplicates']} | {r.get('late', 0)} / {r.get('out_of_order', 0)} | {r['publish_p50_ms']}/{r['publish_p99_ms']} | "
             f"{r['server_cpu_pct']} | {r['server_rss_mb']} | "
-            f"{r['idle_kb_per_connection']} |"
+            f"{r['idle_kb_per_connection']} | {r.get('steal_pct', '')} |"
         )
     return "\n".join(lines)
 

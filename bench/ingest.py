@@ -56,7 +56,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dashboard.testing import stop_process  # noqa: E402
+from dashboard.testing import steal_meter, stop_process  # noqa: E402
 
 DB_NAME = "pulseboard_bench_ingest"
 METRICS = 100  # distinct metrics per run, like a small fleet
@@ -73,6 +73,7 @@ class Result:
     seconds: float
     fmt: str = "json"
     workers: int = 1  # Daphne processes
+    steal: float | None = None  # % of the machine's CPU time the hypervisor gave other guests meanwhile
 
     @property
     def rate(self) -> float:
@@ -265,12 +266,12 @@ def bench_api(
                     url, counts = f"{base}/api/v2/write?org=bench&bucket=bench&precision=us", [len(r) for r in batches]
                     warm_body, bodies = lp_body(source, warm), [lp_body(source, rows) for rows in batches]
                 asyncio.run(post_all(url, secret, [warm_body], 1, None if counts is None else [len(warm)]))
-                started = time.perf_counter()
+                stolen, started = steal_meter(), time.perf_counter()
                 accepted = asyncio.run(post_all(url, secret, bodies, args.concurrency, counts))
                 elapsed = time.perf_counter() - started
                 if accepted != args.samples:
                     raise SystemExit(f"{backend}: {accepted} of {args.samples} samples accepted")
-                results.append(Result(backend, batch, args.samples, elapsed, fmt, workers))
+                results.append(Result(backend, batch, args.samples, elapsed, fmt, workers, stolen()))
                 name = "JSON" if fmt == "json" else "LP"
                 print(
                     f"  {label:14s} {name:5s} batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True
@@ -394,7 +395,7 @@ def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Res
             batches = make_rows(args.samples, batch, "influx", now_us)
             bodies = [lp_body(f"bench-in-{batch}", rows) for rows in batches]
             url = f"{base}/write?db={db}&precision=u"
-            started = time.perf_counter()
+            stolen, started = steal_meter(), time.perf_counter()
             asyncio.run(post_all(url, None, bodies, args.concurrency, [len(rows) for rows in batches]))
             elapsed = time.perf_counter() - started
             answer = httpx.get(
@@ -403,7 +404,7 @@ def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Res
             stored = sum(s["values"][0][1] for s in answer["results"][0].get("series", []))
             if stored != args.samples:
                 raise SystemExit(f"influxdb: {stored} of {args.samples} points stored")
-            results.append(Result("influxdb", batch, stored, elapsed, "lp"))
+            results.append(Result("influxdb", batch, stored, elapsed, "lp", steal=stolen()))
             print(f"  {'influxdb':10s} LP    batch {batch:5d}: {stored / elapsed:10,.0f} samples/s", flush=True)
     finally:
         stop_process(server)
@@ -420,7 +421,7 @@ def bench_copy(args: argparse.Namespace, now_us: int) -> list[Result]:
         for batch in BATCH_SIZES:
             batches = make_rows(args.samples, batch, "copy", now_us)
             ids = {f"m{i:03d}": i + 1 for i in range(METRICS)}
-            started = time.perf_counter()
+            stolen, started = steal_meter(), time.perf_counter()
             for rows in batches:
                 with conn.cursor() as cur:
                     with cur.copy("COPY bench_copy (metric_id, ts, value) FROM STDIN (FORMAT BINARY)") as copy:
@@ -429,7 +430,7 @@ def bench_copy(args: argparse.Namespace, now_us: int) -> list[Result]:
                             copy.write_row((ids[name], ts, value))
                 conn.commit()
             elapsed = time.perf_counter() - started
-            results.append(Result("COPY", batch, args.samples, elapsed))
+            results.append(Result("COPY", batch, args.samples, elapsed, steal=stolen()))
             print(f"  {'postgresql':10s} COPY  batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
         conn.execute("DROP TABLE bench_copy")
         conn.commit()
@@ -459,14 +460,14 @@ def bench_storage_sql(args: argparse.Namespace, now_us: int, tmp: Path) -> list[
             {(refs[name].id, ts): (refs[name], value) for name, ts, value in rows}
             for rows in make_rows(args.samples, batch, "sql", now_us)
         ]
-        started = time.perf_counter()
+        stolen, started = steal_meter(), time.perf_counter()
         for rows in batches:
             with transaction.atomic(), connection.cursor() as cursor:
                 # The COPYs, then one statement for the rollups, latest values and source counters.
                 if storage.insert_by_copy(cursor, rows):
                     raise SystemExit("storage SQL alone: rows were already stored")
         elapsed = time.perf_counter() - started
-        results.append(Result("SQL", batch, args.samples, elapsed))
+        results.append(Result("SQL", batch, args.samples, elapsed, steal=stolen()))
         print(f"  {'postgresql':10s} SQL   batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
     connection.close()
     return results
@@ -524,12 +525,13 @@ def main() -> None:
         return f"{r.rate / base[r.batch].rate:.2f}×" if r.batch in base else "n/a"
 
     if influx or api or copy or floor:
-        print("\n| Path | Batch | Samples/s | vs. InfluxDB | vs. bare COPY on PostgreSQL |")
-        print("|---|---:|---:|---:|---:|")
+        print("\n| Path | Batch | Samples/s | vs. InfluxDB | vs. bare COPY on PostgreSQL | CPU steal % |")
+        print("|---|---:|---:|---:|---:|---:|")
         for r in [*influx.values(), *copy.values(), *floor, *api]:
             processes = "1 Daphne process" if r.workers == 1 else f"{r.workers} Daphne processes"
             name = names.get(r.backend, f"Pulseboard {endpoints[r.fmt]} ({r.backend}, {processes})")
-            print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {ratio(r, influx)} | {ratio(r, copy)} |")
+            steal = "n/a" if r.steal is None else r.steal
+            print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {ratio(r, influx)} | {ratio(r, copy)} | {steal} |")
     print_stages(stages)
     print(f"\nload average at the end: {load_average()}")
     with psycopg.connect(f"{args.pg.rstrip('/')}/postgres", autocommit=True) as conn:
