@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 
+import msgspec
+
 from dashboard.exceptions import BadRequest, InvalidReading, PayloadTooLarge
 from dashboard.validation import (
     MAX_ABS_VALUE,
@@ -58,14 +60,9 @@ _PLAIN_INT_RE = re.compile(r"-?\d{1,15}i\Z|\d{1,15}u\Z")
 # A line of the usual shape: a series not starting with a space, tab or '#', fields, a timestamp of at
 # most 19 digits, single spaces between, nothing after. ASCII digits only ([0-9], not \d).
 _UNIFORM_LINE = re.compile(r"^([^ \t#\n][^ \n]*) ([^ \n]+) ([0-9]{1,19})$", re.MULTILINE)
-# A line of one numeric field: "series key" (one group, the column's cache key), a plain decimal value
-# (the shape _PLAIN_FLOAT_RE admits, ASCII digits), a timestamp. Bounded so no line it admits nears
-# MAX_LINE_CHARS and no series is too long to be cached.
-_ONE_FIELD_LINE = re.compile(
-    r"^([^ \t#\n][^ \n]{0,1022} [^ =,\n]{1,1024})=([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?)"
-    r" ([0-9]{1,19})$",
-    re.MULTILINE,
-)
+# The columnar path's two decoders: numbers as JSON writes them, a subset of line protocol's floats.
+_FLOATS = msgspec.json.Decoder(list[float])
+_INTS = msgspec.json.Decoder(list[int])
 # Series (the text before a line's first space) seen lately, with their names: senders repeat the same
 # series every interval, so naming and checking is done once per series, not once per line.
 _SERIES: dict[str, _Series | bool] = {}
@@ -333,25 +330,56 @@ def _parse_columns(text: str, precision: str, now: int, parsed: ParsedBody) -> b
     and `_parse_plain`'s few operations per line were still about 2 µs, five
     times the JSON path, mostly the interpreter walking each line. (Telegraf's
     lines of several fields stay with `_parse_plain`, which shares each line's
-    work among its fields: about 1 µs a field, and columns measured no faster.) Here one
-    regular expression splits the body into columns in C; int(), float(),
-    the name lookups and Reading() are mapped over whole columns; the time
-    window and value range are checked once with min() and max(). Only a
-    body where every line has this shape, every series and field name is
-    already learnt (the first body of a series goes through `_parse_plain`,
-    which learns them) and every time and value is acceptable qualifies, so
-    the Readings are exactly `_parse_plain`'s, which falls back to the full
-    rules line by line.
+    work among its fields: about 1 µs a field, and columns measured no faster.)
+    Here the body is cut into three columns by str.split in C, and each line
+    is proved to be exactly "series field=value time" by joining the columns
+    back; the values and times are read as one JSON array each by msgspec,
+    whose grammar for numbers is a subset of line protocol's floats (anything
+    else, `1i`, `nan`, `1_000`, `.5`, fails it and the whole body goes line by
+    line); the names are looked up once per series; the time window and value
+    range are checked once with min() and max(). A regular expression over the
+    lines did the same cutting in 0.7-1.2 µs a line and float() over the
+    values took another 0.33: 1.4 µs a line in all, against 1.0 this way
+    (5,000 lines, in-process, collector off; JSON's decode is 0.65). Only a body where every
+    line has this shape, every series and field name is already learnt (the
+    first body of a series goes through `_parse_plain`, which learns them) and
+    every time and value is acceptable qualifies, so the Readings are exactly
+    `_parse_plain`'s, which falls back to the full rules line by line.
     """
-    found = _ONE_FIELD_LINE.findall(text)
-    if not found or len(found) != text.count("\n") + (not text.endswith("\n")):
+    # JSON would take a tab or CR beside a number as white space; line protocol does not.
+    if "\t" in text or "\r" in text:
         return False
-    keys, raws, stamps = zip(*found, strict=True)
+    body = text[:-1] if text.endswith("\n") else text
+    lines = body.split("\n")
+    cut = body.replace("\n", " ").split(" ")
+    count = len(lines)
+    if len(cut) != 3 * count or max(map(len, lines)) > MAX_LINE_CHARS:
+        return False
+    series_texts, pairs, stamps = cut[0::3], cut[1::3], cut[2::3]
+    # Three tokens per line in total is not three on every line: "a b=1 2 3" beside "c=4 5" shifts the columns.
+    if list(map(" ".join, zip(series_texts, pairs, stamps, strict=True))) != lines:
+        return False
+    halves = "=".join(pairs).split("=")
+    field_keys, raws = halves[0::2], halves[1::2]
+    # Likewise one "=" in every pair, not two in one and none in another.
+    if len(halves) != 2 * count or list(map("=".join, zip(field_keys, raws, strict=True))) != pairs:
+        return False
+    numbers = ",".join(raws)
+    try:
+        values = _FLOATS.decode(f"[{numbers}]")
+        ts = _INTS.decode(f"[{','.join(stamps)}]")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    if len(values) != count or len(ts) != count:  # a value of "1,2" adds an element
+        return False
+    if "-" in numbers and 0.0 in values:  # JSON's -0 decodes to 0.0; float() keeps the sign, as line by line does
+        values = list(map(float, raws))
     series_cache = _SERIES
     labels_of: dict[str, dict[str, str]] = {}  # one copy per series per body, as _parse_plain makes
-    names: dict[str, tuple[str, str, str, dict[str, str]]] = {}
+    names: dict[tuple[str, str], tuple[str, str, str, dict[str, str]]] = {}
+    keys = list(zip(series_texts, field_keys, strict=True))
     for key in set(keys):
-        series_text, _, field_key = key.partition(" ")
+        series_text, field_key = key
         series = series_cache.get(series_text)
         if not series:
             return False
@@ -363,19 +391,17 @@ def _parse_columns(text: str, precision: str, now: int, parsed: ParsedBody) -> b
             tags = labels_of[series_text] = dict(series.tags) if series.tags else {}
         names[key] = (known[0], known[1], series.source_kind, tags)
     multiply, divide = PRECISION_TO_US[precision]
-    ts = list(map(int, stamps))
     if divide != 1:
         ts = list(map(operator.floordiv, ts, repeat(divide)))
     elif multiply != 1:
         ts = list(map(operator.mul, ts, repeat(multiply)))
-    values = list(map(float, raws))
     oldest, newest = accepted_window(now)
     if min(ts) < oldest or max(ts) > newest or min(values) < -MAX_ABS_VALUE or max(values) > MAX_ABS_VALUE:
         return False
     sources, metrics, kinds, labels = zip(*map(names.__getitem__, keys), strict=True)
     empty = repeat("")
     parsed.items = list(map(Reading, sources, metrics, ts, values, empty, empty, kinds, labels))
-    parsed.lines = list(range(1, len(found) + 1))
+    parsed.lines = list(range(1, count + 1))
     return True
 
 

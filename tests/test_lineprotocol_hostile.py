@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -231,6 +233,19 @@ def test_telegraf_lines_of_several_fields_are_parsed_exactly_as_line_by_line() -
         "# a comment",
         "temp,host=web1,zone=a1 value=2 {ts}\r",
         "temp,host=web1,zone=a1  value=2 {ts}",
+        # Numbers line protocol reads and JSON does not, or JSON reads more loosely than line protocol:
+        "temp,host=web1,zone=a1 value=.5 {ts}",
+        "temp,host=web1,zone=a1 value=1. {ts}",
+        "temp,host=web1,zone=a1 value=+1 {ts}",
+        "temp,host=web1,zone=a1 value=01 {ts}",
+        "temp,host=web1,zone=a1 value=1e999 {ts}",
+        "temp,host=web1,zone=a1 value=1,2 {ts}",
+        "temp,host=web1,zone=a1 value=1\t {ts}",
+        "temp,host=web1,zone=a1 value=1=2 {ts}",
+        "temp,host=web1,zone=a1 value=1 0{ts}",
+        # Three tokens a line on average, not on each line: the columns would shift onto learnt series.
+        "temp,host=web1,zone=a1 value=1 {ts} temp,host=web2,zone=a2\nvalue=2 {ts}",
+        "temp,host=web1,zone=a1 value=1=value {ts}\ntemp,host=web2,zone=a2 2 {ts}",
     ],
 )
 def test_a_body_with_one_odd_line_leaves_the_columns_and_answers_as_line_by_line(odd_line: str) -> None:
@@ -242,3 +257,18 @@ def test_a_body_with_one_odd_line_leaves_the_columns_and_answers_as_line_by_line
     assert fast.lines == slow.lines
     assert [repr(item) for item in fast.items] == [repr(item) for item in slow.items]
     assert len(fast.items) >= 300, "the well-formed neighbours are kept"
+
+
+def test_negative_zero_keeps_its_sign_by_columns() -> None:
+    """msgspec reads -0 as 0.0; the columns then read the values with float(), as the line-by-line path does."""
+    lineprotocol._SERIES.clear()
+    parse_body(_one_field_body("us", 1), "us", NOW)
+    body = "\n".join(
+        f"temp,host=web{i % 7},zone=a{i % 3} value={v} {NOW - i}" for i, v in enumerate(["-0", "-0.0", "0", "2"])
+    )
+    columns = lineprotocol.ParsedBody()
+    assert lineprotocol._parse_columns(body, "us", NOW, columns)
+    assert [math.copysign(1, item.value) for item in columns.items] == [-1, -1, 1, 1]
+    assert [repr(i) for i in columns.items] == [
+        repr(i) for i in parse_body(body.encode(), "us", NOW, plain=False).items
+    ]
