@@ -135,19 +135,17 @@ class System:
 
     def start(self, metrics: int) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
+        on_postgres = os.environ.get("BENCH_DB", "sqlite") == "postgres"
         env = bench_env(
-            self.tmp,
-            REDIS_URL,
-            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB
-            if os.environ.get("BENCH_DB", "sqlite") == "postgres"
-            else "",
+            self.tmp, REDIS_URL, DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DB if on_postgres else ""
         )
         self.env = env
         if self.name == "raw":
             command = [sys.executable, str(ROOT / "bench" / "raw_server.py"), str(self.port)]
         else:
             if self.name == "pulseboard":
-                reset_database()
+                if on_postgres:
+                    reset_database()  # a SQLite run gets a fresh file in self.tmp
                 manage(env, "migrate", "--noinput", "-v", "0")
                 manage(
                     env,
