@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import struct
 from dataclasses import dataclass, field
+from itertools import chain
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -157,6 +158,7 @@ def store(readings: list[Reading]) -> StoredBatch:
 
     # Keys that were stored before this batch (a retry, a replay): usually none.
     old: set[tuple[int, int]] = set()
+    triples: list[tuple[int, int, float]] = []  # SQLite: the rows as (metric id, ts, value)
     # No savepoint inside a caller's transaction (the writer's): nothing here
     # catches an error, so the caller rolls back the whole batch anyway, and a
     # savepoint cost two more round trips per batch.
@@ -167,18 +169,20 @@ def store(readings: list[Reading]) -> StoredBatch:
                     # Rollups, latest values and source counters are folded in by the same statement, in SQL.
                     old = insert_by_copy(cursor, rows)
                 else:
-                    old = _insert_by_values(cursor, rows)
+                    # (metric id, ts, value) once: the INSERTs' parameters and the rollups' input.
+                    triples = [(m, t, v) for (m, t), (_, v) in rows.items()]
+                    old = _insert_by_values(cursor, triples)
             if old:
                 batch.inserted = [(ref, key[1], value) for key, (ref, value) in rows.items() if key not in old]
             else:
                 batch.inserted = [(ref, key[1], value) for key, (ref, value) in rows.items()]
             if connection.vendor != "postgresql" and batch.inserted:
-                new = [(m, t, v) for (m, t), (_, v) in rows.items() if not old or (m, t) not in old]
+                new = [row for row in triples if (row[0], row[1]) not in old] if old else triples
                 update_latest_from_buckets(rollups.apply(cursor, connection.vendor, new))
 
     # The first reading of each new key is "new"; repeats and old keys are duplicates.
     if len(keys) == len(rows):  # no repeats and no refusals: no need to track what was seen
-        batch.outcomes = ["duplicate" if key in old else "new" for key in keys]
+        batch.outcomes = ["duplicate" if key in old else "new" for key in keys] if old else ["new"] * len(keys)
         return batch
     seen = old
     for key in keys:
@@ -192,9 +196,7 @@ def store(readings: list[Reading]) -> StoredBatch:
     return batch
 
 
-def _insert_by_values(
-    cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[MetricRef, float]]
-) -> set[tuple[int, int]]:
+def _insert_by_values(cursor: CursorWrapper, triples: list[tuple[int, int, float]]) -> set[tuple[int, int]]:
     """Insert rows with multi-row VALUES statements and return the (metric id, ts) keys that were already there.
 
     SQLite. Plain INSERTs first, in a savepoint (in-process, so nearly
@@ -204,44 +206,38 @@ def _insert_by_values(
     The plain statements go straight to sqlite3 with ? placeholders:
     Django's wrapper rewrote the 9,000 placeholders of each one.
     """
-    items = list(rows.items())
     try:
         with transaction.atomic():
             raw = cursor.cursor
             with connection.wrap_database_errors:
-                for start in range(0, len(items), INSERT_CHUNK):
-                    chunk = items[start : start + INSERT_CHUNK]
+                for start in range(0, len(triples), INSERT_CHUNK):
+                    chunk = triples[start : start + INSERT_CHUNK]
                     sql = _PLAIN_INSERT_SQL.get(len(chunk))
                     if sql is None:
                         sql = _PLAIN_INSERT_SQL[len(chunk)] = (
                             "INSERT INTO dashboard_sample (metric_id, ts, value) VALUES "
                             + ",".join(["(?,?,?)"] * len(chunk))
                         )
-                    sqlite3_execute(raw, sql, [x for (m, t), (_, v) in chunk for x in (m, t, v)])
+                    sqlite3_execute(raw, sql, list(chain.from_iterable(chunk)))
         return set()
     except IntegrityError:
         pass  # a stored key (a retry, a replay): find which
-    return _insert_returning(cursor, items)
+    return _insert_returning(cursor, triples)
 
 
-def _insert_returning(
-    cursor: CursorWrapper, items: list[tuple[tuple[int, int], tuple[MetricRef, float]]]
-) -> set[tuple[int, int]]:
+def _insert_returning(cursor: CursorWrapper, triples: list[tuple[int, int, float]]) -> set[tuple[int, int]]:
     """Insert rows, skipping stored keys, and return the keys that were already there."""
     new: set[tuple[int, int]] = set()
-    for start in range(0, len(items), INSERT_CHUNK):
-        chunk = items[start : start + INSERT_CHUNK]
+    for start in range(0, len(triples), INSERT_CHUNK):
+        chunk = triples[start : start + INSERT_CHUNK]
         values_sql = ",".join(["(%s,%s,%s)"] * len(chunk))
-        params: list = []
-        for (metric_id, ts), (_, value) in chunk:
-            params += [metric_id, ts, value]
         cursor.execute(
             f"INSERT INTO dashboard_sample (metric_id, ts, value) VALUES {values_sql} "
             "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts",
-            params,
+            list(chain.from_iterable(chunk)),
         )
         new.update((int(m), int(t)) for m, t in cursor.fetchall())
-    return {key for key, _ in items} - new
+    return {(m, t) for m, t, _ in triples} - new
 
 
 def insert_by_copy(cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[MetricRef, float]]) -> set[tuple[int, int]]:
