@@ -123,6 +123,17 @@ def lp_body(source: str, rows: list[tuple[str, int, float]]) -> bytes:
     return "".join(f"{m},source={source} value={v!r} {ts}\n" for m, ts, v in rows).encode()
 
 
+def endpoint_requests(
+    fmt: str, base: str, source: str, batches: list[list[tuple[str, int, float]]], now_us: int
+) -> tuple[str, bytes, list[bytes], list[int] | None]:
+    """Return (URL, warm-up body, bodies, line counts or None for JSON) for posting `batches` to one endpoint."""
+    warm = warm_rows(now_us)
+    if fmt == "json":
+        return f"{base}/api/v1/ingest", payload(source, warm), [payload(source, rows) for rows in batches], None
+    url = f"{base}/api/v2/write?org=bench&bucket=bench&precision=us"
+    return url, lp_body(source, warm), [lp_body(source, rows) for rows in batches], [len(r) for r in batches]
+
+
 def run(cmd: list[str], env: dict[str, str]) -> str:
     return subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
 
@@ -258,14 +269,8 @@ def bench_api(
             for batch in batches_of:
                 source = f"bench-{backend[:2]}-{batch}-{fmt}"
                 batches = make_rows(args.samples, batch, source, now_us)
-                warm = warm_rows(now_us)
-                if fmt == "json":
-                    url, counts = f"{base}/api/v1/ingest", None
-                    warm_body, bodies = payload(source, warm), [payload(source, rows) for rows in batches]
-                else:
-                    url, counts = f"{base}/api/v2/write?org=bench&bucket=bench&precision=us", [len(r) for r in batches]
-                    warm_body, bodies = lp_body(source, warm), [lp_body(source, rows) for rows in batches]
-                asyncio.run(post_all(url, secret, [warm_body], 1, None if counts is None else [len(warm)]))
+                url, warm, bodies, counts = endpoint_requests(fmt, base, source, batches, now_us)
+                asyncio.run(post_all(url, secret, [warm], 1, None if counts is None else [METRICS]))
                 stolen, started = steal_meter(), time.perf_counter()
                 accepted = asyncio.run(post_all(url, secret, bodies, args.concurrency, counts))
                 elapsed = time.perf_counter() - started
@@ -299,13 +304,8 @@ def bench_stages(backend: str, fmt: str, args: argparse.Namespace, now_us: int, 
     batch, source = 5000, f"stages-{backend[:2]}-{fmt}"
     rows = make_rows(args.samples, batch, source, now_us)
     with daphne(backend, args, tmp) as (base, secret, server):
-        if fmt == "json":
-            url, counts = f"{base}/api/v1/ingest", None
-            warm, bodies = [payload(source, warm_rows(now_us))], [payload(source, r) for r in rows]
-        else:
-            url, counts = f"{base}/api/v2/write?org=bench&bucket=bench&precision=us", [len(r) for r in rows]
-            warm, bodies = [lp_body(source, warm_rows(now_us))], [lp_body(source, r) for r in rows]
-        asyncio.run(post_all(url, secret, warm, 1, None if counts is None else [METRICS]))
+        url, warm, bodies, counts = endpoint_requests(fmt, base, source, rows, now_us)
+        asyncio.run(post_all(url, secret, [warm], 1, None if counts is None else [METRICS]))
         metrics_url, auth = f"{base}/metrics", {"Authorization": f"Bearer {METRICS_TOKEN}"}
         wait_before = ingest_stages.histogram_mean(
             httpx.get(metrics_url, headers=auth).text, "pulseboard_write_wait_seconds"

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import httpx
+import psutil
 import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +123,7 @@ async def async_wait_until(predicate: Callable[[], T], timeout_s: float, what: s
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-# --- Environment and the database ---------------------------------------------------------------
+# --- Benchmark conditions ---------------------------------------------------------------------------
 
 
 def steal_meter() -> Callable[[], float | None]:
@@ -136,18 +137,26 @@ def steal_meter() -> Callable[[], float | None]:
     beside each figure so that a run the host slowed can be told apart. None
     where the kernel does not report steal.
     """
-    import psutil
-
-    before = psutil.cpu_times()
-    if not hasattr(before, "steal"):
+    before = _cpu_total_and_steal()
+    if before is None:
         return lambda: None
 
     def stolen_pct() -> float:
-        after = psutil.cpu_times()
-        total = sum(after) - sum(before)
-        return round(100 * (after.steal - before.steal) / total, 1) if total > 0 else 0.0
+        total, steal = _cpu_total_and_steal()
+        return round(100 * (steal - before[1]) / (total - before[0]), 1) if total > before[0] else 0.0
 
     return stolen_pct
+
+
+def _cpu_total_and_steal() -> tuple[float, float] | None:
+    times = psutil.cpu_times()
+    if not hasattr(times, "steal"):
+        return None
+    # Linux counts guest time inside user time too: left out, so nothing is counted twice.
+    return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0), times.steal
+
+
+# --- Environment and the database ---------------------------------------------------------------
 
 
 def project_env(workdir: Path, **extra: str) -> dict[str, str]:
