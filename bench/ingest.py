@@ -124,14 +124,15 @@ def lp_body(source: str, rows: list[tuple[str, int, float]]) -> bytes:
 
 
 def endpoint_requests(
-    fmt: str, base: str, source: str, batches: list[list[tuple[str, int, float]]], now_us: int
-) -> tuple[str, bytes, list[bytes], list[int] | None]:
-    """Return (URL, warm-up body, bodies, line counts or None for JSON) for posting `batches` to one endpoint."""
+    fmt: str, bases: list[str], source: str, batches: list[list[tuple[str, int, float]]], now_us: int
+) -> tuple[list[str], bytes, list[bytes], list[int] | None]:
+    """Return (URL per worker, warm-up body, bodies, line counts or None for JSON) for posting `batches` to one endpoint."""
     warm = warm_rows(now_us)
     if fmt == "json":
-        return f"{base}/api/v1/ingest", payload(source, warm), [payload(source, rows) for rows in batches], None
-    url = f"{base}/api/v2/write?org=bench&bucket=bench&precision=us"
-    return url, lp_body(source, warm), [lp_body(source, rows) for rows in batches], [len(r) for r in batches]
+        urls = [f"{base}/api/v1/ingest" for base in bases]
+        return urls, payload(source, warm), [payload(source, rows) for rows in batches], None
+    urls = [f"{base}/api/v2/write?org=bench&bucket=bench&precision=us" for base in bases]
+    return urls, lp_body(source, warm), [lp_body(source, rows) for rows in batches], [len(r) for r in batches]
 
 
 def run(cmd: list[str], env: dict[str, str]) -> str:
@@ -162,14 +163,19 @@ def reset_postgres(pg_url: str) -> None:
 
 
 async def post_all(
-    url: str, secret: str | None, bodies: list[bytes], concurrency: int, counts: list[int] | None = None
+    url: str | list[str], secret: str | None, bodies: list[bytes], concurrency: int, counts: list[int] | None = None
 ) -> int:
     """POST every body with `concurrency` clients in flight and return the accepted count.
 
-    JSON answers carry their "accepted" count; a line-protocol body answered
-    204 counts all its lines (`counts`, one per body), since a partial write
-    is answered 400 and stops the run.
+    With several URLs (one per Daphne worker, each on its own port) the
+    clients are spread over them evenly, client i on URL i modulo their
+    number, as nginx's least_conn spreads an agent fleet's connections over
+    the workers in the documented deployment (docs/deployment.md). JSON
+    answers carry their "accepted" count; a line-protocol body answered 204
+    counts all its lines (`counts`, one per body), since a partial write is
+    answered 400 and stops the run.
     """
+    urls = [url] if isinstance(url, str) else url
     fmt = "json" if counts is None else "lp"
     headers = {"Content-Type": "application/json" if fmt == "json" else "text/plain; charset=utf-8"}
     if secret:
@@ -177,29 +183,33 @@ async def post_all(
     queue = list(reversed(list(zip(bodies, counts or [0] * len(bodies), strict=True))))
     accepted = 0
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: httpx.AsyncClient, target: str) -> None:
         nonlocal accepted
         while queue:
             body, lines = queue.pop()
-            response = await client.post(url, content=body, headers=headers)
+            response = await client.post(target, content=body, headers=headers)
             response.raise_for_status()
             accepted += response.json()["accepted"] if fmt == "json" else lines
 
     async with httpx.AsyncClient(timeout=120) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(client, urls[i % len(urls)]) for i in range(concurrency)))
     return accepted
 
 
 @contextlib.contextmanager
 def daphne(
     backend: str, args: argparse.Namespace, tmp: Path, workers: int = 1
-) -> Iterator[tuple[str, str, subprocess.Popen]]:
-    """Migrate a fresh database, issue an agent token and run Daphne on it; yield (base URL, secret, process).
+) -> Iterator[tuple[list[str], str, subprocess.Popen]]:
+    """Migrate a fresh database, issue an agent token and run Daphne on it; yield (base URLs, secret, process).
 
-    With several workers, each is a Daphne process serving one listening
-    socket that this process opens and passes down (`daphne --fd`): the
-    kernel hands each connection to whichever accepts first. The process
-    yielded is the first worker.
+    With several workers, each is a Daphne process on its own loopback port,
+    as in the documented deployment (one systemd unit per port behind
+    nginx): the bench spreads its clients over the URLs itself (post_all).
+    One listening socket shared by every worker (`daphne --fd`) left the
+    kernel to hand each of the 4 kept-alive connections to whichever worker
+    accepted first, and a run where one worker took 3 or 4 of them measured
+    the other idle (2026-12-06: 145k-229k samples/s between runs of the same
+    tree). The process yielded is the first worker.
     """
     env = backend_env(backend, args.pg, tmp / "bench.sqlite3")
     env["METRICS_TOKEN"] = METRICS_TOKEN
@@ -219,29 +229,32 @@ def daphne(
         ],
         env,
     ).split()[-1]  # the shell prints a banner about auto-imports first
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    port = listener.getsockname()[1]
-    fd = listener.fileno()
-    servers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "daphne", "--fd", str(fd), "monitor.asgi:application"],
-            cwd=ROOT,
-            env=env,
-            pass_fds=(fd,),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(workers)
-    ]
+    listeners, servers = [], []
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_up(f"{base}/healthz", 200, "daphne")
-        yield base, secret, servers[0]
+        for _ in range(workers):
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1024)
+            listeners.append(listener)
+            fd = listener.fileno()
+            servers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "daphne", "--fd", str(fd), "monitor.asgi:application"],
+                    cwd=ROOT,
+                    env=env,
+                    pass_fds=(fd,),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        bases = [f"http://127.0.0.1:{listener.getsockname()[1]}" for listener in listeners]
+        for base in bases:
+            wait_until_up(f"{base}/healthz", 200, "daphne")
+        yield bases, secret, servers[0]
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         for server in servers:
             stop_process(server)
 
@@ -265,12 +278,13 @@ def bench_api(
     results = []
     label = backend if workers == 1 else f"{backend} ×{workers}"
     for fmt in [f for f in ("json", "lp") if f in args.formats]:
-        with daphne(backend, args, tmp, workers) as (base, secret, _):
+        with daphne(backend, args, tmp, workers) as (bases, secret, _):
             for batch in batches_of:
                 source = f"bench-{backend[:2]}-{batch}-{fmt}"
                 batches = make_rows(args.samples, batch, source, now_us)
-                url, warm, bodies, counts = endpoint_requests(fmt, base, source, batches, now_us)
-                asyncio.run(post_all(url, secret, [warm], 1, None if counts is None else [METRICS]))
+                url, warm, bodies, counts = endpoint_requests(fmt, bases, source, batches, now_us)
+                # The warm-up creates the metrics; every worker then knows them from the database.
+                asyncio.run(post_all(url[0], secret, [warm], 1, None if counts is None else [METRICS]))
                 stolen, started = steal_meter(), time.perf_counter()
                 accepted = asyncio.run(post_all(url, secret, bodies, args.concurrency, counts))
                 elapsed = time.perf_counter() - started
@@ -303,8 +317,9 @@ def bench_stages(backend: str, fmt: str, args: argparse.Namespace, now_us: int, 
         return {}
     batch, source = 5000, f"stages-{backend[:2]}-{fmt}"
     rows = make_rows(args.samples, batch, source, now_us)
-    with daphne(backend, args, tmp) as (base, secret, server):
-        url, warm, bodies, counts = endpoint_requests(fmt, base, source, rows, now_us)
+    with daphne(backend, args, tmp) as (bases, secret, server):
+        base = bases[0]
+        url, warm, bodies, counts = endpoint_requests(fmt, bases, source, rows, now_us)
         asyncio.run(post_all(url, secret, [warm], 1, None if counts is None else [METRICS]))
         metrics_url, auth = f"{base}/metrics", {"Authorization": f"Bearer {METRICS_TOKEN}"}
         wait_before = ingest_stages.histogram_mean(
