@@ -124,6 +124,21 @@ def _floor_sql(column: str, width_us: int) -> str:
     return f"({column} - ((({column}) % {width_us:d}) + {width_us:d}) % {width_us:d})"
 
 
+def _at_extreme(aggregate: str, ts: str, value: str) -> str:
+    """Return SQL for the value at the group's MIN or MAX ts: the first or last sample of a bucket.
+
+    PostgreSQL compares arrays element by element, so the smallest
+    [ts, value] pair holds the earliest sample's value, and no two pairs of a
+    group tie on ts (a metric's (metric_id, ts) is unique, and so is each
+    bucket's first_ts and last_ts). One MIN over two-element arrays cost
+    about half of `(array_agg(value ORDER BY ts))[1]`, which sorted each
+    group again and built an array of all its values (a 5,000-sample batch's
+    minute tier: 2.1 against 3.5 ms). ts goes in as float8, exact below
+    2**53 µs (the year 2255), and no check admits a time near that.
+    """
+    return f"({aggregate}(ARRAY[{ts}::float8, {value}]))[2]"
+
+
 def upsert_ctes(new_rows: str, seen_at: datetime | None = None) -> str:
     """Return WITH-clause items that fold the rows of CTE `new_rows` (metric_id, ts, value) into every tier.
 
@@ -149,16 +164,16 @@ def upsert_ctes(new_rows: str, seen_at: datetime | None = None) -> str:
             parts.append(
                 f"{agg} AS (SELECT metric_id, {_floor_sql('ts', width_us)} AS bucket, "
                 'MIN(value) AS "min", MAX(value) AS "max", SUM(value) AS "sum", COUNT(*) AS "count", '
-                '(array_agg(value ORDER BY ts))[1] AS "first", MIN(ts) AS first_ts, '
-                '(array_agg(value ORDER BY ts DESC))[1] AS "last", MAX(ts) AS last_ts '
+                f'{_at_extreme("MIN", "ts", "value")} AS "first", MIN(ts) AS first_ts, '
+                f'{_at_extreme("MAX", "ts", "value")} AS "last", MAX(ts) AS last_ts '
                 f"FROM {new_rows} GROUP BY 1, 2)"
             )
         else:
             parts.append(
                 f"{agg} AS (SELECT metric_id, {_floor_sql('bucket', width_us)} AS bucket, "
                 'MIN("min") AS "min", MAX("max") AS "max", SUM("sum") AS "sum", SUM("count") AS "count", '
-                '(array_agg("first" ORDER BY first_ts))[1] AS "first", MIN(first_ts) AS first_ts, '
-                '(array_agg("last" ORDER BY last_ts DESC))[1] AS "last", MAX(last_ts) AS last_ts '
+                f'{_at_extreme("MIN", "first_ts", "first")} AS "first", MIN(first_ts) AS first_ts, '
+                f'{_at_extreme("MAX", "last_ts", "last")} AS "last", MAX(last_ts) AS last_ts '
                 f"FROM {source} GROUP BY 1, 2)"
             )
         table = model._meta.db_table

@@ -88,6 +88,15 @@ def test_it_moves_last_and_max_when_a_sample_is_newer() -> None:
 
 
 @pytest.mark.django_db
+def test_first_and_last_tell_samples_one_microsecond_apart() -> None:
+    # PostgreSQL picks first and last by comparing [ts, value] as float8 arrays (rollups._at_extreme):
+    # at today's µs timestamps a float8 still tells neighbours apart, and the value never decides.
+    storage.store([reading(1.0, HOUR_START + 2), reading(9.0, HOUR_START + 1), reading(5.0, HOUR_START + 3)])
+    for row in (minute("web-01.cpu", HOUR_START), HourRollup.objects.get(bucket=HOUR_START)):
+        assert (row.first, row.first_ts, row.last, row.last_ts) == (9.0, HOUR_START + 1, 5.0, HOUR_START + 3)
+
+
+@pytest.mark.django_db
 def test_it_keeps_rollups_of_each_metric_apart() -> None:
     storage.store([reading(1.0, HOUR_START, "cpu"), reading(7.0, HOUR_START, "load")])
     assert minute("web-01.cpu", HOUR_START).max == 1.0
