@@ -81,6 +81,7 @@ FLEET_TICK_S = 0.1
 FLEET_ALIGNED = [False]  # --fleet-aligned: every agent ticks at the same instant (a burst of 10 requests)
 FLEET_VERIFY_EVERY = 20  # every 20th viewer checks each key's sequence (loss, duplicates, order) in full
 IN_FLIGHT = [0]  # --in-flight: requests the producer keeps in flight (0: one request per 10 ms tick)
+FANOUT_WORKERS = [1]  # --fanout-workers: Daphne processes holding the viewers (Pulseboard), sharing Redis
 PROFILE: list[Path | None] = [None]  # --profile DIR: py-spy records the server during each measured step
 PY_SPY = os.environ.get("PY_SPY", "py-spy")
 
@@ -109,6 +110,10 @@ class System:
     ingest: str = "http"
     ingest_process: subprocess.Popen | None = None
     ingest_port: int = 0
+    # pulseboard with --fanout-workers N: the other N - 1 viewers' workers (self.process is the first), each on its
+    # own port; the load client spreads the viewers over them as nginx's least_conn would.
+    fanout_processes: list[subprocess.Popen] = field(default_factory=list)
+    fanout_ports: list[int] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     producer: Any = None  # (process, pipe) of the action-mode producer
 
@@ -120,6 +125,11 @@ class System:
             return {
                 "url": f"ws://127.0.0.1:{self.port}/ws/live/",
                 "headers": {"Cookie": self.cookies, "Origin": f"http://127.0.0.1:{self.port}"},
+                # Viewer i of a client process connects to target i modulo their number.
+                "targets": [
+                    (f"ws://127.0.0.1:{port}/ws/live/", {"Cookie": self.cookies, "Origin": f"http://127.0.0.1:{port}"})
+                    for port in self.viewer_ports()
+                ],
                 "subscribe": json.dumps({"type": "subscribe", "metrics": [pattern], "history_s": 0}),
                 "ack": True,
                 "fleet": fleet,
@@ -159,6 +169,12 @@ class System:
             app = "monitor.asgi:application" if self.name == "pulseboard" else "bench.naive_app:application"
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), app]
         self.process = self._serve(command, self.port, "server.log")
+        if self.name == "pulseboard":
+            for i in range(1, FANOUT_WORKERS[0]):
+                port = free_port()
+                self.fanout_ports.append(port)
+                worker = [*command[:-3], "-p", str(port), command[-1]]
+                self.fanout_processes.append(self._serve(worker, port, f"fanout-{i}.log"))
         if self.name == "pulseboard" and self.ingest == "worker":
             self.ingest_port = free_port()
             command = [*command[:-3], "-p", str(self.ingest_port), command[-1]]
@@ -175,9 +191,14 @@ class System:
         wait_port(port, timeout_s=30, process=process, log_path=self.tmp / log_name)
         return process
 
+    def viewer_ports(self) -> list[int]:
+        """Return the ports of the processes that hold viewers: the server's, then any other fan-out worker's."""
+        return [self.port, *self.fanout_ports]
+
     def server_processes(self) -> list[psutil.Process]:
-        """Return the processes whose CPU a step counts: the server, and its ingest worker if it has one."""
-        return [psutil.Process(p.pid) for p in (self.process, self.ingest_process) if p is not None]
+        """Return the processes whose CPU a step counts: the viewers' workers, then the ingest worker if any."""
+        processes = [self.process, *self.fanout_processes, self.ingest_process]
+        return [psutil.Process(p.pid) for p in processes if p is not None]
 
     async def open_publisher(self, metrics: int) -> None:
         self.http = httpx.AsyncClient(
@@ -276,7 +297,7 @@ class System:
             await self.http.aclose()
 
     def stop(self) -> None:
-        for process in (self.process, self.ingest_process):
+        for process in (self.process, *self.fanout_processes, self.ingest_process):
             stop_process(process)
 
 
@@ -581,15 +602,17 @@ class Viewer(picows.WSListener):
             self.transport.send(picows.WSMsgType.TEXT, b'{"type":"ack","frame":%d}' % self.frames)
 
 
-async def run_viewer(spec: dict[str, Any], stats: ViewerStats, ready: asyncio.Queue) -> None:
+async def run_viewer(spec: dict[str, Any], stats: ViewerStats, ready: asyncio.Queue, index: int = 0) -> None:
     loop = asyncio.get_running_loop()
+    targets = spec.get("targets") or [(spec["url"], spec["headers"])]
+    url, headers = targets[index % len(targets)]
     for attempt in range(5):  # a burst of handshakes can overflow a listen backlog
         subscribed = loop.create_future()
         try:
             transport, _ = await picows.ws_connect(
                 lambda subscribed=subscribed: Viewer(spec, stats, subscribed),
-                spec["url"],
-                extra_headers=spec["headers"],
+                url,
+                extra_headers=headers,
                 websocket_handshake_timeout=60,
                 max_frame_size=2**24,
             )
@@ -613,7 +636,7 @@ async def client_main(conn, spec: dict[str, Any], viewers: int) -> None:
     ready: asyncio.Queue = asyncio.Queue()
     tasks: list[asyncio.Task] = []
     for wave in range(0, viewers, 50):
-        batch = [asyncio.create_task(run_viewer(spec, stats, ready)) for _ in range(min(50, viewers - wave))]
+        batch = [asyncio.create_task(run_viewer(spec, stats, ready, wave + i)) for i in range(min(50, viewers - wave))]
         tasks += batch
         for _ in batch:
             await ready.get()
@@ -865,10 +888,14 @@ async def frame_counters(system: System) -> dict[str, float]:
     """Return Pulseboard's SERVER_COUNTERS from /metrics (the bench user is staff); zeros for the others."""
     if system.name != "pulseboard":
         return dict.fromkeys(SERVER_COUNTERS, 0.0)
-    # The viewers' worker's counters (absolute: the client's base URL may be the ingest worker's).
-    response = await system.http.get(f"http://127.0.0.1:{system.port}/metrics", headers={"Cookie": system.cookies})
-    values = dict(line.split(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#"))
-    return {name: float(values.get(name, 0)) for name in SERVER_COUNTERS}
+    # The viewers' workers' counters, summed (absolute URLs: the client's base URL may be the ingest worker's).
+    totals = dict.fromkeys(SERVER_COUNTERS, 0.0)
+    for port in system.viewer_ports():
+        response = await system.http.get(f"http://127.0.0.1:{port}/metrics", headers={"Cookie": system.cookies})
+        values = dict(line.split(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#"))
+        for name in SERVER_COUNTERS:
+            totals[name] += float(values.get(name, 0))
+    return totals
 
 
 async def measure_step(system: System, client: LoadClient, viewers: int, metrics: int, rate: float) -> dict[str, Any]:
@@ -936,7 +963,7 @@ async def measure_step(system: System, client: LoadClient, viewers: int, metrics
         "publish_p50_ms": round(percentile(publish_ms, 0.5), 1),
         "publish_p99_ms": round(percentile(publish_ms, 0.99), 1),
         "server_cpu_pct": round(100 * cpu),
-        "ingest_worker_cpu_pct": round(100 * cpus[1]) if len(cpus) > 1 else None,
+        "ingest_worker_cpu_pct": round(100 * cpus[-1]) if system.ingest_process is not None else None,
         "client_cpu_pct": round(100 * client_cpu),  # the load client's processes, on the same 2 cores
         "load_1m": round(load, 2),  # the machine is shared: noisy neighbours show here
         "steal_pct": stolen(),  # ... and here, where the load average does not show them
@@ -1015,8 +1042,10 @@ async def run_system(
             result = await measure_step(system, client, viewers, metrics, rate)
             result["connected"] = connected
             if name == "pulseboard":
-                result["system"] = f"pulseboard ({ingest})"
-            result["idle_kb_per_connection"] = round(per_connection / 1024, 1)
+                workers = f", {FANOUT_WORKERS[0]} fan-out workers" if FANOUT_WORKERS[0] > 1 else ""
+                result["system"] = f"pulseboard ({ingest}{workers})"
+            # The first worker's growth per connection: only meaningful when it holds them all.
+            result["idle_kb_per_connection"] = round(per_connection / 1024, 1) if not system.fanout_ports else None
             results.append(result)
             print(json.dumps(result), flush=True)
             if stop_when_failing and not sustainable(result):
@@ -1098,6 +1127,13 @@ async def main() -> None:
     parser.add_argument("--ceiling-rates", default="10,20,50,100,200,500,1000,2000,5000,10000,20000")
     parser.add_argument("--out", type=Path, help="append results as JSON lines here")
     parser.add_argument(
+        "--fanout-workers",
+        type=int,
+        default=1,
+        help="Pulseboard: Daphne processes that hold the viewers, each on its own port and sharing Redis, with the "
+        "viewers spread evenly over them (the production deployment: docs/deployment.md); ingest goes to the first",
+    )
+    parser.add_argument(
         "--profile", type=Path, help="record the server with py-spy during each step into this directory"
     )
     parser.add_argument(
@@ -1118,6 +1154,7 @@ async def main() -> None:
     IN_FLIGHT[0] = args.in_flight
     PROFILE[0] = args.profile
     FLEET_ALIGNED[0] = args.fleet_aligned
+    FANOUT_WORKERS[0] = args.fanout_workers
     systems = args.systems.split(",")
     modes = ["http", "action"] if args.ingest == "both" else args.ingest.split(",")
 
