@@ -21,7 +21,10 @@ Loopback only, bounded in time (each step STEP_S + drain). Usage:
     python bench/fanout.py --scenarios latency   # one: latency, scale, ceiling, fleet
     python bench/fanout.py --scenarios fleet --systems pulseboard,raw   # 1,000 viewers of fleet.*, 1,000+ devices
                                                  # (--fleet-sizes, --raw-fleet-sizes, --fleet-viewers 1000,2000
-                                                 # step each; prints the largest fleet x viewers that holds)
+                                                 # step each; prints the largest fleet x viewers that holds).
+                                                 # Pulseboard runs as deployed for a fleet's boards: one Daphne
+                                                 # per CPU holding the viewers, over Redis (--fanout-workers);
+                                                 # --ingest worker adds an ingest worker apart
     python bench/fanout.py --scenarios ceiling --systems pulseboard --in-flight 8
                                                  # 8 ingest requests always in flight: samples of a key commit
                                                  # out of order; "late" counts those delivered after a newer one
@@ -1129,9 +1132,11 @@ async def main() -> None:
     parser.add_argument(
         "--fanout-workers",
         type=int,
-        default=1,
+        default=0,
         help="Pulseboard: Daphne processes that hold the viewers, each on its own port and sharing Redis, with the "
-        "viewers spread evenly over them (the production deployment: docs/deployment.md); ingest goes to the first",
+        "viewers spread evenly over them (the production deployment: docs/deployment.md); ingest goes to the first. "
+        "0 (the default): one per CPU in the fleet scenario, as deployed for a fleet's boards, and 1 in the others, "
+        "which compare one process with the one-process baselines",
     )
     parser.add_argument(
         "--profile", type=Path, help="record the server with py-spy during each step into this directory"
@@ -1154,7 +1159,7 @@ async def main() -> None:
     IN_FLIGHT[0] = args.in_flight
     PROFILE[0] = args.profile
     FLEET_ALIGNED[0] = args.fleet_aligned
-    FANOUT_WORKERS[0] = args.fanout_workers
+    FANOUT_WORKERS[0] = args.fanout_workers or 1
     systems = args.systems.split(",")
     modes = ["http", "action"] if args.ingest == "both" else args.ingest.split(",")
 
@@ -1184,6 +1189,7 @@ async def main() -> None:
         # A whole fleet on every board: each viewer subscribes to fleet.*; devices step up until a size
         # no longer holds p99 <= 100 ms with nothing lost, repeated or left out of order per key.
         FLEET[0] = True
+        FANOUT_WORKERS[0] = args.fanout_workers or psutil.cpu_count()
         rows = []
         for viewers in [int(x) for x in str(args.fleet_viewers).split(",")]:
             for s in [s for s in systems if s != "naive"]:
@@ -1196,6 +1202,7 @@ async def main() -> None:
                         if not fleet_holds(result):
                             break
         FLEET[0] = False
+        FANOUT_WORKERS[0] = args.fanout_workers or 1
         print(f"\n### Fleet: viewers of fleet.*, devices at 1 Hz from {FLEET_AGENTS} agents\n\n{fleet_table(rows)}")
         sections.append((f"Fleet: viewers of fleet.*, devices at 1 Hz from {FLEET_AGENTS} agents", rows))
         for s in sorted({r["system"] for r in rows}):

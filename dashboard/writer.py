@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -89,14 +91,19 @@ def _count(jobs: list[_Job], batch: storage.StoredBatch) -> None:
         offset += len(job.readings)
         if job.bookkeeping is None:
             continue
-        refused = [r.source for r, outcome in zip(job.readings, outcomes, strict=True) if not isinstance(outcome, str)]
+        # list.count runs in C: a Python loop over the outcomes was ~0.2 µs a reading of the writer's
+        # transaction (its row locks held, the GIL taken from the event loop), and refusals are rare.
+        new = outcomes.count("new")
+        refused = []
+        if new + outcomes.count("duplicate") != len(outcomes):
+            refused = [r.source for r, o in zip(job.readings, outcomes, strict=True) if not isinstance(o, str)]
         for slug in refused:
             sources[slug] = sources.get(slug, 0) + 1
         for slug, count in job.bookkeeping.rejected_by_source.items():
             sources[slug] = sources.get(slug, 0) + count
         if job.bookkeeping.token_id is not None:
             counts = tokens.setdefault(job.bookkeeping.token_id, [0, 0])
-            counts[0] += sum(1 for outcome in outcomes if outcome == "new")
+            counts[0] += new
             counts[1] += job.bookkeeping.rejected + len(refused)
     for slug, count in sources.items():
         Source.objects.filter(slug=slug).update(samples_rejected=F("samples_rejected") + count)
@@ -321,7 +328,8 @@ def publish_inserted(batch: storage.StoredBatch) -> None:
         entry[0].append(ts)
         entry[1].append(value)
     for ts_list, values in series.values():
-        if any(ts_list[i] > ts_list[i + 1] for i in range(len(ts_list) - 1)):
+        # Pairwise in C (map over two iterators): a generator of index lookups cost ~0.1 µs a sample on the loop.
+        if any(map(operator.gt, ts_list, islice(ts_list, 1, None))):
             order = sorted(range(len(ts_list)), key=ts_list.__getitem__)
             ts_list[:] = [ts_list[i] for i in order]
             values[:] = [values[i] for i in order]
