@@ -79,6 +79,23 @@ async def test_it_counts_rejections_on_the_source() -> None:
     assert (source.samples_accepted, source.samples_rejected) == (1, 2)
 
 
+async def test_the_writer_counts_what_it_refuses_beside_new_and_duplicate_readings(settings, agent_token) -> None:
+    # The writer counts outcomes with list.count and lists refusals only when some are neither new nor duplicate.
+    token, _ = agent_token
+    ts = now_us()
+    await actions.ingest([reading("temperature", 20.0, ts - US)])
+    settings.PULSEBOARD = {**settings.PULSEBOARD, "UNKNOWN_METRICS": "refuse"}
+    result = await actions.ingest(
+        [reading("temperature", 21.0, ts), reading("temperature", 20.0, ts - US), reading("humidity", 50.0, ts)],
+        token=token,
+    )
+    assert (result.accepted, result.duplicates, [r.index for r in result.rejected]) == (1, 1, [2])
+    await token.arefresh_from_db()
+    assert (token.samples_accepted, token.samples_rejected) == (1, 1)
+    source = await Source.objects.aget(slug="iot.sensor-01")
+    assert (source.samples_accepted, source.samples_rejected) == (2, 1)
+
+
 async def test_it_keeps_the_newest_value_on_the_metric_when_a_late_sample_arrives() -> None:
     ts = now_us()
     await actions.ingest([reading("temperature", 22.0, ts)])
