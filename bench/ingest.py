@@ -7,6 +7,13 @@ writes it the very same line-protocol bodies, with the same HTTP client and
 the same number of requests in flight. Without `influxd` that row is skipped
 with the reason.
 
+The run ends with the target's four cells (#14: each endpoint on each
+database at batch 5,000, >= 0.25x InfluxDB), each database as it is
+deployed: SQLite in the embedded mode's one Daphne process, PostgreSQL
+with one Daphne process per CPU (--workers), each on its own port with the
+clients spread over them as nginx spreads agents; the one-process
+PostgreSQL rows stay in the table.
+
 For each database (PostgreSQL, then SQLite) this migrates a fresh database,
 issues an agent token, starts Daphne on a loopback port and POSTs batches
 of 1,000 and 5,000 samples from a few concurrent clients (so the writer's
@@ -352,6 +359,32 @@ def bench_stages(backend: str, fmt: str, args: argparse.Namespace, now_us: int, 
     return stages
 
 
+def print_headline(influx: dict[int, Result], api: list[Result], batch: int = 5000) -> None:
+    """Print the four cells of #14's target: each endpoint and database at batch 5,000, as each is deployed.
+
+    SQLite is the embedded mode, one Daphne process. PostgreSQL is the
+    production mode, one Daphne process per core behind nginx
+    (docs/deployment.md), on the same cores InfluxDB's Go threads use; its
+    one-process rows stay in the table above.
+    """
+    if batch not in influx:
+        return
+    deployed = {"sqlite": 1, "postgresql": max((r.workers for r in api if r.backend == "postgresql"), default=1)}
+    cells = [r for r in api if r.batch == batch and r.workers == deployed[r.backend]]
+    if not cells:
+        return
+    names = {"json": "JSON", "lp": "line protocol"}
+    print(
+        f"\nTarget (#14): >= 0.25x InfluxDB at batch {batch:,}, each database as deployed "
+        f"(SQLite: 1 Daphne process; PostgreSQL: {deployed['postgresql']}, one per CPU)"
+    )
+    ratios = []
+    for r in cells:
+        ratios.append(r.rate / influx[batch].rate)
+        print(f"  {names[r.fmt]:13s} {r.backend:10s} {r.rate:10,.0f} samples/s  {ratios[-1]:.2f}x")
+    print(f"  all {len(cells)} cells >= 0.25x: {'yes' if min(ratios) >= 0.25 else 'no'}")
+
+
 def print_stages(table: dict[tuple[str, str], dict[str, float]]) -> None:
     """Print µs per sample per stage, one column per database and endpoint."""
     if not table:
@@ -499,7 +532,10 @@ def main() -> None:
         "--formats", default="json,lp", help="Pulseboard endpoints: json (/api/v1/ingest), lp (/api/v2/write)"
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="also run PostgreSQL at batch 5,000 with this many Daphne processes"
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="also run PostgreSQL at batch 5,000 with this many Daphne processes (default: one per CPU, as deployed)",
     )
     parser.add_argument(
         "--stages", action="store_true", help="also time each stage at batch 5,000 with py-spy (as root)"
@@ -547,6 +583,7 @@ def main() -> None:
             name = names.get(r.backend, f"Pulseboard {endpoints[r.fmt]} ({r.backend}, {processes})")
             steal = "n/a" if r.steal is None else r.steal
             print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {ratio(r, influx)} | {ratio(r, copy)} | {steal} |")
+    print_headline(influx, api)
     print_stages(stages)
     print(f"\nload average at the end: {load_average()}")
     with psycopg.connect(f"{args.pg.rstrip('/')}/postgres", autocommit=True) as conn:
