@@ -60,6 +60,7 @@ from dashboard.testing import (  # noqa: E402
     free_port,
     login_cookies,
     manage,
+    settle,
     steal_meter,
     stop_process,
     wait_port,
@@ -72,7 +73,6 @@ TICK_S = 0.01  # the producer flushes every 10 ms (100 requests a second at most
 STEP_S = 8.0  # measured producing time per step
 DRAIN_S = 6.0  # longest wait for stragglers (and Pulseboard back-fills) after a step
 WARMUP_S = 3.0  # after connecting: the server refreezes its garbage collector once (dashboard/fastpaths/gcpolicy.py)
-SETTLED_CPU_PCT = 15.0  # machine-wide, before each system starts
 P99_LIMIT_MS = 100.0  # "sustainable": p99 at or under this and no unrepaired loss
 LATENCY_RESERVOIR = 20_000  # latency samples kept per client process
 VIEWER, PASSWORD = "bench", "bench-pass-123"
@@ -997,16 +997,6 @@ def start_profile(system: System, viewers: int, metrics: int) -> subprocess.Pope
     return subprocess.Popen(
         [*command, "--format", "raw", "-o", f"{stem}.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-
-
-def settle(limit_s: float = 60.0) -> None:
-    """Wait until the machine is quiet: the previous system's leftovers (a naive server draining
-    seconds of backlog, its Redis messages) once ran into the next system's measurements."""
-    deadline = time.monotonic() + limit_s
-    while (busy := psutil.cpu_percent(interval=1.0)) > SETTLED_CPU_PCT:
-        if time.monotonic() > deadline:
-            print(f"# the machine is still {busy:.0f} % busy after {limit_s:.0f} s; measuring anyway", flush=True)
-            return
 
 
 def sustainable(result: dict[str, Any]) -> bool:

@@ -63,7 +63,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dashboard.testing import steal_meter, stop_process  # noqa: E402
+from dashboard.testing import settle, steal_meter, stop_process  # noqa: E402
 
 DB_NAME = "pulseboard_bench_ingest"
 METRICS = 100  # distinct metrics per run, like a small fleet
@@ -161,6 +161,13 @@ def backend_env(backend: str, pg_url: str, sqlite_path: Path) -> dict[str, str]:
     else:
         env["SQLITE_PATH"] = str(sqlite_path)
     return env
+
+
+def drop_postgres(pg_url: str) -> None:
+    """Drop the bench database and write its pages out now, not during the next case's timed run."""
+    with psycopg.connect(f"{pg_url.rstrip('/')}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute("CHECKPOINT")
 
 
 def reset_postgres(pg_url: str) -> None:
@@ -264,6 +271,8 @@ def daphne(
             listener.close()
         for server in servers:
             stop_process(server)
+        if backend == "postgresql":
+            drop_postgres(args.pg)
 
 
 def warm_rows(now_us: int) -> list[tuple[str, int, float]]:
@@ -274,24 +283,27 @@ def warm_rows(now_us: int) -> list[tuple[str, int, float]]:
 def bench_api(
     backend: str, args: argparse.Namespace, now_us: int, tmp: Path, workers: int = 1, batches_of=BATCH_SIZES
 ) -> list[Result]:
-    """Time each endpoint in args.formats, each in a fresh database, at each batch size in turn.
+    """Time each endpoint in args.formats at each batch size, each case in a fresh database and server.
 
-    Each endpoint starts from an empty database, as InfluxDB's run does: when
-    line protocol ran second in JSON's database it met 400,000 more rows in
-    dashboard_sample's indexes and measured 15-25 % slower for that alone
-    (2026-12-06 10:38: 87k vs 104k samples/s at batch 5,000 on PostgreSQL;
-    in fresh databases, side by side, 103-126k vs 115-126k).
+    Each case starts from an empty database, as each of InfluxDB's does (a
+    database per batch size): when line protocol ran second in JSON's
+    database it met 400,000 more rows in dashboard_sample's indexes and
+    measured 15-25 % slower for that alone (2026-12-06 10:38: 87k vs 104k
+    samples/s at batch 5,000 on PostgreSQL; in fresh databases, side by
+    side, 103-126k vs 115-126k), and batch 5,000 met batch 1,000's 200,000
+    rows the same way (SQLite JSON 160-164k after them, 175-240k alone).
     """
     results = []
     label = backend if workers == 1 else f"{backend} ×{workers}"
     for fmt in [f for f in ("json", "lp") if f in args.formats]:
-        with daphne(backend, args, tmp, workers) as (bases, secret, _):
-            for batch in batches_of:
+        for batch in batches_of:
+            with daphne(backend, args, tmp, workers) as (bases, secret, _):
                 source = f"bench-{backend[:2]}-{batch}-{fmt}"
                 batches = make_rows(args.samples, batch, source, now_us)
                 url, warm, bodies, counts = endpoint_requests(fmt, bases, source, batches, now_us)
                 # The warm-up creates the metrics; every worker then knows them from the database.
                 asyncio.run(post_all(url[0], secret, [warm], 1, None if counts is None else [METRICS]))
+                settle(30)
                 stolen, started = steal_meter(), time.perf_counter()
                 accepted = asyncio.run(post_all(url, secret, bodies, args.concurrency, counts))
                 elapsed = time.perf_counter() - started
@@ -443,6 +455,7 @@ def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Res
             batches = make_rows(args.samples, batch, "influx", now_us)
             bodies = [lp_body(f"bench-in-{batch}", rows) for rows in batches]
             url = f"{base}/write?db={db}&precision=u"
+            settle(30)
             stolen, started = steal_meter(), time.perf_counter()
             asyncio.run(post_all(url, None, bodies, args.concurrency, [len(rows) for rows in batches]))
             elapsed = time.perf_counter() - started
@@ -462,6 +475,7 @@ def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Res
 def bench_copy(args: argparse.Namespace, now_us: int) -> list[Result]:
     """COPY the same rows into a bare table, one transaction per batch: the ceiling for PostgreSQL."""
     results = []
+    reset_postgres(args.pg)
     with psycopg.connect(f"{args.pg.rstrip('/')}/{DB_NAME}") as conn:
         conn.execute("DROP TABLE IF EXISTS bench_copy")
         conn.execute("CREATE TABLE bench_copy (metric_id bigint, ts bigint, value double precision)")
@@ -469,6 +483,7 @@ def bench_copy(args: argparse.Namespace, now_us: int) -> list[Result]:
         for batch in BATCH_SIZES:
             batches = make_rows(args.samples, batch, "copy", now_us)
             ids = {f"m{i:03d}": i + 1 for i in range(METRICS)}
+            settle(30)
             stolen, started = steal_meter(), time.perf_counter()
             for rows in batches:
                 with conn.cursor() as cur:
@@ -487,7 +502,10 @@ def bench_copy(args: argparse.Namespace, now_us: int) -> list[Result]:
 
 def bench_storage_sql(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
     """Time the storage layer's SQL on pre-built rows, one transaction per batch: the API's floor on PostgreSQL."""
-    os.environ.update(backend_env("postgresql", args.pg, tmp / "unused.sqlite3"))
+    env = backend_env("postgresql", args.pg, tmp / "unused.sqlite3")
+    reset_postgres(args.pg)
+    run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], env)
+    os.environ.update(env)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "monitor.settings")
     import django
 
@@ -508,6 +526,7 @@ def bench_storage_sql(args: argparse.Namespace, now_us: int, tmp: Path) -> list[
             {(refs[name].id, ts): (refs[name], value) for name, ts, value in rows}
             for rows in make_rows(args.samples, batch, "sql", now_us)
         ]
+        settle(30)
         stolen, started = steal_meter(), time.perf_counter()
         for rows in batches:
             with transaction.atomic(), connection.cursor() as cursor:

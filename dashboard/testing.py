@@ -156,6 +156,26 @@ def _cpu_total_and_steal() -> tuple[float, float] | None:
     return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0), times.steal
 
 
+SETTLED_CPU_PCT = 15.0  # machine-wide CPU busy below which settle() calls the machine quiet
+
+
+def settle(limit_s: float = 60.0, quiet_pct: float = SETTLED_CPU_PCT) -> float:
+    """Wait until the machine is quiet before a measurement; return how busy it was (%) when it started.
+
+    The previous case's leftovers ran into the next one's figures: a naive
+    server draining seconds of backlog in the fan-out bench, and in the
+    ingest bench PostgreSQL's checkpoint and autovacuum after its cases,
+    while SQLite's ran (SQLite at batch 5,000: 150-164k samples/s after them,
+    175-240k alone). Waits at most `limit_s`, then says so and goes on.
+    """
+    deadline = time.monotonic() + limit_s
+    while (busy := psutil.cpu_percent(interval=1.0)) > quiet_pct:
+        if time.monotonic() > deadline:
+            print(f"# the machine is still {busy:.0f} % busy after {limit_s:.0f} s; measuring anyway", flush=True)
+            break
+    return busy
+
+
 # --- Environment and the database ---------------------------------------------------------------
 
 
