@@ -73,30 +73,29 @@ class MetricAdmin(admin.ModelAdmin):
         return obj.last_time
 
 
-@admin.register(Sample)
-class SampleAdmin(admin.ModelAdmin):
-    list_display = ["metric", "time", "value"]
+class PerMetricRowsAdmin(admin.ModelAdmin):
+    """Samples and rollups: millions of rows a metric, so no full count, newest first, the metric by id."""
+
     list_select_related = ["metric"]
     raw_id_fields = ["metric"]
     search_fields = ["metric__key"]
-    list_filter = ["metric__source__kind"]
     ordering = ["-id"]
     paginator = CappedCountPaginator
     show_full_result_count = False
+
+
+@admin.register(Sample)
+class SampleAdmin(PerMetricRowsAdmin):
+    list_display = ["metric", "time", "value"]
+    list_filter = ["metric__source__kind"]
 
     @admin.display(description="time (UTC)")
     def time(self, obj: Sample):
         return to_datetime(obj.ts)
 
 
-class RollupAdmin(admin.ModelAdmin):
+class RollupAdmin(PerMetricRowsAdmin):
     list_display = ["metric", "bucket_time", "min", "max", "avg", "count", "first", "last"]
-    raw_id_fields = ["metric"]
-    list_select_related = ["metric"]
-    search_fields = ["metric__key"]
-    ordering = ["-id"]
-    paginator = CappedCountPaginator
-    show_full_result_count = False
 
     @admin.display(description="bucket (UTC)")
     def bucket_time(self, obj):

@@ -6,7 +6,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from dashboard.admin import CappedCountPaginator
-from dashboard.models import Metric, Sample, Source
+from dashboard.models import Metric, MinuteRollup, Sample, Source
 
 pytestmark = pytest.mark.django_db
 
@@ -50,14 +50,32 @@ def test_health_endpoints_answer(client: Client) -> None:
     assert client.get("/readyz").status_code == 200
 
 
-def test_the_sample_admin_never_counts_the_whole_table(client: Client, admin_user, temperature: Metric) -> None:
+@pytest.mark.parametrize("table", ["sample", "minuterollup"])
+def test_the_sample_and_rollup_admins_never_count_the_whole_table(
+    client: Client, admin_user, temperature: Metric, table: str
+) -> None:
     Sample.objects.bulk_create(Sample(metric=temperature, ts=i, value=float(i)) for i in range(50))
+    MinuteRollup.objects.bulk_create(
+        MinuteRollup(
+            metric=temperature,
+            bucket=i * 60_000_000,
+            min=1,
+            max=1,
+            sum=1,
+            count=1,
+            first=1,
+            first_ts=0,
+            last=1,
+            last_ts=0,
+        )
+        for i in range(50)
+    )
     client.force_login(admin_user)
     with CaptureQueriesContext(connection) as queries:
-        response = client.get("/admin/dashboard/sample/")
+        response = client.get(f"/admin/dashboard/{table}/")
     assert response.status_code == 200
     counts = [
-        q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper() and "dashboard_sample" in q["sql"]
+        q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper() and f"dashboard_{table}" in q["sql"]
     ]
     assert counts and all("LIMIT" in sql.upper() for sql in counts), counts
     assert CappedCountPaginator.CAP == 10_000
@@ -70,6 +88,9 @@ def test_admin_lists_render_for_staff(client: Client, admin_user, temperature: M
         "/admin/dashboard/metric/",
         "/admin/dashboard/agenttoken/",
         "/admin/dashboard/sample/?q=iot",
+        "/admin/dashboard/minuterollup/?q=iot",
+        "/admin/dashboard/tenminuterollup/",
+        "/admin/dashboard/hourrollup/",
     ):
         assert client.get(url).status_code == 200, url
 
