@@ -6,7 +6,10 @@ into a per-connection temporary staging table, from which one statement
 folds them into the rollup tiers, the metrics' latest values and the
 sources' counters in SQL; a COPY cannot skip duplicates, so when it fails
 on a stored key the staged rows go in with ON CONFLICT DO NOTHING instead
-and only the inserted ones are folded in (insert_by_copy). On SQLite they
+and only the inserted ones are folded in (insert_by_copy). A batch of a
+few rows (an agent's usual post) skips the staging table: one INSERT ...
+VALUES ... ON CONFLICT DO NOTHING statement inserts it and folds the new
+rows (insert_few). On SQLite they
 go in as plain multi-row INSERTs in a savepoint, and only when one fails on
 a stored key as INSERT ... ON CONFLICT DO NOTHING RETURNING; the rollups
 are aggregated in Python.
@@ -41,6 +44,12 @@ INSERT_CHUNK = 3000  # rows per statement: 9,000 parameters, under SQLite's 32,7
 # writer's time under line-protocol load). Keyed by rows per statement.
 _PLAIN_INSERT_SQL: dict[int, str] = {}
 LATEST_CHUNK = 5000  # metrics per "latest value" UPDATE: 15,000 parameters
+# PostgreSQL: a batch of at most this many rows goes in with one INSERT ... VALUES statement (insert_few)
+# instead of the staging table and two COPYs, whose set-up (the temporary table's TRUNCATE, two COPY
+# exchanges) costs more than a few rows: an agent's usual post of 10 samples took 4.1-4.8 ms a commit that
+# way and 2.6-3.2 ms in one statement; at 100 rows the two were equal, at 500 COPY was faster (2026-12-06,
+# bench/results/2026-12-06-1334-ingest.md).
+FEW_ROWS = 32
 # Temporary, so invisible to other sessions and never WAL-logged; its rows
 # are deleted at commit, and the table itself lives as long as the connection.
 STAGE_TABLE = "pulseboard_sample_stage"
@@ -167,7 +176,7 @@ def store(readings: list[Reading]) -> StoredBatch:
             if rows:
                 if connection.vendor == "postgresql":
                     # Rollups, latest values and source counters are folded in by the same statement, in SQL.
-                    old = insert_by_copy(cursor, rows)
+                    old = insert_few(cursor, rows) if len(rows) <= FEW_ROWS else insert_by_copy(cursor, rows)
                 else:
                     # (metric id, ts, value) once: the INSERTs' parameters and the rollups' input.
                     triples = [(m, t, v) for (m, t), (_, v) in rows.items()]
@@ -271,23 +280,47 @@ def insert_by_copy(cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[Metr
         with transaction.atomic():
             _copy(cursor, "dashboard_sample", data)
     except IntegrityError:
-        # One statement, one round trip: insert what is new, fold exactly
-        # those rows into every rollup tier, and report the staged keys that
-        # were not inserted.
-        cursor.execute(
-            f"WITH staged AS (SELECT metric_id, ts, value FROM {STAGE_TABLE}), "
-            "new_rows AS (INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM staged "
-            "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts, value), "
-            f"{rollups.upsert_ctes('new_rows', timezone.now())} "
-            "SELECT metric_id, ts FROM staged EXCEPT ALL SELECT metric_id, ts FROM new_rows"
-        )
-        return set(cursor.fetchall())
+        return _insert_new_and_fold(cursor, f"SELECT metric_id, ts, value FROM {STAGE_TABLE}")
     # Every staged row is new: fold them into the rollups.
     cursor.execute(
         f"WITH new_rows AS (SELECT metric_id, ts, value FROM {STAGE_TABLE}), "
         f"{rollups.upsert_ctes('new_rows', timezone.now())} SELECT 1"
     )
     return set()
+
+
+def insert_few(cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[MetricRef, float]]) -> set[tuple[int, int]]:
+    """Insert a few rows and fold the new ones into the rollups in one statement; return the keys already stored.
+
+    PostgreSQL, for batches of at most FEW_ROWS rows: the rows travel as
+    the statement's parameters, so no staging table and no COPY.
+    """
+    values = ",".join(["(%s,%s,%s)"] * len(rows))
+    return _insert_new_and_fold(
+        cursor,
+        f"SELECT column1::bigint, column2::bigint, column3::float8 FROM (VALUES {values}) AS v",
+        [x for (m, t), (_, v) in rows.items() for x in (m, t, v)],
+    )
+
+
+def _insert_new_and_fold(cursor: CursorWrapper, staged_sql: str, params: list | None = None) -> set[tuple[int, int]]:
+    """Insert the rows `staged_sql` selects, skipping stored keys, fold exactly the new ones; return the others.
+
+    One statement, one round trip: insert what is new, fold those rows into
+    every rollup tier (with the latest values and source counters), and
+    report the staged keys that were not inserted.
+    """
+    fold = rollups.upsert_ctes("new_rows", timezone.now())
+    cursor.execute(
+        f"WITH staged (metric_id, ts, value) AS ({staged_sql}), "
+        "new_rows AS (INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM staged "
+        "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts, value), "
+        # With parameters, psycopg reads % as a placeholder: the fold's modulo operators are doubled.
+        f"{fold.replace('%', '%%') if params is not None else fold} "
+        "SELECT metric_id, ts FROM staged EXCEPT ALL SELECT metric_id, ts FROM new_rows",
+        params,
+    )
+    return {(int(m), int(t)) for m, t in cursor.fetchall()}
 
 
 def sqlite3_execute(raw_cursor, sql: str, params: list) -> None:

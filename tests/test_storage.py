@@ -16,6 +16,14 @@ from tests.conftest import JUST_AFTER_MIDNIGHT, JUST_BEFORE_MIDNIGHT, Clock
 
 pytestmark = pytest.mark.usefixtures("clock")
 
+
+@pytest.fixture(params=["one statement", "COPY"], autouse=True)
+def postgres_write_path(request, monkeypatch) -> str:
+    """Run every test here through both of PostgreSQL's write paths: a few rows in one statement, more by COPY."""
+    monkeypatch.setattr(storage, "FEW_ROWS", storage.FEW_ROWS if request.param == "one statement" else 0)
+    return request.param
+
+
 HOUR_START = 1_795_600_800_000_000  # 2026-11-25 08:00:00 UTC, a whole hour
 
 
@@ -118,7 +126,10 @@ async def test_it_keeps_rollups_for_samples_ingested_through_the_writer() -> Non
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_it_stages_rows_with_copy_on_postgresql_and_a_second_store_in_one_transaction_folds_only_its_own() -> None:
+def test_it_stages_rows_with_copy_on_postgresql_and_a_second_store_in_one_transaction_folds_only_its_own(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(storage, "FEW_ROWS", 0)
     storage.store([reading(1.0, HOUR_START)])
     with connection.cursor() as cursor:
         cursor.execute("SELECT to_regclass(%s)", [f"pg_temp.{storage.STAGE_TABLE}"])
@@ -129,7 +140,8 @@ def test_it_stages_rows_with_copy_on_postgresql_and_a_second_store_in_one_transa
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_it_copies_new_rows_straight_in_and_takes_the_on_conflict_path_only_when_a_key_is_stored() -> None:
+def test_it_copies_new_rows_straight_in_and_takes_the_on_conflict_path_only_when_a_key_is_stored(monkeypatch) -> None:
+    monkeypatch.setattr(storage, "FEW_ROWS", 0)
     statements: list[str] = []
 
     def record(execute, sql, params, many, context):
@@ -148,6 +160,25 @@ def test_it_copies_new_rows_straight_in_and_takes_the_on_conflict_path_only_when
     ]  # fmt: skip
     # Three rows in the bucket, not five: the second store, in the same transaction, folded only its own.
     assert (minute("web-01.cpu", HOUR_START).count, minute("web-01.cpu", HOUR_START).sum) == (3, 6.0)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_few_rows_go_in_with_one_statement_and_no_staging_table(monkeypatch) -> None:
+    monkeypatch.setattr(storage, "FEW_ROWS", 32)
+    storage.store([reading(0.0, HOUR_START - MINUTE_US)])  # creates the metric first
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        mixed = storage.store([reading(1.0, HOUR_START), reading(0.0, HOUR_START - MINUTE_US)])
+    assert mixed.outcomes == ["new", "duplicate"]
+    assert len(statements) == 1 and storage.STAGE_TABLE not in statements[0], statements
+    assert rollup_tuple(minute("web-01.cpu", HOUR_START)) == (1.0, 1.0, 1.0, 1, 1.0, HOUR_START, 1.0, HOUR_START)
+    assert Sample.objects.count() == 2
 
 
 def partition_of(metric_key: str, ts: int) -> str:
