@@ -171,8 +171,8 @@ def drop_postgres(pg_url: str) -> None:
 
 
 def reset_postgres(pg_url: str) -> None:
+    drop_postgres(pg_url)
     with psycopg.connect(f"{pg_url.rstrip('/')}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DB_NAME}")
 
 
@@ -605,8 +605,7 @@ def main() -> None:
     print_headline(influx, api)
     print_stages(stages)
     print(f"\nload average at the end: {load_average()}")
-    with psycopg.connect(f"{args.pg.rstrip('/')}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    drop_postgres(args.pg)
 
 
 if __name__ == "__main__":

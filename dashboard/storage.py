@@ -280,7 +280,7 @@ def insert_by_copy(cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[Metr
         with transaction.atomic():
             _copy(cursor, "dashboard_sample", data)
     except IntegrityError:
-        return _insert_new_and_fold(cursor, f"SELECT metric_id, ts, value FROM {STAGE_TABLE}")
+        return _insert_new_and_fold(cursor, f"SELECT metric_id, ts, value FROM {STAGE_TABLE}", [])
     # Every staged row is new: fold them into the rollups.
     cursor.execute(
         f"WITH new_rows AS (SELECT metric_id, ts, value FROM {STAGE_TABLE}), "
@@ -303,20 +303,21 @@ def insert_few(cursor: CursorWrapper, rows: dict[tuple[int, int], tuple[MetricRe
     )
 
 
-def _insert_new_and_fold(cursor: CursorWrapper, staged_sql: str, params: list | None = None) -> set[tuple[int, int]]:
+def _insert_new_and_fold(cursor: CursorWrapper, staged_sql: str, params: list) -> set[tuple[int, int]]:
     """Insert the rows `staged_sql` selects, skipping stored keys, fold exactly the new ones; return the others.
 
     One statement, one round trip: insert what is new, fold those rows into
     every rollup tier (with the latest values and source counters), and
     report the staged keys that were not inserted.
     """
-    fold = rollups.upsert_ctes("new_rows", timezone.now())
+    # psycopg reads % as a placeholder in a statement with parameters (a list, even empty): the fold's
+    # modulo operators are doubled.
+    fold = rollups.upsert_ctes("new_rows", timezone.now()).replace("%", "%%")
     cursor.execute(
         f"WITH staged (metric_id, ts, value) AS ({staged_sql}), "
         "new_rows AS (INSERT INTO dashboard_sample (metric_id, ts, value) SELECT metric_id, ts, value FROM staged "
         "ON CONFLICT (metric_id, ts) DO NOTHING RETURNING metric_id, ts, value), "
-        # With parameters, psycopg reads % as a placeholder: the fold's modulo operators are doubled.
-        f"{fold.replace('%', '%%') if params is not None else fold} "
+        f"{fold} "
         "SELECT metric_id, ts FROM staged EXCEPT ALL SELECT metric_id, ts FROM new_rows",
         params,
     )
