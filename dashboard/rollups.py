@@ -65,22 +65,35 @@ def coarsen(buckets: dict[tuple[int, int], Bucket], width_us: int) -> dict[tuple
     """Return the buckets of a coarser tier, built from a finer tier's buckets rather than from the rows again."""
     out: dict[tuple[int, int], Bucket] = {}
     for (metric_id, start), fine in buckets.items():
-        key = (metric_id, start - start % width_us)
-        b = out.get(key)
-        if b is None:
-            out[key] = list(fine)
-            continue
-        if fine[0] < b[0]:
-            b[0] = fine[0]
-        if fine[1] > b[1]:
-            b[1] = fine[1]
-        b[2] += fine[2]
-        b[3] += fine[3]
-        if fine[5] < b[5]:
-            b[4], b[5] = fine[4], fine[5]
-        if fine[7] > b[7]:
-            b[6], b[7] = fine[6], fine[7]
+        _fold(out, (metric_id, start - start % width_us), fine)
     return out
+
+
+def combine(parts: list[dict[tuple[int, int], Bucket]]) -> dict[tuple[int, int], Bucket]:
+    """Return one tier's buckets of several disjoint sets of rows, each already aggregated (storage.combine)."""
+    out: dict[tuple[int, int], Bucket] = {}
+    for buckets in parts:
+        for key, b in buckets.items():
+            _fold(out, key, b)
+    return out
+
+
+def _fold(out: dict[tuple[int, int], Bucket], key: tuple[int, int], fine: Bucket) -> None:
+    """Merge bucket `fine` into out[key] (a copy of it when out has none): the merge ON CONFLICT does in SQL."""
+    b = out.get(key)
+    if b is None:
+        out[key] = list(fine)
+        return
+    if fine[0] < b[0]:
+        b[0] = fine[0]
+    if fine[1] > b[1]:
+        b[1] = fine[1]
+    b[2] += fine[2]
+    b[3] += fine[3]
+    if fine[5] < b[5]:
+        b[4], b[5] = fine[4], fine[5]
+    if fine[7] > b[7]:
+        b[6], b[7] = fine[6], fine[7]
 
 
 def _upsert_sql(table: str, vendor: str, n_rows: int) -> str:
@@ -209,21 +222,27 @@ def latest_ctes(minute_buckets: str, seen_at: datetime) -> str:
     )
 
 
-def apply(cursor: CursorWrapper, vendor: str, rows: Iterable[tuple[int, int, float]]) -> dict[tuple[int, int], Bucket]:
+def apply(
+    cursor: CursorWrapper,
+    vendor: str,
+    rows: Iterable[tuple[int, int, float]],
+    minute: dict[tuple[int, int], Bucket] | None = None,
+) -> dict[tuple[int, int], Bucket]:
     """Fold newly inserted (metric id, ts, value) rows into every rollup tier; return the minute buckets.
 
     Only the finest tier is aggregated from the rows; each coarser one from
     the tier below it, as upsert_ctes does in SQL (one pass over the rows,
-    not three). The caller takes each metric's latest value from the minute
-    buckets it gets back.
+    not three). `minute`, when given, is that first aggregate of exactly
+    these rows, made before the writer's transaction (storage.prepare). The
+    caller takes each metric's latest value from the minute buckets it gets
+    back.
     """
-    minute: dict[tuple[int, int], Bucket] = {}
-    buckets = None
-    for model, width_us, _ in TIERS:
-        buckets = aggregate(rows, width_us) if buckets is None else coarsen(buckets, width_us)
-        if not buckets:
-            return {}
-        if not minute:
-            minute = buckets
+    finest = minute if minute is not None else aggregate(rows, TIERS[0][1])
+    if not finest:
+        return {}
+    buckets = finest
+    for i, (model, width_us, _) in enumerate(TIERS):
+        if i:
+            buckets = coarsen(buckets, width_us)
         merge(cursor, vendor, model._meta.db_table, buckets)
-    return minute
+    return finest

@@ -10,9 +10,12 @@ and only the inserted ones are folded in (insert_by_copy). A batch of a
 few rows (an agent's usual post) skips the staging table: one INSERT ...
 VALUES ... ON CONFLICT DO NOTHING statement inserts it and folds the new
 rows (insert_few). On SQLite they
-go in as plain multi-row INSERTs in a savepoint, and only when one fails on
-a stored key as INSERT ... ON CONFLICT DO NOTHING RETURNING; the rollups
-are aggregated in Python.
+go in as plain multi-row INSERTs, and only when one fails on a stored key
+as INSERT ... ON CONFLICT DO NOTHING RETURNING; the rollups are aggregated
+in Python.
+A big batch usually comes with its keys worked out already (prepare, on
+the parsing thread), so the writer's transaction, ingest's one serial
+chain, runs little Python besides its SQL.
 Either way a retried batch stores nothing twice and the caller learns exactly
 which rows are new (only those are published live and counted in the
 rollups, in the same transaction: see dashboard/rollups.py).
@@ -20,9 +23,11 @@ rollups, in the same transaction: see dashboard/rollups.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -38,11 +43,11 @@ from dashboard.validation import Reading
 
 log = logging.getLogger(__name__)
 
-INSERT_CHUNK = 3000  # rows per statement: 9,000 parameters, under SQLite's 32,766
-# Plain INSERTs for the common case on SQLite: the RETURNING of the duplicate-safe statement
-# hands back each row, and each row took the GIL back from the parsing thread (a fifth of the
-# writer's time under line-protocol load). Keyed by rows per statement.
-_PLAIN_INSERT_SQL: dict[int, str] = {}
+# Rows per INSERT statement on SQLite: 30,000 parameters, under SQLite's default limit of 32,766. Each
+# statement hands the GIL over twice (prepare and step) and waits to take it back from the parsing thread
+# and the event loop: under line-protocol load the writer's INSERTs took 0.82 s of wall time in batches of
+# 3,000 rows and 0.60 s in batches of 10,000 for the same 400,000 rows (bench/results/2026-12-06-1620-ingest.md).
+INSERT_CHUNK = 10_000
 LATEST_CHUNK = 5000  # metrics per "latest value" UPDATE: 15,000 parameters
 # PostgreSQL: a batch of at most this many rows goes in with one INSERT ... VALUES statement (insert_few)
 # instead of the staging table and two COPYs, whose set-up (the temporary table's TRUNCATE, two COPY
@@ -142,21 +147,65 @@ def _create_metric(reading: Reading) -> Metric:
     raise AssertionError("unreachable")
 
 
-def store(readings: list[Reading]) -> StoredBatch:
-    """Store readings in one transaction and report which were new, duplicate or refused."""
-    create = settings.PULSEBOARD["UNKNOWN_METRICS"] == "create"
-    batch = StoredBatch()
+@dataclass(slots=True)
+class Prepared:
+    """A batch's keys and rows, worked out from the metric cache before the writer takes it (prepare).
+
+    The writer's transaction is ingest's one serial chain: on SQLite, under
+    line-protocol load, the writer was busy the whole run while the parsing
+    thread and the event loop were idle more than half of it, and a sixth of
+    its time was this Python (a key per reading, then the minute buckets).
+    Worked out on the parsing thread, right after the parse, it overlaps the
+    writer's SQL of the batch before instead of queueing behind it.
+    """
+
+    # Per reading, its (metric id, ts).
+    keys: list[tuple[int, int]]
+    # (metric id, ts) -> (ref, value) of the first reading of each key, in input order.
+    rows: dict[tuple[int, int], tuple[MetricRef, float]]
+    # SQLite: the rows as (metric id, ts, value), and their minute buckets (rollups.aggregate); PostgreSQL
+    # folds its rollups in SQL and leaves both empty.
+    triples: list[tuple[int, int, float]]
+    minute: dict[tuple[int, int], rollups.Bucket]
+
+
+def prepare(readings: list[Reading]) -> Prepared | None:
+    """Return a batch's keys and rows, or None when a metric is not in this process's cache.
+
+    Any thread may call it: it reads the cache and writes nothing. A metric
+    that is not cached (new, or refused by the UNKNOWN_METRICS policy) is
+    left to store(), on the writer's connection, which creates or refuses it.
+    """
+    keyed = _keyed(readings, None)
+    if keyed is None:
+        return None
+    keys, rows = keyed
+    if connection.vendor == "postgresql":
+        return Prepared(keys, rows, [], {})
+    triples = [(m, t, v) for (m, t), (_, v) in rows.items()]
+    return Prepared(keys, rows, triples, rollups.aggregate(triples, rollups.MINUTE_US))
+
+
+def _keyed(
+    readings: list[Reading], resolve: Callable[[Reading], MetricRef] | None
+) -> tuple[list, dict[tuple[int, int], tuple[MetricRef, float]]] | None:
+    """Return (per reading its (metric id, ts) or the UnknownMetric that refused it, the first row of each key).
+
+    A metric that is not cached is resolved by `resolve`; without one, the
+    answer is None. This loop runs for every reading of the batch, hence
+    the inlined cache lookup.
+    """
+    keys: list[tuple[int, int] | UnknownMetric] = []
     # (metric id, ts) -> (ref, value) of the first reading of each key, in input order.
     rows: dict[tuple[int, int], tuple[MetricRef, float]] = {}
-    # Per reading: its key, or the error that refused it. This loop runs for
-    # every reading of the batch, hence the inlined cache lookup.
-    keys: list[tuple[int, int] | UnknownMetric] = []
     cached = _metric_cache.get
     for reading in readings:
         ref = cached(f"{reading.source}.{reading.metric}")
         if ref is None:
+            if resolve is None:
+                return None
             try:
-                ref = resolve_metric(reading, create)
+                ref = resolve(reading)
             except UnknownMetric as exc:
                 keys.append(exc)
                 continue
@@ -164,10 +213,43 @@ def store(readings: list[Reading]) -> StoredBatch:
         keys.append(key)
         if key not in rows:
             rows[key] = (ref, reading.value)
+    return keys, rows
+
+
+def combine(parts: list[Prepared]) -> Prepared | None:
+    """Return the batches of one commit as one, or None when two of them hold the same key (store() sorts it out)."""
+    if len(parts) == 1:
+        return parts[0]
+    rows = dict(parts[0].rows)  # a copy: a retried commit combines the same parts again
+    for part in parts[1:]:
+        if not rows.keys().isdisjoint(part.rows):
+            return None
+        rows.update(part.rows)
+    return Prepared(
+        list(chain.from_iterable(part.keys for part in parts)),
+        rows,
+        list(chain.from_iterable(part.triples for part in parts)),
+        rollups.combine([part.minute for part in parts]),
+    )
+
+
+def store(readings: list[Reading], prepared: Prepared | None = None) -> StoredBatch:
+    """Store readings in one transaction and report which were new, duplicate or refused.
+
+    `prepared` is prepare(readings), when the caller has it.
+    """
+    create = settings.PULSEBOARD["UNKNOWN_METRICS"] == "create"
+    batch = StoredBatch()
+    triples: list[tuple[int, int, float]] = []  # SQLite: the rows as (metric id, ts, value)
+    minute: dict[tuple[int, int], rollups.Bucket] | None = None
+    keys: list[tuple[int, int] | UnknownMetric]
+    if prepared is not None:
+        keys, rows, triples, minute = prepared.keys, prepared.rows, prepared.triples, prepared.minute  # type: ignore[assignment]
+    else:
+        keys, rows = _keyed(readings, lambda reading: resolve_metric(reading, create))  # type: ignore[misc]
 
     # Keys that were stored before this batch (a retry, a replay): usually none.
     old: set[tuple[int, int]] = set()
-    triples: list[tuple[int, int, float]] = []  # SQLite: the rows as (metric id, ts, value)
     # No savepoint inside a caller's transaction (the writer's): nothing here
     # catches an error, so the caller rolls back the whole batch anyway, and a
     # savepoint cost two more round trips per batch.
@@ -179,15 +261,19 @@ def store(readings: list[Reading]) -> StoredBatch:
                     old = insert_few(cursor, rows) if len(rows) <= FEW_ROWS else insert_by_copy(cursor, rows)
                 else:
                     # (metric id, ts, value) once: the INSERTs' parameters and the rollups' input.
-                    triples = [(m, t, v) for (m, t), (_, v) in rows.items()]
+                    if not triples:
+                        triples = [(m, t, v) for (m, t), (_, v) in rows.items()]
                     old = _insert_by_values(cursor, triples)
             if old:
                 batch.inserted = [(ref, key[1], value) for key, (ref, value) in rows.items() if key not in old]
             else:
                 batch.inserted = [(ref, key[1], value) for key, (ref, value) in rows.items()]
             if connection.vendor != "postgresql" and batch.inserted:
-                new = [row for row in triples if (row[0], row[1]) not in old] if old else triples
-                update_latest_from_buckets(rollups.apply(cursor, connection.vendor, new))
+                if old:  # the prepared buckets counted rows that were already stored
+                    new, minute = [row for row in triples if (row[0], row[1]) not in old], None
+                else:
+                    new = triples
+                update_latest_from_buckets(rollups.apply(cursor, connection.vendor, new, minute))
 
     # The first reading of each new key is "new"; repeats and old keys are duplicates.
     if len(keys) == len(rows):  # no repeats and no refusals: no need to track what was seen
@@ -208,30 +294,35 @@ def store(readings: list[Reading]) -> StoredBatch:
 def _insert_by_values(cursor: CursorWrapper, triples: list[tuple[int, int, float]]) -> set[tuple[int, int]]:
     """Insert rows with multi-row VALUES statements and return the (metric id, ts) keys that were already there.
 
-    SQLite. Plain INSERTs first, in a savepoint (in-process, so nearly
-    free): almost every batch is all new, and one that is not fails on the
-    unique (metric_id, ts), is rolled back to the savepoint and goes in
+    SQLite. Plain INSERTs first: almost every batch is all new, and one
+    that is not fails on the unique (metric_id, ts). SQLite then backs out
+    that one statement and keeps the transaction and the statements before
+    it (its ABORT rule), so those rows are all new, and the rest goes in
     again with ON CONFLICT DO NOTHING RETURNING, which tells the new rows.
-    The plain statements go straight to sqlite3 with ? placeholders:
-    Django's wrapper rewrote the 9,000 placeholders of each one.
+    No savepoint around them: it cost two more statements per batch, each
+    a wait for the GIL. The plain statements go straight to sqlite3 with ?
+    placeholders: Django's wrapper rewrote the 30,000 placeholders of each
+    one. (The RETURNING statement hands back each row, and each row took
+    the GIL back from the parsing thread, so it is only the fallback.)
     """
+    raw = cursor.cursor
+    stored = 0  # rows of the statements that went in whole
     try:
-        with transaction.atomic():
-            raw = cursor.cursor
-            with connection.wrap_database_errors:
-                for start in range(0, len(triples), INSERT_CHUNK):
-                    chunk = triples[start : start + INSERT_CHUNK]
-                    sql = _PLAIN_INSERT_SQL.get(len(chunk))
-                    if sql is None:
-                        sql = _PLAIN_INSERT_SQL[len(chunk)] = (
-                            "INSERT INTO dashboard_sample (metric_id, ts, value) VALUES "
-                            + ",".join(["(?,?,?)"] * len(chunk))
-                        )
-                    sqlite3_execute(raw, sql, list(chain.from_iterable(chunk)))
+        with connection.wrap_database_errors:
+            for start in range(0, len(triples), INSERT_CHUNK):
+                chunk = triples[start : start + INSERT_CHUNK]
+                sqlite3_execute(raw, _plain_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))
+                stored = start + len(chunk)
         return set()
     except IntegrityError:
         pass  # a stored key (a retry, a replay): find which
-    return _insert_returning(cursor, triples)
+    return _insert_returning(cursor, triples[stored:])
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_insert_sql(rows: int) -> str:
+    """Return SQLite's plain INSERT of `rows` rows; the few sizes seen most (a full chunk, the usual batches) are kept."""
+    return "INSERT INTO dashboard_sample (metric_id, ts, value) VALUES " + ",".join(["(?,?,?)"] * rows)
 
 
 def _insert_returning(cursor: CursorWrapper, triples: list[tuple[int, int, float]]) -> set[tuple[int, int]]:

@@ -59,6 +59,7 @@ class _Job:
     readings: list[Reading]
     future: asyncio.Future
     bookkeeping: Bookkeeping | None = None
+    prepared: storage.Prepared | None = None  # storage.prepare(readings), made before the writer took it
     queued_at: float = field(default_factory=time.perf_counter)  # for pulseboard_write_wait_seconds
 
 
@@ -69,14 +70,31 @@ def _store_on_writer_thread(jobs: list[_Job]) -> storage.StoredBatch:
     # and the retry reconnects.
     try:
         with transaction.atomic():
-            batch = storage.store([r for job in jobs for r in job.readings])
+            readings = [r for job in jobs for r in job.readings]
+            batch = storage.store(readings, prepared=_prepared(jobs))
             _count(jobs, batch)
         return batch
     except DatabaseError:
-        # Drop a broken connection so the retry opens a fresh one.
+        # Drop a broken connection so the retry opens a fresh one, and what was worked out from the cache
+        # with it: the retry resolves every metric again.
         connection.close()
         storage.clear_cache()
+        for job in jobs:
+            job.prepared = None
         raise
+
+
+def _prepared(jobs: list[_Job]) -> storage.Prepared | None:
+    """Return the jobs' prepared batches as one, preparing here any job that came without; None to let store() work."""
+    if all(job.prepared is None for job in jobs):
+        return None  # small jobs, as agents and devices post them: store() is as quick as prepare()
+    parts = []
+    for job in jobs:
+        part = job.prepared or storage.prepare(job.readings)
+        if part is None:
+            return None
+        parts.append(part)
+    return storage.combine(parts)
 
 
 def _count(jobs: list[_Job], batch: storage.StoredBatch) -> None:
@@ -189,12 +207,20 @@ class Writer:
         for thread in self._threads:
             thread.start()
 
-    async def write(self, readings: list[Reading], bookkeeping: Bookkeeping | None = None) -> list[str | Exception]:
-        """Store readings and return, per reading, "new", "duplicate" or the error that refused it."""
+    async def write(
+        self,
+        readings: list[Reading],
+        bookkeeping: Bookkeeping | None = None,
+        prepared: storage.Prepared | None = None,
+    ) -> list[str | Exception]:
+        """Store readings and return, per reading, "new", "duplicate" or the error that refused it.
+
+        `prepared` is storage.prepare(readings), made off the event loop by a caller that parsed a big batch there.
+        """
         if not readings and bookkeeping is None:
             return []
         future = self._loop.create_future()
-        self._jobs.put(_Job(readings, future, bookkeeping))
+        self._jobs.put(_Job(readings, future, bookkeeping, prepared))
         return await future
 
     # --- On the writer thread ---------------------------------------------------

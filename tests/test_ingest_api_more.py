@@ -284,3 +284,54 @@ async def test_a_big_batch_writing_one_source_out_of_scope_is_refused_whole() ->
     assert status == 403
     assert payload["error"]["field"] == "source" and "billing.a" in payload["error"]["message"]
     assert await Sample.objects.acount() == 0
+
+
+@pytest.mark.parametrize("fmt", ["json", "line protocol"])
+async def test_a_big_batch_of_known_metrics_is_keyed_on_the_parsing_thread_and_stored_and_rolled_up_exactly(
+    agent_token: tuple[AgentToken, str], monkeypatch, fmt: str
+) -> None:
+    import threading
+
+    from dashboard import storage
+    from dashboard.models import MinuteRollup
+
+    prepared_on: list[str] = []
+    prepare = storage.prepare
+
+    def spy(readings):
+        found = prepare(readings)
+        prepared_on.append(threading.current_thread().name if found is not None else "")
+        return found
+
+    monkeypatch.setattr("dashboard.actions.prepare_rows", spy)
+    minute = now_us() // 60_000_000 * 60_000_000 - 60_000_000  # the whole minute before this one
+
+    async def post(offsets: range) -> int:
+        rows = [(f"m{i % 10}", minute + i * 1000, float(i)) for i in offsets]
+        if fmt == "json":
+            body = {
+                "source": "bigfleet",
+                "precision": "us",
+                "samples": [{"metric": m, "ts": t, "value": v} for m, t, v in rows],
+            }
+            status, payload, _ = await post_json(agent_token[1], body)
+            return status
+        lines = "".join(f"{m},source=bigfleet value={v} {t}\n" for m, t, v in rows)
+        response = await AsyncClient().post(
+            "/api/v2/write?precision=us",
+            lines,
+            content_type="text/plain",
+            headers={"Authorization": f"Token {agent_token[1]}"},
+        )
+        return response.status_code
+
+    assert await post(range(0, 2000)) in (200, 204)  # creates the metrics: the writer keys this one itself
+    assert await post(range(1000, 3000)) in (200, 204)  # half stored already: the prepared buckets are redone
+    assert await post(range(3000, 5000)) in (200, 204)
+    assert prepared_on[0] == "" and all(name.startswith("pulseboard-parse") for name in prepared_on[1:])
+    assert await Sample.objects.acount() == 5000
+    rollups = [
+        r
+        async for r in MinuteRollup.objects.filter(metric__key="bigfleet.m3" if fmt == "json" else "bigfleet.m3.value")
+    ]
+    assert [(r.count, r.sum, r.first, r.last) for r in rollups] == [(500, float(sum(range(3, 5000, 10))), 3.0, 4993.0)]

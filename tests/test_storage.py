@@ -24,6 +24,23 @@ def postgres_write_path(request, monkeypatch) -> str:
     return request.param
 
 
+@pytest.fixture(params=["worked out by store", "prepared"], autouse=True)
+def keys_worked_out(request, monkeypatch) -> str:
+    """Run every test here with each batch's keys worked out by store(), and by prepare() beforehand.
+
+    The second is what the parsing thread does for a big body (api.parse_off_loop): every outcome,
+    row and rollup must be the same either way, duplicates and repeats included.
+    """
+    if request.param == "prepared":
+        plain = storage.store
+
+        def store(readings: list[Reading], prepared: storage.Prepared | None = None) -> storage.StoredBatch:
+            return plain(readings, prepared or storage.prepare(readings))
+
+        monkeypatch.setattr(storage, "store", store)
+    return request.param
+
+
 HOUR_START = 1_795_600_800_000_000  # 2026-11-25 08:00:00 UTC, a whole hour
 
 
@@ -327,3 +344,44 @@ def test_a_batch_with_one_stored_key_stores_the_others_once_and_keeps_the_rollup
     assert (second.count, second.sum) == (1, 9.0)
     assert Metric.objects.get(key="web-01.cpu").last_value == 9.0
     assert Source.objects.get(slug="web-01").samples_accepted == 3
+
+
+@pytest.mark.django_db
+def test_prepare_leaves_a_batch_with_a_metric_it_has_not_cached_to_store() -> None:
+    readings = [reading(1.0, HOUR_START), reading(2.0, HOUR_START + US, metric="new-one")]
+    assert storage.prepare(readings) is None  # nothing cached yet: store() creates both metrics
+    storage.store(readings)
+    prepared = storage.prepare([reading(3.0, HOUR_START + 2 * US), reading(3.0, HOUR_START + 2 * US)])
+    cpu = storage.resolve_metric(reading(0.0, 0), create=False).id
+    assert prepared is not None
+    assert prepared.keys == [(cpu, HOUR_START + 2 * US)] * 2  # one key per reading, repeats included
+    assert list(prepared.rows) == [(cpu, HOUR_START + 2 * US)]  # one row per key
+
+
+@pytest.mark.django_db
+def test_combining_prepared_batches_gives_what_preparing_them_as_one_gives_unless_two_share_a_key() -> None:
+    from dashboard import rollups
+
+    storage.store([reading(0.0, HOUR_START - US), reading(0.0, HOUR_START - US, metric="mem")])  # cache both
+    first = [reading(float(i), HOUR_START + i * 7 * US, metric="cpu" if i % 3 else "mem") for i in range(40)]
+    second = [reading(float(i), HOUR_START + i * 11 * US + 3, metric="cpu" if i % 2 else "mem") for i in range(40)]
+    parts = [storage.prepare(first), storage.prepare(second)]
+    whole, combined = storage.prepare(first + second), storage.combine(parts)
+    assert (combined.keys, combined.rows, combined.triples) == (whole.keys, whole.rows, whole.triples)
+    if connection.vendor != "postgresql":  # PostgreSQL folds its rollups in SQL, from the rows
+        assert combined.minute == {k: pytest.approx(b) for k, b in rollups.aggregate(whole.triples, MINUTE_US).items()}
+    assert storage.combine(parts) is not None  # combining copies: the parts can be combined again (a retry)
+    assert storage.combine([parts[0], storage.prepare(first[5:6])]) is None  # a shared key: store() sorts it out
+
+
+@pytest.mark.django_db
+def test_a_stored_key_in_a_later_insert_statement_keeps_the_statements_before_it_and_stores_the_rest(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(storage, "INSERT_CHUNK", 3)  # SQLite: 3 rows a statement, so the 8th row is in the third
+    storage.store([reading(7.0, HOUR_START + 7 * US)])
+    result = storage.store([reading(float(i), HOUR_START + i * US) for i in range(10)])
+    assert result.outcomes == ["new"] * 7 + ["duplicate"] + ["new"] * 2
+    assert sorted(Sample.objects.values_list("value", flat=True)) == [float(i) for i in range(10)]
+    row = minute("web-01.cpu", HOUR_START)
+    assert (row.count, row.sum, row.first, row.last) == (10, 45.0, 0.0, 9.0)

@@ -38,11 +38,11 @@ async def test_a_batch_that_commits_first_is_still_answered_after_the_one_taken_
     stored = storage.store
     commits: list[str] = []
 
-    def slow_first(readings: list[Reading]) -> storage.StoredBatch:
+    def slow_first(readings: list[Reading], prepared: storage.Prepared | None = None) -> storage.StoredBatch:
         if readings[0].metric == "slow":
             first_taken.set()
             time.sleep(0.5)  # the second batch, on the other thread, commits meanwhile
-        batch = stored(readings)
+        batch = stored(readings, prepared)
         commits.append(readings[0].metric)
         return batch
 
@@ -66,3 +66,23 @@ async def test_a_batch_that_commits_first_is_still_answered_after_the_one_taken_
     assert await Sample.objects.acount() == 2
     assert await Metric.objects.filter(key__in=["lab.slow", "lab.fast"]).acount() == 2
     writer.Writer.close_all()
+
+
+def test_a_commit_of_prepared_and_plain_jobs_is_keyed_as_one_and_a_failed_commit_forgets_the_keys(monkeypatch) -> None:
+    from django.db import DatabaseError
+
+    ts = now_us() - 60 * US
+    storage.store([Reading("lab", "a", ts, 0.0), Reading("lab", "b", ts, 0.0)])  # both metrics cached
+    first = [Reading("lab", "a", ts + i, float(i)) for i in range(1, 50)]
+    second = [Reading("lab", "b", ts + i, float(i)) for i in range(1, 50)]
+    jobs = [writer._Job(first, None, prepared=storage.prepare(first)), writer._Job(second, None)]
+    assert writer._prepared(jobs).keys == storage.prepare(first + second).keys  # the plain job keyed on the writer
+    assert writer._prepared([writer._Job(first, None), writer._Job(second, None)]) is None  # small posts: store() keys
+
+    def down(readings, prepared=None):
+        raise DatabaseError("connection lost")
+
+    monkeypatch.setattr(storage, "store", down)
+    with pytest.raises(DatabaseError):
+        writer._store_on_writer_thread(jobs)
+    assert [job.prepared for job in jobs] == [None, None]  # the retry keys every reading again, from the database
