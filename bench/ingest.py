@@ -12,7 +12,10 @@ database at batch 5,000, >= 0.25x InfluxDB), each database as it is
 deployed: SQLite in the embedded mode's one Daphne process, PostgreSQL
 with one Daphne process per CPU (--workers), each on its own port with the
 clients spread over them as nginx spreads agents; the one-process
-PostgreSQL rows stay in the table.
+PostgreSQL rows stay in the table. Those cells run --rounds times (3),
+each case right after an InfluxDB case of its own, and each cell's
+headline is the median of its rounds' ratios: this machine's speed drifts
+more within a minute than the two systems differ (bench_paired).
 
 For each database (PostgreSQL, then SQLite) this migrates a fresh database,
 issues an agent token, starts Daphne on a loopback port and POSTs batches
@@ -31,7 +34,7 @@ updates and the source counters, commit) on the same rows in this process, one t
 with no HTTP, JSON, validation or writer thread: the database's share of an
 ingest, and so the best the API could do.
 
-    python bench/ingest.py [--samples 200000] [--concurrency 4] [--formats json,lp]
+    python bench/ingest.py [--samples 200000] [--concurrency 4] [--formats json,lp] [--rounds 3]
 
 Needs PostgreSQL at --pg (trust auth); creates and drops database pulseboard_bench_ingest.
 `influxd` is installed by `make bench` (scripts/bench-deps.sh) when run as root.
@@ -49,6 +52,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,10 +102,14 @@ def free_port() -> int:
 
 
 def make_rows(count: int, batch: int, tag: str, now_us: int) -> list[list[tuple[str, int, float]]]:
-    """Return batches of (metric name, ts µs, value); every (metric, ts) distinct, all within the last day."""
-    rows = [
-        (f"m{i % METRICS:03d}", now_us - 3_600_000_000 - i // METRICS * 1000, float(i % 977) / 7) for i in range(count)
-    ]
+    """Return batches of (metric name, ts µs, value); every (metric, ts) distinct, all within the last day.
+
+    Each series' times ascend, within a batch and from one batch to the
+    next, as an agent's or Telegraf's do. (Until 2026-12-06 16:40 they
+    descended: both InfluxDB and Pulseboard took 5-12 % longer that way.)
+    """
+    start = now_us - 3_600_000_000 - count // METRICS * 1000
+    rows = [(f"m{i % METRICS:03d}", start + i // METRICS * 1000, float(i % 977) / 7) for i in range(count)]
     return [rows[i : i + batch] for i in range(0, count, batch)]
 
 
@@ -293,28 +301,34 @@ def bench_api(
     side, 103-126k vs 115-126k), and batch 5,000 met batch 1,000's 200,000
     rows the same way (SQLite JSON 160-164k after them, 175-240k alone).
     """
-    results = []
+    return [
+        api_case(backend, fmt, batch, args, now_us, tmp, workers)
+        for fmt in ("json", "lp")
+        if fmt in args.formats
+        for batch in batches_of
+    ]
+
+
+def api_case(
+    backend: str, fmt: str, batch: int, args: argparse.Namespace, now_us: int, tmp: Path, workers: int = 1
+) -> Result:
+    """Post args.samples samples to one endpoint in batches of `batch`, in a fresh database and server."""
     label = backend if workers == 1 else f"{backend} ×{workers}"
-    for fmt in [f for f in ("json", "lp") if f in args.formats]:
-        for batch in batches_of:
-            with daphne(backend, args, tmp, workers) as (bases, secret, _):
-                source = f"bench-{backend[:2]}-{batch}-{fmt}"
-                batches = make_rows(args.samples, batch, source, now_us)
-                url, warm, bodies, counts = endpoint_requests(fmt, bases, source, batches, now_us)
-                # The warm-up creates the metrics; every worker then knows them from the database.
-                asyncio.run(post_all(url[0], secret, [warm], 1, None if counts is None else [METRICS]))
-                settle(30)
-                stolen, started = steal_meter(), time.perf_counter()
-                accepted = asyncio.run(post_all(url, secret, bodies, args.concurrency, counts))
-                elapsed = time.perf_counter() - started
-                if accepted != args.samples:
-                    raise SystemExit(f"{backend}: {accepted} of {args.samples} samples accepted")
-                results.append(Result(backend, batch, args.samples, elapsed, fmt, workers, stolen()))
-                name = "JSON" if fmt == "json" else "LP"
-                print(
-                    f"  {label:14s} {name:5s} batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True
-                )
-    return results
+    with daphne(backend, args, tmp, workers) as (bases, secret, _):
+        source = f"bench-{backend[:2]}-{batch}-{fmt}"
+        batches = make_rows(args.samples, batch, source, now_us)
+        url, warm, bodies, counts = endpoint_requests(fmt, bases, source, batches, now_us)
+        # The warm-up creates the metrics; every worker then knows them from the database.
+        asyncio.run(post_all(url[0], secret, [warm], 1, None if counts is None else [METRICS]))
+        settle(30)
+        stolen, started = steal_meter(), time.perf_counter()
+        accepted = asyncio.run(post_all(url, secret, bodies, args.concurrency, counts))
+        elapsed = time.perf_counter() - started
+    if accepted != args.samples:
+        raise SystemExit(f"{backend}: {accepted} of {args.samples} samples accepted")
+    name = "JSON" if fmt == "json" else "LP"
+    print(f"  {label:14s} {name:5s} batch {batch:5d}: {args.samples / elapsed:10,.0f} samples/s", flush=True)
+    return Result(backend, batch, args.samples, elapsed, fmt, workers, stolen())
 
 
 def py_spy() -> str | None:
@@ -371,30 +385,37 @@ def bench_stages(backend: str, fmt: str, args: argparse.Namespace, now_us: int, 
     return stages
 
 
-def print_headline(influx: dict[int, Result], api: list[Result], batch: int = 5000) -> None:
+def print_headline(pairs: list[tuple[Result, Result]]) -> None:
     """Print the four cells of #14's target: each endpoint and database at batch 5,000, as each is deployed.
 
     SQLite is the embedded mode, one Daphne process. PostgreSQL is the
     production mode, one Daphne process per core behind nginx
     (docs/deployment.md), on the same cores InfluxDB's Go threads use; its
-    one-process rows stay in the table above.
+    one-process rows stay in the table above. Each cell's figure is the
+    median of its rounds' ratios, each to the InfluxDB case run just before
+    it (bench_paired).
     """
-    if batch not in influx:
+    if not pairs:
         return
-    deployed = {"sqlite": 1, "postgresql": max((r.workers for r in api if r.backend == "postgresql"), default=1)}
-    cells = [r for r in api if r.batch == batch and r.workers == deployed[r.backend]]
-    if not cells:
-        return
+    cells: dict[tuple[str, str, int], list[tuple[Result, Result]]] = {}
+    for influx, cell in pairs:
+        cells.setdefault((cell.fmt, cell.backend, cell.workers), []).append((influx, cell))
     names = {"json": "JSON", "lp": "line protocol"}
+    rounds = max(len(v) for v in cells.values())
     print(
-        f"\nTarget (#14): >= 0.25x InfluxDB at batch {batch:,}, each database as deployed "
-        f"(SQLite: 1 Daphne process; PostgreSQL: {deployed['postgresql']}, one per CPU)"
+        f"\nTarget (#14): >= 0.25x InfluxDB at batch 5,000, each database as deployed (SQLite: 1 Daphne process; "
+        f"PostgreSQL: one per CPU), each round's ratio to the InfluxDB case run just before it, median of {rounds}"
     )
-    ratios = []
-    for r in cells:
-        ratios.append(r.rate / influx[batch].rate)
-        print(f"  {names[r.fmt]:13s} {r.backend:10s} {r.rate:10,.0f} samples/s  {ratios[-1]:.2f}x")
-    print(f"  all {len(cells)} cells >= 0.25x: {'yes' if min(ratios) >= 0.25 else 'no'}")
+    medians = []
+    for (fmt, backend, workers), runs in cells.items():
+        ratios = sorted(cell.rate / influx.rate for influx, cell in runs)
+        medians.append(statistics.median(ratios))
+        each = ", ".join(
+            f"{cell.rate / 1000:,.0f}k/{influx.rate / 1000:,.0f}k = {cell.rate / influx.rate:.2f}x"
+            for influx, cell in runs
+        )
+        print(f"  {names[fmt]:13s} {backend:10s} ×{workers}  median {medians[-1]:.2f}x  ({each})")
+    print(f"  all {len(medians)} cells' medians >= 0.25x: {'yes' if min(medians) >= 0.25 else 'no'}")
 
 
 def print_stages(table: dict[tuple[str, str], dict[str, float]]) -> None:
@@ -424,12 +445,14 @@ def print_stages(table: dict[tuple[str, str], dict[str, float]]) -> None:
         print(f"| **{label}** | " + " | ".join(f"**{pick(table[c]):.2f}**" for c in cases) + " |")
 
 
-def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
-    """Write the same line-protocol bodies to a private influxd 1.x: the store a Telegraf user would pick."""
+@contextlib.contextmanager
+def influxd(tmp: Path) -> Iterator[str | None]:
+    """Run a private influxd 1.x on loopback ports with its data under tmp; yield its URL, or None if not installed."""
     binary = shutil.which("influxd")
     if binary is None:
         print("  influxdb   skipped: influxd is not installed (Debian package `influxdb`; `make bench` installs it)")
-        return []
+        yield None
+        return
     data = tmp / "influxdb"
     port, rpc = free_port(), free_port()
     env = dict(
@@ -445,31 +468,65 @@ def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Res
         INFLUXDB_MONITOR_STORE_ENABLED="false",
     )
     server = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    results = []
     try:
+        base = f"http://127.0.0.1:{port}"
         wait_until_up(f"{base}/ping", 204, "influxd")
-        for batch in BATCH_SIZES:
-            db = f"bench{batch}"
-            httpx.post(f"{base}/query", params={"q": f"CREATE DATABASE {db}"}, timeout=30).raise_for_status()
-            batches = make_rows(args.samples, batch, "influx", now_us)
-            bodies = [lp_body(f"bench-in-{batch}", rows) for rows in batches]
-            url = f"{base}/write?db={db}&precision=u"
-            settle(30)
-            stolen, started = steal_meter(), time.perf_counter()
-            asyncio.run(post_all(url, None, bodies, args.concurrency, [len(rows) for rows in batches]))
-            elapsed = time.perf_counter() - started
-            answer = httpx.get(
-                f"{base}/query", params={"db": db, "q": "SELECT count(value) FROM /.*/"}, timeout=60
-            ).json()
-            stored = sum(s["values"][0][1] for s in answer["results"][0].get("series", []))
-            if stored != args.samples:
-                raise SystemExit(f"influxdb: {stored} of {args.samples} points stored")
-            results.append(Result("influxdb", batch, stored, elapsed, "lp", steal=stolen()))
-            print(f"  {'influxdb':10s} LP    batch {batch:5d}: {stored / elapsed:10,.0f} samples/s", flush=True)
+        yield base
     finally:
         stop_process(server)
-    return results
+
+
+def influx_case(base: str, db: str, batch: int, args: argparse.Namespace, now_us: int) -> Result:
+    """Write args.samples samples as line protocol in batches of `batch` into a new InfluxDB database `db`."""
+    httpx.post(f"{base}/query", params={"q": f"CREATE DATABASE {db}"}, timeout=30).raise_for_status()
+    batches = make_rows(args.samples, batch, "influx", now_us)
+    bodies = [lp_body(f"bench-in-{batch}", rows) for rows in batches]
+    url = f"{base}/write?db={db}&precision=u"
+    settle(30)
+    stolen, started = steal_meter(), time.perf_counter()
+    asyncio.run(post_all(url, None, bodies, args.concurrency, [len(rows) for rows in batches]))
+    elapsed = time.perf_counter() - started
+    answer = httpx.get(f"{base}/query", params={"db": db, "q": "SELECT count(value) FROM /.*/"}, timeout=60).json()
+    stored = sum(s["values"][0][1] for s in answer["results"][0].get("series", []))
+    if stored != args.samples:
+        raise SystemExit(f"influxdb: {stored} of {args.samples} points stored")
+    print(f"  {'influxdb':10s} LP    batch {batch:5d}: {stored / elapsed:10,.0f} samples/s", flush=True)
+    return Result("influxdb", batch, stored, elapsed, "lp", steal=stolen())
+
+
+def bench_influxdb(args: argparse.Namespace, now_us: int, tmp: Path) -> list[Result]:
+    """Write the same line-protocol bodies to a private influxd 1.x: the store a Telegraf user would pick."""
+    with influxd(tmp) as base:
+        if base is None:
+            return []
+        return [influx_case(base, f"bench{batch}", batch, args, now_us) for batch in BATCH_SIZES]
+
+
+def bench_paired(args: argparse.Namespace, now_us: int, tmp: Path) -> list[tuple[Result, Result]]:
+    """Run each of the target's four cells args.rounds times, each right after an InfluxDB case: (InfluxDB, cell) pairs.
+
+    This machine's speed drifts within a run: InfluxDB measured 475-728k
+    samples/s and the same Pulseboard tree's SQLite cell 131-261k in
+    consecutive full runs minutes apart (2026-12-06 16:42-16:50), so the
+    ratio of two cases a minute apart measured the drift as much as either
+    system. Each pair here is measured back to back, a fresh database each,
+    and the headline is each cell's median ratio over its rounds; every
+    pair is printed.
+    """
+    cells = [("sqlite", fmt, 1) for fmt in ("json", "lp")] + [
+        ("postgresql", fmt, args.workers) for fmt in ("json", "lp")
+    ]
+    cells = [cell for cell in cells if cell[1] in args.formats]
+    pairs = []
+    with influxd(tmp) as base:
+        if base is None:
+            return []
+        for round_no in range(args.rounds):
+            print(f"  round {round_no + 1} of {args.rounds}", flush=True)
+            for i, (backend, fmt, workers) in enumerate(cells):
+                influx = influx_case(base, f"paired{round_no}x{i}", 5000, args, now_us)
+                pairs.append((influx, api_case(backend, fmt, 5000, args, now_us, tmp, workers)))
+    return pairs
 
 
 def bench_copy(args: argparse.Namespace, now_us: int) -> list[Result]:
@@ -560,6 +617,12 @@ def main() -> None:
         "--stages", action="store_true", help="also time each stage at batch 5,000 with py-spy (as root)"
     )
     parser.add_argument("--stages-only", action="store_true", help="only the --stages passes (while tuning)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of the target's four cells, each case right after an InfluxDB case (0: none)",
+    )
     args = parser.parse_args()
     args.stages = args.stages or args.stages_only
     args.formats = set(args.formats.split(","))
@@ -570,7 +633,7 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        influx, api, copy, floor = {}, [], {}, []
+        influx, api, copy, floor, pairs = {}, [], {}, [], []
         if not args.stages_only:
             influx = {r.batch: r for r in bench_influxdb(args, now_us, Path(tmp))}
             api = bench_api("postgresql", args, now_us, Path(tmp)) + bench_api("sqlite", args, now_us, Path(tmp))
@@ -578,6 +641,11 @@ def main() -> None:
                 api += bench_api("postgresql", args, now_us, Path(tmp), args.workers, (5000,))
             copy = {r.batch: r for r in bench_copy(args, now_us)}
             floor = bench_storage_sql(args, now_us, Path(tmp))
+            if args.rounds:
+                print(
+                    f"\nThe target's cells, {args.rounds} rounds, each case right after an InfluxDB case:", flush=True
+                )
+                pairs = bench_paired(args, now_us, Path(tmp))
         stages = {}
         if args.stages:
             for backend in ("postgresql", "sqlite"):
@@ -602,7 +670,7 @@ def main() -> None:
             name = names.get(r.backend, f"Pulseboard {endpoints[r.fmt]} ({r.backend}, {processes})")
             steal = "n/a" if r.steal is None else r.steal
             print(f"| {name} | {r.batch:,} | {r.rate:,.0f} | {ratio(r, influx)} | {ratio(r, copy)} | {steal} |")
-    print_headline(influx, api)
+    print_headline(pairs)
     print_stages(stages)
     print(f"\nload average at the end: {load_average()}")
     drop_postgres(args.pg)
