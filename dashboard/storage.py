@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 # and the event loop: under line-protocol load the writer's INSERTs took 0.82 s of wall time in batches of
 # 3,000 rows and 0.60 s in batches of 10,000 for the same 400,000 rows (bench/results/2026-12-06-1620-ingest.md).
 INSERT_CHUNK = 10_000
+# ... cut into statements of few distinct sizes: sqlite3 keeps each distinct SQL text it ran compiled, up to
+# 128 of them per connection, and a compiled INSERT holds ~270 B a row (128 sizes of ~10,000 rows: 346 MB of
+# RSS). Whole thousands of rows, then the rest: at most two statements per chunk, and at most ~47 MB cached.
+STATEMENT_GRAIN = 1000
 LATEST_CHUNK = 5000  # metrics per "latest value" UPDATE: 15,000 parameters
 # PostgreSQL: a batch of at most this many rows goes in with one INSERT ... VALUES statement (insert_few)
 # instead of the staging table and two COPYs, whose set-up (the temporary table's TRUNCATE, two COPY
@@ -309,14 +313,27 @@ def _insert_by_values(cursor: CursorWrapper, triples: list[tuple[int, int, float
     stored = 0  # rows of the statements that went in whole
     try:
         with connection.wrap_database_errors:
-            for start in range(0, len(triples), INSERT_CHUNK):
-                chunk = triples[start : start + INSERT_CHUNK]
+            for start, end in statement_bounds(len(triples)):
+                chunk = triples[start:end]
                 sqlite3_execute(raw, _plain_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))
-                stored = start + len(chunk)
+                stored = end
         return set()
     except IntegrityError:
         pass  # a stored key (a retry, a replay): find which
     return _insert_returning(cursor, triples[stored:])
+
+
+def statement_bounds(rows: int) -> list[tuple[int, int]]:
+    """Return (start, end) of each INSERT statement for `rows` rows: INSERT_CHUNK at most, whole STATEMENT_GRAINs, then the rest."""
+    bounds = []
+    for start in range(0, rows, INSERT_CHUNK):
+        end = min(start + INSERT_CHUNK, rows)
+        whole = start + (end - start) // STATEMENT_GRAIN * STATEMENT_GRAIN
+        if start < whole < end:
+            bounds.append((start, whole))
+            start = whole
+        bounds.append((start, end))
+    return bounds
 
 
 @functools.lru_cache(maxsize=16)

@@ -379,9 +379,22 @@ def test_a_stored_key_in_a_later_insert_statement_keeps_the_statements_before_it
     monkeypatch,
 ) -> None:
     monkeypatch.setattr(storage, "INSERT_CHUNK", 3)  # SQLite: 3 rows a statement, so the 8th row is in the third
+    monkeypatch.setattr(storage, "STATEMENT_GRAIN", 1)
     storage.store([reading(7.0, HOUR_START + 7 * US)])
     result = storage.store([reading(float(i), HOUR_START + i * US) for i in range(10)])
     assert result.outcomes == ["new"] * 7 + ["duplicate"] + ["new"] * 2
     assert sorted(Sample.objects.values_list("value", flat=True)) == [float(i) for i in range(10)]
     row = minute("web-01.cpu", HOUR_START)
     assert (row.count, row.sum, row.first, row.last) == (10, 45.0, 0.0, 9.0)
+
+
+def test_sqlite_inserts_go_in_statements_of_few_distinct_sizes() -> None:
+    """sqlite3 keeps up to 128 compiled statements per connection, one per distinct SQL text, each ~270 B a row."""
+    sizes: set[int] = set()
+    for rows in (*range(1, 3001), 9_999, 10_000, 10_001, 12_345, 25_000, 31_999):
+        bounds = storage.statement_bounds(rows)
+        assert [b for _, b in bounds][-1] == rows and all(a < b for a, b in bounds)
+        assert all(bounds[i][1] == bounds[i + 1][0] for i in range(len(bounds) - 1))  # contiguous, in order
+        assert len(bounds) <= 2 * -(-rows // storage.INSERT_CHUNK)  # at most two statements per chunk
+        sizes |= {b - a for a, b in bounds if b - a >= storage.STATEMENT_GRAIN}
+    assert sizes <= set(range(storage.STATEMENT_GRAIN, storage.INSERT_CHUNK + 1, storage.STATEMENT_GRAIN))
