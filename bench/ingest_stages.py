@@ -33,6 +33,7 @@ STAGES = (
     "HTTP (Daphne, handler, body, response)",
     "decode",
     "validate",
+    "keys and minute buckets, on the parsing thread (storage.prepare)",
     "group-commit wait (mean per request)",
     "writer: keys, de-duplication, outcomes (Python)",
     "writer: COPY / INSERT into dashboard_sample",
@@ -97,6 +98,8 @@ def parse_stage(frames: list[str], decode_lines: set[tuple[str, int]]) -> str | 
             return "decode"
     if _has(frames, "_parse_plain", "parse_line", "_parse_one", "parse_body"):
         return "decode"  # the line-protocol parser checks as it reads: its time is all here
+    if _has(frames, "prepare") and _in_file(frames, "dashboard/storage.py"):
+        return "keys and minute buckets, on the parsing thread (storage.prepare)"
     if _has(frames, "readings_from_json", "readings_from_dicts", "reading_from_dict", "check_scope"):
         return "validate"
     if _has(frames, "parse_json_batch"):
